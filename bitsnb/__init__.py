@@ -1,0 +1,83 @@
+"""bitsnb: a Background Intelligent Transfer Service (BITS) for Jupyter notebooks and scripts.
+
+``Manager`` (blocking) and ``AsyncManager`` (asyncio) keep a persistent, resumable queue of
+transfer jobs in SQLite; jobs move through BITS's states and survive restarts.
+"""
+
+from __future__ import annotations
+
+from ._enumerator import Enumerator
+from ._enums import (
+    AuthScheme,
+    AuthTarget,
+    ErrorContext,
+    JobPriority,
+    JobState,
+    JobType,
+    NotifyFlags,
+    ProxyUsage,
+)
+from ._errors import (
+    BitsError,
+    ErrorDescription,
+    InvalidStateError,
+    JobNotFoundError,
+    get_error_description,
+)
+from ._job import AsyncJob
+from ._manager import AsyncManager, JobEvent, default_store_path
+from ._models import (
+    BG_SIZE_UNKNOWN,
+    ErrorInfo,
+    FileInfo,
+    FileProgress,
+    FileRange,
+    JobProgress,
+    JobTimes,
+    Policy,
+)
+from ._sync import Job, JobEnumerator, Manager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BG_SIZE_UNKNOWN",
+    "AsyncJob",
+    "AsyncManager",
+    "AuthScheme",
+    "AuthTarget",
+    "BitsError",
+    "Enumerator",
+    "ErrorContext",
+    "ErrorDescription",
+    "ErrorInfo",
+    "FileInfo",
+    "FileProgress",
+    "FileRange",
+    "InvalidStateError",
+    "Job",
+    "JobEnumerator",
+    "JobEvent",
+    "JobNotFoundError",
+    "JobPriority",
+    "JobProgress",
+    "JobState",
+    "JobTimes",
+    "JobType",
+    "Manager",
+    "NotifyFlags",
+    "Policy",
+    "ProxyUsage",
+    "__version__",
+    "default_store_path",
+    "get_error_description",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and getattr(_obj, "__module__", "").startswith("bitsnb._"):
+        try:
+            _obj.__module__ = "bitsnb"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

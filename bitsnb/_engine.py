@@ -1,0 +1,475 @@
+"""The download engine: one file, resumable, through httpx — the package's one IO seam to the network.
+
+``Engine.download`` streams a remote file into its temporary file, continuing from what is
+already on disk with a Range request (validated with If-Range), and raises ``TransferFailure``
+with the BITS code, context and transient/fatal verdict when something goes wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import os
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+from . import _codes
+from ._enums import ErrorContext
+from ._models import Policy
+from ._records import FileRecord
+
+__all__ = ["Engine", "FileContext", "TransferFailure", "YieldSlice", "is_transient_status"]
+
+USER_AGENT = "bitsnb/0.1 (Microsoft BITS compatible)"
+
+# httpcore reads 64 KiB per socket read, and each read costs ~80 µs of Python: a large read
+# size halves the CPU per byte (shared/perf-notes.md). It is a class attribute, so raising it
+# affects the process; we only ever raise it.
+_READ_SIZE = 1024 * 1024
+
+
+def _tune_httpcore(read_size: int) -> None:
+    conn = httpcore._async.http11.AsyncHTTP11Connection
+    conn.READ_NUM_BYTES = max(conn.READ_NUM_BYTES, read_size)
+
+
+_TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+
+
+def is_transient_status(status: int) -> bool:
+    """The spec's default table: 408/409/425/429 and 5xx except 501/505 are retried."""
+    if status in _TRANSIENT_STATUS:
+        return True
+    return 500 <= status <= 599 and status not in (501, 505)
+
+
+class TransferFailure(Exception):
+    """A transfer failed; the manager turns this into TRANSIENT_ERROR or ERROR."""
+
+    def __init__(
+        self,
+        code: int,
+        context: ErrorContext,
+        *,
+        transient: bool,
+        message: str = "",
+        retry_after: float | None = None,
+        protocol: str | None = "http",
+    ) -> None:
+        super().__init__(message or f"0x{code:08X}")
+        self.code = code
+        self.context = context
+        self.transient = transient
+        self.message = message
+        self.retry_after = retry_after
+        self.protocol = protocol
+
+
+class YieldSlice(Exception):
+    """The scheduler asked the running job to give up its slot (time slice or pre-emption)."""
+
+
+class _Restart(Exception):
+    """The remote file changed or cannot be resumed: start the file again from zero."""
+
+
+@dataclass
+class FileContext:
+    """What the engine needs from the job for one file, and how it reports back."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    auth: httpx.Auth | None = None
+    proxy: str | None = None
+    trust_env: bool = True
+    dynamic_content: bool = False
+    on_connected: Callable[[], None] = lambda: None
+    on_progress: Callable[[FileRecord], None] = lambda f: None
+    on_checkpoint: Callable[[FileRecord], None] = lambda f: None
+    on_restart: Callable[[FileRecord], None] = lambda f: None
+    should_yield: Callable[[], bool] = lambda: False
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """Parse ``bytes a-b/total`` (total may be ``*``)."""
+    if not value or not value.startswith("bytes "):
+        return None
+    span, _, total = value[6:].partition("/")
+    first, _, last = span.partition("-")
+    try:
+        return int(first), int(last), (None if total.strip() == "*" else int(total))
+    except ValueError:
+        return None
+
+
+def _strong(etag: str | None) -> bool:
+    return bool(etag) and not etag.startswith("W/")  # type: ignore[union-attr]
+
+
+def _local_failure(exc: OSError, path: str) -> TransferFailure:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        code = _codes.ERROR_DISK_FULL
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        code = _codes.E_ACCESSDENIED
+    elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        code = _codes.ERROR_PATH_NOT_FOUND
+    else:
+        code = _codes.hresult_from_win32(exc.errno or 1)
+    return TransferFailure(
+        code,
+        ErrorContext.LOCAL_FILE,
+        transient=False,
+        message=f"{exc.strerror or exc} ({path})",
+        protocol=None,
+    )
+
+
+def _network_failure(exc: httpx.HTTPError) -> TransferFailure:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return TransferFailure(
+                _codes.ERROR_WINHTTP_SECURE_FAILURE,
+                ErrorContext.GENERAL_TRANSPORT,
+                transient=False,
+                message=str(cause),
+            )
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TooManyRedirects | httpx.UnsupportedProtocol):
+        return TransferFailure(
+            _codes.ERROR_WINHTTP_REDIRECT_FAILED,
+            ErrorContext.REMOTE_FILE,
+            transient=False,
+            message=text,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        code = _codes.ERROR_WINHTTP_TIMEOUT
+        context = ErrorContext.GENERAL_TRANSPORT
+    elif isinstance(exc, httpx.ConnectError):
+        lowered = text.lower()
+        if "name or service" in lowered or "nodename" in lowered or "resolution" in lowered:
+            code = _codes.ERROR_WINHTTP_NAME_NOT_RESOLVED
+        else:
+            code = _codes.ERROR_WINHTTP_CANNOT_CONNECT
+        context = ErrorContext.GENERAL_TRANSPORT
+    else:
+        code = _codes.ERROR_WINHTTP_CONNECTION_ERROR
+        context = ErrorContext.REMOTE_FILE
+    return TransferFailure(code, context, transient=True, message=text)
+
+
+class Engine:
+    """Downloads files over one pool of httpx clients (one per proxy setting)."""
+
+    def __init__(self, policy: Policy, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._policy = policy
+        self._transport = transport
+        self._clients: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
+        _tune_httpcore(policy.read_size)
+
+    def _client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient:
+        key = (proxy, trust_env)
+        client = self._clients.get(key)
+        if client is None:
+            p = self._policy
+            client = httpx.AsyncClient(
+                transport=self._transport,
+                proxy=proxy,
+                trust_env=trust_env,
+                follow_redirects=True,
+                max_redirects=p.max_redirects,
+                timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout, pool=None),
+                limits=httpx.Limits(
+                    max_connections=None,
+                    max_keepalive_connections=max(8, p.max_connections_per_host * 4),
+                ),
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            )
+            self._clients[key] = client
+        return client
+
+    def _slot(self, url: str) -> asyncio.Semaphore:
+        parts = urlsplit(url)
+        host = f"{parts.scheme}://{parts.netloc}"
+        sem = self._host_slots.get(host)
+        if sem is None:
+            sem = self._host_slots[host] = asyncio.Semaphore(self._policy.max_connections_per_host)
+        return sem
+
+    async def aclose(self) -> None:
+        """Close every client (and their connections)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def download(self, f: FileRecord, ctx: FileContext) -> None:
+        """Bring *f*'s temporary file to the whole remote content, durably."""
+        for _ in range(5):  # a file that keeps changing under us gives up after a few restarts
+            try:
+                async with self._slot(f.remote_name):
+                    if f.ranges:
+                        await self._fetch_ranges(f, ctx)
+                    else:
+                        await self._fetch(f, ctx)
+                return
+            except _Restart:
+                _truncate(f)
+                ctx.on_restart(f)
+            except httpx.HTTPError as exc:
+                raise _network_failure(exc) from exc
+        raise TransferFailure(
+            _codes.BG_E_REMOTE_FILE_CHANGED,
+            ErrorContext.REMOTE_FILE,
+            transient=True,
+            message="the remote file kept changing during the transfer",
+        )
+
+    def _request_headers(self, f: FileRecord, ctx: FileContext, offset: int) -> dict[str, str]:
+        headers = dict(ctx.headers)
+        if offset > 0:
+            headers["Range"] = f"bytes={offset}-"
+            if _strong(f.etag):
+                headers["If-Range"] = f.etag  # type: ignore[assignment]
+            elif f.last_modified:
+                headers["If-Range"] = f.last_modified
+        return headers
+
+    async def _fetch(self, f: FileRecord, ctx: FileContext) -> None:
+        offset = _temp_size(f)
+        if f.transferred and f.bytes_total is not None and offset == f.bytes_total:
+            return
+        if f.bytes_total is not None and offset > f.bytes_total:
+            raise _Restart
+        if offset > 0 and f.etag is None and f.last_modified is None:
+            # nothing to validate a resume against: start again
+            raise _Restart
+        if ctx.dynamic_content and offset > 0:
+            raise _Restart  # dynamic content never resumes (spec §1.7)
+        client = self._client(ctx.proxy, ctx.trust_env)
+        headers = self._request_headers(f, ctx, offset)
+        async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
+            status = resp.status_code
+            etag = resp.headers.get("etag")
+            last_modified = resp.headers.get("last-modified")
+            length = resp.headers.get("content-length")
+            size = int(length) if length and length.isdigit() else None
+            if status == 206 and offset > 0:
+                span = _content_range(resp.headers.get("content-range"))
+                if span is None or span[0] != offset:
+                    raise TransferFailure(
+                        _codes.BG_E_INVALID_SERVER_RESPONSE,
+                        ErrorContext.REMOTE_FILE,
+                        transient=True,
+                        message=f"bad Content-Range {resp.headers.get('content-range')!r}",
+                    )
+                total = span[2]
+                if (
+                    (total is not None and f.bytes_total is not None and total != f.bytes_total)
+                    or (etag and f.etag and etag != f.etag)
+                    or (last_modified and f.last_modified and last_modified != f.last_modified)
+                ):
+                    raise _Restart
+            elif status == 200:
+                if offset > 0:
+                    changed = (
+                        (etag or None) != f.etag
+                        or (last_modified or None) != f.last_modified
+                        or (size is not None and size != f.bytes_total)
+                    )
+                    if not changed and not ctx.dynamic_content:
+                        raise TransferFailure(
+                            _codes.BG_E_INSUFFICIENT_RANGE_SUPPORT,
+                            ErrorContext.REMOTE_FILE,
+                            transient=False,
+                            message="the server answered a Range request with the whole file",
+                        )
+                    _truncate(f)
+                    ctx.on_restart(f)
+                    offset = 0
+                if size is None and not ctx.dynamic_content:
+                    raise TransferFailure(
+                        _codes.BG_E_MISSING_FILE_SIZE,
+                        ErrorContext.REMOTE_FILE,
+                        transient=False,
+                        message="the server did not send Content-Length (set dynamic_content)",
+                    )
+                f.bytes_total = size
+                f.etag = etag
+                f.last_modified = last_modified
+            elif status == 416 and offset > 0:
+                raise _Restart
+            else:
+                raise TransferFailure(
+                    _codes.http_error(status),
+                    ErrorContext.REMOTE_FILE,
+                    transient=is_transient_status(status),
+                    message=f"HTTP {status} for {_safe_url(str(resp.url))}",
+                    retry_after=_retry_after(resp),
+                )
+            ctx.on_connected()
+            await self._write_body(f, ctx, resp, offset)
+        if f.bytes_total is None:
+            f.bytes_total = f.bytes_transferred
+        elif f.bytes_transferred != f.bytes_total:
+            raise TransferFailure(
+                _codes.ERROR_WINHTTP_CONNECTION_ERROR,
+                ErrorContext.REMOTE_FILE,
+                transient=True,
+                message=f"the connection ended at byte {f.bytes_transferred} of {f.bytes_total}",
+            )
+
+    async def _fetch_ranges(self, f: FileRecord, ctx: FileContext) -> None:
+        assert f.ranges is not None
+        offset = _temp_size(f)
+        done_before = 0
+        client = self._client(ctx.proxy, ctx.trust_env)
+        for i, (start, length) in enumerate(f.ranges):
+            if length is not None and offset >= done_before + length:
+                done_before += length
+                continue
+            skip = offset - done_before
+            first = start + skip
+            last = "" if length is None else str(start + length - 1)
+            headers = dict(ctx.headers)
+            headers["Range"] = f"bytes={first}-{last}"
+            async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
+                if resp.status_code == 200:
+                    raise TransferFailure(
+                        _codes.BG_E_INSUFFICIENT_RANGE_SUPPORT,
+                        ErrorContext.REMOTE_FILE,
+                        transient=False,
+                        message="the server answered a Range request with the whole file",
+                    )
+                if resp.status_code == 416:
+                    raise TransferFailure(
+                        _codes.BG_E_INVALID_RANGE,
+                        ErrorContext.REMOTE_FILE,
+                        transient=False,
+                        message=f"range {first}-{last} lies outside the remote file",
+                    )
+                if resp.status_code != 206:
+                    raise TransferFailure(
+                        _codes.http_error(resp.status_code),
+                        ErrorContext.REMOTE_FILE,
+                        transient=is_transient_status(resp.status_code),
+                        message=f"HTTP {resp.status_code}",
+                        retry_after=_retry_after(resp),
+                    )
+                span = _content_range(resp.headers.get("content-range"))
+                if span is None or span[0] != first or (last and span[1] != int(last)):
+                    raise TransferFailure(
+                        _codes.BG_E_INVALID_SERVER_RESPONSE,
+                        ErrorContext.REMOTE_FILE,
+                        transient=False,
+                        message="the server's Content-Range does not match the requested range",
+                    )
+                if length is None:
+                    # to EOF: the range's length is now known
+                    length = span[1] - start + 1
+                    f.ranges[i] = (start, length)
+                f.bytes_total = sum(n or 0 for _, n in f.ranges)
+                ctx.on_connected()
+                await self._write_body(f, ctx, resp, offset)
+            offset = _temp_size(f)
+            if offset < done_before + length:
+                raise TransferFailure(
+                    _codes.ERROR_WINHTTP_CONNECTION_ERROR,
+                    ErrorContext.REMOTE_FILE,
+                    transient=True,
+                    message="the connection ended before the range was complete",
+                )
+            done_before += length
+
+    async def _write_body(
+        self, f: FileRecord, ctx: FileContext, resp: httpx.Response, offset: int
+    ) -> None:
+        policy = self._policy
+        try:
+            fh: IO[bytes] = open(f.temp_name, "r+b" if offset > 0 else "wb")
+        except OSError as exc:
+            raise _local_failure(exc, f.temp_name) from exc
+        try:
+            fh.seek(offset)
+            fh.truncate()
+            f.bytes_transferred = offset
+            last_checkpoint_at = time.monotonic()
+            last_checkpoint_bytes = offset
+            try:
+                async for chunk in resp.aiter_raw():
+                    fh.write(chunk)
+                    f.bytes_transferred += len(chunk)
+                    ctx.on_progress(f)
+                    if f.bytes_transferred - last_checkpoint_bytes >= policy.checkpoint_bytes or (
+                        time.monotonic() - last_checkpoint_at >= policy.checkpoint_interval
+                    ):
+                        fh.flush()
+                        await asyncio.to_thread(os.fdatasync, fh.fileno())
+                        ctx.on_checkpoint(f)
+                        last_checkpoint_at = time.monotonic()
+                        last_checkpoint_bytes = f.bytes_transferred
+                    if ctx.should_yield():
+                        raise YieldSlice
+                fh.flush()
+                await asyncio.to_thread(os.fsync, fh.fileno())
+            except OSError as exc:
+                raise _local_failure(exc, f.temp_name) from exc
+        finally:
+            fh.close()
+
+
+def _temp_size(f: FileRecord) -> int:
+    try:
+        return os.stat(f.temp_name).st_size
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise _local_failure(exc, f.temp_name) from exc
+
+
+def _truncate(f: FileRecord) -> None:
+    f.bytes_transferred = 0
+    f.transferred = False
+    f.etag = None
+    f.last_modified = None
+    if f.ranges is None:
+        f.bytes_total = None
+    try:
+        os.truncate(f.temp_name, 0)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _local_failure(exc, f.temp_name) from exc
+
+
+def _safe_url(url: str) -> str:
+    """The URL without user:password, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=host).geturl()

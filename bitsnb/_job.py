@@ -1,0 +1,530 @@
+"""``AsyncJob``: IBackgroundCopyJob (1–5) and its HTTP options, as coroutines and properties.
+
+Reading a property is free (it reads the manager's record); every change goes through the
+manager, which checks the state table, persists the change and tells the listeners.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import _codes
+from ._enumerator import Enumerator
+from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
+from ._errors import BitsError
+from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes
+from ._records import JobRecord
+from ._states import allowed_calls
+from ._validate import (
+    MAX_DESCRIPTION,
+    MAX_DISPLAY_NAME,
+    MAX_HEADERS,
+    check_ranges,
+    check_seconds,
+    check_string,
+    check_url,
+    parse_headers,
+)
+
+if TYPE_CHECKING:
+    from ._manager import AsyncManager
+
+__all__ = ["AsyncJob", "job_progress", "job_times"]
+
+_ALL_NOTIFY = int(
+    NotifyFlags.JOB_TRANSFERRED
+    | NotifyFlags.JOB_ERROR
+    | NotifyFlags.DISABLE
+    | NotifyFlags.JOB_MODIFICATION
+    | NotifyFlags.FILE_TRANSFERRED
+    | NotifyFlags.FILE_RANGES_TRANSFERRED
+)
+_MAX_PROXY_LIST = 32 * 1024
+_MAX_USER = 300
+_MAX_PASSWORD = 65536
+
+
+def _utc(ts: float) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC)
+
+
+def job_progress(rec: JobRecord) -> JobProgress:
+    """BG_JOB_PROGRESS of a record."""
+    total: int | None = 0
+    done = 0
+    files_done = 0
+    for f in rec.files:
+        if total is not None:
+            total = None if f.bytes_total is None else total + f.bytes_total
+        done += f.bytes_transferred
+        files_done += f.transferred or f.completed
+    return JobProgress(total, done, len(rec.files), files_done)
+
+
+def job_times(rec: JobRecord) -> JobTimes:
+    """BG_JOB_TIMES of a record."""
+    return JobTimes(
+        _utc(rec.created),
+        _utc(rec.modified),
+        _utc(rec.transfer_completed) if rec.transfer_completed is not None else None,
+    )
+
+
+class AsyncJob:
+    """A BITS job; methods are coroutines run on the manager's loop."""
+
+    def __init__(self, manager: AsyncManager, rec: JobRecord) -> None:
+        self._mgr = manager
+        self._rec = rec
+
+    # -- identity and reading --------------------------------------------------------------
+    @property
+    def id(self) -> uuid.UUID:
+        """The job's GUID."""
+        return self._rec.id
+
+    @property
+    def manager(self) -> AsyncManager:
+        """The manager that owns this handle."""
+        return self._mgr
+
+    @property
+    def type(self) -> JobType:
+        """DOWNLOAD, UPLOAD or UPLOAD_REPLY."""
+        return self._rec.type
+
+    @property
+    def state(self) -> JobState:
+        """The current state."""
+        return self._rec.state
+
+    @property
+    def display_name(self) -> str:
+        """The name shown in lists and panels."""
+        return self._rec.display_name
+
+    @property
+    def description(self) -> str:
+        """Free text (up to 1,024 characters)."""
+        return self._rec.settings.description
+
+    @property
+    def priority(self) -> JobPriority:
+        """FOREGROUND, HIGH, NORMAL or LOW."""
+        return self._rec.priority
+
+    @property
+    def owner(self) -> str:
+        """The OS user who owns the job."""
+        return self._rec.owner
+
+    @property
+    def progress(self) -> JobProgress:
+        """Bytes and files, total and transferred."""
+        return job_progress(self._rec)
+
+    @property
+    def times(self) -> JobTimes:
+        """Creation, modification and transfer-completion times (UTC)."""
+        return job_times(self._rec)
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        """The last error while the job is in ERROR or TRANSIENT_ERROR, else None."""
+        from ._manager import _error_info
+
+        if self._rec.state not in (JobState.ERROR, JobState.TRANSIENT_ERROR):
+            return None
+        return _error_info(self._rec)
+
+    def get_error(self) -> ErrorInfo:
+        """GetError: like ``error``, but BG_E_ERROR_INFORMATION_UNAVAILABLE when there is none."""
+        err = self.error
+        if err is None:
+            raise BitsError(
+                _codes.BG_E_ERROR_INFORMATION_UNAVAILABLE,
+                f"the job is {self.state.name}, not in an error state",
+            )
+        return err
+
+    @property
+    def error_count(self) -> int:
+        """How many times a transfer attempt failed (never reset)."""
+        return self._rec.error_count
+
+    @property
+    def minimum_retry_delay(self) -> float:
+        """Seconds to wait after a transient error before retrying (default 600)."""
+        return self._rec.settings.minimum_retry_delay
+
+    @property
+    def no_progress_timeout(self) -> float:
+        """Seconds of failed retries without progress before ERROR (default 14 days)."""
+        return self._rec.settings.no_progress_timeout
+
+    @property
+    def maximum_download_time(self) -> float:
+        """Seconds of active transfer allowed before ERROR (default 90 days)."""
+        return self._rec.settings.maximum_download_time
+
+    @property
+    def notify_flags(self) -> NotifyFlags:
+        """Which events are delivered to the notify interface / command line."""
+        return NotifyFlags(self._rec.settings.notify_flags)
+
+    @property
+    def notify_cmd_line(self) -> tuple[str, str] | None:
+        """(program, parameters) run on TRANSFERRED or ERROR, or None."""
+        return self._rec.settings.notify_cmd_line
+
+    @property
+    def proxy_settings(self) -> tuple[ProxyUsage, str | None, str | None]:
+        """(usage, proxy list, bypass list)."""
+        s = self._rec.settings
+        return ProxyUsage(s.proxy_usage), s.proxy_list, s.proxy_bypass_list
+
+    @property
+    def custom_headers(self) -> str | None:
+        """Extra request headers; secret ones (Authorization, Cookie) show as '<hidden>'."""
+        s = self._rec.settings.custom_headers
+        secret = self._mgr._secrets.get(self.id)
+        if secret is None or not secret.headers:
+            return s
+        hidden = "\r\n".join(f"{name}: <hidden>" for name in secret.headers)
+        return f"{s}\r\n{hidden}" if s else hidden
+
+    @property
+    def dynamic_content(self) -> bool:
+        """Accept servers without sizes or ranges; interruptions restart files from zero."""
+        return self._rec.settings.dynamic_content
+
+    @property
+    def high_performance(self) -> bool:
+        """Write straight into the destination files (no temporary file)."""
+        return self._rec.settings.high_performance
+
+    @property
+    def allowed_calls(self) -> frozenset[str]:
+        """Which of suspend/resume/cancel/complete are valid in the current state."""
+        calls = set(allowed_calls(self.state, self.type))
+        if self.state is JobState.SUSPENDED:
+            calls.discard("suspend")
+        if not self._rec.files:
+            calls.discard("resume")
+        return frozenset(calls)
+
+    def enum_files(self) -> Enumerator[FileInfo]:
+        """EnumFiles: a snapshot of the job's files."""
+        from ._manager import _file_info
+
+        return Enumerator([_file_info(f) for f in self._rec.files])
+
+    @property
+    def files(self) -> list[FileInfo]:
+        """The job's files as a list (same as ``list(enum_files())``)."""
+        return list(self.enum_files())
+
+    # -- state changes -------------------------------------------------------------------------
+    async def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
+        """AddFile: one remote URL → absolute local path."""
+        await self._mgr._add_files(self, [(remote_url, local_name)])
+
+    async def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
+        """AddFileSet: several pairs at once; all or none are added."""
+        await self._mgr._add_files(self, list(files))
+
+    async def add_file_with_ranges(
+        self,
+        remote_url: str,
+        local_name: str | os.PathLike[str],
+        ranges: Sequence[tuple[int, int | None]],
+    ) -> None:
+        """AddFileWithRanges: fetch only these (offset, length) ranges, back to back."""
+        if self.type is not JobType.DOWNLOAD:
+            raise BitsError(_codes.E_NOTIMPL, "file ranges are for download jobs only")
+        checked = check_ranges(ranges)
+        limit = self._mgr.policy.max_ranges_per_file
+        if limit is not None and len(checked) > limit:
+            raise BitsError(
+                _codes.BG_E_TOO_MANY_RANGES_IN_FILE, f"a file may have at most {limit} ranges"
+            )
+        await self._mgr._add_files(self, [(remote_url, local_name)], checked)
+
+    async def resume(self) -> None:
+        """Resume: queue the job (BG_E_EMPTY without files)."""
+        await self._mgr._resume(self)
+
+    async def suspend(self) -> None:
+        """Suspend: stop transferring; data on disk is kept."""
+        await self._mgr._suspend(self)
+
+    async def cancel(self) -> int:
+        """Cancel: delete temporary files and end the job (S_OK or BG_S_UNABLE_TO_DELETE_FILES)."""
+        return await self._mgr._cancel(self)
+
+    async def complete(self) -> int:
+        """Complete: move transferred files to their names (S_OK or BG_S_PARTIAL_COMPLETE)."""
+        return await self._mgr._complete(self)
+
+    async def wait(self, timeout: float | None = None) -> JobState:
+        """Wait until TRANSFERRED, ERROR, CANCELLED or ACKNOWLEDGED (TimeoutError after *timeout*)."""
+        return await self._mgr._wait(self, timeout)
+
+    wait_async = wait
+
+    # -- setters ---------------------------------------------------------------------------------
+    async def set_display_name(self, name: str) -> None:
+        """SetDisplayName (≤256 characters)."""
+        check_string(name, "display name", MAX_DISPLAY_NAME)
+        await self._mgr._update(self, lambda r: setattr(r, "display_name", name))
+
+    async def set_description(self, text: str) -> None:
+        """SetDescription (≤1,024 characters)."""
+        check_string(text, "description", MAX_DESCRIPTION)
+        await self._mgr._update(self, lambda r: setattr(r.settings, "description", text))
+
+    async def set_priority(self, priority: JobPriority | int) -> None:
+        """SetPriority (E_NOTIMPL for a value outside BG_JOB_PRIORITY)."""
+        prio = self._mgr._check_priority(priority)
+        await self._mgr._update(self, lambda r: setattr(r, "priority", prio))
+
+    async def set_minimum_retry_delay(self, seconds: float) -> None:
+        """SetMinimumRetryDelay; values under the policy's floor (BITS: 5 s) are raised to it."""
+        value = max(
+            check_seconds(seconds, "minimum_retry_delay"), self._mgr.policy.min_retry_delay_floor
+        )
+        await self._mgr._update(self, lambda r: setattr(r.settings, "minimum_retry_delay", value))
+
+    async def set_no_progress_timeout(self, seconds: float) -> None:
+        """SetNoProgressTimeout; 0 makes every error fatal."""
+        value = check_seconds(seconds, "no_progress_timeout")
+        await self._mgr._update(self, lambda r: setattr(r.settings, "no_progress_timeout", value))
+
+    async def set_maximum_download_time(self, seconds: float) -> None:
+        """SetMaximumDownloadTime: cap on active transfer time (0 = no cap? no: BITS needs > 0)."""
+        value = check_seconds(seconds, "maximum_download_time")
+        if value == 0:
+            value = float(7_776_000)  # 0 means "use the default" in BITS
+        await self._mgr._update(self, lambda r: setattr(r.settings, "maximum_download_time", value))
+
+    async def set_notify_flags(self, flags: NotifyFlags | int) -> None:
+        """SetNotifyFlags (E_NOTIMPL for unknown bits)."""
+        value = int(flags)
+        if value & ~_ALL_NOTIFY or value < 0:
+            raise BitsError(_codes.E_NOTIMPL, f"unknown notify flags 0x{value:X}")
+        await self._mgr._update(self, lambda r: setattr(r.settings, "notify_flags", value))
+
+    async def set_notify_interface(self, target: Any) -> None:
+        """SetNotifyInterface: an object with any of job_transferred(job), job_error(job, error),
+        job_modification(job), file_transferred(job, file) — plain or async; None removes it.
+
+        As in BITS it is not persisted, and an event that already happened is delivered at once.
+        """
+        rec = self._mgr._live(self)
+        if target is None:
+            self._mgr._notify.pop(rec.id, None)
+            return
+        self._mgr._notify[rec.id] = target
+        if rec.state in (JobState.TRANSFERRED, JobState.ERROR):
+            self._mgr._notify_final(rec)
+
+    async def set_notify_cmd_line(self, program: str | None, parameters: str | None = None) -> None:
+        """SetNotifyCmdLine: run *program* (a full path) on TRANSFERRED or ERROR; None removes."""
+        if program is None:
+            if parameters is not None:
+                raise BitsError(_codes.E_INVALIDARG, "parameters without a program")
+            await self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", None))
+            return
+        check_string(program, "program", 4096)
+        check_string(parameters or "", "parameters", 4000)
+        if not os.path.isabs(program):
+            raise BitsError(_codes.E_INVALIDARG, "the program must be given as a full path")
+        cmd = (program, parameters or "")
+        await self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", cmd))
+
+    async def set_proxy_settings(
+        self, usage: ProxyUsage | int, proxy_list: str | None = None, bypass_list: str | None = None
+    ) -> None:
+        """SetProxySettings: lists only with OVERRIDE, which needs a proxy list."""
+        try:
+            use = ProxyUsage(usage)
+        except ValueError:
+            raise BitsError(_codes.E_NOTIMPL, f"unknown proxy usage {usage!r}") from None
+        if use is not ProxyUsage.OVERRIDE and (proxy_list or bypass_list):
+            raise BitsError(_codes.E_INVALIDARG, "proxy lists go with ProxyUsage.OVERRIDE only")
+        if use is ProxyUsage.OVERRIDE and not proxy_list:
+            raise BitsError(_codes.E_INVALIDARG, "ProxyUsage.OVERRIDE needs a proxy list")
+        if proxy_list and len(proxy_list) > _MAX_PROXY_LIST:
+            raise BitsError(_codes.BG_E_PROXY_LIST_TOO_LARGE, "the proxy list is too long")
+        if bypass_list and len(bypass_list) > _MAX_PROXY_LIST:
+            raise BitsError(_codes.BG_E_PROXY_BYPASS_LIST_TOO_LARGE, "the bypass list is too long")
+
+        def apply(r: JobRecord) -> None:
+            r.settings.proxy_usage = int(use)
+            r.settings.proxy_list = proxy_list
+            r.settings.proxy_bypass_list = bypass_list
+
+        await self._mgr._update(self, apply)
+
+    async def set_custom_headers(self, headers: str | dict[str, str] | None) -> None:
+        """SetCustomHeaders: extra headers on every request. Authorization, Proxy-Authorization
+        and Cookie are kept in memory only, never in the store."""
+        if isinstance(headers, dict):
+            text = "\r\n".join(f"{k}: {v}" for k, v in headers.items())
+        else:
+            text = headers or ""
+        check_string(text, "custom headers", MAX_HEADERS - 1)
+        parsed = parse_headers(text)
+        from ._manager import _Secrets
+        from ._store import _SECRET_HEADERS
+
+        secret = {k: v for k, v in parsed.items() if k.lower() in _SECRET_HEADERS}
+        public = "\r\n".join(f"{k}: {v}" for k, v in parsed.items() if k not in secret) or None
+        rec = self._mgr._live(self)
+        holder = self._mgr._secrets.setdefault(rec.id, _Secrets({}, {}))
+        holder.headers = secret
+        await self._mgr._update(self, lambda r: setattr(r.settings, "custom_headers", public))
+
+    async def set_credentials(
+        self,
+        target: AuthTarget | int,
+        scheme: AuthScheme | int,
+        user_name: str | None,
+        password: str | None,
+    ) -> None:
+        """SetCredentials: kept in memory only (never in the store, never in a repr)."""
+        try:
+            tgt = AuthTarget(target)
+        except ValueError:
+            raise BitsError(
+                _codes.BG_E_INVALID_AUTH_TARGET, f"bad auth target {target!r}"
+            ) from None
+        try:
+            sch = AuthScheme(scheme)
+        except ValueError:
+            raise BitsError(
+                _codes.BG_E_INVALID_AUTH_SCHEME, f"bad auth scheme {scheme!r}"
+            ) from None
+        if sch not in (AuthScheme.BASIC, AuthScheme.DIGEST):
+            raise BitsError(_codes.E_NOTIMPL, f"{sch.name} authentication is Windows-only")
+        if user_name is None or password is None:
+            raise BitsError(_codes.E_INVALIDARG, "BASIC and DIGEST need a user name and password")
+        if len(user_name) > _MAX_USER:
+            raise BitsError(_codes.BG_E_USERNAME_TOO_LARGE, "the user name is too long")
+        if len(password) > _MAX_PASSWORD:
+            raise BitsError(_codes.BG_E_PASSWORD_TOO_LARGE, "the password is too long")
+        from ._manager import _Secrets
+
+        rec = self._mgr._live(self)
+        holder = self._mgr._secrets.setdefault(rec.id, _Secrets({}, {}))
+        holder.credentials[(tgt, sch)] = (user_name, password)
+
+    async def remove_credentials(self, target: AuthTarget | int, scheme: AuthScheme | int) -> bool:
+        """RemoveCredentials: False (S_FALSE) when that pair was not set."""
+        rec = self._mgr._live(self)
+        holder = self._mgr._secrets.get(rec.id)
+        if holder is None:
+            return False
+        return holder.credentials.pop((AuthTarget(target), AuthScheme(scheme)), None) is not None
+
+    async def set_dynamic_content(self, enable: bool) -> None:
+        """BITS_JOB_PROPERTY_DYNAMIC_CONTENT: downloads only, before the first resume()."""
+        self._download_only("dynamic content")
+        if self._rec.resumed_once:
+            raise BitsError(
+                _codes.BG_E_READ_ONLY_PROPERTY_AFTER_RESUME, "set dynamic_content before resume()"
+            )
+        await self._mgr._update(
+            self, lambda r: setattr(r.settings, "dynamic_content", bool(enable))
+        )
+
+    async def set_high_performance(self, enable: bool) -> None:
+        """BITS_JOB_PROPERTY_HIGH_PERFORMANCE: downloads only, before any file is added."""
+        self._download_only("high performance")
+        if self._rec.files:
+            raise BitsError(
+                _codes.BG_E_READ_ONLY_PROPERTY_AFTER_ADDFILE,
+                "set high_performance before add_file()",
+            )
+        await self._mgr._update(
+            self, lambda r: setattr(r.settings, "high_performance", bool(enable))
+        )
+
+    def _download_only(self, what: str) -> None:
+        if self.type is not JobType.DOWNLOAD:
+            raise BitsError(
+                _codes.BG_E_PROPERTY_SUPPORTED_FOR_DOWNLOAD_JOBS_ONLY, f"{what} is for downloads"
+            )
+
+    async def set_remote_name(self, file: int | FileInfo, remote_url: str) -> None:
+        """IBackgroundCopyFile2::SetRemoteName: re-point one file (download jobs)."""
+        if self.type is not JobType.DOWNLOAD:
+            raise BitsError(_codes.E_NOTIMPL, "set_remote_name is for download jobs")
+        url = check_url(remote_url)
+        index = file.index if isinstance(file, FileInfo) else int(file)
+        if not 0 <= index < len(self._rec.files):
+            raise BitsError(_codes.E_INVALIDARG, f"the job has no file {index}")
+
+        def apply(r: JobRecord) -> None:
+            r.files[index].remote_name = url
+
+        await self._mgr._update(self, apply)
+        self._mgr._save(self._rec, [self._rec.files[index]])
+
+    async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> bool:
+        """ReplaceRemotePrefix: swap a URL prefix on every file; False (S_FALSE) if none matched."""
+        if self.type is not JobType.DOWNLOAD:
+            raise BitsError(_codes.E_NOTIMPL, "replace_remote_prefix is for download jobs")
+        if not old_prefix or not new_prefix:
+            raise BitsError(_codes.E_INVALIDARG, "both prefixes must be non-empty")
+        rec = self._mgr._live(self)
+        changed = []
+        for f in rec.files:
+            if f.remote_name.startswith(old_prefix) and not f.completed:
+                changed.append((f, check_url(new_prefix + f.remote_name[len(old_prefix) :])))
+        for f, url in changed:
+            f.remote_name = url
+        if changed:
+            rec.touch()
+            self._mgr._save(rec, [f for f, _ in changed])
+            self._mgr._emit(rec, "modified")
+        return bool(changed)
+
+    async def take_ownership(self) -> None:
+        """TakeOwnership: root only; drops credentials, custom headers and the command line."""
+        from ._manager import _is_admin
+
+        if not _is_admin():
+            raise BitsError(_codes.E_ACCESSDENIED, "only root may take ownership of a job")
+        owner = self._mgr.policy.owner
+
+        def apply(r: JobRecord) -> None:
+            r.owner = owner
+            r.settings.custom_headers = None
+            r.settings.notify_cmd_line = None
+
+        self._mgr._secrets.pop(self.id, None)
+        await self._mgr._update(self, apply)
+
+    async def set_reply_file_name(self, path: str) -> None:
+        """SetReplyFileName: upload-reply jobs only."""
+        raise BitsError(_codes.E_NOTIMPL, "reply files belong to upload-reply jobs (not yet)")
+
+    # -- dunder -------------------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncJob) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        p = self.progress
+        total = "?" if p.bytes_total is None else str(p.bytes_total)
+        return (
+            f"<{type(self).__name__} {self.display_name!r} {self.id} {self.state.name} "
+            f"{p.files_transferred}/{p.files_total} files {p.bytes_transferred}/{total} bytes>"
+        )

@@ -1,0 +1,161 @@
+"""Public snapshot types (progress, times, errors, files) and the settings a manager runs with."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import os
+from dataclasses import dataclass, field
+
+from ._enums import ErrorContext
+from ._errors import context_description, lookup_error
+
+__all__ = [
+    "BG_SIZE_UNKNOWN",
+    "ErrorInfo",
+    "FileInfo",
+    "FileProgress",
+    "FileRange",
+    "JobProgress",
+    "JobTimes",
+    "Policy",
+]
+
+BG_SIZE_UNKNOWN = 0xFFFFFFFFFFFFFFFF
+"""BITS's marker for an unknown size; bitsnb reports ``None`` instead and keeps this for interop."""
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """BG_JOB_PROGRESS; ``bytes_total`` is None while any file's size is unknown."""
+
+    bytes_total: int | None
+    bytes_transferred: int
+    files_total: int
+    files_transferred: int
+
+    @property
+    def percent(self) -> float | None:
+        """Bytes transferred as a percentage, or None while the total is unknown."""
+        if self.bytes_total is None:
+            return None
+        if self.bytes_total == 0:
+            return 100.0 if self.files_total == self.files_transferred else 0.0
+        return 100.0 * self.bytes_transferred / self.bytes_total
+
+
+@dataclass(frozen=True)
+class JobTimes:
+    """BG_JOB_TIMES as tz-aware UTC datetimes; ``transfer_completion`` is None until TRANSFERRED."""
+
+    creation: _dt.datetime
+    modification: _dt.datetime
+    transfer_completion: _dt.datetime | None
+
+
+@dataclass(frozen=True)
+class FileProgress:
+    """BG_FILE_PROGRESS; ``completed`` means handed to the user by complete()."""
+
+    bytes_total: int | None
+    bytes_transferred: int
+    completed: bool
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """BG_FILE_RANGE; ``length=None`` means to the end of the file."""
+
+    offset: int
+    length: int | None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file of a job, as IBackgroundCopyFile reports it (a snapshot)."""
+
+    index: int
+    remote_name: str
+    local_name: str
+    temporary_name: str
+    progress: FileProgress
+    ranges: tuple[FileRange, ...] = ()
+    transferred: bool = False
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """IBackgroundCopyError: the code, where it happened and the file involved."""
+
+    code: int
+    context: ErrorContext
+    file: FileInfo | None
+    protocol: str | None
+    message: str = ""
+
+    @property
+    def name(self) -> str:
+        """Symbolic name of the code."""
+        return lookup_error(self.code).name
+
+    @property
+    def description(self) -> str:
+        """The code's sentence (English)."""
+        return lookup_error(self.code).description
+
+    @property
+    def context_description(self) -> str:
+        """A sentence saying where the error happened."""
+        return context_description(self.context)
+
+    def __str__(self) -> str:
+        where = f" [{self.file.remote_name}]" if self.file else ""
+        detail = f" ({self.message})" if self.message else ""
+        return f"{self.name} (0x{self.code:08X}): {self.description}{detail}{where}"
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass
+class Policy:
+    """Machine-wide settings of a manager: limits, concurrency and timings.
+
+    The BITS limits are off (None) by default; ``Policy.windows_defaults()`` gives BITS's numbers.
+    ``min_retry_delay_floor`` is BITS's 5 s floor for ``minimum_retry_delay``; tests lower it
+    (also through the ``BITSNB_MIN_RETRY_DELAY_FLOOR`` environment variable).
+    """
+
+    max_jobs_per_user: int | None = None
+    max_jobs_per_machine: int | None = None
+    max_files_per_job: int | None = None
+    max_ranges_per_file: int | None = None
+    min_retry_delay_floor: float = field(
+        default_factory=lambda: _env_float("BITSNB_MIN_RETRY_DELAY_FLOOR", 5.0)
+    )
+    max_active_jobs: int = 4
+    max_connections_per_host: int = 4
+    time_slice: float = 30.0
+    lease_seconds: float = 15.0
+    poll_interval: float = 0.5
+    checkpoint_interval: float = 1.0
+    checkpoint_bytes: int = 64 * 1024 * 1024
+    read_size: int = 1024 * 1024
+    job_lifetime: float = 90 * 86400.0
+    history_retention: float = 30 * 86400.0
+    connect_timeout: float = 30.0
+    read_timeout: float = 300.0
+    max_redirects: int = 10
+    owner: str = field(default_factory=getpass.getuser)
+
+    @classmethod
+    def windows_defaults(cls) -> Policy:
+        """The limits Windows ships with (60 jobs per user, 300 per machine, 200 files, 500 ranges)."""
+        return cls(
+            max_jobs_per_user=60,
+            max_jobs_per_machine=300,
+            max_files_per_job=200,
+            max_ranges_per_file=500,
+        )

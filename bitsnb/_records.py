@@ -1,0 +1,91 @@
+"""The mutable in-memory records the manager keeps and the store persists (private)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ._enums import ErrorContext, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
+
+DEFAULT_MIN_RETRY_DELAY = 600.0
+DEFAULT_NO_PROGRESS_TIMEOUT = 1_209_600.0
+DEFAULT_MAX_DOWNLOAD_TIME = 7_776_000.0
+DEFAULT_NOTIFY = NotifyFlags.JOB_TRANSFERRED | NotifyFlags.JOB_ERROR
+
+
+@dataclass
+class ErrorRecord:
+    """The job's last error."""
+
+    code: int
+    context: ErrorContext
+    file_index: int | None = None
+    protocol: str | None = None
+    message: str = ""
+
+
+@dataclass
+class FileRecord:
+    """One (remote, local) pair and its transfer progress."""
+
+    index: int
+    remote_name: str
+    local_name: str
+    temp_name: str
+    bytes_total: int | None = None
+    bytes_transferred: int = 0
+    transferred: bool = False  # every byte is durable in the temporary file
+    completed: bool = False  # renamed to its final name by complete()
+    etag: str | None = None
+    last_modified: str | None = None
+    ranges: list[tuple[int, int | None]] | None = None
+
+
+@dataclass
+class JobSettings:
+    """Per-job settings that are persisted as one JSON document."""
+
+    description: str = ""
+    minimum_retry_delay: float = DEFAULT_MIN_RETRY_DELAY
+    no_progress_timeout: float = DEFAULT_NO_PROGRESS_TIMEOUT
+    maximum_download_time: float = DEFAULT_MAX_DOWNLOAD_TIME
+    notify_flags: int = int(DEFAULT_NOTIFY)
+    notify_cmd_line: tuple[str, str] | None = None
+    proxy_usage: int = int(ProxyUsage.PRECONFIG)
+    proxy_list: str | None = None
+    proxy_bypass_list: str | None = None
+    custom_headers: str | None = None
+    dynamic_content: bool = False
+    high_performance: bool = False
+    security_flags: int = 0
+    reply_file_name: str | None = None
+
+
+@dataclass
+class JobRecord:
+    """A job as the manager holds it; the store mirrors it."""
+
+    id: uuid.UUID
+    display_name: str
+    type: JobType
+    owner: str
+    priority: JobPriority = JobPriority.NORMAL
+    state: JobState = JobState.SUSPENDED
+    created: float = field(default_factory=time.time)
+    modified: float = field(default_factory=time.time)
+    transfer_completed: float | None = None
+    error: ErrorRecord | None = None
+    error_count: int = 0
+    settings: JobSettings = field(default_factory=JobSettings)
+    files: list[FileRecord] = field(default_factory=list)
+    first_failure_at: float | None = None  # start of the no-progress window
+    retry_at: float | None = None
+    active_seconds: float = 0.0  # time spent CONNECTING/TRANSFERRING since the last resume()
+    resumed_once: bool = False
+    version: int = 0  # optimistic-concurrency counter in the store
+    seq: int = 0  # creation order, for FIFO within a priority
+
+    def touch(self) -> None:
+        """Record a modification now."""
+        self.modified = time.time()

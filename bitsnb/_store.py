@@ -1,0 +1,506 @@
+"""The persistent queue: jobs, files, settings, checkpoints and leases in SQLite (WAL).
+
+One ``Store`` per manager, used only from the manager's loop thread. Every write of a job row
+bumps ``version`` and is conditional on the version the writer last saw, so two processes on
+one store notice each other's changes instead of overwriting them. Leases say which process
+transfers a job; a dead process's lease is taken over at once (same host) or when it expires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from . import _codes
+from ._enums import ErrorContext, JobPriority, JobState, JobType
+from ._errors import BitsError
+from ._records import ErrorRecord, FileRecord, JobRecord, JobSettings
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    type INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    created REAL NOT NULL,
+    modified REAL NOT NULL,
+    transfer_completed REAL,
+    error_code INTEGER,
+    error_context INTEGER,
+    error_file INTEGER,
+    error_protocol TEXT,
+    error_message TEXT,
+    error_count INTEGER NOT NULL DEFAULT 0,
+    settings TEXT NOT NULL,
+    first_failure_at REAL,
+    retry_at REAL,
+    active_seconds REAL NOT NULL DEFAULT 0,
+    resumed_once INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL,
+    writer TEXT NOT NULL,
+    written_ns INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_written ON jobs(written_ns);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, modified);
+CREATE TABLE IF NOT EXISTS files (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    remote_name TEXT NOT NULL,
+    local_name TEXT NOT NULL,
+    temp_name TEXT NOT NULL,
+    bytes_total INTEGER,
+    bytes_transferred INTEGER NOT NULL DEFAULT 0,
+    transferred INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    etag TEXT,
+    last_modified TEXT,
+    ranges TEXT,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+"""
+
+_JOB_COLUMNS = (
+    "id, display_name, type, owner, priority, state, created, modified, transfer_completed,"
+    " error_code, error_context, error_file, error_protocol, error_message, error_count, settings,"
+    " first_failure_at, retry_at, active_seconds, resumed_once, version, rowid"
+)
+_FILE_COLUMNS = (
+    "job_id, idx, remote_name, local_name, temp_name, bytes_total, bytes_transferred,"
+    " transferred, completed, etag, last_modified, ranges"
+)
+_FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
+# settings never written to disk: credentials live in memory only
+_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
+
+
+def _public_headers(text: str | None) -> str | None:
+    if not text:
+        return text
+    kept = [
+        line
+        for line in text.splitlines()
+        if line.split(":", 1)[0].strip().lower() not in _SECRET_HEADERS
+    ]
+    return "\r\n".join(kept) or None
+
+
+def _settings_json(settings: JobSettings) -> str:
+    data = dataclasses.asdict(settings)
+    data["custom_headers"] = _public_headers(settings.custom_headers)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _settings_from(text: str) -> JobSettings:
+    data = json.loads(text)
+    known = {f.name for f in dataclasses.fields(JobSettings)}
+    data = {k: v for k, v in data.items() if k in known}
+    if data.get("notify_cmd_line") is not None:
+        data["notify_cmd_line"] = tuple(data["notify_cmd_line"])
+    return JobSettings(**data)
+
+
+def lease_name() -> str:
+    """A name for this process's leases: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _lease_holder_dead(holder: str) -> bool:
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _store_error(path: Path, exc: Exception) -> BitsError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
+        message = f"the store {path} is not a bitsnb database or is corrupt ({text})"
+        return BitsError(_codes.E_INVALIDARG, message)
+    if "locked" in text or "busy" in text:
+        return BitsError(
+            _codes.E_ACCESSDENIED, f"the store {path} is locked by another process ({text})"
+        )
+    if "readonly" in text or "unable to open" in text or isinstance(exc, PermissionError):
+        return BitsError(_codes.E_ACCESSDENIED, f"cannot write the store {path} ({text})")
+    return BitsError(_codes.E_INVALIDARG, f"cannot use the store {path} ({text})")
+
+
+class Store:
+    """SQLite-backed job store (WAL, ``synchronous=NORMAL``: a process crash loses nothing)."""
+
+    def __init__(self, path: str | os.PathLike[str], writer: str) -> None:
+        self.path = Path(path)
+        self.writer = writer
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                self._db.close()
+                raise BitsError(
+                    _codes.E_INVALIDARG,
+                    f"the store {self.path} has schema version {version}, newer than this "
+                    f"bitsnb understands ({SCHEMA_VERSION}); upgrade bitsnb",
+                )
+            if version < SCHEMA_VERSION:
+                with self._tx():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (sqlite3.Error, OSError) as exc:
+            raise _store_error(self.path, exc) from exc
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``'s answer ("ok" when sound)."""
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # -- rows -------------------------------------------------------------------------------
+    def _job_params(self, rec: JobRecord) -> tuple[object, ...]:
+        err = rec.error
+        return (
+            rec.display_name,
+            int(rec.type),
+            rec.owner,
+            int(rec.priority),
+            int(rec.state),
+            rec.created,
+            rec.modified,
+            rec.transfer_completed,
+            err.code if err else None,
+            int(err.context) if err else None,
+            err.file_index if err else None,
+            err.protocol if err else None,
+            err.message if err else None,
+            rec.error_count,
+            _settings_json(rec.settings),
+            rec.first_failure_at,
+            rec.retry_at,
+            rec.active_seconds,
+            int(rec.resumed_once),
+        )
+
+    @staticmethod
+    def _file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
+        return (
+            str(job_id),
+            f.index,
+            f.remote_name,
+            f.local_name,
+            f.temp_name,
+            f.bytes_total,
+            f.bytes_transferred,
+            int(f.transferred),
+            int(f.completed),
+            f.etag,
+            f.last_modified,
+            json.dumps(f.ranges) if f.ranges is not None else None,
+        )
+
+    def insert_job(self, rec: JobRecord) -> None:
+        """Add a new job (no files yet); sets ``rec.seq`` and ``rec.version``."""
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT INTO jobs (id, display_name, type, owner, priority, state, created,"
+                " modified, transfer_completed, error_code, error_context, error_file,"
+                " error_protocol, error_message, error_count, settings, first_failure_at,"
+                " retry_at, active_seconds, resumed_once, version, writer, written_ns)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)",
+                (str(rec.id), *self._job_params(rec), self.writer, time.time_ns()),
+            )
+        rec.seq = int(cur.lastrowid or 0)
+        rec.version = 1
+
+    def save_job(self, rec: JobRecord, files: Iterable[FileRecord] = ()) -> bool:
+        """Write the job row (and *files*) if nobody else changed it since we read it.
+
+        Returns False, writing nothing, when another writer got there first.
+        """
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE jobs SET display_name=?, type=?, owner=?, priority=?, state=?, created=?,"
+                " modified=?, transfer_completed=?, error_code=?, error_context=?, error_file=?,"
+                " error_protocol=?, error_message=?, error_count=?, settings=?,"
+                " first_failure_at=?, retry_at=?, active_seconds=?, resumed_once=?,"
+                " version=version+1, writer=?, written_ns=? WHERE id=? AND version=?",
+                (
+                    *self._job_params(rec),
+                    self.writer,
+                    time.time_ns(),
+                    str(rec.id),
+                    rec.version,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._write_files(rec.id, files)
+        rec.version += 1
+        return True
+
+    def _write_files(self, job_id: uuid.UUID, files: Iterable[FileRecord]) -> None:
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [self._file_params(job_id, f) for f in files],
+        )
+
+    def delete_files(self, job_id: uuid.UUID, first_index: int) -> None:
+        """Remove file rows from *first_index* on (undoing a failed add)."""
+        with self._tx():
+            self._db.execute(
+                "DELETE FROM files WHERE job_id=? AND idx>=?", (str(job_id), first_index)
+            )
+
+    @staticmethod
+    def _job_from(row: Any) -> JobRecord:
+        (
+            jid,
+            name,
+            jtype,
+            owner,
+            prio,
+            state,
+            created,
+            modified,
+            tdone,
+            ecode,
+            ectx,
+            efile,
+            eproto,
+            emsg,
+            ecount,
+            settings,
+            ffail,
+            retry_at,
+            active,
+            resumed,
+            version,
+            rowid,
+        ) = row
+        error = (
+            ErrorRecord(
+                int(ecode),
+                ErrorContext(ectx),
+                efile,
+                eproto,
+                emsg or "",
+            )
+            if ecode is not None
+            else None
+        )
+        return JobRecord(
+            id=uuid.UUID(str(jid)),
+            display_name=str(name),
+            type=JobType(jtype),
+            owner=str(owner),
+            priority=JobPriority(prio),
+            state=JobState(state),
+            created=float(created),
+            modified=float(modified),
+            transfer_completed=tdone,
+            error=error,
+            error_count=int(ecount),
+            settings=_settings_from(str(settings)),
+            first_failure_at=ffail,
+            retry_at=retry_at,
+            active_seconds=float(active),
+            resumed_once=bool(resumed),
+            version=int(version),
+            seq=int(rowid),
+        )
+
+    @staticmethod
+    def _file_from(row: Any) -> FileRecord:
+        (
+            _,
+            idx,
+            remote,
+            local,
+            temp,
+            total,
+            done_bytes,
+            transferred,
+            completed,
+            etag,
+            lm,
+            ranges,
+        ) = row
+        return FileRecord(
+            index=int(idx),
+            remote_name=str(remote),
+            local_name=str(local),
+            temp_name=str(temp),
+            bytes_total=total,
+            bytes_transferred=int(done_bytes),
+            transferred=bool(transferred),
+            completed=bool(completed),
+            etag=etag,
+            last_modified=lm,
+            ranges=[tuple(r) for r in json.loads(str(ranges))] if ranges else None,
+        )
+
+    def _attach_files(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        if not jobs:
+            return jobs
+        by_id = {str(j.id): j for j in jobs}
+        if len(jobs) <= 500:
+            marks = ",".join("?" * len(jobs))
+            rows = self._db.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id IN ({marks}) ORDER BY job_id, idx",
+                list(by_id),
+            )
+        else:
+            rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY job_id, idx")
+        for row in rows:
+            job = by_id.get(str(row[0]))
+            if job is not None:
+                job.files.append(self._file_from(row))
+        return jobs
+
+    def load_job(self, job_id: uuid.UUID) -> JobRecord | None:
+        """One job with its files, or None."""
+        row = self._db.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (str(job_id),)
+        ).fetchone()
+        if row is None:
+            return None
+        return self._attach_files([self._job_from(row)])[0]
+
+    def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:
+        """Every job (by default only the non-final ones), in creation order."""
+        where = "" if include_finished else f"WHERE state NOT IN {_FINAL}"
+        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY rowid")
+        return self._attach_files([self._job_from(r) for r in rows])
+
+    def changed_by_others(self, since_ns: int) -> tuple[list[JobRecord], int]:
+        """Jobs another writer changed after *since_ns*, and the newest write time seen."""
+        rows = self._db.execute(
+            f"SELECT {_JOB_COLUMNS}, written_ns FROM jobs WHERE written_ns > ? AND writer != ?",
+            (since_ns, self.writer),
+        ).fetchall()
+        newest = max((int(r[-1]) for r in rows), default=since_ns)
+        return self._attach_files([self._job_from(r[:-1]) for r in rows]), newest
+
+    def count_jobs(self, owner: str | None = None) -> int:
+        """Number of non-final jobs (of *owner*, or of everybody)."""
+        sql = f"SELECT COUNT(*) FROM jobs WHERE state NOT IN {_FINAL}"
+        args: tuple[object, ...] = ()
+        if owner is not None:
+            sql += " AND owner=?"
+            args = (owner,)
+        return int(self._db.execute(sql, args).fetchone()[0])
+
+    def prune_finished(self, before: float) -> int:
+        """Delete finished jobs last modified before *before*; returns how many."""
+        with self._tx():
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    f"SELECT id FROM jobs WHERE state IN {_FINAL} AND modified < ?", (before,)
+                )
+            ]
+            self._db.executemany("DELETE FROM files WHERE job_id=?", [(i,) for i in ids])
+            self._db.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+        return len(ids)
+
+    # -- leases -----------------------------------------------------------------------------
+    def claim(self, job_id: uuid.UUID, seconds: float) -> bool:
+        """Take the transfer lease of a job; False while another live process holds it."""
+        now = time.time()
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE jobs SET lease_owner=?, lease_expires=? WHERE id=? AND (lease_owner IS"
+                " NULL OR lease_owner=? OR lease_expires < ?)",
+                (self.writer, now + seconds, str(job_id), self.writer, now),
+            )
+            if cur.rowcount == 1:
+                return True
+            row = self._db.execute(
+                "SELECT lease_owner FROM jobs WHERE id=?", (str(job_id),)
+            ).fetchone()
+            if row is None or row[0] is None or not _lease_holder_dead(str(row[0])):
+                return False
+            cur = self._db.execute(
+                "UPDATE jobs SET lease_owner=?, lease_expires=? WHERE id=? AND lease_owner=?",
+                (self.writer, now + seconds, str(job_id), row[0]),
+            )
+            return cur.rowcount == 1
+
+    def renew_leases(self, seconds: float) -> None:
+        """Extend every lease this process holds."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE jobs SET lease_expires=? WHERE lease_owner=?",
+                (time.time() + seconds, self.writer),
+            )
+
+    def release(self, job_id: uuid.UUID | None = None) -> None:
+        """Give up the lease of one job (or all of ours)."""
+        with self._tx():
+            if job_id is None:
+                self._db.execute(
+                    "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL WHERE lease_owner=?",
+                    (self.writer,),
+                )
+            else:
+                self._db.execute(
+                    "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL"
+                    " WHERE id=? AND lease_owner=?",
+                    (str(job_id), self.writer),
+                )
+
+    def leased_by_others(self) -> set[uuid.UUID]:
+        """Ids of jobs whose lease another process holds and has not let expire."""
+        rows = self._db.execute(
+            "SELECT id, lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_owner != ?"
+            " AND lease_expires >= ?",
+            (self.writer, time.time()),
+        )
+        return {uuid.UUID(r[0]) for r in rows if not _lease_holder_dead(str(r[1]))}
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")

@@ -1,0 +1,492 @@
+"""The blocking API: ``Manager`` and ``Job`` run an ``AsyncManager`` on a loop thread of their own.
+
+This is what notebooks and scripts use: calls block the caller, never the transfers, and work
+the same inside a running Jupyter kernel (whose loop is busy running the cell) and in a script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ._enumerator import Enumerator
+from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
+from ._errors import get_error_description
+from ._job import AsyncJob
+from ._manager import AsyncManager, JobEvent
+from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
+from ._runtime import LoopThread
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Job", "JobEnumerator", "Manager"]
+
+_open_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for mgr in list(_open_managers):
+        try:
+            mgr.close()
+        except Exception:  # interpreter shutdown: best effort
+            pass
+
+
+class JobEnumerator(Enumerator["Job"]):
+    """EnumJobs' answer: a snapshot of jobs with a cursor; ``to_frame()`` gives a DataFrame."""
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per job, indexed by job id (needs pandas)."""
+        from .frames import jobs_to_frame
+
+        return jobs_to_frame(self[:])
+
+
+class Manager:
+    """The BITS manager, blocking API. ``with bitsnb.Manager(store="jobs.db") as mgr: ...``."""
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | None = None,
+        *,
+        policy: Policy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._runtime = LoopThread()
+        self._amgr = AsyncManager(store, policy=policy, transport=transport)
+        self._jobs: weakref.WeakValueDictionary[uuid.UUID, Job] = weakref.WeakValueDictionary()
+        try:
+            self._runtime.run(self._amgr.start())
+        except BaseException:
+            self._runtime.stop()
+            raise
+        _open_managers.add(self)
+
+    @property
+    def async_manager(self) -> AsyncManager:
+        """The ``AsyncManager`` this facade drives (it lives on the loop thread)."""
+        return self._amgr
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the transfers run on."""
+        return self._runtime.loop
+
+    @property
+    def policy(self) -> Policy:
+        """The manager's settings."""
+        return self._amgr.policy
+
+    @property
+    def store_path(self) -> os.PathLike[str]:
+        """Where the queue is stored."""
+        return self._amgr.store_path
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return not self._runtime.running
+
+    def _wrap(self, ajob: AsyncJob) -> Job:
+        job = self._jobs.get(ajob.id)
+        if job is None or job._ajob._rec is not ajob._rec:
+            job = Job(self, ajob)
+            self._jobs[ajob.id] = job
+        return job
+
+    def create_job(
+        self,
+        display_name: str,
+        type: JobType = JobType.DOWNLOAD,
+        *,
+        priority: JobPriority = JobPriority.NORMAL,
+        description: str = "",
+    ) -> Job:
+        """CreateJob: a new, empty job in SUSPENDED."""
+        ajob = self._runtime.run(
+            self._amgr.create_job(display_name, type, priority=priority, description=description)
+        )
+        return self._wrap(ajob)
+
+    def get_job(self, job_id: uuid.UUID | str) -> Job:
+        """GetJob: the job with that id; ``BitsError(BG_E_NOT_FOUND)`` when there is none."""
+        return self._wrap(self._runtime.run(self._amgr.get_job(job_id)))
+
+    def enum_jobs(
+        self, all_users: bool = False, *, include_finished: bool = False
+    ) -> JobEnumerator:
+        """EnumJobs: a snapshot of the queue (your jobs, or everybody's for root)."""
+        jobs = self._runtime.run(self._amgr.enum_jobs(all_users, include_finished=include_finished))
+        return JobEnumerator([self._wrap(j) for j in jobs])
+
+    def get_error_description(self, code: int, language: str | int | None = "en") -> str:
+        """GetErrorDescription: the sentence for an HRESULT."""
+        return get_error_description(code, language)
+
+    def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
+        """Call *listener(event)* on the loop thread for each job event; returns unsubscribe."""
+        return self._runtime.run(_subscribe(self._amgr, listener))
+
+    def close(self) -> None:
+        """Stop transfers (data stays for next time), release the store and the loop thread."""
+        if not self._runtime.running:
+            return
+        try:
+            if not self._runtime.in_loop_thread:
+                self._runtime.run(self._amgr.aclose(), timeout=30)
+        finally:
+            self._runtime.stop()
+            _open_managers.discard(self)
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._amgr._jobs)} jobs"
+        return f"<bitsnb.Manager {str(self.store_path)!r} {state}>"
+
+    def panel(self) -> Any:
+        """A live ipywidgets panel of the whole queue (see ``bitsnb.notebook``)."""
+        from .notebook import queue_panel
+
+        return queue_panel(self)
+
+
+async def _subscribe(
+    amgr: AsyncManager, listener: Callable[[JobEvent], None]
+) -> Callable[[], None]:
+    return amgr.subscribe(listener)
+
+
+class _SyncNotify:
+    """Adapts a notify interface written for ``Job`` (blocking) to the async core."""
+
+    def __init__(self, mgr: Manager, target: Any) -> None:
+        self._mgr = mgr
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._target, name, None)
+        if fn is None or name not in {
+            "job_transferred",
+            "job_error",
+            "job_modification",
+            "file_transferred",
+        }:
+            raise AttributeError(name)
+
+        async def call(ajob: AsyncJob, *args: Any) -> None:
+            job = self._mgr._wrap(ajob)
+            result = await asyncio.to_thread(fn, job, *args)  # may call back into Job
+            if asyncio.iscoroutine(result):
+                await result
+
+        return call
+
+
+class Job:
+    """A BITS job, blocking API: properties read instantly, methods wait for the manager."""
+
+    def __init__(self, manager: Manager, ajob: AsyncJob) -> None:
+        self._mgr = manager
+        self._ajob = ajob
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        return self._mgr._runtime.run(coro, timeout)
+
+    @property
+    def async_job(self) -> AsyncJob:
+        """The ``AsyncJob`` behind this handle."""
+        return self._ajob
+
+    @property
+    def manager(self) -> Manager:
+        """The manager this job came from."""
+        return self._mgr
+
+    # reading
+    @property
+    def id(self) -> uuid.UUID:
+        """The job's GUID."""
+        return self._ajob.id
+
+    @property
+    def type(self) -> JobType:
+        """DOWNLOAD, UPLOAD or UPLOAD_REPLY."""
+        return self._ajob.type
+
+    @property
+    def state(self) -> JobState:
+        """The current state."""
+        return self._ajob.state
+
+    @property
+    def owner(self) -> str:
+        """The OS user who owns the job."""
+        return self._ajob.owner
+
+    @property
+    def progress(self) -> JobProgress:
+        """Bytes and files, total and transferred."""
+        return self._ajob.progress
+
+    @property
+    def times(self) -> JobTimes:
+        """Creation, modification and transfer-completion times (UTC)."""
+        return self._ajob.times
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        """The last error while in ERROR or TRANSIENT_ERROR."""
+        return self._ajob.error
+
+    def get_error(self) -> ErrorInfo:
+        """GetError (BG_E_ERROR_INFORMATION_UNAVAILABLE outside the error states)."""
+        return self._ajob.get_error()
+
+    @property
+    def error_count(self) -> int:
+        """Failed attempts so far."""
+        return self._ajob.error_count
+
+    @property
+    def allowed_calls(self) -> frozenset[str]:
+        """Which of suspend/resume/cancel/complete are valid now."""
+        return self._ajob.allowed_calls
+
+    def enum_files(self) -> Enumerator[FileInfo]:
+        """EnumFiles: a snapshot of the files."""
+        return self._ajob.enum_files()
+
+    @property
+    def files(self) -> list[FileInfo]:
+        """The files as a list."""
+        return self._ajob.files
+
+    @property
+    def custom_headers(self) -> str | None:
+        """Extra request headers (secret values hidden)."""
+        return self._ajob.custom_headers
+
+    @property
+    def notify_cmd_line(self) -> tuple[str, str] | None:
+        """(program, parameters) or None."""
+        return self._ajob.notify_cmd_line
+
+    @property
+    def proxy_settings(self) -> tuple[ProxyUsage, str | None, str | None]:
+        """(usage, proxy list, bypass list)."""
+        return self._ajob.proxy_settings
+
+    # read/write properties
+    @property
+    def display_name(self) -> str:
+        """The name shown in lists and panels."""
+        return self._ajob.display_name
+
+    @display_name.setter
+    def display_name(self, value: str) -> None:
+        self._run(self._ajob.set_display_name(value))
+
+    @property
+    def description(self) -> str:
+        """Free text (≤1,024 characters)."""
+        return self._ajob.description
+
+    @description.setter
+    def description(self, value: str) -> None:
+        self._run(self._ajob.set_description(value))
+
+    @property
+    def priority(self) -> JobPriority:
+        """FOREGROUND, HIGH, NORMAL or LOW."""
+        return self._ajob.priority
+
+    @priority.setter
+    def priority(self, value: JobPriority | int) -> None:
+        self._run(self._ajob.set_priority(value))
+
+    @property
+    def minimum_retry_delay(self) -> float:
+        """Seconds before a transient error is retried."""
+        return self._ajob.minimum_retry_delay
+
+    @minimum_retry_delay.setter
+    def minimum_retry_delay(self, value: float) -> None:
+        self._run(self._ajob.set_minimum_retry_delay(value))
+
+    @property
+    def no_progress_timeout(self) -> float:
+        """Seconds of retries without progress before ERROR."""
+        return self._ajob.no_progress_timeout
+
+    @no_progress_timeout.setter
+    def no_progress_timeout(self, value: float) -> None:
+        self._run(self._ajob.set_no_progress_timeout(value))
+
+    @property
+    def maximum_download_time(self) -> float:
+        """Seconds of active transfer allowed."""
+        return self._ajob.maximum_download_time
+
+    @maximum_download_time.setter
+    def maximum_download_time(self, value: float) -> None:
+        self._run(self._ajob.set_maximum_download_time(value))
+
+    @property
+    def notify_flags(self) -> NotifyFlags:
+        """Which events are delivered."""
+        return self._ajob.notify_flags
+
+    @notify_flags.setter
+    def notify_flags(self, value: NotifyFlags | int) -> None:
+        self._run(self._ajob.set_notify_flags(value))
+
+    @property
+    def dynamic_content(self) -> bool:
+        """Accept servers without sizes or ranges."""
+        return self._ajob.dynamic_content
+
+    @dynamic_content.setter
+    def dynamic_content(self, value: bool) -> None:
+        self._run(self._ajob.set_dynamic_content(value))
+
+    @property
+    def high_performance(self) -> bool:
+        """Write straight into the destination files."""
+        return self._ajob.high_performance
+
+    @high_performance.setter
+    def high_performance(self, value: bool) -> None:
+        self._run(self._ajob.set_high_performance(value))
+
+    # methods
+    def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
+        """AddFile: remote URL → absolute local path."""
+        self._run(self._ajob.add_file(remote_url, local_name))
+
+    def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
+        """AddFileSet: several pairs, all or none."""
+        self._run(self._ajob.add_file_set(list(files)))
+
+    def add_file_with_ranges(
+        self,
+        remote_url: str,
+        local_name: str | os.PathLike[str],
+        ranges: Sequence[tuple[int, int | None]],
+    ) -> None:
+        """AddFileWithRanges: only these (offset, length) ranges, back to back."""
+        self._run(self._ajob.add_file_with_ranges(remote_url, local_name, ranges))
+
+    def resume(self) -> None:
+        """Resume: queue the job."""
+        self._run(self._ajob.resume())
+
+    def suspend(self) -> None:
+        """Suspend: stop; data on disk is kept."""
+        self._run(self._ajob.suspend())
+
+    def cancel(self) -> int:
+        """Cancel: delete temporary files, end the job."""
+        return int(self._run(self._ajob.cancel()))
+
+    def complete(self) -> int:
+        """Complete: move transferred files into place (S_OK or BG_S_PARTIAL_COMPLETE)."""
+        return int(self._run(self._ajob.complete()))
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Block until TRANSFERRED, ERROR, CANCELLED or ACKNOWLEDGED (TimeoutError after *timeout*)."""
+        return JobState(self._run(self._ajob.wait(timeout)))
+
+    async def wait_async(self, timeout: float | None = None) -> JobState:
+        """``await job.wait_async()`` from any running loop (a notebook cell, say)."""
+        fut = self._mgr._runtime.submit(self._ajob.wait(timeout))
+        return await asyncio.wrap_future(fut)
+
+    def set_priority(self, priority: JobPriority | int) -> None:
+        """SetPriority."""
+        self._run(self._ajob.set_priority(priority))
+
+    def set_notify_interface(self, target: Any) -> None:
+        """An object with job_transferred/job_error/job_modification/file_transferred methods;
+        they run in a worker thread and receive this ``Job``, so they may call its methods."""
+        wrapped = None if target is None else _SyncNotify(self._mgr, target)
+        self._run(self._ajob.set_notify_interface(wrapped))
+
+    def set_notify_cmd_line(self, program: str | None, parameters: str | None = None) -> None:
+        """SetNotifyCmdLine."""
+        self._run(self._ajob.set_notify_cmd_line(program, parameters))
+
+    def set_proxy_settings(
+        self, usage: ProxyUsage | int, proxy_list: str | None = None, bypass_list: str | None = None
+    ) -> None:
+        """SetProxySettings."""
+        self._run(self._ajob.set_proxy_settings(usage, proxy_list, bypass_list))
+
+    def set_custom_headers(self, headers: str | dict[str, str] | None) -> None:
+        """SetCustomHeaders."""
+        self._run(self._ajob.set_custom_headers(headers))
+
+    def set_credentials(
+        self,
+        target: AuthTarget | int,
+        scheme: AuthScheme | int,
+        user_name: str | None,
+        password: str | None,
+    ) -> None:
+        """SetCredentials (memory only)."""
+        self._run(self._ajob.set_credentials(target, scheme, user_name, password))
+
+    def remove_credentials(self, target: AuthTarget | int, scheme: AuthScheme | int) -> bool:
+        """RemoveCredentials."""
+        return bool(self._run(self._ajob.remove_credentials(target, scheme)))
+
+    def set_remote_name(self, file: int | FileInfo, remote_url: str) -> None:
+        """SetRemoteName on one file."""
+        self._run(self._ajob.set_remote_name(file, remote_url))
+
+    def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> bool:
+        """ReplaceRemotePrefix."""
+        return bool(self._run(self._ajob.replace_remote_prefix(old_prefix, new_prefix)))
+
+    def take_ownership(self) -> None:
+        """TakeOwnership (root only)."""
+        self._run(self._ajob.take_ownership())
+
+    def set_reply_file_name(self, path: str) -> None:
+        """SetReplyFileName (upload-reply jobs)."""
+        self._run(self._ajob.set_reply_file_name(path))
+
+    # notebook hooks (implemented in bitsnb.notebook / bitsnb.frames)
+    def files_frame(self) -> pd.DataFrame:
+        """One row per file (needs pandas)."""
+        from .frames import files_to_frame
+
+        return files_to_frame(self)
+
+    def panel(self) -> Any:
+        """A live ipywidgets panel of this job (see ``bitsnb.notebook``)."""
+        from .notebook import job_panel
+
+        return job_panel(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return repr(self._ajob).replace("AsyncJob", "bitsnb.Job", 1)

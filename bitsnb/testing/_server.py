@@ -1,0 +1,860 @@
+"""Loopback HTTP/1.1 static file server with fault injection, for tests, demos and benchmarks.
+
+Standard library only: ``ThreadingHTTPServer`` in a daemon thread, bodies sent with ``sendfile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import email.utils
+import fnmatch
+import math
+import os
+import random
+import socket
+import socketserver
+import stat
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import IO, Any, Literal, Self
+
+__all__ = ["Fault", "FaultKind", "FileServer", "RequestRecord"]
+
+_BLOCK = 1 << 20  # random content is generated and written in 1 MiB blocks
+_CHUNK = 1 << 20  # chunk size used by the chunked-encoding fault
+_STOP_JOIN_TIMEOUT = 5.0  # bound on how long stop() waits for its threads
+_MAX_DRAIN = 1 << 20  # largest request body read and discarded to keep a connection alive
+_POLL_INTERVAL = 0.05  # serve_forever poll interval: how fast shutdown() returns
+
+FaultKind = Literal[
+    "drop_after",
+    "status",
+    "ignore_range",
+    "stall",
+    "stall_after",
+    "close_before_headers",
+    "wrong_length",
+    "no_length",
+    "change_before",
+    "weak_etag",
+    "no_validators",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One injected misbehaviour; it hits ``times`` matching requests (-1 = forever), then is spent.
+
+    Build it with the classmethods below, e.g. ``Fault.drop_after(1000, times=2)``.
+    """
+
+    kind: FaultKind
+    nbytes: int = 0
+    seconds: float = 0.0
+    code: int = 0
+    retry_after: float | None = None
+    delta: int = 0
+    times: int = 1
+
+    def __post_init__(self) -> None:
+        if self.times == 0 or self.times < -1:
+            raise ValueError(f"times must be >= 1 or -1 (forever), not {self.times}")
+        if self.nbytes < 0:
+            raise ValueError("nbytes must be >= 0")
+        if self.seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        if self.kind == "status" and not 100 <= self.code <= 599:
+            raise ValueError(f"invalid HTTP status code {self.code}")
+        if self.retry_after is not None and self.retry_after < 0:
+            raise ValueError("retry_after must be >= 0")
+
+    def with_times(self, times: int) -> Fault:
+        """Return a copy of this fault that hits ``times`` requests (-1 = forever)."""
+        return dataclasses.replace(self, times=times)
+
+    @classmethod
+    def drop_after(cls, nbytes: int, *, times: int = 1) -> Fault:
+        """Send headers and the first ``nbytes`` of the body, then close the connection."""
+        return cls("drop_after", nbytes=nbytes, times=times)
+
+    @classmethod
+    def status(cls, code: int, retry_after: float | None = None, *, times: int = 1) -> Fault:
+        """Answer with status ``code`` and a small body, plus ``Retry-After`` when given."""
+        return cls("status", code=code, retry_after=retry_after, times=times)
+
+    @classmethod
+    def ignore_range(cls, *, times: int = 1) -> Fault:
+        """Answer 200 with the whole file even if a Range was requested."""
+        return cls("ignore_range", times=times)
+
+    @classmethod
+    def stall(cls, seconds: float, *, times: int = 1) -> Fault:
+        """Wait ``seconds`` (interruptible by stop) before sending anything, then answer."""
+        return cls("stall", seconds=seconds, times=times)
+
+    @classmethod
+    def stall_after(cls, nbytes: int, seconds: float, *, times: int = 1) -> Fault:
+        """Send ``nbytes`` of body, stall ``seconds`` (interruptible by stop), then close."""
+        return cls("stall_after", nbytes=nbytes, seconds=seconds, times=times)
+
+    @classmethod
+    def close_before_headers(cls, *, times: int = 1) -> Fault:
+        """Close the connection without answering."""
+        return cls("close_before_headers", times=times)
+
+    @classmethod
+    def wrong_length(cls, delta: int, *, times: int = 1) -> Fault:
+        """Advertise Content-Length = real + ``delta``, send the real bytes, then close."""
+        return cls("wrong_length", delta=delta, times=times)
+
+    @classmethod
+    def no_length(cls, *, times: int = 1) -> Fault:
+        """Send the body with ``Transfer-Encoding: chunked`` and no Content-Length."""
+        return cls("no_length", times=times)
+
+    @classmethod
+    def change_before(cls, *, times: int = 1) -> Fault:
+        """Change the target file (new ETag and Last-Modified) before answering."""
+        return cls("change_before", times=times)
+
+    @classmethod
+    def weak_etag(cls, *, times: int = 1) -> Fault:
+        """Answer with a weak ETag (``W/"..."``)."""
+        return cls("weak_etag", times=times)
+
+    @classmethod
+    def no_validators(cls, *, times: int = 1) -> Fault:
+        """Answer with neither ETag nor Last-Modified."""
+        return cls("no_validators", times=times)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request as seen by the server (``status`` 0 = no status line was sent).
+
+    ``path`` is the decoded request path without its leading "/" (what fault globs match);
+    ``body_bytes_sent`` counts file-content bytes handed to the socket, not error-text bodies.
+    """
+
+    method: str
+    path: str
+    range: str | None
+    if_range: str | None
+    status: int = 0
+    body_bytes_sent: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    fault: FaultKind | None = None
+    finished: bool = False
+
+    def copy(self) -> RequestRecord:
+        """Return an independent snapshot of this record."""
+        return dataclasses.replace(self, headers=dict(self.headers))
+
+
+@dataclass(slots=True)
+class _FaultEntry:
+    glob: str
+    fault: Fault
+    remaining: int
+
+
+class _RangeNotSatisfiable(Exception):
+    """Raised by ``_parse_range`` for a syntactically valid range outside the file."""
+
+
+def _normalize_name(name: str) -> str:
+    """Return the canonical relative POSIX key for ``name``; refuse absolute or escaping names."""
+    if not name or "\x00" in name or "\\" in name:
+        raise ValueError(f"invalid file name {name!r}")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise ValueError(f"file name must be relative and stay under root: {name!r}")
+    key = pure.as_posix()
+    if key in ("", "."):
+        raise ValueError(f"invalid file name {name!r}")
+    return key
+
+
+def _is_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """Parse a single ``bytes=`` range into (start, length); None means "ignore, send all"."""
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    spec = spec.strip()
+    if "," in spec:
+        return None  # multiple ranges: answered with the whole file
+    first, dash, last = spec.partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash:
+        return None
+    if not first:
+        if not _is_digits(last):
+            return None
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise _RangeNotSatisfiable
+        suffix = min(suffix, size)
+        return size - suffix, suffix
+    if not _is_digits(first) or (last and not _is_digits(last)):
+        return None
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        raise _RangeNotSatisfiable
+    end = min(end, size - 1)
+    return start, end - start + 1
+
+
+def _write_random(fh: IO[bytes], size: int, seed: int | str) -> None:
+    """Write ``size`` deterministic pseudo-random bytes in 1 MiB blocks (flat memory)."""
+    rng = random.Random(seed)
+    remaining = size
+    while remaining > 0:
+        n = min(_BLOCK, remaining)
+        fh.write(rng.randbytes(n))
+        remaining -= n
+
+
+def _bytes_writer(data: bytes) -> Callable[[IO[bytes]], None]:
+    def write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    return write
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that never blocks on close and knows its owning FileServer."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], owner: FileServer) -> None:
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # Skip HTTPServer.server_bind: its socket.getfqdn() may do a slow reverse DNS lookup.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError) or self.owner._stopping.is_set():
+            return  # client went away or we are stopping: stay quiet
+        super().handle_error(request, client_address)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves files under the owner's root (GET/HEAD, single Range, If-Range) and applies faults."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "bitsnb-testing/1.0"
+    sys_version = ""
+    timeout = 60.0  # idle keep-alive connections end after this many seconds
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.owner._register(self)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._unregister(self)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: tests and notebooks do not want access logs on stderr."""
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _not_allowed(self) -> None:
+        rec = self._new_record(self._request_name())
+        owner = self.server.owner
+        owner._begin(rec)
+        try:
+            self._send_simple(rec, 405, b"method not allowed\n", [("Allow", "GET, HEAD")], True)
+        except OSError:
+            self.close_connection = True
+        finally:
+            owner._finish(rec)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _not_allowed
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _shutdown_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _abort(self) -> None:
+        """Close the connection abruptly (shutdown now; the socket is closed when we return)."""
+        self.close_connection = True
+        self._shutdown_socket()
+
+    def _request_name(self) -> str:
+        target = self.path.split("#", 1)[0]
+        if "://" in target.split("?", 1)[0]:  # absolute-form request target
+            target = urllib.parse.urlsplit(target).path or "/"
+        target = target.split("?", 1)[0]
+        name = urllib.parse.unquote(target)
+        return name[1:] if name.startswith("/") else name
+
+    def _new_record(self, name: str) -> RequestRecord:
+        return RequestRecord(
+            method=self.command,
+            path=name,
+            range=self.headers.get("Range"),
+            if_range=self.headers.get("If-Range"),
+            headers=dict(self.headers.items()),
+        )
+
+    def _drain_request_body(self) -> None:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return
+        length = self.headers.get("Content-Length")
+        if not length:
+            return
+        try:
+            n = int(length)
+        except ValueError:
+            n = -1
+        if 0 <= n <= _MAX_DRAIN:
+            self.rfile.read(n)
+        else:
+            self.close_connection = True
+
+    def _serve(self, head: bool) -> None:
+        owner = self.server.owner
+        name = self._request_name()
+        rec = self._new_record(name)
+        owner._begin(rec)
+        try:
+            self._drain_request_body()
+            self._respond(rec, name, head)
+        except OSError:  # client went away, or stop() shut the socket down
+            self.close_connection = True
+        finally:
+            owner._finish(rec)
+
+    def _respond(self, rec: RequestRecord, name: str, head: bool) -> None:
+        owner = self.server.owner
+        fault = owner._take_fault(name)
+        if fault is not None:
+            rec.fault = fault.kind
+            if fault.kind == "close_before_headers":
+                self._abort()
+                return
+            if fault.kind == "status":
+                self._send_status_fault(rec, fault, head)
+                return
+            if fault.kind == "stall" and owner._stopping.wait(fault.seconds):
+                self._abort()
+                return
+            if fault.kind == "change_before":
+                with contextlib.suppress(ValueError, OSError):
+                    owner.change_file(name)
+        opened = owner._open(name)
+        if opened is None:
+            self._send_simple(rec, 404, b"not found\n", head=head)
+            return
+        fh, st, generation = opened
+        with fh:
+            self._send_file(rec, fh, st, generation, fault, head)
+
+    def _send_simple(
+        self,
+        rec: RequestRecord,
+        code: int,
+        body: bytes,
+        extra: list[tuple[str, str]] | None = None,
+        close: bool = False,
+        head: bool = False,
+    ) -> None:
+        if code < 200 or code in (204, 304):
+            body = b""
+        rec.status = code
+        self.send_response(code)
+        if body:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        if code >= 200 and code != 204 and code != 304:
+            self.send_header("Content-Length", str(len(body)))
+        for key, value in extra or []:
+            self.send_header(key, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if body and not head:
+            self.wfile.write(body)
+
+    def _send_status_fault(self, rec: RequestRecord, fault: Fault, head: bool) -> None:
+        try:
+            phrase = HTTPStatus(fault.code).phrase
+        except ValueError:
+            phrase = "Injected"
+        extra: list[tuple[str, str]] = []
+        if fault.retry_after is not None:
+            extra.append(("Retry-After", str(math.ceil(fault.retry_after))))
+        body = f"{fault.code} {phrase} (injected fault)\n".encode()
+        self._send_simple(rec, fault.code, body, extra, head=head)
+
+    def _if_range_ok(self, etag: str, last_modified: str, mtime: int) -> bool:
+        value = self.headers.get("If-Range")
+        if value is None:
+            return True
+        value = value.strip()
+        if value.startswith('"'):
+            return value == etag
+        if value.startswith("W/"):
+            return False  # If-Range requires strong comparison
+        if value == last_modified:
+            return True
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return False
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp()) == mtime
+
+    def _send_file(
+        self,
+        rec: RequestRecord,
+        fh: IO[bytes],
+        st: os.stat_result,
+        generation: int,
+        fault: Fault | None,
+        head: bool,
+    ) -> None:
+        kind = fault.kind if fault is not None else None
+        size = st.st_size
+        etag = f'"{size}-{generation}-{st.st_mtime_ns:x}"'
+        last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
+        start, length, status = 0, size, 200
+        range_header = self.headers.get("Range")
+        if (
+            range_header is not None
+            and kind != "ignore_range"
+            and self._if_range_ok(etag, last_modified, int(st.st_mtime))
+        ):
+            try:
+                parsed = _parse_range(range_header, size)
+            except _RangeNotSatisfiable:
+                self._send_simple(rec, 416, b"", [("Content-Range", f"bytes */{size}")], head=head)
+                return
+            if parsed is not None:
+                start, length = parsed
+                status = 206
+
+        rec.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        if kind != "no_validators":
+            self.send_header("ETag", "W/" + etag if kind == "weak_etag" else etag)
+            self.send_header("Last-Modified", last_modified)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
+        if kind == "no_length":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            delta = fault.delta if fault is not None and kind == "wrong_length" else 0
+            self.send_header("Content-Length", str(max(0, length + delta)))
+        if kind in ("drop_after", "stall_after", "wrong_length"):
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if head:
+            return
+
+        if fault is not None and kind == "no_length":
+            self._send_chunked(rec, fh, start, length)
+        elif fault is not None and kind in ("drop_after", "stall_after"):
+            self._send_body(rec, fh, start, min(fault.nbytes, length))
+            if kind == "stall_after":
+                self.server.owner._stopping.wait(fault.seconds)
+            self._abort()
+        else:
+            self._send_body(rec, fh, start, length)
+            if kind == "wrong_length":
+                self._abort()
+
+    def _send_body(self, rec: RequestRecord, fh: IO[bytes], offset: int, count: int) -> None:
+        """sendfile() ``count`` bytes from ``offset``; count them (optimistically, then exactly)."""
+        if count <= 0:
+            return
+        owner = self.server.owner
+        # Count before sending so a client that has read the bytes never sees a stale log;
+        # corrected below to what sendfile really returned.
+        owner._add_sent(rec, count)
+        fh.seek(offset)
+        sock: socket.socket = self.connection
+        try:
+            sent = sock.sendfile(fh, offset, count)
+        except OSError:
+            owner._add_sent(rec, max(0, fh.tell() - offset) - count)
+            raise
+        owner._add_sent(rec, sent - count)
+        if sent != count:  # file shrank underneath us: the promised length cannot be met
+            self._abort()
+
+    def _send_chunked(self, rec: RequestRecord, fh: IO[bytes], start: int, length: int) -> None:
+        pos, end = start, start + length
+        while pos < end and not self.close_connection:
+            n = min(_CHUNK, end - pos)
+            self.wfile.write(b"%x\r\n" % n)
+            self._send_body(rec, fh, pos, n)
+            self.wfile.write(b"\r\n")
+            pos += n
+        if not self.close_connection:
+            self.wfile.write(b"0\r\n\r\n")
+
+
+class FileServer:
+    """Static file server on loopback (HTTP/1.1, keep-alive, sendfile) with injectable faults.
+
+    ``root=None`` serves a temporary directory that ``stop()`` removes.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if root is None:
+            self._tmp = tempfile.TemporaryDirectory(
+                prefix="bitsnb-fileserver-", ignore_cleanup_errors=True
+            )
+            root = self._tmp.name
+        self._root = Path(root).absolute()
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._root_resolved = self._root.resolve()
+        self._host = host
+        self._port = port
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._base_url: str | None = None
+        self._gens: dict[str, int] = {}
+        self._mtimes: dict[str, int] = {}
+        self._seeds: dict[str, int] = {}
+        self._faults: list[_FaultEntry] = []
+        self._records: list[RequestRecord] = []
+        self._inflight = 0
+        self._handlers: dict[_Handler, threading.Thread] = {}
+
+    def __repr__(self) -> str:
+        return f"FileServer(root={str(self._root)!r}, url={self._base_url!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _bind_locked(self) -> _Server:
+        if self._httpd is None:
+            if self._stopped:
+                raise RuntimeError("FileServer was stopped; create a new one")
+            cls = _Server6 if ":" in self._host else _Server
+            self._httpd = cls((self._host, self._port), self)
+            port = int(self._httpd.server_address[1])
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            self._base_url = f"http://{host}:{port}"
+        return self._httpd
+
+    def start(self) -> FileServer:
+        """Bind (if not yet) and serve in a daemon thread; returns self."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("FileServer was stopped; create a new one")
+            if self._thread is None:
+                httpd = self._bind_locked()
+                self._thread = threading.Thread(
+                    target=httpd.serve_forever,
+                    kwargs={"poll_interval": _POLL_INTERVAL},
+                    name=f"bitsnb-FileServer-{self._base_url}",
+                    daemon=True,
+                )
+                self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end live connections (even stalled ones) and join threads (bounded)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stopping.set()
+            httpd, thread = self._httpd, self._thread
+            handlers = dict(self._handlers)
+            # Under the lock: a handler unregisters (before its socket is closed) under it too,
+            # so we never shut down a recycled file descriptor.
+            for handler in handlers:
+                handler._shutdown_socket()
+            self._cond.notify_all()
+        if httpd is not None:
+            if thread is not None:
+                httpd.shutdown()
+            httpd.server_close()
+        deadline = time.monotonic() + _STOP_JOIN_TIMEOUT
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for worker in handlers.values():
+            if worker is not threading.current_thread():
+                worker.join(max(0.0, deadline - time.monotonic()))
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT`` (binds the socket on first use if not started yet)."""
+        with self._lock:
+            if self._base_url is None:
+                self._bind_locked()
+            assert self._base_url is not None
+            return self._base_url
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    @property
+    def root(self) -> Path:
+        """Directory whose files are served."""
+        return self._root
+
+    def url(self, name: str) -> str:
+        """URL of ``name`` (percent-quoted, "/" kept)."""
+        return f"{self.base_url}/{urllib.parse.quote(name.lstrip('/'))}"
+
+    def path(self, name: str) -> Path:
+        """On-disk path of ``name`` under root (traversal refused with ValueError)."""
+        return self._root / _normalize_name(name)
+
+    # -- content -------------------------------------------------------------------------------
+
+    def _next_mtime_locked(self, key: str, target: Path) -> int:
+        prev: int | None = self._mtimes.get(key)
+        if prev is None:
+            with contextlib.suppress(OSError):
+                prev = math.floor(target.stat().st_mtime)
+        now = math.floor(time.time())
+        return now if prev is None or now > prev else prev + 1
+
+    def _replace(self, key: str, writer: Callable[[IO[bytes]], None]) -> None:
+        """Write new content to a temp file, then atomically swap it in with fresh validators."""
+        target = self._root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".bitsnb-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+            os.chmod(tmp_name, 0o644)
+            with self._lock:
+                existed = target.exists()
+                mtime = self._next_mtime_locked(key, target)
+                os.utime(tmp_name, (mtime, mtime))
+                os.replace(tmp_name, target)
+                known = key in self._gens
+                self._gens[key] = self._gens.get(key, 0) + 1 if (known or existed) else 0
+                self._mtimes[key] = mtime
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise
+
+    def add_file(self, name: str, data: bytes) -> str:
+        """Write ``root/name`` (creating folders) with ``data``; returns its URL."""
+        key = _normalize_name(name)
+        self._replace(key, _bytes_writer(data))
+        return self.url(key)
+
+    def add_random_file(self, name: str, size: int, seed: int = 0) -> str:
+        """Write ``size`` deterministic pseudo-random bytes (1 MiB blocks); returns its URL."""
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        key = _normalize_name(name)
+        self._replace(key, lambda fh: _write_random(fh, size, seed))
+        with self._lock:
+            self._seeds[key] = seed
+        return self.url(key)
+
+    def change_file(self, name: str, data: bytes | None = None) -> None:
+        """Replace the content (``None``: new random bytes, same size); ETag and mtime change."""
+        key = _normalize_name(name)
+        target = self._root / key
+        if not target.is_file():
+            raise FileNotFoundError(f"no such served file: {name!r}")
+        if data is not None:
+            self._replace(key, _bytes_writer(data))
+            return
+        size = target.stat().st_size
+        with self._lock:
+            seed = f"{self._seeds.get(key, 0)}:{key}:{self._gens.get(key, 0) + 1}"
+        self._replace(key, lambda fh: _write_random(fh, size, seed))
+
+    def _open(self, name: str) -> tuple[IO[bytes], os.stat_result, int] | None:
+        """Open a served file with its stat and generation, consistently; None if not servable."""
+        try:
+            key = _normalize_name(name)
+        except ValueError:
+            return None
+        with self._lock:
+            try:
+                resolved = (self._root / key).resolve(strict=True)
+            except (OSError, RuntimeError):
+                return None
+            if not resolved.is_relative_to(self._root_resolved) or not resolved.is_file():
+                return None
+            try:
+                fh = open(resolved, "rb")  # closed by the caller
+            except OSError:
+                return None
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                fh.close()
+                return None
+            return fh, st, self._gens.get(key, 0)
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def inject(self, name_glob: str, fault: Fault) -> None:
+        """Apply ``fault`` to requests whose path (no leading "/") matches the fnmatch glob."""
+        with self._lock:
+            self._faults.append(_FaultEntry(name_glob.lstrip("/"), fault, fault.times))
+
+    def clear_faults(self) -> None:
+        """Forget all injected faults, used up or not."""
+        with self._lock:
+            self._faults.clear()
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for entry in self._faults:
+                if entry.remaining != 0 and fnmatch.fnmatchcase(path, entry.glob):
+                    if entry.remaining > 0:
+                        entry.remaining -= 1
+                    if entry.remaining == 0:
+                        self._faults.remove(entry)
+                    return entry.fault
+        return None
+
+    # -- request log ---------------------------------------------------------------------------
+
+    def _register(self, handler: _Handler) -> None:
+        with self._lock:
+            self._handlers[handler] = threading.current_thread()
+            if self._stopping.is_set():
+                handler._shutdown_socket()
+
+    def _unregister(self, handler: _Handler) -> None:
+        with self._lock:
+            self._handlers.pop(handler, None)
+
+    def _begin(self, rec: RequestRecord) -> None:
+        with self._lock:
+            self._records.append(rec)
+            self._inflight += 1
+
+    def _finish(self, rec: RequestRecord) -> None:
+        with self._lock:
+            rec.finished = True
+            self._inflight -= 1
+            self._cond.notify_all()
+
+    def _add_sent(self, rec: RequestRecord, nbytes: int) -> None:
+        with self._lock:
+            rec.body_bytes_sent += nbytes
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Snapshot (copies) of the logged requests, oldest first."""
+        with self._lock:
+            return [rec.copy() for rec in self._records]
+
+    def bytes_sent(self, name_glob: str = "*") -> int:
+        """Total file-body bytes sent for logged requests whose path matches the glob."""
+        with self._lock:
+            return sum(
+                rec.body_bytes_sent
+                for rec in self._records
+                if fnmatch.fnmatchcase(rec.path, name_glob.lstrip("/"))
+            )
+
+    def reset_log(self) -> None:
+        """Forget the logged requests (requests in flight keep counting, but are not listed)."""
+        with self._lock:
+            self._records.clear()
+
+    def wait_requests(self, count: int, timeout: float = 10.0) -> list[RequestRecord]:
+        """Wait until ``count`` logged requests have finished; returns the log snapshot."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while sum(rec.finished for rec in self._records) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped:
+                    raise TimeoutError(f"fewer than {count} requests finished in {timeout} s")
+                self._cond.wait(left)
+            return [rec.copy() for rec in self._records]
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no request is being answered (idle keep-alive connections do not count)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._inflight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"server still busy after {timeout} s")
+                self._cond.wait(left)
