@@ -94,6 +94,7 @@ class FileContext:
     on_progress: Callable[[FileRecord], None] = lambda f: None
     on_checkpoint: Callable[[FileRecord], None] = lambda f: None
     on_restart: Callable[[FileRecord], None] = lambda f: None
+    on_validators: Callable[[FileRecord], None] = lambda f: None
     should_yield: Callable[[], bool] = lambda: False
 
 
@@ -319,6 +320,7 @@ class Engine:
                 f.bytes_total = size
                 f.etag = etag
                 f.last_modified = last_modified
+                ctx.on_validators(f)
             elif status == 416 and offset > 0:
                 raise _Restart
             else:

@@ -484,6 +484,10 @@ class AsyncManager:
             rec.touch()
             self._save(rec, [f])
 
+        def on_validators(f: FileRecord) -> None:
+            if f.bytes_total is None or f.bytes_total > 4 * 1024 * 1024:
+                self._save(rec, [f])  # so a crash before the first checkpoint can still resume
+
         def on_restart(f: FileRecord) -> None:
             self._save(rec, [f])
             self._emit(rec, "progress")
@@ -498,6 +502,7 @@ class AsyncManager:
             on_progress=on_progress,
             on_checkpoint=on_checkpoint,
             on_restart=on_restart,
+            on_validators=on_validators,
             should_yield=lambda: self._should_yield(rec),
         )
 
@@ -660,7 +665,9 @@ class AsyncManager:
                 if now - last_renew >= p.lease_seconds / 3:
                     store.renew_leases(p.lease_seconds)
                     last_renew = now
-                changed, self._since_ns = store.changed_by_others(self._since_ns - 2_000_000_000)
+                # look back 2 s past the newest write seen: a slow writer may commit late
+                changed, newest = store.changed_by_others(self._since_ns - 2_000_000_000)
+                self._since_ns = max(self._since_ns, newest)
                 for fresh in changed:
                     self._apply_foreign(fresh)
                 if self._foreign:
@@ -913,7 +920,7 @@ class AsyncManager:
                 continue
             if f.transferred:
                 try:
-                    if f.temp_name != f.local_name:
+                    if f.temp_name != f.local_name and not _already_moved(f):
                         os.replace(f.temp_name, f.local_name)
                     f.completed = True
                     folders.add(os.path.dirname(f.local_name))
@@ -978,6 +985,11 @@ class AsyncManager:
 def _copy_record(rec: JobRecord, fresh: JobRecord) -> None:
     for name in rec.__dataclass_fields__:
         setattr(rec, name, getattr(fresh, name))
+
+
+def _already_moved(f: FileRecord) -> bool:
+    """A crash between the rename and the store write left the file moved but not recorded."""
+    return not os.path.exists(f.temp_name) and os.path.exists(f.local_name)
 
 
 def _is_admin() -> bool:

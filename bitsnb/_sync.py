@@ -482,6 +482,12 @@ class Job:
 
         return job_panel(self)
 
+    def _ipython_display_(self) -> None:
+        """In a notebook, displaying a job shows its live panel."""
+        from .notebook import display_job
+
+        display_job(self)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id
 

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -50,9 +50,8 @@ def fetch(
         c.close()
 
 
-def wait_until(predicate: object, timeout: float = TIMEOUT) -> None:
-    """Poll ``predicate`` (a callable) until true, failing after ``timeout`` seconds."""
-    assert callable(predicate)
+def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll ``predicate`` until true, failing after ``timeout`` seconds (bounded wait)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
