@@ -507,10 +507,8 @@ class AsyncManager:
         )
 
     async def _run(self, rec: JobRecord) -> None:
-        """Transfer a job's files in order until done, failed, pre-empted or stopped."""
+        """Transfer a job's files until done, failed, pre-empted or stopped."""
         started = time.monotonic()
-        assert self._engine is not None
-        current: FileRecord | None = None
         try:
             if rec.type is not JobType.DOWNLOAD:
                 raise TransferFailure(
@@ -526,27 +524,14 @@ class AsyncManager:
             ctx = self._file_context(rec)
             remaining = rec.settings.maximum_download_time - rec.active_seconds
             async with asyncio.timeout(max(0.0, remaining)):
-                index = 0
-                while index < len(rec.files):  # files added while running are picked up
-                    current = rec.files[index]
-                    index += 1
-                    if current.transferred or current.completed:
-                        continue
-                    await self._engine.download(current, ctx)
-                    current.transferred = True
-                    rec.touch()
-                    self._save(rec, [current])
-                    self._notify_file(rec, current)
-                    if index < len(rec.files) and self._should_yield(rec):
-                        raise YieldSlice
-            current = None
+                await self._transfer_files(rec, ctx)
             rec.transfer_completed = time.time()
             rec.first_failure_at = None
             rec.retry_at = None
             self._set_state(rec, Event.ALL_TRANSFERRED)
             self._notify_final(rec)
         except YieldSlice:
-            self._set_state(rec, Event.SLICE_END, [current] if current else [])
+            self._set_state(rec, Event.SLICE_END)
             self._enqueue(rec)
         except TimeoutError:
             self._fail(
@@ -558,13 +543,11 @@ class AsyncManager:
                     message="the job exceeded its maximum download time",
                     protocol=None,
                 ),
-                current,
+                None,
             )
         except TransferFailure as failure:
-            self._fail(rec, failure, current)
+            self._fail(rec, failure, _failed_file(failure))
         except asyncio.CancelledError:
-            if current is not None:
-                self._save_quietly(rec, current)
             raise
         except Exception as exc:  # a bug must not kill the queue: the job says what happened
             log.exception("bitsnb transfer failed unexpectedly")
@@ -577,7 +560,7 @@ class AsyncManager:
                     message=f"unexpected {type(exc).__name__}: {exc}",
                     protocol=None,
                 ),
-                current,
+                None,
             )
         finally:
             rec.active_seconds += time.monotonic() - started
@@ -587,6 +570,60 @@ class AsyncManager:
                 if not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
                     self._store.release(rec.id)
                 self._loop_call(self._pump)
+
+    async def _transfer_files(self, rec: JobRecord, ctx: FileContext) -> None:
+        """Fetch the job's files, starting them in order, up to ``files_in_flight`` at once.
+
+        BITS transfers a job's files one after the other; bitsnb starts them in the same order
+        but overlaps a few, because one small file at a time leaves the connection idle while
+        each file is fsynced and recorded. Files added while the job runs are picked up.
+        """
+        assert self._engine is not None
+        engine = self._engine
+        cursor = 0
+
+        def next_file() -> FileRecord | None:
+            nonlocal cursor
+            while cursor < len(rec.files):
+                f = rec.files[cursor]
+                cursor += 1
+                if not (f.transferred or f.completed):
+                    return f
+            return None
+
+        async def worker() -> None:
+            while (f := next_file()) is not None:
+                try:
+                    await engine.download(f, ctx)
+                except TransferFailure as failure:
+                    failure.file = f  # type: ignore[attr-defined]
+                    self._save_quietly(rec, f)
+                    raise
+                except BaseException:
+                    self._save_quietly(rec, f)
+                    raise
+                f.transferred = True
+                rec.touch()
+                self._save(rec, [f])
+                self._notify_file(rec, f)
+                if cursor < len(rec.files) and self._should_yield(rec):
+                    raise YieldSlice
+
+        pending = sum(1 for f in rec.files if not (f.transferred or f.completed))
+        width = max(1, min(self.policy.files_in_flight, pending))
+        if width == 1:
+            await worker()
+            return
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(width):
+                    group.create_task(worker())
+        except BaseExceptionGroup as eg:
+            # the first failure wins: a fatal error or a slice end beats the cancellations
+            for exc in _leaves(eg):
+                if isinstance(exc, TransferFailure | YieldSlice):
+                    raise exc from None
+            raise _leaves(eg)[0] from None
 
     def _loop_call(self, fn: Callable[[], None]) -> None:
         if self._loop is not None:
@@ -1054,6 +1091,18 @@ async def _run_command(program: str, parameters: str) -> None:
         await proc.wait()
     except OSError:
         log.exception("bitsnb notify command line failed to start")
+
+
+def _leaves(eg: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in eg.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _failed_file(failure: TransferFailure) -> FileRecord | None:
+    f = getattr(failure, "file", None)
+    return f if isinstance(f, FileRecord) else None
 
 
 def _file_info(f: FileRecord) -> FileInfo:

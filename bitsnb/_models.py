@@ -137,6 +137,7 @@ class Policy:
     )
     max_active_jobs: int = 4
     max_connections_per_host: int = 4
+    files_in_flight: int = 4
     time_slice: float = 30.0
     lease_seconds: float = 15.0
     poll_interval: float = 0.5
