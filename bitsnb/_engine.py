@@ -208,9 +208,28 @@ class Engine:
                     max_keepalive_connections=max(8, p.max_connections_per_host * 4),
                 ),
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                verify=p.verify,
+                event_hooks={"response": [self._check_redirect]},
             )
             self._clients[key] = client
         return client
+
+    async def _check_redirect(self, response: httpx.Response) -> None:
+        """Refuse a redirect to another scheme (https → http only when the policy allows it)."""
+        target = response.next_request
+        if target is None:
+            return
+        src, dst = response.request.url.scheme, target.url.scheme
+        if src == dst or (src == "http" and dst == "https"):
+            return
+        if src == "https" and dst == "http" and self._policy.allow_https_to_http:
+            return
+        raise TransferFailure(
+            _codes.ERROR_WINHTTP_REDIRECT_FAILED,
+            ErrorContext.REMOTE_FILE,
+            transient=False,
+            message=f"refused a redirect from {src} to {dst}",
+        )
 
     def _slot(self, url: str) -> asyncio.Semaphore:
         parts = urlsplit(url)

@@ -514,6 +514,30 @@ class AsyncJob:
         """SetReplyFileName: upload-reply jobs only."""
         raise BitsError(_codes.E_NOTIMPL, "reply files belong to upload-reply jobs (not yet)")
 
+    # -- BITS calls that have no meaning off Windows -------------------------------------------
+    def _windows_only(self, call: str) -> BitsError:
+        return BitsError(_codes.E_NOTIMPL, f"{call} is Windows-only and has no bitsnb equivalent")
+
+    async def set_peer_caching_flags(self, flags: int) -> None:
+        """SetPeerCachingFlags: peer caching/BranchCache are Windows-only (E_NOTIMPL)."""
+        raise self._windows_only("set_peer_caching_flags")
+
+    async def set_file_acl_flags(self, flags: int) -> None:
+        """SetFileACLFlags: SMB ACL copying is Windows-only (E_NOTIMPL)."""
+        raise self._windows_only("set_file_acl_flags")
+
+    async def set_client_certificate(self, *args: object) -> None:
+        """SetClientCertificateByID/ByName: Windows certificate stores (E_NOTIMPL)."""
+        raise self._windows_only("set_client_certificate")
+
+    async def set_helper_token(self, *args: object) -> None:
+        """IBitsTokenOptions: helper tokens are Windows-only (E_NOTIMPL)."""
+        raise self._windows_only("set_helper_token")
+
+    async def get_owner_integrity_level(self) -> int:
+        """GetOwnerIntegrityLevel: Windows integrity levels (E_NOTIMPL)."""
+        raise self._windows_only("get_owner_integrity_level")
+
     # -- dunder -------------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AsyncJob) and other.id == self.id

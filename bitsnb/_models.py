@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import getpass
 import os
+import ssl
 from dataclasses import dataclass, field
 
 from ._enums import ErrorContext
@@ -124,6 +125,8 @@ class Policy:
     """Machine-wide settings of a manager: limits, concurrency and timings.
 
     The BITS limits are off (None) by default; ``Policy.windows_defaults()`` gives BITS's numbers.
+    ``verify`` is passed to httpx (True, a CA bundle path or an ``ssl.SSLContext``); redirects
+    are followed up to ``max_redirects`` and never from https to http unless allowed.
     ``min_retry_delay_floor`` is BITS's 5 s floor for ``minimum_retry_delay``; tests lower it
     (also through the ``BITSNB_MIN_RETRY_DELAY_FLOOR`` environment variable).
     """
@@ -149,6 +152,8 @@ class Policy:
     connect_timeout: float = 30.0
     read_timeout: float = 300.0
     max_redirects: int = 10
+    allow_https_to_http: bool = False
+    verify: bool | str | ssl.SSLContext = True
     owner: str = field(default_factory=getpass.getuser)
 
     @classmethod

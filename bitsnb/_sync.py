@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 __all__ = ["Job", "JobEnumerator", "Manager"]
 
 _open_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
+_WINDOWS_ONLY = frozenset(
+    {
+        "set_peer_caching_flags",
+        "set_file_acl_flags",
+        "set_client_certificate",
+        "set_helper_token",
+        "get_owner_integrity_level",
+    }
+)
 
 
 @atexit.register
@@ -468,6 +477,13 @@ class Job:
     def set_reply_file_name(self, path: str) -> None:
         """SetReplyFileName (upload-reply jobs)."""
         self._run(self._ajob.set_reply_file_name(path))
+
+    def __getattr__(self, name: str) -> Any:
+        # the Windows-only BITS calls (set_peer_caching_flags, ...) raise E_NOTIMPL
+        if name in _WINDOWS_ONLY:
+            call = getattr(self._ajob, name)
+            return lambda *args: self._run(call(*args))
+        raise AttributeError(name)
 
     # notebook hooks (implemented in bitsnb.notebook / bitsnb.frames)
     def files_frame(self) -> pd.DataFrame:
