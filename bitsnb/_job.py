@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import _codes
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
-from ._errors import BitsError
+from ._errors import BitsError, InvalidStateError
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes
 from ._records import JobRecord
 from ._states import allowed_calls
@@ -510,9 +510,46 @@ class AsyncJob:
         self._mgr._secrets.pop(self.id, None)
         await self._mgr._update(self, apply)
 
-    async def set_reply_file_name(self, path: str) -> None:
-        """SetReplyFileName: upload-reply jobs only."""
-        raise BitsError(_codes.E_NOTIMPL, "reply files belong to upload-reply jobs (not yet)")
+    @property
+    def reply_file_name(self) -> str | None:
+        """Where an upload-reply job puts the server's reply (after complete())."""
+        return self._rec.settings.reply_file_name
+
+    @property
+    def reply_progress(self) -> tuple[int | None, int]:
+        """GetReplyProgress: (bytes total or None before the reply starts, bytes transferred)."""
+        if self.type is not JobType.UPLOAD_REPLY:
+            raise BitsError(_codes.E_NOTIMPL, "only upload-reply jobs have a reply")
+        s = self._rec.settings
+        return s.reply_bytes_total, s.reply_bytes_transferred
+
+    def get_reply_data(self) -> bytes:
+        """GetReplyData: the reply in memory (TRANSFERRED or later; BG_E_TOO_LARGE over 1 MB)."""
+        if self.type is not JobType.UPLOAD_REPLY:
+            raise BitsError(_codes.E_NOTIMPL, "only upload-reply jobs have a reply")
+        s = self._rec.settings
+        if self.state not in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED) or not s.reply_done:
+            raise InvalidStateError(f"the reply is not there yet (the job is {self.state.name})")
+        path = s.reply_file_name if self.state is JobState.ACKNOWLEDGED else s.reply_temp_name
+        if path is None:
+            return b""
+        size = os.path.getsize(path)
+        if size > 1_000_000:
+            raise BitsError(_codes.BG_E_TOO_LARGE, f"the reply is {size} bytes; read {path}")
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    async def set_reply_file_name(self, path: str | os.PathLike[str]) -> None:
+        """SetReplyFileName: upload-reply jobs, before the reply download starts."""
+        if self.type is not JobType.UPLOAD_REPLY:
+            raise BitsError(_codes.E_NOTIMPL, "only upload-reply jobs have a reply file")
+        from ._validate import check_local_name
+
+        name = check_local_name(path)
+        s = self._rec.settings
+        if s.reply_temp_name is not None or s.reply_done:
+            raise InvalidStateError("the reply download has started; its name is fixed")
+        await self._mgr._update(self, lambda r: setattr(r.settings, "reply_file_name", name))
 
     # -- BITS calls that have no meaning off Windows -------------------------------------------
     def _windows_only(self, call: str) -> BitsError:

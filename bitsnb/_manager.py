@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import inspect
 import logging
@@ -42,10 +43,12 @@ from ._models import ErrorInfo, FileInfo, FileProgress, FileRange, Policy
 from ._records import ErrorRecord, FileRecord, JobRecord
 from ._states import Event, transition
 from ._store import Store, lease_name
+from ._upload import UploadContext, Uploader
 from ._validate import (
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
     check_local_name,
+    check_source_file,
     check_string,
     check_url,
     parse_headers,
@@ -118,6 +121,7 @@ class AsyncManager:
         self._state = _ManagerState.UNOPENED
         self._store: Store | None = None
         self._engine: Engine | None = None
+        self._uploader: Uploader | None = None
         self._jobs: dict[uuid.UUID, JobRecord] = {}
         self._handles: dict[uuid.UUID, AsyncJob] = {}
         self._runs: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -147,6 +151,7 @@ class AsyncManager:
         self._loop = asyncio.get_running_loop()
         self._store = Store(self.store_path, lease_name())
         self._engine = Engine(self.policy, self._transport)
+        self._uploader = Uploader(self._engine)
         self._state = _ManagerState.OPEN
         self._since_ns = time.time_ns() - 2_000_000_000
         for rec in self._store.load_jobs():
@@ -510,21 +515,16 @@ class AsyncManager:
         """Transfer a job's files until done, failed, pre-empted or stopped."""
         started = time.monotonic()
         try:
-            if rec.type is not JobType.DOWNLOAD:
-                raise TransferFailure(
-                    _codes.E_NOTIMPL,
-                    ErrorContext.GENERAL_QUEUE_MANAGER,
-                    transient=False,
-                    message="upload jobs are not implemented yet",
-                    protocol=None,
-                )
             if rec.state in _RUNNING:
                 rec.state = JobState.QUEUED  # taken over from a process that stopped mid-transfer
             self._set_state(rec, Event.START)
             ctx = self._file_context(rec)
             remaining = rec.settings.maximum_download_time - rec.active_seconds
             async with asyncio.timeout(max(0.0, remaining)):
-                await self._transfer_files(rec, ctx)
+                if rec.type is JobType.DOWNLOAD:
+                    await self._transfer_files(rec, ctx)
+                else:
+                    await self._transfer_upload(rec, ctx)
             rec.transfer_completed = time.time()
             rec.first_failure_at = None
             rec.retry_at = None
@@ -570,6 +570,78 @@ class AsyncManager:
                 if not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
                     self._store.release(rec.id)
                 self._loop_call(self._pump)
+
+    def _upload_context(self, rec: JobRecord, ctx: FileContext) -> UploadContext:
+        f = rec.files[0]
+        return UploadContext(
+            ctx,
+            rec.settings,
+            want_reply=rec.type is JobType.UPLOAD_REPLY,
+            save=lambda: self._save(rec, [f]),
+        )
+
+    async def _transfer_upload(self, rec: JobRecord, ctx: FileContext) -> None:
+        """Upload the job's one file, fetch the reply (upload-reply), close the session."""
+        assert self._uploader is not None and self._engine is not None
+        f = rec.files[0]
+        s = rec.settings
+        uctx = self._upload_context(rec, ctx)
+        try:
+            if not f.transferred:
+                await self._uploader.upload(f, uctx)
+                f.transferred = True
+                rec.touch()
+                self._save(rec, [f])
+                self._emit(rec, "progress")
+            if rec.type is JobType.UPLOAD_REPLY and not s.reply_done:
+                await self._fetch_reply(rec, ctx)
+            if s.upload_session_id is not None:
+                await self._uploader.close(f, uctx)
+                s.upload_session_id = None
+                self._save(rec)
+        except TransferFailure as failure:
+            failure.file = f  # type: ignore[attr-defined]
+            self._save_quietly(rec, f)
+            raise
+
+    async def _fetch_reply(self, rec: JobRecord, ctx: FileContext) -> None:
+        """Download the server's reply (BITS-Reply-URL) to the reply file's temporary name."""
+        assert self._engine is not None
+        s = rec.settings
+        reply_name = s.reply_file_name or _default_reply_name(rec)
+        s.reply_file_name = reply_name
+        if s.reply_temp_name is None:
+            s.reply_temp_name = _temp_name(reply_name)
+        if not s.reply_url:
+            open(s.reply_temp_name, "wb").close()  # the server sent no reply: an empty file
+            s.reply_bytes_total = 0
+        else:
+            from urllib.parse import urljoin
+
+            reply = FileRecord(
+                index=0,
+                remote_name=urljoin(rec.files[0].remote_name, s.reply_url),
+                local_name=reply_name,
+                temp_name=s.reply_temp_name,
+                bytes_total=s.reply_bytes_total,
+                bytes_transferred=s.reply_bytes_transferred,
+            )
+
+            def on_progress(f: FileRecord) -> None:
+                s.reply_bytes_total = f.bytes_total
+                s.reply_bytes_transferred = f.bytes_transferred
+                ctx.on_progress(rec.files[0])
+
+            reply_ctx = dataclasses.replace(
+                ctx, dynamic_content=True, on_progress=on_progress, on_validators=lambda f: None
+            )
+            await self._engine.download(reply, reply_ctx)
+            s.reply_bytes_total = reply.bytes_transferred
+            s.reply_bytes_transferred = reply.bytes_transferred
+        s.reply_done = True
+        rec.touch()
+        self._save(rec)
+        self._notify_file(rec, rec.files[0])
 
     async def _transfer_files(self, rec: JobRecord, ctx: FileContext) -> None:
         """Fetch the job's files, starting them in order, up to ``files_in_flight`` at once.
@@ -843,9 +915,10 @@ class AsyncManager:
         rec = self._live(job)
         checked: list[tuple[str, str]] = []
         seen = {f.local_name for f in rec.files}
+        upload = rec.type is not JobType.DOWNLOAD
         for remote, local in pairs:
             url = check_url(remote)
-            path = check_local_name(local)
+            path = check_source_file(local) if upload else check_local_name(local)
             if path in seen:
                 raise BitsError(
                     _codes.E_INVALIDARG, f"the job already has a file with local name {path!r}"
@@ -867,7 +940,7 @@ class AsyncManager:
                 index=first + i,
                 remote_name=url,
                 local_name=path,
-                temp_name=path if rec.settings.high_performance else _temp_name(path),
+                temp_name=path if upload or rec.settings.high_performance else _temp_name(path),
                 ranges=list(ranges) if ranges is not None else None,
                 bytes_total=(
                     sum(n for _, n in ranges if n is not None)
@@ -889,14 +962,14 @@ class AsyncManager:
         rec = self._live(job)
         if not rec.files:
             raise BitsError(_codes.BG_E_EMPTY, "the job has no files; add some before resume()")
-        if rec.type is not JobType.DOWNLOAD:
-            raise BitsError(_codes.E_NOTIMPL, "upload jobs are not implemented yet")
         transition(rec.state, Event.RESUME, rec.type)
         if rec.state in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING):
             return
         if rec.state is JobState.TRANSFERRED and all(f.transferred for f in rec.files):
             return
         self._cancel_timer(rec)
+        if rec.type is JobType.UPLOAD_REPLY and rec.settings.reply_file_name is None:
+            rec.settings.reply_file_name = _default_reply_name(rec)
         rec.resumed_once = True
         rec.active_seconds = 0.0
         rec.retry_at = None
@@ -923,14 +996,31 @@ class AsyncManager:
         await self._stop_run(rec.id)
         self._dequeue(rec)
         self._cancel_timer(rec)
+        if rec.type is not JobType.DOWNLOAD and rec.files:
+            await self._cancel_upload(rec)
         ok = self._delete_temps(rec)
         self._set_state(rec, Event.CANCEL)
         self._open().release(rec.id)
         self._forget(rec)
         return _codes.S_OK if ok else _codes.BG_S_UNABLE_TO_DELETE_FILES
 
+    async def _cancel_upload(self, rec: JobRecord) -> None:
+        """Cancel-Session on the server, bounded: an unreachable server just expires it."""
+        assert self._uploader is not None
+        uctx = self._upload_context(rec, self._file_context(rec))
+        with contextlib.suppress(TimeoutError, TransferFailure):
+            async with asyncio.timeout(self.policy.connect_timeout):
+                await self._uploader.cancel(rec.files[0], uctx)
+        rec.settings.upload_session_id = None
+
     def _delete_temps(self, rec: JobRecord) -> bool:
         ok = True
+        reply_temp = rec.settings.reply_temp_name
+        if reply_temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(reply_temp)
+        if rec.type is not JobType.DOWNLOAD:
+            return ok  # an upload's local file is the user's, never ours to delete
         for f in rec.files:
             if f.completed or rec.settings.high_performance:
                 continue
@@ -948,6 +1038,12 @@ class AsyncManager:
         await self._stop_run(rec.id)
         self._dequeue(rec)
         self._cancel_timer(rec)
+        if rec.type is not JobType.DOWNLOAD:
+            self._complete_upload(rec)
+            self._set_state(rec, Event.COMPLETE, rec.files)
+            self._open().release(rec.id)
+            self._forget(rec)
+            return _codes.S_OK
         partial = False
         failure: OSError | None = None
         failed_file: FileRecord | None = None
@@ -988,6 +1084,23 @@ class AsyncManager:
         self._forget(rec)
         return _codes.BG_S_PARTIAL_COMPLETE if partial else _codes.S_OK
 
+    def _complete_upload(self, rec: JobRecord) -> None:
+        """Uploads are on the server already; upload-reply moves the reply into place."""
+        s = rec.settings
+        for f in rec.files:
+            f.completed = True
+        if rec.type is JobType.UPLOAD_REPLY and s.reply_temp_name and s.reply_file_name:
+            try:
+                if os.path.exists(s.reply_temp_name):
+                    os.replace(s.reply_temp_name, s.reply_file_name)
+                    _fsync_dir(os.path.dirname(s.reply_file_name))
+            except OSError as exc:
+                raise BitsError(
+                    _codes.E_ACCESSDENIED,
+                    f"cannot move the reply to {s.reply_file_name!r}: {exc.strerror}",
+                    context=ErrorContext.LOCAL_FILE,
+                ) from exc
+
     async def _wait(self, job: AsyncJob, timeout: float | None) -> JobState:
         assert self._loop is not None
         rec = job._rec
@@ -1022,6 +1135,12 @@ class AsyncManager:
 def _copy_record(rec: JobRecord, fresh: JobRecord) -> None:
     for name in rec.__dataclass_fields__:
         setattr(rec, name, getattr(fresh, name))
+
+
+def _default_reply_name(rec: JobRecord) -> str:
+    """BITS invents a reply name beside the uploaded file when none was set."""
+    local = rec.files[0].local_name if rec.files else os.path.join(os.getcwd(), "upload")
+    return f"{local}.{rec.id.hex[:8]}.reply"
 
 
 def _already_moved(f: FileRecord) -> bool:

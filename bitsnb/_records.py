@@ -60,6 +60,15 @@ class JobSettings:
     high_performance: bool = False
     security_flags: int = 0
     reply_file_name: str | None = None
+    # upload jobs: the server session and the reply (one file per upload job, so it lives here)
+    upload_session_id: str | None = None
+    upload_source_stamp: str | None = None
+    upload_fragment_size: int = 8 * 1024 * 1024
+    reply_url: str | None = None
+    reply_temp_name: str | None = None
+    reply_bytes_total: int | None = None
+    reply_bytes_transferred: int = 0
+    reply_done: bool = False
 
 
 @dataclass

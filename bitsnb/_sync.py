@@ -474,9 +474,23 @@ class Job:
         """TakeOwnership (root only)."""
         self._run(self._ajob.take_ownership())
 
-    def set_reply_file_name(self, path: str) -> None:
-        """SetReplyFileName (upload-reply jobs)."""
+    def set_reply_file_name(self, path: str | os.PathLike[str]) -> None:
+        """SetReplyFileName (upload-reply jobs, before the reply starts)."""
         self._run(self._ajob.set_reply_file_name(path))
+
+    @property
+    def reply_file_name(self) -> str | None:
+        """Where an upload-reply job puts the reply."""
+        return self._ajob.reply_file_name
+
+    @property
+    def reply_progress(self) -> tuple[int | None, int]:
+        """GetReplyProgress: (total or None, transferred)."""
+        return self._ajob.reply_progress
+
+    def get_reply_data(self) -> bytes:
+        """GetReplyData: the reply in memory (≤1 MB)."""
+        return self._ajob.get_reply_data()
 
     def __getattr__(self, name: str) -> Any:
         # the Windows-only BITS calls (set_peer_caching_flags, ...) raise E_NOTIMPL

@@ -154,3 +154,22 @@ def parse_headers(text: str | None) -> dict[str, str]:
             raise _invalid(f"malformed header line {line.split(':', 1)[0]!r}: use 'Name: value'")
         headers[name.strip()] = value.strip()
     return headers
+
+
+def check_source_file(local: object) -> str:
+    """An upload's local file: an absolute path to an existing, readable regular file."""
+    if isinstance(local, os.PathLike):
+        local = os.fspath(local)
+    if not isinstance(local, str) or not local:
+        raise _invalid("the local name must be a non-empty path")
+    if "\x00" in local:
+        raise _invalid("the local name contains a NUL character")
+    if not os.path.isabs(local):
+        raise _invalid(f"the local name {local!r} is relative; give an absolute path")
+    if os.path.isdir(local):
+        raise _invalid(f"the local name {local!r} is a folder; uploads send one file")
+    if not os.path.isfile(local):
+        raise BitsError(_codes.ERROR_FILE_NOT_FOUND, f"the file {local!r} does not exist")
+    if not os.access(local, os.R_OK):
+        raise BitsError(_codes.E_ACCESSDENIED, f"the file {local!r} is not readable")
+    return local

@@ -1,0 +1,299 @@
+"""The upload engine: the client side of the BITS upload protocol [MC-BUP] (spec §6).
+
+One file per job: Create-Session, Fragments from the server's ``BITS-Received-Content-Range``,
+then (upload-reply) the reply download, then Close-Session. The session id lives in the job's
+settings so an upload resumes after a drop or a restart of either side. Liberal in what it
+accepts: packet types and header names in any case, error codes in hex or decimal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from . import _codes
+from ._engine import Engine, FileContext, TransferFailure, _local_failure, is_transient_status
+from ._enums import ErrorContext
+from ._records import FileRecord, JobSettings
+
+__all__ = ["UPLOAD_PROTOCOL", "Uploader", "parse_hresult"]
+
+UPLOAD_PROTOCOL = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
+BG_E_SESSION_NOT_FOUND = 0x8020001F
+_MIN_FRAGMENT = 5 * 1024
+_READ = 1024 * 1024
+
+
+def parse_hresult(text: str | None) -> int | None:
+    """An HRESULT from a header: ``0x8020001F``, ``8020001f`` (8 hex digits) or decimal."""
+    if not text or not text.strip():
+        return None
+    value = text.strip().split()[0]
+    try:
+        if value.lower().startswith("0x"):
+            return int(value, 16) & 0xFFFFFFFF
+        if len(value) == 8 and all(c in "0123456789abcdefABCDEF" for c in value):
+            return int(value, 16)
+        return int(value) & 0xFFFFFFFF
+    except ValueError:
+        return None
+
+
+def source_stamp(path: str) -> tuple[str, int]:
+    """(identity, size) of the local file: a change of either means the file changed."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise _local_failure(exc, path) from exc
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}", st.st_size
+
+
+@dataclass
+class UploadContext:
+    """What the upload needs from the job and how it reports back."""
+
+    file_ctx: FileContext
+    settings: JobSettings
+    want_reply: bool
+    save: Callable[[], object] = lambda: None
+    reply_progress: Callable[[], None] = lambda: None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Uploader:
+    """Runs upload sessions over the engine's httpx clients."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _client(self, ctx: FileContext) -> httpx.AsyncClient:
+        return self._engine._client(ctx.proxy, ctx.trust_env)
+
+    async def _post(
+        self,
+        ctx: FileContext,
+        url: str,
+        packet: str,
+        session: str | None = None,
+        headers: dict[str, str] | None = None,
+        content: AsyncIterator[bytes] | bytes = b"",
+        length: int = 0,
+    ) -> httpx.Response:
+        hdrs = dict(ctx.headers)
+        hdrs["BITS-Packet-Type"] = packet
+        hdrs["Content-Length"] = str(length)
+        if session:
+            hdrs["BITS-Session-Id"] = session
+        if headers:
+            hdrs.update(headers)
+        client = self._client(ctx)
+        try:
+            response = await client.request(
+                "BITS_POST", url, headers=hdrs, content=content, auth=ctx.auth
+            )
+        except httpx.HTTPError as exc:
+            from ._engine import _network_failure
+
+            raise _network_failure(exc) from exc
+        return response
+
+    @staticmethod
+    def _failure(resp: httpx.Response, what: str) -> TransferFailure:
+        code = parse_hresult(resp.headers.get("bits-error-code")) or parse_hresult(
+            resp.headers.get("bits-error")
+        )
+        ctx_value = parse_hresult(resp.headers.get("bits-error-context"))
+        context = ErrorContext.REMOTE_FILE
+        if ctx_value is not None and ctx_value in ErrorContext._value2member_map_:
+            context = ErrorContext(ctx_value)
+        status = resp.status_code
+        if code is None or code == 0:
+            code = _codes.http_error(status)
+        transient = is_transient_status(status) and code != _codes.BG_E_TOO_LARGE
+        if context is ErrorContext.REMOTE_APPLICATION:
+            transient = not (
+                300 <= status <= 307 or (400 <= status < 500 and status not in (408, 409))
+            )
+        return TransferFailure(
+            code,
+            context,
+            transient=transient,
+            message=f"{what}: HTTP {status}",
+        )
+
+    async def upload(self, f: FileRecord, uctx: UploadContext) -> None:
+        """Send *f*'s local file to its URL; returns when the server holds all of it."""
+        s = uctx.settings
+        ctx = uctx.file_ctx
+        stamp, size = source_stamp(f.local_name)
+        if s.upload_source_stamp is None:
+            s.upload_source_stamp = stamp
+        elif s.upload_source_stamp != stamp:
+            raise _changed(f)
+        f.bytes_total = size
+        restarts = 0
+        while True:
+            if s.upload_session_id is None:
+                await self._create_session(f, uctx)
+                f.bytes_transferred = 0
+            else:
+                resp = await self._post(ctx, f.remote_name, "Ping")
+                if resp.status_code >= 400:
+                    raise self._failure(resp, "Ping")
+            try:
+                await self._send_fragments(f, uctx, size)
+                break
+            except _SessionLost:
+                restarts += 1
+                s.upload_session_id = None
+                s.reply_url = None
+                uctx.save()
+                if restarts > 3:
+                    raise TransferFailure(
+                        BG_E_SESSION_NOT_FOUND,
+                        ErrorContext.REMOTE_FILE,
+                        transient=True,
+                        message="the server keeps losing the upload session",
+                    ) from None
+
+    async def _create_session(self, f: FileRecord, uctx: UploadContext) -> None:
+        resp = await self._post(
+            uctx.file_ctx,
+            f.remote_name,
+            "Create-Session",
+            headers={"BITS-Supported-Protocols": UPLOAD_PROTOCOL},
+        )
+        if resp.status_code not in (200, 201):
+            raise self._failure(resp, "Create-Session")
+        session = resp.headers.get("bits-session-id")
+        if not session:
+            raise TransferFailure(
+                _codes.BG_E_INVALID_SERVER_RESPONSE,
+                ErrorContext.REMOTE_FILE,
+                transient=True,
+                message="the server created a session without a BITS-Session-Id",
+            )
+        uctx.settings.upload_session_id = session.strip()
+        uctx.save()
+
+    async def _send_fragments(self, f: FileRecord, uctx: UploadContext, size: int) -> None:
+        s = uctx.settings
+        ctx = uctx.file_ctx
+        session = s.upload_session_id
+        offset = min(f.bytes_transferred, size)
+        fragment = max(_MIN_FRAGMENT, s.upload_fragment_size)
+        name = os.path.basename(f.local_name)
+        while offset < size or size == 0:
+            last = min(size, offset + fragment) - 1
+            length = last - offset + 1 if size else 0
+            headers = {
+                "Content-Range": f"bytes {offset}-{last}/{size}" if size else "bytes */0",
+                "Content-Name": name,
+            }
+            resp = await self._post(
+                ctx,
+                f.remote_name,
+                "Fragment",
+                session,
+                headers,
+                _read_range(f, offset, length, s.upload_source_stamp),
+                length,
+            )
+            if resp.status_code == 413 and fragment > _MIN_FRAGMENT:
+                fragment = max(_MIN_FRAGMENT, fragment // 2)
+                s.upload_fragment_size = fragment
+                continue
+            if resp.status_code in (200, 201, 416):
+                got = _int(resp.headers.get("bits-received-content-range"))
+                if got is None:
+                    raise TransferFailure(
+                        _codes.BG_E_INVALID_SERVER_RESPONSE,
+                        ErrorContext.REMOTE_FILE,
+                        transient=True,
+                        message="a fragment Ack without BITS-Received-Content-Range",
+                    )
+                offset = min(got, size)
+                f.bytes_transferred = offset
+                reply = resp.headers.get("bits-reply-url")
+                if reply:
+                    s.reply_url = reply.strip()
+                ctx.on_progress(f)
+                if offset >= size:
+                    break
+                continue
+            failure = self._failure(resp, "Fragment")
+            if failure.code == BG_E_SESSION_NOT_FOUND:
+                raise _SessionLost
+            raise failure
+        uctx.save()
+
+    async def close(self, f: FileRecord, uctx: UploadContext) -> None:
+        """Close-Session: the server moves the upload into place."""
+        session = uctx.settings.upload_session_id
+        if session is None:
+            return
+        resp = await self._post(uctx.file_ctx, f.remote_name, "Close-Session", session)
+        if resp.status_code >= 400:
+            failure = self._failure(resp, "Close-Session")
+            if failure.code != BG_E_SESSION_NOT_FOUND:
+                raise failure
+
+    async def cancel(self, f: FileRecord, uctx: UploadContext) -> None:
+        """Cancel-Session (best effort: an unreachable server keeps its data until it expires)."""
+        session = uctx.settings.upload_session_id
+        if session is None:
+            return
+        try:
+            await self._post(uctx.file_ctx, f.remote_name, "Cancel-Session", session)
+        except TransferFailure:
+            pass
+
+
+class _SessionLost(Exception):
+    """The server no longer knows the session: start a new one from byte 0."""
+
+
+def _changed(f: FileRecord) -> TransferFailure:
+    return TransferFailure(
+        _codes.BG_E_LOCAL_FILE_CHANGED,
+        ErrorContext.LOCAL_FILE,
+        transient=False,
+        message=f"{f.local_name} changed during the upload",
+        protocol=None,
+    )
+
+
+def _int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = text.strip()
+    if "-" in value:  # some servers answer a range "0-1234": the next byte is one past the end
+        last = value.partition("-")[2]
+        return int(last) + 1 if last.strip().isdigit() else None
+    return int(value) if value.isdigit() else None
+
+
+async def _read_range(
+    f: FileRecord, offset: int, length: int, stamp: str | None
+) -> AsyncIterator[bytes]:
+    """Stream *length* bytes of the local file from *offset*, checking it did not change."""
+    try:
+        fh = open(f.local_name, "rb")
+    except OSError as exc:
+        raise _local_failure(exc, f.local_name) from exc
+    with fh:
+        if stamp is not None and source_stamp(f.local_name)[0] != stamp:
+            raise _changed(f)
+        fh.seek(offset)
+        left = length
+        while left > 0:
+            chunk = fh.read(min(_READ, left))
+            if not chunk:
+                raise _changed(f)
+            left -= len(chunk)
+            yield chunk
+    if stamp is not None and source_stamp(f.local_name)[0] != stamp:
+        raise _changed(f)
