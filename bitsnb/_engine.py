@@ -41,6 +41,7 @@ def _tune_httpcore(read_size: int) -> None:
     conn.READ_NUM_BYTES = max(conn.READ_NUM_BYTES, read_size)
 
 
+YIELD_MID_FILE_BYTES = 16 * 1024 * 1024
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
 
 
@@ -451,7 +452,7 @@ class Engine:
                         ctx.on_checkpoint(f)
                         last_checkpoint_at = time.monotonic()
                         last_checkpoint_bytes = f.bytes_transferred
-                    if ctx.should_yield():
+                    if ctx.should_yield() and _worth_yielding(f):
                         raise YieldSlice
                 fh.flush()
                 await asyncio.to_thread(os.fsync, fh.fileno())
@@ -459,6 +460,13 @@ class Engine:
                 raise _local_failure(exc, f.temp_name) from exc
         finally:
             fh.close()
+
+
+def _worth_yielding(f: FileRecord) -> bool:
+    """Give up a slot mid-file only when much of the file is left; else finish it first."""
+    if f.bytes_total is None:
+        return True
+    return f.bytes_total - f.bytes_transferred > YIELD_MID_FILE_BYTES
 
 
 def _temp_size(f: FileRecord) -> int:

@@ -127,7 +127,7 @@ class AsyncManager:
         self._runs: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._run_started: dict[uuid.UUID, float] = {}
         self._queues: list[deque[uuid.UUID]] = [deque() for _ in JobPriority]
-        self._queued: set[uuid.UUID] = set()
+        self._queued: dict[uuid.UUID, JobPriority] = {}  # queued job -> priority it was queued at
         self._waiting = [0] * len(JobPriority)
         self._foreign: set[uuid.UUID] = set()
         self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
@@ -374,7 +374,7 @@ class AsyncManager:
             for fut in self._waiters.pop(rec.id, []):
                 if not fut.done():
                     fut.set_result(None)
-        if kind in ("state", "modified", "created"):
+        if kind in ("state", "modified", "created", "progress"):
             self._notify_modification(rec)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -399,14 +399,22 @@ class AsyncManager:
     def _enqueue(self, rec: JobRecord) -> None:
         if rec.id in self._queued or rec.id in self._runs:
             return
-        self._queued.add(rec.id)
+        self._queued[rec.id] = rec.priority
         self._waiting[rec.priority] += 1
         self._queues[rec.priority].append(rec.id)
 
+    def _requeue_if_moved(self, rec: JobRecord) -> None:
+        """A queued job whose priority changed moves to its new queue's tail."""
+        queued_at = self._queued.get(rec.id)
+        if queued_at is not None and queued_at != rec.priority:
+            self._dequeue(rec)
+            self._enqueue(rec)
+            self._pump()
+
     def _dequeue(self, rec: JobRecord) -> None:
-        if rec.id in self._queued:
-            self._queued.discard(rec.id)
-            self._waiting[rec.priority] -= 1
+        prio = self._queued.pop(rec.id, None)
+        if prio is not None:
+            self._waiting[prio] -= 1
 
     def _pump(self) -> None:
         """Start queued jobs, highest priority first, while slots are free."""
@@ -415,9 +423,9 @@ class AsyncManager:
         for prio, queue in enumerate(self._queues):
             while queue and len(self._runs) < self.policy.max_active_jobs:
                 job_id = queue.popleft()
-                if job_id not in self._queued:
+                if self._queued.get(job_id) != prio:
                     continue  # stale entry (suspended, cancelled, re-prioritised)
-                self._queued.discard(job_id)
+                del self._queued[job_id]
                 self._waiting[prio] -= 1
                 rec = self._jobs.get(job_id)
                 if rec is None or not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
@@ -663,8 +671,11 @@ class AsyncManager:
                     return f
             return None
 
+        yielding = False
+
         async def worker() -> None:
-            while (f := next_file()) is not None:
+            nonlocal yielding
+            while not yielding and (f := next_file()) is not None:
                 try:
                     await engine.download(f, ctx)
                 except TransferFailure as failure:
@@ -679,23 +690,25 @@ class AsyncManager:
                 self._save(rec, [f])
                 self._notify_file(rec, f)
                 if cursor < len(rec.files) and self._should_yield(rec):
-                    raise YieldSlice
+                    yielding = True  # let the files in flight finish, start no new one
 
         pending = sum(1 for f in rec.files if not (f.transferred or f.completed))
         width = max(1, min(self.policy.files_in_flight, pending))
         if width == 1:
             await worker()
-            return
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(width):
-                    group.create_task(worker())
-        except BaseExceptionGroup as eg:
-            # the first failure wins: a fatal error or a slice end beats the cancellations
-            for exc in _leaves(eg):
-                if isinstance(exc, TransferFailure | YieldSlice):
-                    raise exc from None
-            raise _leaves(eg)[0] from None
+        else:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(width):
+                        group.create_task(worker())
+            except BaseExceptionGroup as eg:
+                # the first failure wins: a fatal error or a slice end beats the cancellations
+                for exc in _leaves(eg):
+                    if isinstance(exc, TransferFailure | YieldSlice):
+                        raise exc from None
+                raise _leaves(eg)[0] from None
+        if yielding and any(not (f.transferred or f.completed) for f in rec.files):
+            raise YieldSlice
 
     def _loop_call(self, fn: Callable[[], None]) -> None:
         if self._loop is not None:
@@ -817,8 +830,7 @@ class AsyncManager:
             self._merge_foreign(rec, fresh)
         else:
             _copy_record(rec, fresh)
-            if rec.priority != fresh.priority:
-                self._dequeue(rec)
+            self._requeue_if_moved(rec)
         if rec.state.is_final:
             self._forget(rec)
         elif not running_here:
@@ -879,6 +891,8 @@ class AsyncManager:
         flags = self._flags(rec)
         if NotifyFlags.DISABLE in flags or NotifyFlags.JOB_MODIFICATION not in flags:
             return
+        if rec.id not in self._notify or rec.state in (JobState.TRANSFERRED, JobState.ERROR):
+            return  # BITS sends no modification for the moves into TRANSFERRED or ERROR
         now = time.monotonic()
         if now - self._last_modification_notify.get(rec.id, 0.0) < 0.5:
             return
@@ -916,6 +930,8 @@ class AsyncManager:
         checked: list[tuple[str, str]] = []
         seen = {f.local_name for f in rec.files}
         upload = rec.type is not JobType.DOWNLOAD
+        if upload and len(rec.files) + len(pairs) > 1:
+            raise BitsError(_codes.BG_E_TOO_MANY_FILES, "upload jobs hold exactly one file")
         for remote, local in pairs:
             url = check_url(remote)
             path = check_source_file(local) if upload else check_local_name(local)
@@ -927,8 +943,6 @@ class AsyncManager:
             checked.append((url, path))
         if not checked:
             raise BitsError(_codes.E_INVALIDARG, "no files given")
-        if rec.type is not JobType.DOWNLOAD and len(rec.files) + len(checked) > 1:
-            raise BitsError(_codes.BG_E_TOO_MANY_FILES, "upload jobs hold exactly one file")
         limit = self.policy.max_files_per_job
         if limit is not None and len(rec.files) + len(checked) > limit:
             raise BitsError(
@@ -1121,14 +1135,10 @@ class AsyncManager:
 
     async def _update(self, job: AsyncJob, apply: Callable[[JobRecord], None]) -> None:
         rec = self._live(job)
-        before = rec.priority
         apply(rec)
         rec.touch()
         self._save(rec)
-        if rec.priority != before and rec.id in self._queued:
-            self._dequeue(rec)
-            self._enqueue(rec)
-            self._pump()
+        self._requeue_if_moved(rec)
         self._emit(rec, "modified")
 
 

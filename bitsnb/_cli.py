@@ -1,0 +1,864 @@
+"""``bitsnb``: the command line over the same job store as the notebooks (bitsadmin-style verbs).
+
+Verbs: ``demo``, ``transfer``, ``create``, ``addfile``, ``addfileset``, ``resume``, ``suspend``,
+``cancel``, ``complete``, ``list``, ``info``, ``monitor``, ``wait``, ``set``, ``error``, ``serve``.
+Jobs are named by full id, a unique id prefix or a unique display name.
+
+Jobs run while a bitsnb process has the store open: a notebook, ``bitsnb wait``, ``bitsnb monitor``
+or ``bitsnb transfer``. The other verbs open the store without transferring (their manager runs
+with ``max_active_jobs=0``), so ``create``/``addfile``/``resume`` only queue work for later.
+
+Exit codes::
+
+    0    success
+    1    a job ended in ERROR or was cancelled: the transfer failed
+    2    usage error (argparse)
+    3    a BITS call failed: BitsError (bad input, invalid state, job not found, ...)
+    4    timed out (--timeout)
+    5    not implemented (``serve``, upload jobs: E_NOTIMPL)
+    70   internal error (a bug in bitsnb: the traceback is printed)
+    130  interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import re
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
+
+from . import _codes
+from ._cli_render import (
+    Output,
+    Watcher,
+    error_lines,
+    fmt_bytes,
+    job_dict,
+    jobs_csv,
+    jobs_table,
+    print_info,
+    short_id,
+    watch_job,
+)
+from ._enums import JobPriority, JobState, JobType, ProxyUsage
+from ._errors import BitsError, JobNotFoundError, all_errors
+from ._manager import default_store_path
+from ._models import Policy
+from ._sync import Job, Manager
+from ._validate import check_url
+
+__all__ = [
+    "EXIT_BITS_ERROR",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_IMPLEMENTED",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_TRANSFER_FAILED",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_TRANSFER_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BITS_ERROR = 3
+EXIT_TIMEOUT = 4
+EXIT_NOT_IMPLEMENTED = 5
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+_EPILOG = """\
+exit codes:
+  0    success
+  1    a job ended in ERROR or was cancelled (the transfer failed)
+  2    usage error
+  3    a BITS call failed (bad input, invalid state, job not found, ...)
+  4    timed out (--timeout)
+  5    not implemented (serve, upload jobs)
+  70   internal error (a bug in bitsnb)
+  130  interrupted (Ctrl-C)
+
+Jobs run while a bitsnb process (a notebook, `bitsnb wait`/`monitor`/`transfer`) has the store
+open; `create`, `addfile` and `resume` only queue work, and the next such process transfers it.
+Name a job by its full id, a unique prefix of its id, or a unique display name.
+The store is $BITSNB_HOME/jobs.db (else jobs.db in the user data folder); --store overrides it.
+
+first command:  bitsnb demo
+"""
+
+_ACTIVE = (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
+_HEXISH = re.compile(r"^[0-9a-fA-F-]+$")
+Handler = Callable[[argparse.Namespace, Output], int]
+
+
+# -- argument types ---------------------------------------------------------------------------
+def parse_priority(text: str) -> JobPriority:
+    """``foreground``/``high``/``normal``/``low`` (any case) or 0-3."""
+    value = text.strip().upper()
+    if value.isdigit() and int(value) in {p.value for p in JobPriority}:
+        return JobPriority(int(value))
+    try:
+        return JobPriority[value]
+    except KeyError:
+        names = ", ".join(p.name.lower() for p in JobPriority)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a priority ({names})") from None
+
+
+def parse_code(text: str) -> int:
+    """An HRESULT as hex (``0x80190194``), decimal (signed or not) or a name (``BG_E_NOT_FOUND``)."""
+    value = text.strip()
+    number: int | None = None
+    with contextlib.suppress(ValueError):
+        number = int(value, 0)
+    if number is None:
+        with contextlib.suppress(ValueError):
+            number = int(value, 10)  # "010": int(x, 0) refuses leading zeros
+    if number is None and re.fullmatch(r"[0-9a-fA-F]{8}", value):
+        number = int(value, 16)  # bare hex as Windows prints it: 80190194
+    if number is not None:
+        if not -(2**31) <= number <= 0xFFFFFFFF:
+            raise argparse.ArgumentTypeError(f"{text!r} does not fit in 32 bits")
+        return number & 0xFFFFFFFF
+    upper = value.upper()
+    match = re.fullmatch(r"BG_E_HTTP_ERROR_(\d{3})", upper)
+    if match:
+        return _codes.http_error(int(match.group(1)))
+    for row in all_errors():
+        if row.name == upper:
+            return row.code
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a number (0x80190194, 2149122452) nor a known error name"
+    )
+
+
+def parse_seconds(text: str) -> float:
+    """A non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be zero or more seconds")
+    return value
+
+
+def parse_proxy_usage(text: str) -> ProxyUsage:
+    """``preconfig``, ``no_proxy`` (or ``no-proxy``), ``override`` or ``autodetect``."""
+    try:
+        return ProxyUsage[text.strip().upper().replace("-", "_")]
+    except KeyError:
+        names = ", ".join(u.name.lower() for u in ProxyUsage)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a proxy usage ({names})") from None
+
+
+def parse_states(text: str) -> frozenset[JobState]:
+    """Comma-separated state names (``queued,transferring``)."""
+    states: set[JobState] = set()
+    for part in text.split(","):
+        name = part.strip().upper().replace("-", "_")
+        if not name:
+            continue
+        try:
+            states.add(JobState[name])
+        except KeyError:
+            names = ", ".join(s.name.lower() for s in JobState)
+            raise argparse.ArgumentTypeError(f"{part!r} is not a job state ({names})") from None
+    return frozenset(states)
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def open_manager(args: argparse.Namespace, *, active: bool) -> Manager:
+    """The store named by ``--store`` (else the default); *active* managers transfer jobs."""
+    store = args.store if args.store else default_store_path()
+    policy = Policy() if active else Policy(max_active_jobs=0)
+    return Manager(store, policy=policy)
+
+
+def resolve(mgr: Manager, name: str) -> Job:
+    """A job by full id, unique id prefix or unique display name (active jobs win over finished)."""
+    text = name.strip()
+    if not text:
+        raise BitsError(_codes.E_INVALIDARG, "the job name is empty")
+    try:
+        full: uuid.UUID | None = uuid.UUID(text)
+    except ValueError:
+        full = None
+    if full is not None:
+        try:
+            return mgr.get_job(full)
+        except JobNotFoundError:
+            for job in mgr.enum_jobs(include_finished=True):
+                if job.id == full:
+                    return job  # finished: readable, and calls on it say it is final
+            raise
+    prefix = text.lower() if _HEXISH.match(text) else None
+    for finished in (False, True):
+        jobs = list(mgr.enum_jobs(include_finished=finished))
+        if finished:
+            jobs = [j for j in jobs if j.state.is_final]
+        matches = [
+            j
+            for j in jobs
+            if j.display_name == text or (prefix is not None and str(j.id).startswith(prefix))
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(
+                f"{short_id(j)} ({j.display_name}, {j.state.name})" for j in matches[:5]
+            )
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            raise BitsError(
+                _codes.E_INVALIDARG,
+                f"{text!r} names {len(matches)} jobs: {shown}{more}; give more of the id",
+            )
+    raise JobNotFoundError(
+        f"no job {text!r} (by id, id prefix or display name); `bitsnb list --all` lists them"
+    )
+
+
+def local_path(text: str) -> str:
+    """A local name as BITS wants it: absolute and normalised (relative to the current folder)."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(text)))
+
+
+def name_from_url(url: str) -> str:
+    """The file name at the end of a URL's path (percent-decoded), for a destination folder."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        raise BitsError(_codes.E_INVALIDARG, f"the URL {url!r} cannot be parsed") from None
+    name = unquote(path.rsplit("/", 1)[-1]).replace(os.sep, "_").replace("\x00", "")
+    if name in ("", ".", ".."):
+        raise BitsError(
+            _codes.E_INVALIDARG,
+            f"the URL {url!r} has no file name in its path; give a file path as destination",
+        )
+    return name
+
+
+def plan_destinations(urls: Sequence[str], dest: str) -> list[tuple[str, str]]:
+    """(URL, local path) pairs: DEST is a folder (names from the URLs) or, for one URL, a file."""
+    for url in urls:
+        check_url(url)
+    target = local_path(dest)
+    folder = os.path.isdir(target) or dest.endswith(("/", os.sep))
+    if folder:
+        if not os.path.isdir(target):
+            try:
+                os.makedirs(target, exist_ok=True)
+            except OSError as exc:
+                raise BitsError(
+                    _codes.hresult_from_win32(exc.errno or 5),
+                    f"cannot create the folder {target!r}: {exc.strerror}",
+                ) from None
+        return [(url, os.path.join(target, name_from_url(url))) for url in urls]
+    if len(urls) == 1:
+        return [(urls[0], target)]
+    raise BitsError(
+        _codes.ERROR_PATH_NOT_FOUND,
+        f"{dest!r} is not a folder: with several URLs, DEST must be an existing folder "
+        "(or end with '/' to create it)",
+    )
+
+
+def read_file_set(path: str) -> list[tuple[str, str]]:
+    """``URL PATH`` lines (``#`` comments, blank lines skipped) or a CSV with url,path columns."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise BitsError(
+            _codes.hresult_from_win32(exc.errno or 2)
+            if exc.errno in (2, 3, 5, 13)
+            else _codes.E_INVALIDARG,
+            f"cannot read the file list {path!r}: {exc.strerror}",
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise BitsError(_codes.E_INVALIDARG, f"{path!r} is not UTF-8 text ({exc})") from None
+    lines = text.splitlines()
+    first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    header = [c.strip().lower() for c in first.split(",")]
+    pairs: list[tuple[str, str]] = []
+    if "url" in header and "path" in header:
+        body = [ln for ln in lines if not ln.lstrip().startswith("#")]
+        for row in csv.DictReader(body, skipinitialspace=True):
+            fields = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            if not any(fields.values()):
+                continue
+            if not fields.get("url") or not fields.get("path"):
+                raise BitsError(_codes.E_INVALIDARG, f"{path!r}: a row lacks url or path: {row}")
+            pairs.append((fields["url"], local_path(fields["path"])))
+    else:
+        for number, line in enumerate(lines, 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            parts = stripped.split(None, 1)
+            if len(parts) != 2:
+                raise BitsError(
+                    _codes.E_INVALIDARG,
+                    f"{path!r} line {number}: expected 'URL PATH', got {stripped!r}",
+                )
+            pairs.append((parts[0], local_path(parts[1])))
+    if not pairs:
+        raise BitsError(_codes.E_INVALIDARG, f"{path!r} lists no files")
+    return pairs
+
+
+def report_outcome(out: Output, job: Job, state: JobState) -> int:
+    """Exit status for a job that stopped waiting: 0 transferred, 1 error or cancelled."""
+    if state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
+        return EXIT_OK
+    if state is JobState.ERROR:
+        err = job.error
+        detail = str(err) if err is not None else "no error information"
+        out.error(f"job {short_id(job)} {job.display_name!r} ended in ERROR: {detail}")
+        if err is not None:
+            out.note(f"  context: {err.context.name}: {err.context_description}")
+        return EXIT_TRANSFER_FAILED
+    out.error(f"job {short_id(job)} {job.display_name!r} is {state.name}")
+    return EXIT_TRANSFER_FAILED
+
+
+def _queued_note(out: Output, job: Job) -> None:
+    out.note(
+        f"job {short_id(job)} is {job.state.name}: it transfers while a bitsnb process has the "
+        f"store open (a notebook, `bitsnb wait {short_id(job)}`, `bitsnb monitor`)"
+    )
+
+
+def _complete_text(hr: int) -> str:
+    if hr == _codes.BG_S_PARTIAL_COMPLETE:
+        return (
+            "BG_S_PARTIAL_COMPLETE: the transferred files were moved into place, the others dropped"
+        )
+    return "S_OK: files moved into place"
+
+
+# -- verbs ------------------------------------------------------------------------------------
+def cmd_create(args: argparse.Namespace, out: Output) -> int:
+    """create NAME: a new empty job (SUSPENDED); prints its id."""
+    job_type = {
+        "download": JobType.DOWNLOAD,
+        "upload": JobType.UPLOAD,
+        "upload-reply": JobType.UPLOAD_REPLY,
+    }[args.type]
+    with open_manager(args, active=False) as mgr:
+        job = mgr.create_job(
+            args.name, job_type, priority=args.priority, description=args.description
+        )
+        if args.json:
+            out.json(job_dict(job))
+        else:
+            out.line(str(job.id))
+    return EXIT_OK
+
+
+def cmd_addfile(args: argparse.Namespace, out: Output) -> int:
+    """addfile JOB URL PATH (PATH may be an existing folder: the name comes from the URL)."""
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        [(url, path)] = plan_destinations([args.url], args.path)
+        job.add_file(url, path)
+        out.line(f"added {url} -> {path} to job {short_id(job)} ({len(job.files)} files)")
+    return EXIT_OK
+
+
+def cmd_addfileset(args: argparse.Namespace, out: Output) -> int:
+    """addfileset JOB FILE: all the listed files, or none."""
+    pairs = read_file_set(args.file)
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        job.add_file_set(pairs)
+        out.line(f"added {len(pairs)} files to job {short_id(job)} ({len(job.files)} files)")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, out: Output) -> int:
+    """resume JOB: queue it."""
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        job.resume()
+        out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}")
+        if job.state in _ACTIVE:
+            _queued_note(out, job)
+    return EXIT_OK
+
+
+def cmd_suspend(args: argparse.Namespace, out: Output) -> int:
+    """suspend JOB: stop it; data on disk is kept."""
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        job.suspend()
+        out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
+    """cancel JOB: delete its temporary files and end it."""
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        hr = job.cancel()
+        extra = (
+            ""
+            if hr == _codes.S_OK
+            else " (BG_S_UNABLE_TO_DELETE_FILES: some temporary files remain)"
+        )
+        out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}{extra}")
+    return EXIT_OK
+
+
+def cmd_complete(args: argparse.Namespace, out: Output) -> int:
+    """complete JOB: move the transferred files into place and end it."""
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        hr = job.complete()
+        out.line(
+            f"job {short_id(job)} {job.display_name!r}: {job.state.name} ({_complete_text(hr)})"
+        )
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace, out: Output) -> int:
+    """list: the queue as a table, JSON or CSV."""
+    with open_manager(args, active=False) as mgr:
+        jobs = list(mgr.enum_jobs(args.all_users, include_finished=args.all))
+        if args.state:
+            wanted = frozenset().union(*args.state)
+            jobs = [j for j in jobs if j.state in wanted]
+        if args.json:
+            out.json([job_dict(j) for j in jobs])
+        elif args.csv:
+            out.out.file.write(jobs_csv(jobs))
+            out.out.file.flush()
+        else:
+            out.out.print(jobs_table(jobs, tty=out.tty, owners=args.all_users))
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace, out: Output) -> int:
+    """info JOB: properties, progress, times, error and files."""
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        if args.json:
+            out.json(job_dict(job, files=True))
+        else:
+            print_info(out, job)
+    return EXIT_OK
+
+
+def cmd_monitor(args: argparse.Namespace, out: Output) -> int:
+    """monitor: a live table of the queue (this process also transfers the queued jobs)."""
+    with open_manager(args, active=True) as mgr:
+        store = str(mgr.store_path)
+
+        def view() -> Group:
+            jobs = list(mgr.enum_jobs(args.all_users))
+            stamp = time.strftime("%H:%M:%S")
+            head = Text(f"bitsnb monitor  {store}  {stamp}  {len(jobs)} jobs  (Ctrl-C stops)")
+            return Group(head, jobs_table(jobs, tty=out.tty, owners=args.all_users))
+
+        shown = 0
+        if out.tty:
+            with Live(view(), console=out.out, auto_refresh=False) as live:
+                while True:
+                    live.update(view(), refresh=True)
+                    shown += 1
+                    if args.count is not None and shown >= args.count:
+                        break
+                    time.sleep(args.interval)
+        else:
+            while True:
+                out.out.print(view())
+                out.out.file.flush()
+                shown += 1
+                if args.count is not None and shown >= args.count:
+                    break
+                time.sleep(args.interval)
+    return EXIT_OK
+
+
+def cmd_error(args: argparse.Namespace, out: Output) -> int:
+    """error CODE: name, hex and description of an HRESULT."""
+    head, description = error_lines(args.code)
+    if args.json:
+        name, hexcode = head.split(" (")
+        out.json(
+            {
+                "name": name,
+                "code": args.code,
+                "hex": hexcode.rstrip(")"),
+                "description": description,
+            }
+        )
+    else:
+        out.line(head)
+        out.line(description)
+    return EXIT_OK
+
+
+def cmd_set(args: argparse.Namespace, out: Output) -> int:
+    """set JOB --option ...: change job properties."""
+    changes: list[tuple[str, Callable[[Job], None]]] = []
+    if args.display_name is not None:
+        changes.append(("display name", lambda j: setattr(j, "display_name", args.display_name)))
+    if args.description is not None:
+        changes.append(("description", lambda j: setattr(j, "description", args.description)))
+    if args.priority is not None:
+        changes.append(("priority", lambda j: j.set_priority(args.priority)))
+    if args.retry_delay is not None:
+        changes.append(
+            ("retry delay", lambda j: setattr(j, "minimum_retry_delay", args.retry_delay))
+        )
+    if args.no_progress_timeout is not None:
+        changes.append(
+            (
+                "no-progress timeout",
+                lambda j: setattr(j, "no_progress_timeout", args.no_progress_timeout),
+            )
+        )
+    if args.max_download_time is not None:
+        changes.append(
+            (
+                "max download time",
+                lambda j: setattr(j, "maximum_download_time", args.max_download_time),
+            )
+        )
+    if args.header or args.clear_headers:
+        text = "\r\n".join(args.header or [])
+        changes.append(("headers", lambda j: j.set_custom_headers(text or None)))
+    if args.proxy_usage is not None or args.proxy is not None or args.bypass is not None:
+        usage = args.proxy_usage
+        if usage is None:
+            usage = ProxyUsage.OVERRIDE
+        changes.append(("proxy", lambda j: j.set_proxy_settings(usage, args.proxy, args.bypass)))
+    if not changes:
+        raise _UsageError("set: give at least one option to change (see `bitsnb set --help`)")
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        for _, apply in changes:
+            apply(job)
+        names = ", ".join(name for name, _ in changes)
+        out.line(f"job {short_id(job)} {job.display_name!r}: set {names}")
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace, out: Output) -> int:
+    """wait JOB: transfer it (this process runs the queue) until it ends; --complete finishes it."""
+    with open_manager(args, active=True) as mgr:
+        job = resolve(mgr, args.job)
+        if job.state is JobState.SUSPENDED:
+            out.note(
+                f"job {short_id(job)} is SUSPENDED: it waits for `bitsnb resume {short_id(job)}`"
+            )
+        with Watcher(out, job) as watcher:
+            state = watch_job(mgr, job, watcher, timeout=args.timeout)
+        status = report_outcome(out, job, state)
+        if state is JobState.TRANSFERRED:
+            if args.complete:
+                hr = job.complete()
+                out.line(f"job {short_id(job)}: {job.state.name} ({_complete_text(hr)})")
+            else:
+                out.note(f"files are moved into place by `bitsnb complete {short_id(job)}`")
+        return status
+
+
+def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
+    """transfer URL... DEST: create, add, resume, show progress, complete (bitsadmin /transfer)."""
+    urls: list[str] = args.urls
+    pairs = plan_destinations(urls, args.dest)
+    name = args.name
+    if name is None:
+        first = os.path.basename(pairs[0][1])
+        name = first if len(pairs) == 1 else f"{first} and {len(pairs) - 1} more"
+    with open_manager(args, active=not args.no_wait) as mgr:
+        job = mgr.create_job(name, JobType.DOWNLOAD, priority=args.priority)
+        try:
+            job.add_file_set(pairs)
+            job.resume()
+        except BaseException:
+            with contextlib.suppress(BitsError):
+                job.cancel()
+            raise
+        if args.no_wait:
+            if args.json:
+                out.json(job_dict(job))
+            else:
+                out.line(str(job.id))
+            _queued_note(out, job)
+            return EXIT_OK
+        started = time.monotonic()
+        try:
+            with Watcher(out, job, to_stderr=args.json) as watcher:
+                state = watch_job(mgr, job, watcher, timeout=args.timeout)
+        except (KeyboardInterrupt, TimeoutError):
+            out.note(
+                f"job {short_id(job)} stays in the queue: `bitsnb wait {short_id(job)}` "
+                f"continues it, `bitsnb cancel {short_id(job)}` drops it"
+            )
+            raise
+        elapsed = time.monotonic() - started
+        status = report_outcome(out, job, state)
+        if state is JobState.TRANSFERRED:
+            job.complete()
+        elif state is JobState.ERROR:
+            job.cancel()  # as bitsadmin /transfer: a fatal error cancels the job
+            out.note(f"job {short_id(job)} was cancelled")
+        if args.json:
+            data = job_dict(job, files=True)
+            data["elapsed_seconds"] = round(elapsed, 3)
+            out.json(data)
+        elif status == EXIT_OK:
+            p = job.progress
+            rate = p.bytes_transferred / elapsed if elapsed > 0 else 0.0
+            out.line(
+                f"{p.files_total} files, {fmt_bytes(p.bytes_transferred)}, transferred in "
+                f"{elapsed:.1f} s ({fmt_bytes(int(rate))}/s), {job.state.name}"
+            )
+            for f in job.files[:10]:
+                out.line(f"  {f.local_name}")
+            if len(job.files) > 10:
+                out.line(f"  ... and {len(job.files) - 10} more")
+        return status
+
+
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    """serve: the upload server (for upload jobs) is not written yet."""
+    out.error(
+        "`bitsnb serve` (the BITS upload server for upload jobs) is not implemented yet; "
+        "for a download test server use `python -m bitsnb.testing --root DIR`"
+    )
+    return EXIT_NOT_IMPLEMENTED
+
+
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    """demo: a whole BITS job against a loopback server (see ``_cli_demo``)."""
+    from ._cli_demo import run_demo
+
+    return run_demo(args, out)
+
+
+class _UsageError(Exception):
+    """A usage mistake found after parsing (exit 2)."""
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bitsnb`` argument parser (``--store`` works before or after the verb)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="the job store (default: $BITSNB_HOME/jobs.db)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="bitsnb",
+        description="bitsnb: a BITS-style background transfer queue, from the command line.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--store",
+        metavar="PATH",
+        default=None,
+        help="the job store (default: $BITSNB_HOME/jobs.db)",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"bitsnb {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=handler)
+        return p
+
+    p = verb("demo", cmd_demo, "run one job against a built-in loopback server (first command)")
+    p.add_argument("--files", type=_int_range(1, 100), default=5, help="files (default 5)")
+    p.add_argument(
+        "--size",
+        type=_int_range(1, 1 << 30),
+        default=4_000_000,
+        metavar="BYTES",
+        help="bytes per file (default 4000000)",
+    )
+    p.add_argument("--keep", metavar="DIR", help="keep the files and the demo's store in DIR")
+    p.add_argument(
+        "--no-faults",
+        action="store_true",
+        help="skip the dropped connection and the suspend/resume (just transfer)",
+    )
+
+    p = verb("transfer", cmd_transfer, "download URLs now, with progress, then complete")
+    p.add_argument("urls", nargs="+", metavar="URL")
+    p.add_argument(
+        "dest", metavar="DEST", help="a folder (names from the URLs) or, for one URL, a file"
+    )
+    p.add_argument("--name", help="the job's display name")
+    p.add_argument(
+        "--priority", type=parse_priority, default=JobPriority.FOREGROUND, help="default foreground"
+    )
+    p.add_argument(
+        "--timeout", type=parse_seconds, metavar="S", help="give up after S seconds (exit 4)"
+    )
+    p.add_argument("--no-wait", action="store_true", help="queue the job, print its id and exit")
+    p.add_argument("--json", action="store_true", help="print the finished job as JSON")
+
+    p = verb("create", cmd_create, "create an empty job (SUSPENDED) and print its id")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--type", choices=("download", "upload", "upload-reply"), default="download")
+    p.add_argument("--priority", type=parse_priority, default=JobPriority.NORMAL)
+    p.add_argument("--description", default="")
+    p.add_argument("--json", action="store_true")
+
+    p = verb("addfile", cmd_addfile, "add one file (URL -> local PATH or folder) to a job")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("path", metavar="PATH")
+
+    p = verb(
+        "addfileset",
+        cmd_addfileset,
+        "add files listed in FILE ('URL PATH' lines, or a CSV with url,path columns)",
+    )
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("file", metavar="FILE")
+
+    for name, handler, text in (
+        ("resume", cmd_resume, "queue a job (it runs while a bitsnb process has the store open)"),
+        ("suspend", cmd_suspend, "suspend a job (data on disk is kept)"),
+        ("cancel", cmd_cancel, "cancel a job and delete its temporary files"),
+        ("complete", cmd_complete, "move a job's transferred files into place and end it"),
+    ):
+        verb(name, handler, text).add_argument("job", metavar="JOB")
+
+    p = verb("list", cmd_list, "list the jobs in the queue")
+    p.add_argument("--all-users", action="store_true", help="every user's jobs (root only)")
+    p.add_argument("--all", action="store_true", help="include finished jobs")
+    p.add_argument(
+        "--state",
+        type=parse_states,
+        action="append",
+        metavar="STATE[,STATE]",
+        help="only these states",
+    )
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+
+    p = verb("info", cmd_info, "show a job: files, progress, times, error")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--json", action="store_true")
+
+    p = verb("monitor", cmd_monitor, "live table of the queue until Ctrl-C (also runs the jobs)")
+    p.add_argument("--interval", type=parse_seconds, default=1.0, metavar="S")
+    p.add_argument(
+        "--count", type=_int_range(1, 1 << 30), metavar="N", help="stop after N refreshes"
+    )
+    p.add_argument("--all-users", action="store_true")
+
+    p = verb("error", cmd_error, "explain an error code (0x80190194, decimal or a name)")
+    p.add_argument("code", type=parse_code, metavar="CODE")
+    p.add_argument("--json", action="store_true")
+
+    p = verb("set", cmd_set, "change a job's properties")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--priority", type=parse_priority)
+    p.add_argument("--retry-delay", type=parse_seconds, metavar="S")
+    p.add_argument("--no-progress-timeout", type=parse_seconds, metavar="S")
+    p.add_argument("--max-download-time", type=parse_seconds, metavar="S")
+    p.add_argument(
+        "--header", action="append", metavar="'NAME: VALUE'", help="a custom header (repeatable)"
+    )
+    p.add_argument("--clear-headers", action="store_true")
+    p.add_argument(
+        "--proxy-usage",
+        type=parse_proxy_usage,
+        metavar="{preconfig,no_proxy,override,autodetect}",
+    )
+    p.add_argument("--proxy", metavar="LIST", help="proxy list (implies --proxy-usage override)")
+    p.add_argument("--bypass", metavar="LIST", help="proxy bypass list")
+    p.add_argument("--display-name")
+    p.add_argument("--description")
+
+    p = verb("wait", cmd_wait, "run and watch a job until it is transferred or fails")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument(
+        "--timeout", type=parse_seconds, metavar="S", help="give up after S seconds (exit 4)"
+    )
+    p.add_argument("--complete", action="store_true", help="complete the job once transferred")
+
+    p = verb("serve", cmd_serve, "upload server for upload jobs (not implemented yet)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bitsnb`` command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    out = Output()
+    handler: Handler = args.func
+    try:
+        return handler(args, out)
+    except BitsError as exc:
+        out.error(str(exc))
+        if exc.message and exc.message != exc.description:
+            out.note(f"  {exc.description}")
+        return EXIT_NOT_IMPLEMENTED if exc.code == _codes.E_NOTIMPL else EXIT_BITS_ERROR
+    except TimeoutError as exc:
+        out.error(f"timed out: {exc}")
+        return EXIT_TIMEOUT
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return EXIT_INTERRUPTED
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
+        out.error(str(exc))
+        return EXIT_USAGE
+    except BrokenPipeError:  # `bitsnb list | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # keep interpreter exit quiet
+        return EXIT_OK
+    except Exception:
+        out.error("internal error (a bug in bitsnb; please report it with this traceback):")
+        traceback.print_exc()
+        return EXIT_INTERNAL
