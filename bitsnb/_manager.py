@@ -140,6 +140,7 @@ class AsyncManager:
         self._housekeeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> AsyncManager:
@@ -169,10 +170,10 @@ class AsyncManager:
 
     async def aclose(self) -> None:
         """Stop transfers (their data stays for the next manager), release leases, close."""
-        if self._state is not _ManagerState.OPEN:
+        if self._state is not _ManagerState.OPEN or self._closing:
             self._state = _ManagerState.CLOSED
             return
-        self._state = _ManagerState.CLOSED
+        self._closing = True  # the store stays usable while running jobs are put back
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -196,6 +197,7 @@ class AsyncManager:
         assert self._store is not None and self._engine is not None
         self._store.release()
         self._store.close()
+        self._state = _ManagerState.CLOSED
         await self._engine.aclose()
 
     def _open(self) -> Store:
@@ -418,7 +420,7 @@ class AsyncManager:
 
     def _pump(self) -> None:
         """Start queued jobs, highest priority first, while slots are free."""
-        if self._state is not _ManagerState.OPEN or self._store is None:
+        if self._state is not _ManagerState.OPEN or self._store is None or self._closing:
             return
         for prio, queue in enumerate(self._queues):
             while queue and len(self._runs) < self.policy.max_active_jobs:

@@ -1,0 +1,155 @@
+"""Plain-text and colour rules shared by the widgets and their text fallback (no ipywidgets here)."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Protocol
+
+from .._enums import JobState
+from .._models import ErrorInfo, JobProgress
+
+if TYPE_CHECKING:
+    import uuid
+
+__all__ = [
+    "ACTIVE_STATES",
+    "BAR_STYLE",
+    "FILTERS",
+    "STYLE_COLOUR",
+    "JobLike",
+    "bar_style",
+    "error_text",
+    "escape",
+    "format_bytes",
+    "format_eta",
+    "format_rate",
+    "job_line",
+    "progress_text",
+]
+
+BAR_STYLE: dict[JobState, str] = {
+    JobState.QUEUED: "info",
+    JobState.CONNECTING: "",
+    JobState.TRANSFERRING: "",
+    JobState.SUSPENDED: "info",
+    JobState.ERROR: "danger",
+    JobState.TRANSIENT_ERROR: "warning",
+    JobState.TRANSFERRED: "success",
+    JobState.ACKNOWLEDGED: "success",
+    JobState.CANCELLED: "danger",
+}
+"""ipywidgets ``bar_style`` per state (tqdm's convention: red for errors, green when done)."""
+
+STYLE_COLOUR: dict[str, str] = {
+    "": "#2196f3",
+    "info": "#00bcd4",
+    "success": "#4caf50",
+    "warning": "#ff9800",
+    "danger": "#f44336",
+}
+"""The colours the Jupyter widget CSS uses for each bar style, for HTML rows and labels."""
+
+ACTIVE_STATES = frozenset(
+    {JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSIENT_ERROR}
+)
+
+FILTERS: dict[str, frozenset[JobState] | None] = {
+    "all": None,
+    "active": ACTIVE_STATES,
+    "suspended": frozenset({JobState.SUSPENDED}),
+    "transferred": frozenset({JobState.TRANSFERRED}),
+    "error": frozenset({JobState.ERROR, JobState.TRANSIENT_ERROR}),
+    "finished": frozenset({JobState.ACKNOWLEDGED, JobState.CANCELLED}),
+}
+"""Queue panel filters: name → the states shown (None = every state)."""
+
+
+class JobLike(Protocol):
+    """What the panels read from a job: ``bitsnb.Job`` and ``bitsnb.AsyncJob`` both fit."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def state(self) -> JobState: ...
+    @property
+    def progress(self) -> JobProgress: ...
+    @property
+    def error(self) -> ErrorInfo | None: ...
+
+
+def bar_style(state: JobState, previous: str | None = None) -> str:
+    """The bar style for *state*, given the style shown before.
+
+    It follows the state, never the percentage (a job cancelled at 100 % stays red), and
+    'success' never overwrites 'danger': a job completed straight from ERROR (a partial
+    complete) stays red. A job that was resumed after an error passes through QUEUED first.
+    """
+    style = BAR_STYLE.get(state, "")
+    if previous == "danger" and style == "success" and state is JobState.ACKNOWLEDGED:
+        return "danger"
+    return style
+
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_bytes(n: int | float | None) -> str:
+    """``1536`` → ``'1.5 KiB'``; None → ``'?'``."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def format_rate(rate: float | None) -> str:
+    """Bytes per second as ``'8.1 MiB/s'``; ``''`` when unknown."""
+    return "" if rate is None else f"{format_bytes(rate)}/s"
+
+
+def format_eta(seconds: float | None) -> str:
+    """``65`` → ``'1:05'``, ``3725`` → ``'1:02:05'``; ``''`` when unknown."""
+    if seconds is None:
+        return ""
+    s = int(seconds + 0.5)
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_text(p: JobProgress) -> str:
+    """``'45% 1.2 MiB / 3.0 MiB'``, or ``'? 1.2 MiB / ?'`` while the total is unknown."""
+    pct = p.percent
+    head = "?" if pct is None else f"{pct:.0f}%"
+    return f"{head} {format_bytes(p.bytes_transferred)} / {format_bytes(p.bytes_total)}"
+
+
+def error_text(err: ErrorInfo | None) -> str:
+    """``'0x80190194 BG_E_HTTP_ERROR_404: description'`` or ``''``."""
+    if err is None:
+        return ""
+    return f"0x{err.code:08X} {err.name}: {err.description}"
+
+
+def job_line(job: JobLike) -> str:
+    """One readable line for a job: name, state, percent, bytes, files (and the error)."""
+    p = job.progress
+    line = (
+        f"{job.display_name}  {job.state.name}  {progress_text(p)}  "
+        f"files {p.files_transferred}/{p.files_total}"
+    )
+    if job.state in (JobState.ERROR, JobState.TRANSIENT_ERROR):
+        err = error_text(job.error)
+        if err:
+            line += f"  [{err}]"
+    return line
+
+
+def escape(text: str) -> str:
+    """HTML-escape user text (display names, error messages)."""
+    return html.escape(text, quote=True)
