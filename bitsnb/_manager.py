@@ -806,7 +806,7 @@ class AsyncManager:
                         ):
                             self._enqueue(rec)
                     self._pump()
-                if now - last_scavenge >= 60.0:
+                if now - last_scavenge >= p.scavenge_interval:
                     last_scavenge = now
                     await self._scavenge()
             except asyncio.CancelledError:

@@ -148,6 +148,7 @@ class Policy:
     checkpoint_bytes: int = 64 * 1024 * 1024
     read_size: int = 1024 * 1024
     job_lifetime: float = 90 * 86400.0
+    scavenge_interval: float = 60.0
     history_retention: float = 30 * 86400.0
     connect_timeout: float = 30.0
     read_timeout: float = 300.0
