@@ -37,6 +37,16 @@ from ._models import (
     Policy,
 )
 from ._sync import Job, JobEnumerator, Manager
+from .helpers import (
+    Explanation,
+    default_manager,
+    download,
+    download_many,
+    errors_frame,
+    explain,
+    jobs_frame,
+    run,
+)
 
 __version__ = "0.1.0"
 
@@ -51,6 +61,7 @@ __all__ = [
     "ErrorContext",
     "ErrorDescription",
     "ErrorInfo",
+    "Explanation",
     "FileInfo",
     "FileProgress",
     "FileRange",
@@ -69,8 +80,15 @@ __all__ = [
     "Policy",
     "ProxyUsage",
     "__version__",
+    "default_manager",
     "default_store_path",
+    "download",
+    "download_many",
+    "errors_frame",
+    "explain",
     "get_error_description",
+    "jobs_frame",
+    "run",
 ]
 
 for _name in __all__:
