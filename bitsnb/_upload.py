@@ -102,9 +102,7 @@ class Uploader:
 
     @staticmethod
     def _failure(resp: httpx.Response, what: str) -> TransferFailure:
-        code = parse_hresult(resp.headers.get("bits-error-code")) or parse_hresult(
-            resp.headers.get("bits-error")
-        )
+        code = _error_code(resp)
         ctx_value = parse_hresult(resp.headers.get("bits-error-context"))
         context = ErrorContext.REMOTE_FILE
         if ctx_value is not None and ctx_value in ErrorContext._value2member_map_:
@@ -202,7 +200,9 @@ class Uploader:
                 _read_range(f, offset, length, s.upload_source_stamp),
                 length,
             )
-            if resp.status_code == 413 and fragment > _MIN_FRAGMENT:
+            too_large = _error_code(resp) == _codes.BG_E_TOO_LARGE
+            if resp.status_code == 413 and fragment > _MIN_FRAGMENT and not too_large:
+                # the fragment, not the file, is too big for the server: send smaller ones
                 fragment = max(_MIN_FRAGMENT, fragment // 2)
                 s.upload_fragment_size = fragment
                 continue
@@ -250,6 +250,13 @@ class Uploader:
             await self._post(uctx.file_ctx, f.remote_name, "Cancel-Session", session)
         except TransferFailure:
             pass
+
+
+def _error_code(resp: httpx.Response) -> int | None:
+    """The HRESULT of an error Ack: ``BITS-Error-Code`` (SDK) or ``BITS-Error`` (MC-BUP)."""
+    return parse_hresult(resp.headers.get("bits-error-code")) or parse_hresult(
+        resp.headers.get("bits-error")
+    )
 
 
 class _SessionLost(Exception):

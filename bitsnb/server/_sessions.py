@@ -1,0 +1,202 @@
+"""Upload sessions kept on disk, so a server restart keeps them and their received bytes.
+
+Layout: ``root/.bits-sessions/<guid>/state.json`` (small JSON, replaced atomically),
+``.../data`` (the bytes received so far, contiguous from offset 0) and ``.../reply`` (the reply
+body, upload-reply only). A session is ``open`` while bytes arrive, ``complete`` once the whole
+file was moved to its destination, and ``closed`` after Close-Session (kept only to serve the reply
+until it expires).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bitsnb.server._protocol import (
+    E_ACCESSDENIED,
+    E_INVALIDARG,
+    STATE_DIR,
+    Refused,
+    format_session_id,
+)
+
+__all__ = ["Session", "SessionStore", "resolve_destination"]
+
+SessionState = Literal["open", "complete", "closed"]
+_STATE_FILE = "state.json"
+_DATA_FILE = "data"
+_REPLY_FILE = "reply"
+
+
+def resolve_destination(root: Path, segments: tuple[str, ...]) -> Path:
+    """``root/segments`` after checking that symbolic links do not lead out of root.
+
+    ``root`` must already be resolved. Refuses a destination that is a folder, or below a file.
+    """
+    dest = root.joinpath(*segments)
+    real = Path(os.path.realpath(dest))
+    if not real.is_relative_to(root) or real == root:
+        raise Refused(403, E_ACCESSDENIED, "the destination leads out of the upload root")
+    if real.is_relative_to(root / STATE_DIR):
+        raise Refused(403, E_ACCESSDENIED, "the server's state folder is not writable")
+    if real.is_dir():
+        raise Refused(400, E_INVALIDARG, "the URL names a folder, not a file")
+    for parent in real.parents:
+        if parent == root:
+            break
+        if parent.exists() and not parent.is_dir():
+            raise Refused(400, E_INVALIDARG, "a parent of the destination is a file")
+    return dest
+
+
+@dataclass
+class Session:
+    """One upload session's persistent state."""
+
+    id: uuid.UUID
+    path: str  # destination relative to root, "/"-separated
+    created: float
+    updated: float  # last activity; the session expires session_timeout seconds after it
+    total: int | None = None
+    received: int = 0  # bytes held contiguously from offset 0 (= next byte expected)
+    state: SessionState = "open"
+    reply: bool = False  # a reply body is stored
+    reply_type: str = "application/octet-stream"
+    folder: Path = field(default=Path(), compare=False)
+
+    @property
+    def header_id(self) -> str:
+        """The id as sent in ``BITS-Session-Id``."""
+        return format_session_id(self.id)
+
+    @property
+    def data_path(self) -> Path:
+        """The bytes received so far."""
+        return self.folder / _DATA_FILE
+
+    @property
+    def reply_path(self) -> Path:
+        """The reply body (upload-reply)."""
+        return self.folder / _REPLY_FILE
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``state.json`` holds."""
+        data = asdict(self)
+        data["id"] = str(self.id)
+        del data["folder"]
+        return data
+
+
+class SessionStore:
+    """Sessions under ``root/.bits-sessions``; all methods are synchronous and cheap."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.folder = root / STATE_DIR
+
+    def _folder(self, session_id: uuid.UUID) -> Path:
+        return self.folder / str(session_id)
+
+    def create(self, path: str, now: float) -> Session:
+        """A new open session with an empty data file."""
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        session_id = uuid.uuid4()
+        folder = self._folder(session_id)
+        folder.mkdir(mode=0o700)
+        session = Session(session_id, path, now, now, folder=folder)
+        session.data_path.touch()
+        self.save(session)
+        return session
+
+    def save(self, session: Session) -> None:
+        """Write ``state.json`` atomically (temp file + ``os.replace``)."""
+        tmp = session.folder / (_STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(session.to_json()), encoding="utf-8")
+        os.replace(tmp, session.folder / _STATE_FILE)
+
+    def load(self, session_id: uuid.UUID) -> Session | None:
+        """The stored session, or None (unknown, removed or unreadable)."""
+        folder = self._folder(session_id)
+        try:
+            raw = json.loads((folder / _STATE_FILE).read_text(encoding="utf-8"))
+            session = Session(
+                id=uuid.UUID(raw["id"]),
+                path=str(raw["path"]),
+                created=float(raw["created"]),
+                updated=float(raw["updated"]),
+                total=None if raw.get("total") is None else int(raw["total"]),
+                received=int(raw.get("received", 0)),
+                state=raw.get("state", "open"),
+                reply=bool(raw.get("reply", False)),
+                reply_type=str(raw.get("reply_type", "application/octet-stream")),
+                folder=folder,
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if session.id != session_id or session.state not in ("open", "complete", "closed"):
+            return None
+        if session.state == "open":
+            # The JSON is written after the data, so the data file may be longer, never shorter
+            # unless something outside removed bytes: trust the smaller of the two.
+            try:
+                size = session.data_path.stat().st_size
+            except OSError:
+                size = 0
+            session.received = min(session.received, size)
+        return session
+
+    def remove(self, session: Session) -> None:
+        """Delete the session's folder (data, reply and state)."""
+        shutil.rmtree(session.folder, ignore_errors=True)
+
+    def drop_data(self, session: Session) -> None:
+        """Delete the data file only (after the file went to its destination)."""
+        with contextlib.suppress(OSError):
+            session.data_path.unlink()
+
+    def session_ids(self) -> list[uuid.UUID]:
+        """Ids of the sessions on disk (folders whose name is a GUID)."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return []
+        ids: list[uuid.UUID] = []
+        for name in names:
+            with contextlib.suppress(ValueError):
+                ids.append(uuid.UUID(name))
+        return ids
+
+    def expire(self, now: float, timeout: float, busy: set[uuid.UUID]) -> int:
+        """Remove sessions idle for more than ``timeout`` seconds (not those in ``busy``)."""
+        removed = 0
+        for session_id in self.session_ids():
+            if session_id in busy:
+                continue
+            session = self.load(session_id)
+            if session is None:
+                # Unreadable state: judge by the folder's age, so a half-created one goes too.
+                folder = self._folder(session_id)
+                try:
+                    stamp = folder.stat().st_mtime
+                except OSError:
+                    continue
+                if now - stamp > timeout:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+                continue
+            if now - session.updated > timeout:
+                self.remove(session)
+                removed += 1
+        return removed
+
+    @staticmethod
+    def now() -> float:
+        """Wall-clock time, as stored in ``state.json``."""
+        return time.time()
