@@ -15,7 +15,7 @@ Exit codes::
     2    usage error (argparse)
     3    a BITS call failed: BitsError (bad input, invalid state, job not found, ...)
     4    timed out (--timeout)
-    5    not implemented (``serve``, upload jobs: E_NOTIMPL)
+    5    not implemented (``serve``; any call the core answers with E_NOTIMPL)
     70   internal error (a bug in bitsnb: the traceback is printed)
     130  interrupted (Ctrl-C)
 """
@@ -88,7 +88,7 @@ exit codes:
   2    usage error
   3    a BITS call failed (bad input, invalid state, job not found, ...)
   4    timed out (--timeout)
-  5    not implemented (serve, upload jobs)
+  5    not implemented (serve; any call answered with E_NOTIMPL)
   70   internal error (a bug in bitsnb)
   130  interrupted (Ctrl-C)
 
@@ -101,6 +101,7 @@ first command:  bitsnb demo
 """
 
 _ACTIVE = (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _HEXISH = re.compile(r"^[0-9a-fA-F-]+$")
 Handler = Callable[[argparse.Namespace, Output], int]
 
@@ -332,16 +333,28 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def _is_secret_header(line: str) -> bool:
+    return line.split(":", 1)[0].strip().lower() in _SECRET_HEADERS
+
+
 def report_outcome(out: Output, job: Job, state: JobState) -> int:
     """Exit status for a job that stopped waiting: 0 transferred, 1 error or cancelled."""
     if state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
         return EXIT_OK
     if state is JobState.ERROR:
         err = job.error
-        detail = str(err) if err is not None else "no error information"
-        out.error(f"job {short_id(job)} {job.display_name!r} ended in ERROR: {detail}")
-        if err is not None:
-            out.note(f"  context: {err.context.name}: {err.context_description}")
+        if err is None:
+            out.error(f"job {short_id(job)} {job.display_name!r} ended in ERROR")
+            return EXIT_TRANSFER_FAILED
+        out.error(
+            f"job {short_id(job)} {job.display_name!r} ended in ERROR: "
+            f"{err.name} (0x{err.code:08X}): {err.description}"
+        )
+        if err.message:
+            out.note(f"  {err.message}")
+        if err.file is not None:
+            out.note(f"  file: {err.file.remote_name}")
+        out.note(f"  context: {err.context.name}: {err.context_description}")
         return EXIT_TRANSFER_FAILED
     out.error(f"job {short_id(job)} {job.display_name!r} is {state.name}")
     return EXIT_TRANSFER_FAILED
@@ -385,7 +398,10 @@ def cmd_addfile(args: argparse.Namespace, out: Output) -> int:
     """addfile JOB URL PATH (PATH may be an existing folder: the name comes from the URL)."""
     with open_manager(args, active=False) as mgr:
         job = resolve(mgr, args.job)
-        [(url, path)] = plan_destinations([args.url], args.path)
+        if job.type is JobType.DOWNLOAD:
+            [(url, path)] = plan_destinations([args.url], args.path)
+        else:  # uploads: PATH is the local file to send, URL where it goes
+            url, path = args.url, local_path(args.path)
         job.add_file(url, path)
         out.line(f"added {url} -> {path} to job {short_id(job)} ({len(job.files)} files)")
     return EXIT_OK
@@ -554,6 +570,12 @@ def cmd_set(args: argparse.Namespace, out: Output) -> int:
     if args.header or args.clear_headers:
         text = "\r\n".join(args.header or [])
         changes.append(("headers", lambda j: j.set_custom_headers(text or None)))
+        secret = [h.split(":", 1)[0].strip() for h in args.header or [] if _is_secret_header(h)]
+        if secret:
+            out.note(
+                f"note: {', '.join(secret)} headers are kept in memory only, never in the store: "
+                "they end with this process (pass them to `bitsnb transfer --header` instead)"
+            )
     if args.proxy_usage is not None or args.proxy is not None or args.bypass is not None:
         usage = args.proxy_usage
         if usage is None:
@@ -601,6 +623,8 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
     with open_manager(args, active=not args.no_wait) as mgr:
         job = mgr.create_job(name, JobType.DOWNLOAD, priority=args.priority)
         try:
+            if args.header:
+                job.set_custom_headers("\r\n".join(args.header))
             job.add_file_set(pairs)
             job.resume()
         except BaseException:
@@ -613,6 +637,10 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
             else:
                 out.line(str(job.id))
             _queued_note(out, job)
+            if any(_is_secret_header(h) for h in args.header or []):
+                out.note(
+                    "note: secret headers (Authorization, Cookie) are not stored: not sent later"
+                )
             return EXIT_OK
         started = time.monotonic()
         try:
@@ -736,6 +764,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=parse_seconds, metavar="S", help="give up after S seconds (exit 4)"
     )
+    p.add_argument(
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable; Authorization stays in memory only)",
+    )
     p.add_argument("--no-wait", action="store_true", help="queue the job, print its id and exit")
     p.add_argument("--json", action="store_true", help="print the finished job as JSON")
 
@@ -824,7 +858,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--complete", action="store_true", help="complete the job once transferred")
 
     p = verb("serve", cmd_serve, "upload server for upload jobs (not implemented yet)")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -832,7 +865,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bitsnb`` command line; returns the exit status."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.verb != "serve":  # serve takes anything: it only says it is missing
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     out = Output()
@@ -841,8 +876,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, out)
     except BitsError as exc:
         out.error(str(exc))
-        if exc.message and exc.message != exc.description:
-            out.note(f"  {exc.description}")
         return EXIT_NOT_IMPLEMENTED if exc.code == _codes.E_NOTIMPL else EXIT_BITS_ERROR
     except TimeoutError as exc:
         out.error(f"timed out: {exc}")

@@ -69,8 +69,8 @@ class _Script:
             what = err.name if err is not None else "an error"
             where = err.file.remote_name.rsplit("/", 1)[-1] if err and err.file else "a file"
             w.print(
-                f"   {where}: the connection dropped -> TRANSIENT_ERROR ({what}); "
-                f"BITS retries after the minimum retry delay ({_RETRY_DELAY:g} s)"
+                f"   {where}: connection dropped -> TRANSIENT_ERROR ({what}), "
+                f"retried after {_RETRY_DELAY:g} s"
             )
             if self._stall_requests() >= self.stalls_armed:  # the retry drops that request
                 self.server.inject(self.stall_name, Fault.stall(_STALL))
@@ -177,7 +177,7 @@ def _run(
     out.line("2. resume(): the job is queued and transfers in the background")
     job.resume()
     started = time.monotonic()
-    with Watcher(out, job) as watcher:
+    with Watcher(out, job, explain_errors=False) as watcher:
         script = _Script(out, job, server, watcher, names[-1]) if faults else None
         state = watch_job(
             mgr,

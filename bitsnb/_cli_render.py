@@ -16,14 +16,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from rich import box
 from rich.align import AlignMethod
 from rich.console import Console, RenderableType
 from rich.filesize import decimal
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from ._enums import JobState
@@ -98,15 +97,43 @@ def _console(file: IO[str]) -> Console:
         tty = file.isatty()
     except (AttributeError, ValueError):
         tty = False
-    # Not a terminal: no colours, no wrapping of long rows (ids and URLs stay greppable).
+    # Not a terminal: no colours, no wrapping of long rows (ids and URLs stay greppable),
+    # and no padding at the ends of table rows.
     return Console(
-        file=file,
+        file=file if tty else cast(IO[str], _Trimmed(file)),
         markup=False,
         highlight=False,
         emoji=False,
         soft_wrap=not tty,
         width=None if tty else 200,
     )
+
+
+class _Trimmed(io.TextIOBase):
+    """A text stream that drops the spaces rich pads table rows with, line by line."""
+
+    def __init__(self, raw: IO[str]) -> None:
+        self._raw = raw
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            self._raw.write(line.rstrip(" ") + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._raw.write(self._pending)
+            self._pending = ""
+        self._raw.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -124,9 +151,20 @@ def fmt_time(when: _dt.datetime | None) -> str:
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def fmt_duration(seconds: float) -> str:
+    """``600 s`` / ``10 min`` / ``14 days``, with the exact seconds when rounded."""
+    exact = f"{seconds:,.0f} s" if seconds == int(seconds) else f"{seconds:,.3f} s"
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.4g} {unit} ({exact})"
+    return exact
+
+
 def fmt_progress(job: Job) -> str:
-    """``8.0 MB / 20.0 MB (40%)`` or ``8.0 MB / ?``."""
+    """``8.0 MB / 20.0 MB (40%)`` or ``8.0 MB / ?`` (``-`` for a job without files)."""
     p = job.progress
+    if p.files_total == 0:
+        return "-"
     pct = p.percent
     tail = f" ({pct:.0f}%)" if pct is not None else ""
     return f"{fmt_bytes(p.bytes_transferred)} / {fmt_bytes(p.bytes_total)}{tail}"
@@ -269,10 +307,10 @@ def jobs_csv(jobs: Iterable[Job]) -> str:
 def jobs_table(jobs: Sequence[Job], *, tty: bool, owners: bool = False) -> RenderableType:
     """The queue as a table: id prefix, name, state, priority, files, bytes, error."""
     table = Table(
-        box=box.SIMPLE_HEAD if tty else None,
+        box=None,
         show_edge=False,
         pad_edge=False,
-        header_style="bold" if tty else "",
+        header_style="bold underline" if tty else "",
     )
     table.add_column("ID", no_wrap=True)
     table.add_column("NAME", overflow="fold", max_width=40)
@@ -322,9 +360,9 @@ def print_info(out: Output, job: Job) -> None:
         ("modified", fmt_time(t.modification)),
         ("transferred", fmt_time(t.transfer_completion)),
         ("error count", str(job.error_count)),
-        ("retry delay", f"{job.minimum_retry_delay:g} s"),
-        ("no-progress timeout", f"{job.no_progress_timeout:g} s"),
-        ("max download time", f"{job.maximum_download_time:g} s"),
+        ("retry delay", fmt_duration(job.minimum_retry_delay)),
+        ("no-progress timeout", fmt_duration(job.no_progress_timeout)),
+        ("max download time", fmt_duration(job.maximum_download_time)),
         ("proxy", " ".join(x for x in (usage.name, proxies, bypass) if x)),
         ("headers", (job.custom_headers or "-").replace("\r\n", "; ")),
         ("allowed calls", ", ".join(sorted(job.allowed_calls)) or "-"),
@@ -345,10 +383,10 @@ def print_info(out: Output, job: Job) -> None:
             grid.add_row("", f"file: {err.file.remote_name}")
     out.out.print(grid)
     files = Table(
-        box=box.SIMPLE_HEAD if out.tty else None,
+        box=None,
         show_edge=False,
         pad_edge=False,
-        header_style="bold" if out.tty else "",
+        header_style="bold underline" if out.tty else "",
     )
     files.add_column("#", justify="right", no_wrap=True)
     files.add_column("REMOTE", overflow="fold")
@@ -365,7 +403,7 @@ def print_info(out: Output, job: Job) -> None:
             done,
         )
     out.line()
-    out.out.print(files)
+    out.out.print(files if job.files else "no files yet: `bitsnb addfile JOB URL PATH`")
 
 
 # -- live progress ----------------------------------------------------------------------------
@@ -391,8 +429,15 @@ class _Speed:
 class _Field(ProgressColumn):
     """One of the task's fields, shown as it is (a ``Text`` keeps its colour; no markup)."""
 
-    def __init__(self, name: str, *, justify: AlignMethod = "left", width: int | None = None):
-        super().__init__()
+    def __init__(
+        self,
+        name: str,
+        *,
+        justify: AlignMethod = "left",
+        width: int | None = None,
+        table_column: Column | None = None,
+    ) -> None:
+        super().__init__(table_column)
         self._name = name
         self._justify: AlignMethod = justify
         self._width = width
@@ -413,8 +458,12 @@ class Watcher:
 
     _BAR_UNITS = 1000
 
-    def __init__(self, out: Output, job: Job, *, to_stderr: bool = False) -> None:
+    def __init__(
+        self, out: Output, job: Job, *, to_stderr: bool = False, explain_errors: bool = True
+    ) -> None:
         self._console = out.err if to_stderr else out.out
+        self._explain = explain_errors
+        self._last_error: tuple[int, int] | None = None
         self._job = job
         self._live = self._console.is_terminal
         self._speed = _Speed()
@@ -433,7 +482,7 @@ class Watcher:
                 _Field("files"),
                 _Field("bytes"),
                 _Field("speed"),
-                _Field("state"),
+                _Field("state", table_column=Column(no_wrap=True, overflow="ellipsis")),
                 console=self._console,
                 refresh_per_second=4,
                 transient=False,
@@ -469,10 +518,17 @@ class Watcher:
         speed_text = f"{fmt_bytes(int(speed))}/s" if speed else ""
         files = f"{p.files_transferred}/{p.files_total} files"
         size = f"{fmt_bytes(p.bytes_transferred)} / {fmt_bytes(p.bytes_total)}"
-        if state is JobState.TRANSIENT_ERROR and job.error is not None:
-            status = f"{state.name}: {job.error.name}, retrying"
-        elif state is JobState.ERROR and job.error is not None:
-            status = f"{state.name}: {job.error.name}"
+        err = job.error
+        if state is JobState.TRANSIENT_ERROR and err is not None:
+            status = f"{state.name}, retrying"
+            if self._live and self._explain and self._last_error != (err.code, job.error_count):
+                self._last_error = (err.code, job.error_count)
+                detail = f": {err.message}" if err.message else ""
+                self.print(f"retrying after {err.name} (0x{err.code:08X}){detail}", style="yellow")
+            if not self._live:
+                status = f"{state.name}: {err.name}, retrying"
+        elif state is JobState.ERROR and err is not None:
+            status = f"{state.name}: {err.name}"
         else:
             status = state.name
         if p.percent is not None:

@@ -290,6 +290,10 @@ class Engine:
         if ctx.dynamic_content and offset > 0:
             raise _Restart  # dynamic content never resumes (spec §1.7)
         client = self._client(ctx.proxy, ctx.trust_env)
+        if offset > 0 and f.bytes_total is not None and offset >= f.bytes_total:
+            # every byte is on disk but the file was never marked done (stopped during its
+            # final fsync): ask for the last byte, so a 206 confirms the file is unchanged
+            offset -= 1
         headers = self._request_headers(f, ctx, offset)
         async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
             status = resp.status_code

@@ -541,8 +541,7 @@ class AsyncManager:
             self._set_state(rec, Event.ALL_TRANSFERRED)
             self._notify_final(rec)
         except YieldSlice:
-            self._set_state(rec, Event.SLICE_END)
-            self._enqueue(rec)
+            self._set_state(rec, Event.SLICE_END)  # re-queued at the tail in finally
         except TimeoutError:
             self._fail(
                 rec,
@@ -577,7 +576,9 @@ class AsyncManager:
             self._runs.pop(rec.id, None)
             self._run_started.pop(rec.id, None)
             if self._store is not None and self._state is _ManagerState.OPEN:
-                if not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
+                if rec.state is JobState.QUEUED and not self._closing:
+                    self._enqueue(rec)  # pre-empted or its slice ended: back of its queue
+                elif not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
                     self._store.release(rec.id)
                 self._loop_call(self._pump)
 
@@ -658,26 +659,31 @@ class AsyncManager:
 
         BITS transfers a job's files one after the other; bitsnb starts them in the same order
         but overlaps a few, because one small file at a time leaves the connection idle while
-        each file is fsynced and recorded. Files added while the job runs are picked up.
+        each file is fsynced and recorded. When a file fails, the files before it still finish
+        (as they would have one at a time) and the ones after it stop. Files added while the
+        job runs are picked up.
         """
         assert self._engine is not None
         engine = self._engine
         cursor = 0
+        stopping = False  # a failure or a slice end: start no new file
+        in_flight: dict[asyncio.Task[None], FileRecord] = {}
 
         def next_file() -> FileRecord | None:
             nonlocal cursor
-            while cursor < len(rec.files):
+            while not stopping and cursor < len(rec.files):
                 f = rec.files[cursor]
                 cursor += 1
                 if not (f.transferred or f.completed):
                     return f
             return None
 
-        yielding = False
-
         async def worker() -> None:
-            nonlocal yielding
-            while not yielding and (f := next_file()) is not None:
+            nonlocal stopping
+            me = asyncio.current_task()
+            assert me is not None
+            while (f := next_file()) is not None:
+                in_flight[me] = f
                 try:
                     await engine.download(f, ctx)
                 except TransferFailure as failure:
@@ -687,30 +693,46 @@ class AsyncManager:
                 except BaseException:
                     self._save_quietly(rec, f)
                     raise
+                finally:
+                    in_flight.pop(me, None)
                 f.transferred = True
                 rec.touch()
                 self._save(rec, [f])
                 self._notify_file(rec, f)
                 if cursor < len(rec.files) and self._should_yield(rec):
-                    yielding = True  # let the files in flight finish, start no new one
+                    stopping = True  # let the files in flight finish, then give up the slot
+                    raise YieldSlice
 
-        pending = sum(1 for f in rec.files if not (f.transferred or f.completed))
-        width = max(1, min(self.policy.files_in_flight, pending))
-        if width == 1:
-            await worker()
-        else:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(width):
-                        group.create_task(worker())
-            except BaseExceptionGroup as eg:
-                # the first failure wins: a fatal error or a slice end beats the cancellations
-                for exc in _leaves(eg):
-                    if isinstance(exc, TransferFailure | YieldSlice):
-                        raise exc from None
-                raise _leaves(eg)[0] from None
-        if yielding and any(not (f.transferred or f.completed) for f in rec.files):
-            raise YieldSlice
+        pending_files = sum(1 for f in rec.files if not (f.transferred or f.completed))
+        width = max(1, min(self.policy.files_in_flight, pending_files))
+        tasks = {asyncio.create_task(worker()) for _ in range(width)}
+        first: BaseException | None = None
+        try:
+            while tasks:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    exc = None if task.cancelled() else task.exception()
+                    if exc is None or isinstance(exc, asyncio.CancelledError):
+                        continue
+                    if first is None or (
+                        isinstance(first, YieldSlice) and not isinstance(exc, YieldSlice)
+                    ):
+                        first = exc
+                    stopping = True
+                if first is not None and not isinstance(first, YieldSlice):
+                    failed = _failed_file(first) if isinstance(first, TransferFailure) else None
+                    limit = failed.index if failed is not None else -1
+                    for task in tasks:
+                        f = in_flight.get(task)
+                        if f is None or f.index > limit:
+                            task.cancel()  # after the failing file: stop it, keep its data
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if first is not None:
+            raise first
 
     def _loop_call(self, fn: Callable[[], None]) -> None:
         if self._loop is not None:
@@ -1222,13 +1244,6 @@ async def _run_command(program: str, parameters: str) -> None:
         await proc.wait()
     except OSError:
         log.exception("bitsnb notify command line failed to start")
-
-
-def _leaves(eg: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in eg.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
 
 
 def _failed_file(failure: TransferFailure) -> FileRecord | None:

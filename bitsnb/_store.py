@@ -155,17 +155,17 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:  # refuse before writing anything to it
                 self._db.close()
                 raise BitsError(
                     _codes.E_INVALIDARG,
                     f"the store {self.path} has schema version {version}, newer than this "
                     f"bitsnb understands ({SCHEMA_VERSION}); upgrade bitsnb",
                 )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             if version < SCHEMA_VERSION:
                 with self._tx():
                     for statement in _SCHEMA.split(";"):
