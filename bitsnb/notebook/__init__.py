@@ -78,11 +78,24 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+_shown: set[tuple[object, int]] = set()  # (job id, cell execution count) already displayed
+
+
 def display_job(job: Job) -> None:
-    """Display *job*'s live panel in a notebook; elsewhere print its one-line summary."""
+    """Display *job*'s live panel in a notebook; elsewhere print its one-line summary.
+
+    A job already shown by the same cell (``bitsnb.download(...)`` shows its panel, and the
+    returned job, as the cell's last value, would show it again) is shown once.
+    """
     if in_kernel():
+        from IPython import get_ipython
         from IPython.display import display
 
+        shell = get_ipython()
+        key = (job.id, int(getattr(shell, "execution_count", 0) or 0))
+        if key in _shown:
+            return
+        _shown.add(key)
         display(job_panel(job))  # type: ignore[no-untyped-call]
     else:
         print(job_line(job))
