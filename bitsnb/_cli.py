@@ -15,7 +15,7 @@ Exit codes::
     2    usage error (argparse)
     3    a BITS call failed: BitsError (bad input, invalid state, job not found, ...)
     4    timed out (--timeout)
-    5    not implemented (``serve``; any call the core answers with E_NOTIMPL)
+    5    not implemented (any call the core answers with E_NOTIMPL; ``serve`` without uvicorn)
     70   internal error (a bug in bitsnb: the traceback is printed)
     130  interrupted (Ctrl-C)
 """
@@ -88,7 +88,7 @@ exit codes:
   2    usage error
   3    a BITS call failed (bad input, invalid state, job not found, ...)
   4    timed out (--timeout)
-  5    not implemented (serve; any call answered with E_NOTIMPL)
+  5    not implemented (any call answered with E_NOTIMPL; serve without uvicorn)
   70   internal error (a bug in bitsnb)
   130  interrupted (Ctrl-C)
 
@@ -678,12 +678,15 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
-    """serve: the upload server (for upload jobs) is not written yet."""
-    out.error(
-        "`bitsnb serve` (the BITS upload server for upload jobs) is not implemented yet; "
-        "for a download test server use `python -m bitsnb.testing --root DIR`"
-    )
-    return EXIT_NOT_IMPLEMENTED
+    """serve: the BITS upload server (``python -m bitsnb.server``), on 127.0.0.1 by default."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        out.error("`bitsnb serve` needs uvicorn: pip install 'bitsnb[server]'")
+        return EXIT_NOT_IMPLEMENTED
+    from .server.__main__ import main as serve_main
+
+    return serve_main(list(getattr(args, "server_args", [])))
 
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
@@ -857,7 +860,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--complete", action="store_true", help="complete the job once transferred")
 
-    p = verb("serve", cmd_serve, "upload server for upload jobs (not implemented yet)")
+    p = verb(
+        "serve",
+        cmd_serve,
+        "run the BITS upload server: serve --root DIR [--port N] [--max-size BYTES]",
+    )
     return parser
 
 
@@ -866,8 +873,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.verb != "serve":  # serve takes anything: it only says it is missing
+        if extra and args.verb != "serve":  # serve hands its options to bitsnb.server
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.server_args = extra
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
     out = Output()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import temp_files, visible_files
 
@@ -327,8 +328,26 @@ def test_error_verb_explains_codes(sub: Cli, here: Cli) -> None:
     here.fails(2, "error", "nonsense")
 
 
-def test_serve_is_not_implemented_and_usage_errors(sub: Cli, here: Cli) -> None:
-    assert "not implemented" in sub.fails(5, "serve", "--port", "8080").stderr
+def test_serve_runs_the_upload_server(tmp_path: Path) -> None:
+    pytest.importorskip("uvicorn")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bitsnb", "serve", "--root", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        base = proc.stdout.readline().strip()
+        assert base.startswith("http://127.0.0.1:")
+        resp = httpx.request("BITS_POST", base + "/x.bin", headers={"BITS-Packet-Type": "Ping"})
+        assert resp.status_code == 200
+        assert resp.headers["BITS-Packet-Type"].lower() == "ack"
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_usage_errors(sub: Cli, here: Cli) -> None:
     sub.fails(2)
     here.fails(2, "transfer")
     here.fails(2, "create", "x", "--priority", "urgent")
