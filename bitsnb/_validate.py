@@ -71,8 +71,8 @@ def check_url(url: object) -> str:
     return url
 
 
-def check_local_name(local: object, *, must_not_exist_as_dir: bool = True) -> str:
-    """A local name must be an absolute, normalised path in an existing, writable folder."""
+def _absolute_path(local: object) -> str:
+    """A non-empty absolute path string without NUL (str or PathLike given)."""
     if isinstance(local, os.PathLike):
         local = os.fspath(local)
     if not isinstance(local, str) or not local:
@@ -81,6 +81,12 @@ def check_local_name(local: object, *, must_not_exist_as_dir: bool = True) -> st
         raise _invalid("the local name contains a NUL character")
     if not os.path.isabs(local):
         raise _invalid(f"the local name {local!r} is relative; give an absolute path")
+    return local
+
+
+def check_local_name(local: object, *, must_not_exist_as_dir: bool = True) -> str:
+    """A local name must be an absolute, normalised path in an existing, writable folder."""
+    local = _absolute_path(local)
     if ".." in PurePosixPath(local).parts:
         raise _invalid(f"the local name {local!r} contains '..'; give a normalised path")
     if len(local) > MAX_PATH or len(os.path.basename(local)) > MAX_NAME:
@@ -158,14 +164,7 @@ def parse_headers(text: str | None) -> dict[str, str]:
 
 def check_source_file(local: object) -> str:
     """An upload's local file: an absolute path to an existing, readable regular file."""
-    if isinstance(local, os.PathLike):
-        local = os.fspath(local)
-    if not isinstance(local, str) or not local:
-        raise _invalid("the local name must be a non-empty path")
-    if "\x00" in local:
-        raise _invalid("the local name contains a NUL character")
-    if not os.path.isabs(local):
-        raise _invalid(f"the local name {local!r} is relative; give an absolute path")
+    local = _absolute_path(local)
     if os.path.isdir(local):
         raise _invalid(f"the local name {local!r} is a folder; uploads send one file")
     if not os.path.isfile(local):
