@@ -62,6 +62,7 @@ _WAIT_DONE = frozenset(
     {JobState.TRANSFERRED, JobState.ERROR, JobState.CANCELLED, JobState.ACKNOWLEDGED}
 )
 _RUNNING = frozenset({JobState.CONNECTING, JobState.TRANSFERRING})
+_STARTABLE = frozenset({JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING})
 _E_FAIL = 0x80004005
 
 
@@ -436,6 +437,14 @@ class AsyncManager:
                     self._foreign.add(job_id)
                     continue
                 self._foreign.discard(job_id)
+                fresh = self._store.load_job(job_id)  # another process may have moved it on
+                if fresh is not None and fresh.version != rec.version:
+                    _copy_record(rec, fresh)
+                if fresh is None or rec.state not in _STARTABLE:
+                    self._store.release(job_id)
+                    if rec.state is JobState.TRANSIENT_ERROR and rec.id not in self._timers:
+                        self._arm_retry(rec, (rec.retry_at or time.time()) - time.time())
+                    continue
                 self._run_started[job_id] = time.monotonic()
                 self._runs[job_id] = asyncio.create_task(self._run(rec), name=f"bitsnb-{job_id}")
 
