@@ -440,9 +440,10 @@ class AsyncManager:
                 fresh = self._store.load_job(job_id)  # another process may have moved it on
                 if fresh is not None and fresh.version != rec.version:
                     _copy_record(rec, fresh)
-                if fresh is None or rec.state not in _STARTABLE:
+                now_state: JobState = rec.state  # _copy_record may have changed it
+                if fresh is None or now_state not in _STARTABLE:
                     self._store.release(job_id)
-                    if rec.state is JobState.TRANSIENT_ERROR and rec.id not in self._timers:
+                    if now_state is JobState.TRANSIENT_ERROR and rec.id not in self._timers:
                         self._arm_retry(rec, (rec.retry_at or time.time()) - time.time())
                     continue
                 self._run_started[job_id] = time.monotonic()
