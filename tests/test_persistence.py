@@ -401,7 +401,11 @@ def test_end_job_from_other_manager(
             lambda: job.files[0].transferred and job.files[1].progress.bytes_transferred > 0,
             message="one file done, one flowing",
         )
-        wait_until(lambda: any(j.id == job.id for j in b.enum_jobs()), message="b sees it")
+        # b acts on what the store says: wait until the store (seen through b) has file 0 done
+        wait_until(
+            lambda: any(j.id == job.id and j.files[0].transferred for j in b.enum_jobs()),
+            message="b sees file 0 transferred",
+        )
         result = getattr(b.get_job(job.id), call)()
         final = JobState.CANCELLED if call == "cancel" else JobState.ACKNOWLEDGED
         assert result == (0 if call == "cancel" else 0x00200017)
