@@ -235,17 +235,24 @@ def test_a_failing_button_shows_the_bits_error(manager: bitsnb.Manager, panels: 
     assert job.state is JobState.SUSPENDED and panel.live
 
 
-def test_unknown_total_looks_indeterminate(manager: bitsnb.Manager, panels: list[Any]) -> None:
+def test_unknown_total_shows_files_done(manager: bitsnb.Manager, panels: list[Any]) -> None:
+    """While some file's size is unknown the bar shows the share of files done, pale."""
     job = manager.create_job("unknown")
     panel = job_panel(job)
     panels.append(panel)
     snap = JobSnapshot(
-        job.id, "unknown", JobState.TRANSFERRING, bitsnb.JobProgress(None, 10, 1, 0), None
+        job.id, "unknown", JobState.TRANSFERRING, bitsnb.JobProgress(None, 10, 4, 1), None
     )
     with panel._ui_lock:
         panel._render(snap, frozenset({"suspend"}))
-    assert panel.bar.value == 100.0 and panel.bar.bar_style == "info"
+    assert panel.bar.value == 25.0 and panel.bar.bar_style == "info"
     assert panel.stats_label.value.startswith("? 10 B / ?")
+    empty = JobSnapshot(
+        job.id, "unknown", JobState.TRANSFERRING, bitsnb.JobProgress(None, 0, 0, 0), None
+    )
+    with panel._ui_lock:
+        panel._render(empty, frozenset({"suspend"}))
+    assert panel.bar.value == 100.0  # nothing to count: indeterminate, as tqdm draws it
 
 
 # -- queue panel ------------------------------------------------------------------------------

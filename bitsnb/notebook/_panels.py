@@ -383,8 +383,10 @@ class JobPanel(_Panel):
         else:
             self._rate.reset()
         pct = p.percent
-        if pct is None:  # unknown total: a full pale bar, as tqdm does
-            value = 100.0 if active else 0.0
+        if pct is None:  # unknown byte total: show files done, pale, instead
+            value = 100.0 * p.files_transferred / p.files_total if p.files_total else 0.0
+            if active and not p.files_total:
+                value = 100.0  # nothing to count yet: a full pale bar, as tqdm does
             if style == "":
                 style = "info"
         else:
@@ -651,10 +653,11 @@ class QueuePanel(_Panel):
             p = s.progress
             colour = STYLE_COLOUR[bar_style(s.state)]
             pct = p.percent
-            if pct is None:  # unknown total: a striped bar
+            if pct is None:  # unknown byte total: a striped bar as far as the files done
+                files_pct = 100.0 * p.files_transferred / p.files_total if p.files_total else 100.0
                 fill = (
-                    f"width:100%;background:repeating-linear-gradient(45deg,{colour} 0 4px,"
-                    "#fff 4px 8px)"
+                    f"width:{files_pct:.1f}%;background:repeating-linear-gradient(45deg,"
+                    f"{colour} 0 4px,#fff 4px 8px)"
                 )
             else:
                 fill = f"width:{max(0.0, min(100.0, pct)):.1f}%;background:{colour}"
