@@ -213,6 +213,8 @@ class AsyncJob:
         calls = set(allowed_calls(self.state, self.type))
         if self.state is JobState.SUSPENDED:
             calls.discard("suspend")
+        if self.state in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING):
+            calls.discard("resume")  # allowed, but a no-op: the job is already running
         if not self._rec.files:
             calls.discard("resume")
         return frozenset(calls)
