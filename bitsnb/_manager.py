@@ -155,7 +155,7 @@ class AsyncManager:
         self._engine = Engine(self.policy, self._transport)
         self._uploader = Uploader(self._engine)
         self._state = _ManagerState.OPEN
-        self._since_ns = time.time_ns() - 2_000_000_000
+        self._since_ns = time.time_ns()
         for rec in self._store.load_jobs():
             self._jobs[rec.id] = rec
             self._adopt_active(rec)
@@ -325,11 +325,14 @@ class AsyncManager:
         """Bring a record up to date with the store before an application call changes it."""
         if rec.id in self._runs:
             return rec  # we are transferring it: ours is the newest
-        fresh = self._open().load_job(rec.id)
+        store = self._open()
+        version = store.version_of(rec.id)
+        if version == rec.version:
+            return rec
+        fresh = store.load_job(rec.id) if version is not None else None
         if fresh is None:
             raise JobNotFoundError(f"job {rec.id} is no longer in the store")
-        if fresh.version != rec.version:
-            _copy_record(rec, fresh)
+        _copy_record(rec, fresh)
         return rec
 
     def _live(self, job: AsyncJob) -> JobRecord:
@@ -822,7 +825,8 @@ class AsyncManager:
                     store.renew_leases(p.lease_seconds)
                     last_renew = now
                 # look back 2 s past the newest write seen: a slow writer may commit late
-                changed, newest = store.changed_by_others(self._since_ns - 2_000_000_000)
+                # a small look-back covers clock jitter between processes
+                changed, newest = store.changed_by_others(self._since_ns - 200_000_000)
                 self._since_ns = max(self._since_ns, newest)
                 for fresh in changed:
                     self._apply_foreign(fresh)

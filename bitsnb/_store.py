@@ -98,16 +98,19 @@ def _public_headers(text: str | None) -> str | None:
     return "\r\n".join(kept) or None
 
 
+_SETTING_NAMES = tuple(f.name for f in dataclasses.fields(JobSettings))
+
+
 def _settings_json(settings: JobSettings) -> str:
-    data = dataclasses.asdict(settings)
+    # a flat dict of plain values: much cheaper than dataclasses.asdict's deep copy
+    data = {name: getattr(settings, name) for name in _SETTING_NAMES}
     data["custom_headers"] = _public_headers(settings.custom_headers)
     return json.dumps(data, separators=(",", ":"))
 
 
 def _settings_from(text: str) -> JobSettings:
     data = json.loads(text)
-    known = {f.name for f in dataclasses.fields(JobSettings)}
-    data = {k: v for k, v in data.items() if k in known}
+    data = {k: v for k, v in data.items() if k in _SETTING_NAMES}
     if data.get("notify_cmd_line") is not None:
         data["notify_cmd_line"] = tuple(data["notify_cmd_line"])
     return JobSettings(**data)
@@ -166,6 +169,9 @@ class Store:
                 )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # checkpoints fsync: fewer, larger ones keep small commits cheap (WAL ≤ ~40 MB)
+            self._db.execute("PRAGMA wal_autocheckpoint=10000")
+            self._db.execute("PRAGMA journal_size_limit=67108864")
             if version < SCHEMA_VERSION:
                 with self._tx():
                     for statement in _SCHEMA.split(";"):
@@ -388,6 +394,11 @@ class Store:
                 job.files.append(self._file_from(row))
         return jobs
 
+    def version_of(self, job_id: uuid.UUID) -> int | None:
+        """The job row's version (None when the job is gone): a cheap staleness check."""
+        row = self._db.execute("SELECT version FROM jobs WHERE id=?", (str(job_id),)).fetchone()
+        return None if row is None else int(row[0])
+
     def load_job(self, job_id: uuid.UUID) -> JobRecord | None:
         """One job with its files, or None."""
         row = self._db.execute(
@@ -404,13 +415,23 @@ class Store:
         return self._attach_files([self._job_from(r) for r in rows])
 
     def changed_by_others(self, since_ns: int) -> tuple[list[JobRecord], int]:
-        """Jobs another writer changed after *since_ns*, and the newest write time seen."""
-        rows = self._db.execute(
-            f"SELECT {_JOB_COLUMNS}, written_ns FROM jobs WHERE written_ns > ? AND writer != ?",
-            (since_ns, self.writer),
-        ).fetchall()
-        newest = max((int(r[-1]) for r in rows), default=since_ns)
-        return self._attach_files([self._job_from(r[:-1]) for r in rows]), newest
+        """Jobs another writer changed after *since_ns*, and the newest write time of any row.
+
+        ``written_ns`` is read from the clock inside the write transaction, and write
+        transactions are serialised, so the newest committed time is a safe watermark: a later
+        commit gets a later time. Advancing past our own writes keeps each poll an index probe.
+        """
+        with self._tx_read():
+            newest = self._db.execute("SELECT MAX(written_ns) FROM jobs").fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE written_ns > ? AND writer != ?",
+                (since_ns, self.writer),
+            ).fetchall()
+        jobs = self._attach_files([self._job_from(r) for r in rows])
+        return jobs, max(since_ns, int(newest or 0))
+
+    def _tx_read(self) -> _ReadTransaction:
+        return _ReadTransaction(self._db)
 
     def count_jobs(self, owner: str | None = None) -> int:
         """Number of non-final jobs (of *owner*, or of everybody)."""
@@ -488,6 +509,19 @@ class Store:
             (self.writer, time.time()),
         )
         return {uuid.UUID(r[0]) for r in rows if not _lease_holder_dead(str(r[1]))}
+
+
+class _ReadTransaction:
+    """``BEGIN`` … ``COMMIT``: one consistent snapshot for several reads."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
 class _Transaction:
