@@ -1,0 +1,94 @@
+"""The CI soak: 150 jobs (1 KiB-2 MiB, mixed priorities) under seeded faults and 8 worker kills,
+every delivered file byte-exact, nothing lost, nothing left behind, the store sound; and the
+regressions the soak found, as small deterministic tests.
+
+The long version is ``python -m tests.soak --minutes N --seed S``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+import bitsnb
+from bitsnb import JobState
+from bitsnb.testing import Fault, FileServer
+
+from ._driver import SoakConfig, run_soak
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_soak_under_faults_and_kills(tmp_path: Path) -> None:
+    """Kills, restarts, two managers at once, faults of every kind: 0 lost, 0 corrupted."""
+    report = run_soak(SoakConfig(workdir=tmp_path, seed=20240601, jobs=150, kills=8))
+    text = report.format()
+    print(text)
+    assert report.ok, text
+    assert report.kills == 8 and report.restarts >= 8, text
+    assert report.delivered_jobs > 0.85 * report.jobs, text
+    assert report.cancelled_on_purpose > 0, text
+    kinds = {label.split(" (")[0] for label in report.faults}
+    for kind in ("reset mid-body", "503+Retry-After", "close before headers"):
+        assert kind in kinds, text
+
+
+def _stored(store: Path, job: bitsnb.Job) -> tuple[JobState, list[tuple[int, int]]]:
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+    try:
+        (state,) = db.execute("SELECT state FROM jobs WHERE id=?", (str(job.id),)).fetchone()
+        files = db.execute(
+            "SELECT transferred, bytes_transferred FROM files WHERE job_id=?", (str(job.id),)
+        ).fetchall()
+        return JobState(state), [tuple(f) for f in files]
+    finally:
+        db.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CORE BUG: a second manager's retry timer re-runs a job another manager already "
+    "finished: _retry_due (bitsnb/_manager.py:791) transitions its stale in-memory record "
+    "without re-reading the store; the save conflict is 'merged' by _merge_foreign "
+    "(bitsnb/_manager.py:360), which keeps the stale state (QUEUED) over the store's "
+    "TRANSFERRED and never takes the fresh file rows, so the job runs again from the stale "
+    "files: TRANSFERRED -> CONNECTING, the file row reset to 0 bytes, the file downloaded "
+    "twice; a complete() in the other manager meanwhile is partial and the file is lost "
+    "(seen in the soak as an ACKNOWLEDGED job with a missing file).",
+)
+def test_a_finished_job_is_not_retried_by_another_manager(
+    store: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """Manager B opens the store while a job is in TRANSIENT_ERROR (so B arms a retry timer),
+    manager A resumes it at once and finishes it; when B's timer comes due, the job must stay
+    TRANSFERRED (B's view is stale: it polls rarely) and the file must not be fetched again."""
+    url = server.add_random_file("once.bin", 200_000)
+    server.inject("once.bin", Fault.status(503))
+    slow_poll = bitsnb.Policy(
+        min_retry_delay_floor=0.05, poll_interval=30.0, lease_seconds=2.0, read_timeout=5.0
+    )
+    with bitsnb.Manager(store, policy=policy) as a:
+        job = a.create_job("retried once")
+        job.minimum_retry_delay = 1.5
+        job.add_file(url, dest / "once.bin")
+        job.resume()
+        deadline = time.monotonic() + 15
+        while job.state is not JobState.TRANSIENT_ERROR:
+            assert time.monotonic() < deadline, job.state
+            time.sleep(0.01)
+        retry_due = time.monotonic() + 1.5
+        with bitsnb.Manager(store, policy=slow_poll):
+            job.resume()
+            assert job.wait(timeout=15) is JobState.TRANSFERRED
+            assert _stored(store, job) == (JobState.TRANSFERRED, [(1, 200_000)])
+            # B's timer comes due at retry_due; give it a second to act, watching the store
+            while time.monotonic() < retry_due + 1.0:
+                assert _stored(store, job) == (JobState.TRANSFERRED, [(1, 200_000)])
+                time.sleep(0.05)
+            gets = [r for r in server.requests if r.method == "GET"]
+            assert [r.status for r in gets] == [503, 200]
+            assert job.complete() == 0
+    assert (dest / "once.bin").read_bytes() == server.path("once.bin").read_bytes()
