@@ -99,6 +99,13 @@ class FileContext:
     should_yield: Callable[[], bool] = lambda: False
 
 
+def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx 0.28 wants an SSLContext for a CA bundle path (a str is deprecated)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
 def _retry_after(resp: httpx.Response) -> float | None:
     value = resp.headers.get("retry-after")
     if not value:
@@ -209,7 +216,7 @@ class Engine:
                     max_keepalive_connections=max(8, p.max_connections_per_host * 4),
                 ),
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-                verify=p.verify,
+                verify=_ssl_context(p.verify),
                 event_hooks={"response": [self._check_redirect]},
             )
             self._clients[key] = client
@@ -217,10 +224,13 @@ class Engine:
 
     async def _check_redirect(self, response: httpx.Response) -> None:
         """Refuse a redirect to another scheme (https → http only when the policy allows it)."""
-        target = response.next_request
-        if target is None:
+        if not response.has_redirect_location:
             return
-        src, dst = response.request.url.scheme, target.url.scheme
+        try:
+            target = response.request.url.join(response.headers["location"])
+        except httpx.InvalidURL:
+            return  # httpx itself refuses it
+        src, dst = response.request.url.scheme, target.scheme
         if src == dst or (src == "http" and dst == "https"):
             return
         if src == "https" and dst == "http" and self._policy.allow_https_to_http:

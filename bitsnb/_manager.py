@@ -332,7 +332,7 @@ class AsyncManager:
         fresh = store.load_job(rec.id) if version is not None else None
         if fresh is None:
             raise JobNotFoundError(f"job {rec.id} is no longer in the store")
-        _copy_record(rec, fresh)
+        self._adopt(rec, fresh)
         return rec
 
     def _live(self, job: AsyncJob) -> JobRecord:
@@ -353,6 +353,10 @@ class AsyncManager:
                 return True
             fresh = store.load_job(rec.id)
             if fresh is None:
+                return False
+            if rec.id not in self._runs:
+                # not ours to run: the store's version wins and this change is dropped
+                self._adopt(rec, fresh)
                 return False
             self._merge_foreign(rec, fresh)
         return False
@@ -484,6 +488,10 @@ class AsyncManager:
                     auth = httpx.DigestAuth(user or "", password or "")
                 elif target is AuthTarget.PROXY:
                     proxy_auth = (user, password)
+        if s.proxy_usage != ProxyUsage.OVERRIDE:
+            # Proxy-Authorization is for a proxy: never hand it to an origin server
+            for name in [h for h in headers if h.lower() == "proxy-authorization"]:
+                del headers[name]
         proxy: str | None = None
         trust_env = True
         if s.proxy_usage == ProxyUsage.NO_PROXY:
@@ -791,7 +799,14 @@ class AsyncManager:
     def _retry_due(self, job_id: uuid.UUID) -> None:
         self._timers.pop(job_id, None)
         rec = self._jobs.get(job_id)
-        if rec is None or rec.state is not JobState.TRANSIENT_ERROR:
+        if rec is None:
+            return
+        try:
+            self._refresh(rec)  # another process may have retried, finished or ended it
+        except JobNotFoundError:
+            self._forget(rec)
+            return
+        if rec.state is not JobState.TRANSIENT_ERROR:
             return
         s = rec.settings
         if (
@@ -862,6 +877,10 @@ class AsyncManager:
             return
         if fresh.version <= rec.version:
             return
+        self._adopt(rec, fresh)
+
+    def _adopt(self, rec: JobRecord, fresh: JobRecord) -> None:
+        """Take another process's newer version of a job, and act on its state here."""
         running_here = fresh.id in self._runs
         old_state = rec.state
         if running_here:

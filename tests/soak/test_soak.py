@@ -48,17 +48,6 @@ def _stored(store: Path, job: bitsnb.Job) -> tuple[JobState, list[tuple[int, int
         db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CORE BUG: a second manager's retry timer re-runs a job another manager already "
-    "finished: _retry_due (bitsnb/_manager.py:791) transitions its stale in-memory record "
-    "without re-reading the store; the save conflict is 'merged' by _merge_foreign "
-    "(bitsnb/_manager.py:360), which keeps the stale state (QUEUED) over the store's "
-    "TRANSFERRED and never takes the fresh file rows, so the job runs again from the stale "
-    "files: TRANSFERRED -> CONNECTING, the file row reset to 0 bytes, the file downloaded "
-    "twice; a complete() in the other manager meanwhile is partial and the file is lost "
-    "(seen in the soak as an ACKNOWLEDGED job with a missing file).",
-)
 def test_a_finished_job_is_not_retried_by_another_manager(
     store: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
 ) -> None:
