@@ -1,0 +1,82 @@
+"""``python -m bench``: the benchmark suite (``--quick`` for a short run). See bench/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from ._suite import ALL_WORKLOADS, Config, run_suite
+
+_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in _UNITS:
+        return int(float(t[:-1]) * _UNITS[t[-1]])
+    return int(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the suite."""
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark bitsnb against curl, wget, aria2c and plain httpx over a local nginx.",
+    )
+    ap.add_argument("--quick", action="store_true", help="2 rounds, smaller sizes (about a minute)")
+    ap.add_argument("--reps", type=int, help="interleaved rounds per workload (full: 5, quick: 2)")
+    ap.add_argument(
+        "--only",
+        help=f"comma-separated workloads to run, from: {','.join(ALL_WORKLOADS)}",
+    )
+    ap.add_argument("--big-size", type=_size, help="size of the big file, e.g. 256M or 1G")
+    ap.add_argument("--huge-size", type=_size, help="size of the huge file (0: skip), e.g. 4G")
+    ap.add_argument("--small-count", type=int, help="how many 16 KiB files")
+    ap.add_argument("--queue-jobs", type=int, help="how many jobs in the idle-queue workload")
+    ap.add_argument("--idle", type=float, help="seconds of idle-CPU measurement")
+    ap.add_argument("--workdir", type=Path, help="parent of the scratch folder (default: /tmp)")
+    ap.add_argument("--out", type=Path, help="results folder (default: bench/results)")
+    ap.add_argument("--no-install", action="store_true", help="never apt-get install anything")
+    ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    args = ap.parse_args(argv)
+    cfg = Config.for_mode(args.quick)
+    cfg.command = "python -m bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
+    if args.reps:
+        cfg.reps = max(1, args.reps)
+    if args.only:
+        wanted = tuple(w.strip() for w in args.only.split(",") if w.strip())
+        unknown = sorted(set(wanted) - set(ALL_WORKLOADS))
+        if unknown:
+            ap.error(f"unknown workloads {unknown}; choose from {ALL_WORKLOADS}")
+        cfg.workloads = wanted
+    if args.big_size:
+        cfg.big_size = args.big_size
+    if args.huge_size is not None:
+        cfg.huge_size = args.huge_size
+    if args.small_count:
+        cfg.small_count = args.small_count
+    if args.queue_jobs:
+        cfg.queue_jobs = args.queue_jobs
+    if args.idle is not None:
+        cfg.idle_seconds = args.idle
+    if args.workdir:
+        cfg.workdir = args.workdir
+    if args.out:
+        cfg.out_dir = args.out
+    cfg.install = not args.no_install
+    cfg.chart = not args.no_chart
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # so every finally runs: nginx, temp dirs
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    run_suite(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

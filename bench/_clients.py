@@ -1,0 +1,202 @@
+"""The clients under test: bitsnb's runner and the references (curl, wget, aria2c, plain httpx).
+
+Each client turns (URLs, destination folder, list files) into an argv. Many-file runs use the
+tools' own list formats: a curl config (``--parallel --parallel-max 16``), an aria2c input file
+(``-j16``), a URL list for wget (``-i``) and for the Python clients.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PARALLEL", "Client", "ListFiles", "write_lists"]
+
+PARALLEL = 16
+"""Files at once for the parallel references, and bitsnb's many-jobs policy limits."""
+
+
+@dataclass(frozen=True)
+class ListFiles:
+    """URL lists for one workload, in each tool's format."""
+
+    urls: Path
+    curl: Path
+    aria2: Path
+
+
+def write_lists(folder: Path, urls: Sequence[str], dest: Path) -> ListFiles:
+    """Write the URL list, curl config and aria2c input file for *urls* into *folder*."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lists = ListFiles(folder / "urls.txt", folder / "curl.cfg", folder / "aria2.txt")
+    lists.urls.write_text("".join(f"{u}\n" for u in urls))
+    lists.curl.write_text(
+        "".join(f'url = "{u}"\noutput = "{dest / u.rsplit("/", 1)[-1]}"\n' for u in urls)
+    )
+    lists.aria2.write_text("".join(f"{u}\n" for u in urls))
+    return lists
+
+
+Argv = Callable[[Sequence[str], Path, ListFiles], list[str]]
+
+
+@dataclass(frozen=True)
+class Client:
+    """One tool configuration: ``name`` shows in tables, ``program`` must exist to run it."""
+
+    name: str
+    program: str  # "python" for the Python clients, else the executable looked up
+    argv: Argv
+    is_bitsnb: bool = False
+    note: str = ""
+
+
+def _name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
+def _py() -> str:
+    return sys.executable
+
+
+ARIA2_COMMON = [
+    "-q",
+    "--file-allocation=none",
+    "--allow-overwrite=true",
+    "--auto-file-renaming=false",
+    "--console-log-level=error",
+    "--summary-interval=0",
+]
+
+
+def one_file_clients(paths: dict[str, str]) -> list[Client]:
+    """Clients for a single big file, bitsnb first."""
+    return [
+        Client(
+            "bitsnb",
+            "python",
+            lambda u, d, _l: [_py(), "-m", "bench._run_bitsnb", *u, str(d)],
+            is_bitsnb=True,
+            note="one job, default Policy()",
+        ),
+        Client(
+            "curl", "curl", lambda u, d, _l: [paths["curl"], "-s", "-o", str(d / _name(u[0])), u[0]]
+        ),
+        Client(
+            "wget", "wget", lambda u, d, _l: [paths["wget"], "-q", "-O", str(d / _name(u[0])), u[0]]
+        ),
+        Client(
+            "aria2c -x1",
+            "aria2c",
+            lambda u, d, _l: [
+                paths["aria2c"],
+                *ARIA2_COMMON,
+                "-x1",
+                "-d",
+                str(d),
+                "-o",
+                _name(u[0]),
+                u[0],
+            ],
+        ),
+        Client(
+            "httpx",
+            "python",
+            lambda u, d, _l: [_py(), "-m", "bench._httpx_ref", *u, str(d)],
+            note="httpx.AsyncClient() defaults, aiter_bytes",
+        ),
+    ]
+
+
+def many_file_clients(paths: dict[str, str], jobs: int, *, one_job: bool) -> list[Client]:
+    """Clients for many files: bitsnb (one job, and/or *jobs* jobs), then the references."""
+    out: list[Client] = []
+    if one_job:
+        out.append(
+            Client(
+                "bitsnb 1 job",
+                "python",
+                lambda _u, d, lf: [
+                    _py(),
+                    "-m",
+                    "bench._run_bitsnb",
+                    "--url-file",
+                    str(lf.urls),
+                    str(d),
+                ],
+                is_bitsnb=True,
+                note="one job, default Policy()",
+            )
+        )
+    out.append(
+        Client(
+            f"bitsnb {jobs} jobs",
+            "python",
+            lambda _u, d, lf: [
+                _py(),
+                "-m",
+                "bench._run_bitsnb",
+                "--many",
+                "--jobs",
+                str(jobs),
+                "--url-file",
+                str(lf.urls),
+                str(d),
+            ],
+            is_bitsnb=True,
+            note=f"{jobs} jobs, Policy(max_active_jobs={PARALLEL}, max_connections_per_host={PARALLEL})",
+        )
+    )
+    out += [
+        Client(
+            f"curl --parallel {PARALLEL}",
+            "curl",
+            lambda _u, _d, lf: [
+                paths["curl"],
+                "-s",
+                "--parallel",
+                "--parallel-max",
+                str(PARALLEL),
+                "-K",
+                str(lf.curl),
+            ],
+        ),
+        Client(
+            "wget -i",
+            "wget",
+            lambda _u, d, lf: [paths["wget"], "-q", "-i", str(lf.urls), "-P", str(d)],
+            note="one file after another",
+        ),
+        Client(
+            f"aria2c -j{PARALLEL}",
+            "aria2c",
+            lambda _u, d, lf: [
+                paths["aria2c"],
+                *ARIA2_COMMON,
+                f"-j{PARALLEL}",
+                "-x1",
+                "-i",
+                str(lf.aria2),
+                "-d",
+                str(d),
+            ],
+        ),
+        Client(
+            f"httpx ×{PARALLEL}",
+            "python",
+            lambda _u, d, lf: [
+                _py(),
+                "-m",
+                "bench._httpx_ref",
+                "-j",
+                str(PARALLEL),
+                "--url-file",
+                str(lf.urls),
+                str(d),
+            ],
+            note=f"httpx.AsyncClient() defaults, {PARALLEL} at once",
+        ),
+    ]
+    return out
