@@ -93,7 +93,7 @@ class FileContext:
     dynamic_content: bool = False
     on_connected: Callable[[], None] = lambda: None
     on_progress: Callable[[FileRecord], None] = lambda f: None
-    on_checkpoint: Callable[[FileRecord], None] = lambda f: None
+    on_checkpoint: Callable[[FileRecord, int], None] = lambda f, durable: None
     on_restart: Callable[[FileRecord], None] = lambda f: None
     on_validators: Callable[[FileRecord], None] = lambda f: None
     should_yield: Callable[[], bool] = lambda: False
@@ -211,9 +211,11 @@ class Engine:
                 follow_redirects=True,
                 max_redirects=p.max_redirects,
                 timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout, pool=None),
+                # idle connections are scanned on every request (httpcore's pool): keep
+                # no more than the per-host limit lets us use
                 limits=httpx.Limits(
                     max_connections=None,
-                    max_keepalive_connections=max(8, p.max_connections_per_host * 4),
+                    max_keepalive_connections=max(2, p.max_connections_per_host),
                 ),
                 headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                 verify=_ssl_context(p.verify),
@@ -442,11 +444,23 @@ class Engine:
     async def _write_body(
         self, f: FileRecord, ctx: FileContext, resp: httpx.Response, offset: int
     ) -> None:
+        """Stream the body into the temporary file from *offset*, checkpointing as it goes.
+
+        A checkpoint's fdatasync runs in a thread while the body keeps arriving (one at a
+        time); the store records the byte count the sync covered once it is done, so the
+        store never claims more than is on disk. The final fsync waits for everything.
+        """
         policy = self._policy
         try:
             fh: IO[bytes] = open(f.temp_name, "r+b" if offset > 0 else "wb")
         except OSError as exc:
             raise _local_failure(exc, f.temp_name) from exc
+        syncing: asyncio.Task[None] | None = None
+
+        async def checkpoint(upto: int) -> None:
+            await asyncio.to_thread(os.fdatasync, fh.fileno())
+            ctx.on_checkpoint(f, upto)
+
         try:
             fh.seek(offset)
             fh.truncate()
@@ -458,21 +472,31 @@ class Engine:
                     fh.write(chunk)
                     f.bytes_transferred += len(chunk)
                     ctx.on_progress(f)
-                    if f.bytes_transferred - last_checkpoint_bytes >= policy.checkpoint_bytes or (
-                        time.monotonic() - last_checkpoint_at >= policy.checkpoint_interval
+                    if (syncing is None or syncing.done()) and (
+                        f.bytes_transferred - last_checkpoint_bytes >= policy.checkpoint_bytes
+                        or time.monotonic() - last_checkpoint_at >= policy.checkpoint_interval
                     ):
+                        if syncing is not None:
+                            syncing.result()  # a failed sync (disk full) surfaces here
                         fh.flush()
-                        await asyncio.to_thread(os.fdatasync, fh.fileno())
-                        ctx.on_checkpoint(f)
+                        syncing = asyncio.create_task(checkpoint(f.bytes_transferred))
                         last_checkpoint_at = time.monotonic()
                         last_checkpoint_bytes = f.bytes_transferred
                     if ctx.should_yield() and _worth_yielding(f):
                         raise YieldSlice
                 fh.flush()
+                if syncing is not None:
+                    await syncing
+                    syncing = None
                 await asyncio.to_thread(os.fsync, fh.fileno())
             except OSError as exc:
                 raise _local_failure(exc, f.temp_name) from exc
         finally:
+            if syncing is not None and not syncing.done():
+                # the descriptor must stay open while the thread syncs it
+                await asyncio.wait([syncing])
+            if syncing is not None and syncing.done() and not syncing.cancelled():
+                syncing.exception()  # retrieved, so asyncio does not warn about it
             fh.close()
 
 

@@ -444,8 +444,10 @@ class AsyncManager:
                     self._foreign.add(job_id)
                     continue
                 self._foreign.discard(job_id)
-                fresh = self._store.load_job(job_id)  # another process may have moved it on
-                if fresh is not None and fresh.version != rec.version:
+                # another process may have moved it on: a version probe, a re-read if so
+                version = self._store.version_of(job_id)
+                fresh = rec if version == rec.version else self._store.load_job(job_id)
+                if fresh is not None and fresh is not rec:
                     _copy_record(rec, fresh)
                 now_state: JobState = rec.state  # _copy_record may have changed it
                 if fresh is None or now_state not in _STARTABLE:
@@ -514,11 +516,14 @@ class AsyncManager:
         def on_connected() -> None:
             if rec.state is JobState.CONNECTING:
                 rec.error = None  # BITS keeps the error until the job transfers again
-                self._set_state(rec, Event.CONNECTED)
+                # not saved on its own: the next checkpoint or file end records it, and a
+                # crash re-queues CONNECTING and TRANSFERRING jobs alike
+                rec.state = transition(rec.state, Event.CONNECTED, rec.type)
+                self._emit(rec, "state")
 
-        def on_checkpoint(f: FileRecord) -> None:
+        def on_checkpoint(f: FileRecord, durable: int) -> None:
             rec.touch()
-            self._save(rec, [f])
+            self._save(rec, [dataclasses.replace(f, bytes_transferred=durable)])
 
         def on_validators(f: FileRecord) -> None:
             if f.bytes_total is None or f.bytes_total > 4 * 1024 * 1024:
