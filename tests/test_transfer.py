@@ -100,7 +100,9 @@ def test_many_files_overlapped_byte_exact(
     job.resume()
     assert job.wait(timeout=30) is JobState.TRANSFERRED
     assert sorted(get_paths(server)) == names
-    assert get_paths(server)[0] == names[0]
+    # files start in order, but a few run at once, so requests may reach the server a
+    # little out of order: the first file is among the first files_in_flight requests
+    assert names[0] in get_paths(server)[: manager.policy.files_in_flight]
     assert job.complete() == S_OK
     for n, data in files_of(server, names).items():
         assert (dest / n).read_bytes() == data
