@@ -1137,8 +1137,8 @@ class AsyncManager:
                     failure, failed_file = exc, f
             else:
                 partial = True
-        for folder in folders:
-            _fsync_dir(folder)
+        if folders:  # the renames are durable once their folders are synced (off the loop)
+            await asyncio.to_thread(_fsync_dirs, folders)
         if failure is not None and failed_file is not None:
             # BITS: the job stays in the queue (TRANSFERRED); renamed files stay renamed
             rec.touch()
@@ -1240,6 +1240,11 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _fsync_dirs(folders: Iterable[str]) -> None:
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 def _proxy_url(entry: str, auth: tuple[str | None, str | None] | None) -> str:
