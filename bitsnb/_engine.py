@@ -25,6 +25,7 @@ from . import _codes
 from ._enums import ErrorContext
 from ._models import Policy
 from ._records import FileRecord
+from ._validate import redact_url
 
 __all__ = ["Engine", "FileContext", "TransferFailure", "YieldSlice", "is_transient_status"]
 
@@ -364,7 +365,7 @@ class Engine:
                     _codes.http_error(status),
                     ErrorContext.REMOTE_FILE,
                     transient=is_transient_status(status),
-                    message=f"HTTP {status} for {_safe_url(str(resp.url))}",
+                    message=f"HTTP {status} for {redact_url(str(resp.url))}",
                     retry_after=_retry_after(resp),
                 )
             ctx.on_connected()
@@ -529,14 +530,3 @@ def _truncate(f: FileRecord) -> None:
         pass
     except OSError as exc:
         raise _local_failure(exc, f.temp_name) from exc
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user:password, for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return parts._replace(netloc=host).geturl()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -83,7 +83,3 @@ class LoopThread:
         if not self.in_loop_thread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
-
-
-async def _await(aw: Awaitable[T]) -> T:
-    return await aw

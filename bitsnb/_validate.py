@@ -52,7 +52,7 @@ def check_url(url: object) -> str:
         )
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
     except ValueError as exc:
         raise _invalid(f"the URL {redact_url(url)!r} cannot be parsed ({exc})") from None
     scheme = parts.scheme.lower()
@@ -67,7 +67,6 @@ def check_url(url: object) -> str:
             "the URL carries credentials; pass them with job.set_credentials() instead "
             f"(URL without them: {redact_url(url)})"
         )
-    del port
     return url
 
 
