@@ -196,7 +196,8 @@ class AsyncManager:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         assert self._store is not None and self._engine is not None
-        self._store.release()
+        with contextlib.suppress(BitsError):  # a store locked by another process: leases expire
+            self._store.release()
         self._store.close()
         self._state = _ManagerState.CLOSED
         await self._engine.aclose()

@@ -183,7 +183,7 @@ class Store:
 
     # -- plumbing -------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
     def close(self) -> None:
         """Close the connection."""
@@ -525,13 +525,20 @@ class _ReadTransaction:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error) on an autocommit connection."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` (rollback on error) on an autocommit connection.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    A store another process keeps locked past the busy timeout is a ``BitsError``.
+    """
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
+        self._path = path
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _store_error(self._path, exc) from exc
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
