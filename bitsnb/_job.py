@@ -513,6 +513,19 @@ class AsyncJob:
         await self._mgr._update(self, apply)
 
     @property
+    def upload_fragment_size(self) -> int:
+        """Bytes per upload Fragment packet (default 8 MiB; a server's 413 halves it)."""
+        return self._rec.settings.upload_fragment_size
+
+    async def set_upload_fragment_size(self, size: int) -> None:
+        """Set the Fragment size of an upload job (5 KiB to 1 GiB, as Windows clients bound it)."""
+        if self.type is JobType.DOWNLOAD:
+            raise BitsError(_codes.E_NOTIMPL, "fragments belong to upload jobs")
+        if isinstance(size, bool) or not isinstance(size, int) or not 5120 <= size <= 1 << 30:
+            raise BitsError(_codes.E_INVALIDARG, f"fragment size {size!r} is not 5 KiB..1 GiB")
+        await self._mgr._update(self, lambda r: setattr(r.settings, "upload_fragment_size", size))
+
+    @property
     def reply_file_name(self) -> str | None:
         """Where an upload-reply job puts the server's reply (after complete())."""
         return self._rec.settings.reply_file_name

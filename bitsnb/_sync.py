@@ -479,6 +479,15 @@ class Job:
         self._run(self._ajob.set_reply_file_name(path))
 
     @property
+    def upload_fragment_size(self) -> int:
+        """Bytes per upload Fragment packet."""
+        return self._ajob.upload_fragment_size
+
+    @upload_fragment_size.setter
+    def upload_fragment_size(self, size: int) -> None:
+        self._run(self._ajob.set_upload_fragment_size(size))
+
+    @property
     def reply_file_name(self) -> str | None:
         """Where an upload-reply job puts the reply."""
         return self._ajob.reply_file_name

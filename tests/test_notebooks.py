@@ -20,12 +20,13 @@ HELPER_NAMES = ("default_manager", "download", "download_many", "errors_frame", 
 CHECK_KERNEL = "import sys\nprint(sys.prefix)"
 
 
-def test_the_four_notebooks_exist() -> None:
+def test_the_notebooks_exist() -> None:
     assert [p.name for p in NOTEBOOKS] == [
         "01-quickstart.ipynb",
         "02-job-life-cycle.ipynb",
         "03-queue-dataframes.ipynb",
         "04-teaching-the-state-machine.ipynb",
+        "05-uploads.ipynb",
     ]
 
 
@@ -74,7 +75,8 @@ def test_binder_requirements_match_the_package() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
     lines = (ROOT / "binder" / "requirements.txt").read_text("utf-8").splitlines()
     listed = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    assert sorted(listed) == sorted(project["dependencies"])
+    extras = project["optional-dependencies"]["server"]  # the upload notebook runs the server
+    assert sorted(listed) == sorted(project["dependencies"] + extras)
     assert not any(ln.startswith(("-e", ".")) for ln in listed)
 
 

@@ -43,7 +43,21 @@ def source(tmp_path: Path) -> Path:
 
 def small_fragments(job: bitsnb.Job) -> None:
     """256 KiB fragments so a 3 MiB file takes a dozen packets."""
-    job.async_job._rec.settings.upload_fragment_size = 256 * 1024
+    job.upload_fragment_size = 256 * 1024
+    assert job.upload_fragment_size == 256 * 1024
+
+
+def test_fragment_size_bounds(manager: bitsnb.Manager) -> None:
+    job = manager.create_job("bounds", JobType.UPLOAD)
+    for bad in (0, 1024, 2 << 30, 1.5):
+        with pytest.raises(BitsError) as info:
+            job.upload_fragment_size = bad  # type: ignore[assignment]
+        assert info.value.code == 0x80070057
+    assert job.upload_fragment_size == 8 * MIB
+    download = manager.create_job("download")
+    with pytest.raises(BitsError) as info:
+        download.upload_fragment_size = 64 * 1024
+    assert info.value.code == 0x80004001
 
 
 def upload(
@@ -251,7 +265,7 @@ import sys, time, bitsnb
 store, url, src = sys.argv[1:4]
 mgr = bitsnb.Manager(store=store)
 job = mgr.create_job("killed", bitsnb.JobType.UPLOAD)
-job.async_job._rec.settings.upload_fragment_size = 64 * 1024
+job.upload_fragment_size = 64 * 1024
 job.add_file(url, src)
 job.resume()
 while job.progress.bytes_transferred < 1024 * 1024:
