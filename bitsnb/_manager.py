@@ -151,7 +151,7 @@ class AsyncManager:
         if self._state is _ManagerState.OPEN:
             return self
         self._loop = asyncio.get_running_loop()
-        self._store = Store(self.store_path, lease_name())
+        self._store = Store(self.store_path, lease_name(), self.policy.store_busy_timeout)
         self._engine = Engine(self.policy, self._transport)
         self._uploader = Uploader(self._engine)
         self._state = _ManagerState.OPEN

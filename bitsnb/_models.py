@@ -144,6 +144,7 @@ class Policy:
     time_slice: float = 30.0
     lease_seconds: float = 15.0
     poll_interval: float = 0.5
+    store_busy_timeout: float = 10.0
     checkpoint_interval: float = 1.0
     checkpoint_bytes: int = 64 * 1024 * 1024
     read_size: int = 1024 * 1024

@@ -152,13 +152,15 @@ def _store_error(path: Path, exc: Exception) -> BitsError:
 class Store:
     """SQLite-backed job store (WAL, ``synchronous=NORMAL``: a process crash loses nothing)."""
 
-    def __init__(self, path: str | os.PathLike[str], writer: str) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], writer: str, busy_timeout: float = 10.0
+    ) -> None:
         self.path = Path(path)
         self.writer = writer
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:  # refuse before writing anything to it
                 self._db.close()
