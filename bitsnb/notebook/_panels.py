@@ -40,6 +40,7 @@ from ._text import (
     format_rate,
     job_line,
     progress_text,
+    queue_text,
 )
 
 if TYPE_CHECKING:
@@ -539,12 +540,8 @@ class QueuePanel(_Panel):
         return [s for s in self._snapshots if states is None or s.state in states]
 
     def text(self) -> str:
-        """One line per shown job, then the totals."""
-        lines = [job_line(s) for s in self.rows]
-        if not lines:
-            lines.append("(no jobs)")
-        lines.append(self._totals_text())
-        return "\n".join(lines)
+        """The shown jobs as a rich table (the CLI's renderer), then the totals."""
+        return queue_text(self.rows, self._totals_text())
 
     # -- updating -------------------------------------------------------------------------------
     def _enumerate(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .._enums import JobState
@@ -153,3 +154,34 @@ def job_line(job: JobLike) -> str:
 def escape(text: str) -> str:
     """HTML-escape user text (display names, error messages)."""
     return html.escape(text, quote=True)
+
+
+def queue_text(jobs: Sequence[JobLike], totals: str, width: int = 100) -> str:
+    """The queue as plain text for front ends without widgets, drawn by rich (as the CLI is)."""
+    import io
+
+    from rich.console import Console
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_edge=False, expand=False)
+    for name, justify in (("JOB", "left"), ("STATE", "left"), ("PROGRESS", "left")):
+        table.add_column(name, justify=justify, no_wrap=name != "JOB")  # type: ignore[arg-type]
+    table.add_column("BYTES", justify="right", no_wrap=True)
+    table.add_column("FILES", justify="right", no_wrap=True)
+    for job in jobs:
+        p = job.progress
+        pct = p.percent
+        bar = ProgressBar(total=100.0, completed=pct or 0.0, width=16, pulse=pct is None)
+        table.add_row(
+            job.display_name,
+            job.state.name,
+            bar,
+            progress_text(p),
+            f"{p.files_transferred}/{p.files_total}",
+        )
+    if not jobs:
+        table.caption = "(no jobs)"
+    buf = io.StringIO()
+    Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
+    return buf.getvalue().rstrip() + "\n" + totals
