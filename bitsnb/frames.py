@@ -17,7 +17,7 @@ import pandas as pd
 
 from ._enums import JobPriority, JobState, JobType
 from ._errors import all_errors, lookup_error
-from ._job import AsyncJob
+from ._job import AsyncJob, job_progress
 from ._records import JobRecord
 from ._validate import redact_url
 
@@ -121,21 +121,14 @@ def jobs_to_frame(jobs: Sequence[Job | AsyncJob]) -> pd.DataFrame:
         types[i] = rec.type
         states[i] = rec.state
         prios[i] = rec.priority
-        total: int | None = 0
-        done = 0
-        nfiles_done = 0
-        for f in rec.files:
-            if total is not None:
-                total = None if f.bytes_total is None else total + f.bytes_total
-            done += f.bytes_transferred
-            nfiles_done += f.transferred or f.completed
-        if total is None:
+        p = job_progress(rec)
+        if p.bytes_total is None:
             total_known[i] = False
         else:
-            bytes_total[i] = total
-        bytes_done[i] = done
-        files_total[i] = len(rec.files)
-        files_done[i] = nfiles_done
+            bytes_total[i] = p.bytes_total
+        bytes_done[i] = p.bytes_transferred
+        files_total[i] = p.files_total
+        files_done[i] = p.files_transferred
         created.append(rec.created)
         modified.append(rec.modified)
         tc = rec.transfer_completed

@@ -7,25 +7,15 @@ notebooks can pick it up.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bitsnb._net import is_loopback
 from bitsnb.server._app import create_app
 
 INSTALL_HINT = "pip install 'bitsnb[server]'"
-
-
-def _is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host: str = args.host.strip("[]")
     if not root.is_dir():
         parser.error(f"--root {str(root)!r} is not a directory")
-    if not args.allow_remote and not _is_loopback(host):
+    if not args.allow_remote and not is_loopback(host):
         parser.error(f"refusing to serve on non-loopback host {host!r} without --allow-remote")
     if args.max_size is not None and args.max_size < 0:
         parser.error("--max-size must be >= 0")

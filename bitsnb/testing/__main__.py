@@ -6,7 +6,6 @@ Prints the base URL once (flushed) so scripts and notebooks can pick it up.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import sys
 import threading
@@ -14,17 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from bitsnb._net import is_loopback
 from bitsnb.testing._server import FileServer
-
-
-def _is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host: str = args.host.strip("[]")
     if not root.is_dir():
         parser.error(f"--root {str(root)!r} is not a directory")
-    if not args.allow_remote and not _is_loopback(host):
+    if not args.allow_remote and not is_loopback(host):
         parser.error(f"refusing to serve on non-loopback host {host!r} without --allow-remote")
 
     stop = threading.Event()
