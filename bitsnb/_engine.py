@@ -204,26 +204,30 @@ class Engine:
         key = (proxy, trust_env)
         client = self._clients.get(key)
         if client is None:
-            p = self._policy
-            client = httpx.AsyncClient(
-                transport=self._transport,
-                proxy=proxy,
-                trust_env=trust_env,
-                follow_redirects=True,
-                max_redirects=p.max_redirects,
-                timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout, pool=None),
-                # idle connections are scanned on every request (httpcore's pool): keep
-                # no more than the per-host limit lets us use
-                limits=httpx.Limits(
-                    max_connections=None,
-                    max_keepalive_connections=max(2, p.max_connections_per_host),
-                ),
-                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-                verify=_ssl_context(p.verify),
-                event_hooks={"response": [self._check_redirect]},
-            )
+            # idle connections are scanned on every request (httpcore's pool): keep no more
+            # than the per-host limit lets us use
+            keep = max(2, self._policy.max_connections_per_host)
+            client = self.new_client(proxy, trust_env, httpx.Limits(max_keepalive_connections=keep))
             self._clients[key] = client
         return client
+
+    def new_client(
+        self, proxy: str | None, trust_env: bool, limits: httpx.Limits
+    ) -> httpx.AsyncClient:
+        """An httpx client with the policy's timeouts, TLS, redirect rules and headers."""
+        p = self._policy
+        return httpx.AsyncClient(
+            transport=self._transport,
+            proxy=proxy,
+            trust_env=trust_env,
+            follow_redirects=True,
+            max_redirects=p.max_redirects,
+            timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout, pool=None),
+            limits=limits,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            verify=_ssl_context(p.verify),
+            event_hooks={"response": [self._check_redirect]},
+        )
 
     async def _check_redirect(self, response: httpx.Response) -> None:
         """Refuse a redirect to another scheme (https → http only when the policy allows it)."""

@@ -622,25 +622,33 @@ class AsyncManager:
         """Upload the job's one file, fetch the reply (upload-reply), close the session."""
         assert self._uploader is not None and self._engine is not None
         f = rec.files[0]
-        s = rec.settings
         uctx = self._upload_context(rec, ctx)
         try:
-            if not f.transferred:
-                await self._uploader.upload(f, uctx)
-                f.transferred = True
-                rec.touch()
-                self._save(rec, [f])
-                self._emit(rec, "progress")
-            if rec.type is JobType.UPLOAD_REPLY and not s.reply_done:
-                await self._fetch_reply(rec, ctx)
-            if s.upload_session_id is not None:
-                await self._uploader.close(f, uctx)
-                s.upload_session_id = None
-                self._save(rec)
+            async with self._uploader.session(uctx):
+                await self._upload_session(rec, f, uctx, ctx)
         except TransferFailure as failure:
             failure.file = f  # type: ignore[attr-defined]
             self._save_quietly(rec, f)
             raise
+
+    async def _upload_session(
+        self, rec: JobRecord, f: FileRecord, uctx: UploadContext, ctx: FileContext
+    ) -> None:
+        """The session's packets, on the session's own connection."""
+        assert self._uploader is not None
+        s = rec.settings
+        if not f.transferred:
+            await self._uploader.upload(f, uctx)
+            f.transferred = True
+            rec.touch()
+            self._save(rec, [f])
+            self._emit(rec, "progress")
+        if rec.type is JobType.UPLOAD_REPLY and not s.reply_done:
+            await self._fetch_reply(rec, ctx)  # before Close-Session, or the reply is gone
+        if s.upload_session_id is not None:
+            await self._uploader.close(f, uctx)
+            s.upload_session_id = None
+            self._save(rec)
 
     async def _fetch_reply(self, rec: JobRecord, ctx: FileContext) -> None:
         """Download the server's reply (BITS-Reply-URL) to the reply file's temporary name."""

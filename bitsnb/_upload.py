@@ -8,6 +8,7 @@ accepts: packet types and header names in any case, error codes in hex or decima
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class UploadContext:
     save: Callable[[], object] = lambda: None
     reply_progress: Callable[[], None] = lambda: None
     extra: dict[str, str] = field(default_factory=dict)
+    client: httpx.AsyncClient | None = None  # the session's own connection, while it runs
 
 
 class Uploader:
@@ -69,12 +71,22 @@ class Uploader:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def _client(self, ctx: FileContext) -> httpx.AsyncClient:
-        return self._engine._client(ctx.proxy, ctx.trust_env)
+    @contextlib.asynccontextmanager
+    async def session(self, uctx: UploadContext) -> AsyncIterator[None]:
+        """One connection for the whole session, as the Windows client keeps (some servers
+        hold session state per connection)."""
+        ctx = uctx.file_ctx
+        single = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with self._engine.new_client(ctx.proxy, ctx.trust_env, single) as client:
+            uctx.client = client
+            try:
+                yield
+            finally:
+                uctx.client = None
 
     async def _post(
         self,
-        ctx: FileContext,
+        uctx: UploadContext,
         url: str,
         packet: str,
         session: str | None = None,
@@ -82,6 +94,7 @@ class Uploader:
         content: AsyncIterator[bytes] | bytes = b"",
         length: int = 0,
     ) -> httpx.Response:
+        ctx = uctx.file_ctx
         hdrs = dict(ctx.headers)
         hdrs["BITS-Packet-Type"] = packet
         hdrs["Content-Length"] = str(length)
@@ -89,7 +102,7 @@ class Uploader:
             hdrs["BITS-Session-Id"] = session
         if headers:
             hdrs.update(headers)
-        client = self._client(ctx)
+        client = uctx.client or self._engine._client(ctx.proxy, ctx.trust_env)
         try:
             response = await client.request(
                 "BITS_POST", url, headers=hdrs, content=content, auth=ctx.auth
@@ -125,7 +138,6 @@ class Uploader:
     async def upload(self, f: FileRecord, uctx: UploadContext) -> None:
         """Send *f*'s local file to its URL; returns when the server holds all of it."""
         s = uctx.settings
-        ctx = uctx.file_ctx
         stamp, size = source_stamp(f.local_name)
         if s.upload_source_stamp is None:
             s.upload_source_stamp = stamp
@@ -138,7 +150,7 @@ class Uploader:
                 await self._create_session(f, uctx)
                 f.bytes_transferred = 0
             else:
-                resp = await self._post(ctx, f.remote_name, "Ping")
+                resp = await self._post(uctx, f.remote_name, "Ping")
                 if resp.status_code >= 400:
                     raise self._failure(resp, "Ping")
             try:
@@ -159,7 +171,7 @@ class Uploader:
 
     async def _create_session(self, f: FileRecord, uctx: UploadContext) -> None:
         resp = await self._post(
-            uctx.file_ctx,
+            uctx,
             f.remote_name,
             "Create-Session",
             headers={"BITS-Supported-Protocols": UPLOAD_PROTOCOL},
@@ -192,7 +204,7 @@ class Uploader:
                 "Content-Name": name,
             }
             resp = await self._post(
-                ctx,
+                uctx,
                 f.remote_name,
                 "Fragment",
                 session,
@@ -235,7 +247,7 @@ class Uploader:
         session = uctx.settings.upload_session_id
         if session is None:
             return
-        resp = await self._post(uctx.file_ctx, f.remote_name, "Close-Session", session)
+        resp = await self._post(uctx, f.remote_name, "Close-Session", session)
         if resp.status_code >= 400:
             failure = self._failure(resp, "Close-Session")
             if failure.code != BG_E_SESSION_NOT_FOUND:
@@ -247,7 +259,7 @@ class Uploader:
         if session is None:
             return
         try:
-            await self._post(uctx.file_ctx, f.remote_name, "Cancel-Session", session)
+            await self._post(uctx, f.remote_name, "Cancel-Session", session)
         except TransferFailure:
             pass
 

@@ -86,6 +86,17 @@ def test_plain_upload(manager: bitsnb.Manager, upserver: UploadServer, source: P
     assert source.exists()  # the local file is the user's
 
 
+def test_one_connection_per_session(
+    manager: bitsnb.Manager, upserver: UploadServer, source: Path
+) -> None:
+    """As the Windows client does: every packet of a session comes on one connection."""
+    job = upload(manager, upserver, source, "conn.bin", JobType.UPLOAD)
+    job.resume()
+    assert job.wait(timeout=30) is JobState.TRANSFERRED
+    clients = {r.client for r in upserver.packets if r.method == "BITS_POST"}
+    assert len(clients) == 1 and "" not in clients
+
+
 def test_upload_reply(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path, tmp_path: Path
 ) -> None:

@@ -70,6 +70,7 @@ class PacketRecord:
     body_bytes: int = 0  # request-body bytes the server read
     fault: FaultKind | None = None
     finished: bool = False
+    client: str = ""  # "host:port" of the connection the packet came on
 
 
 @dataclass
@@ -96,6 +97,11 @@ def format_code(code: int, fmt: CodeFormat) -> str:
     if fmt == "decimal":
         return str(unsigned)
     return str(unsigned - (1 << 32) if unsigned & 0x80000000 else unsigned)
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
@@ -144,6 +150,7 @@ class _FaultLayer:
             packet=headers.get("bits-packet-type", "").strip(),
             session_id=headers.get("bits-session-id"),
             content_range=headers.get("content-range"),
+            client=_client_address(scope),
         )
         fault = self.owner._take_fault(rec) if method == "BITS_POST" else None
         rec.fault = fault.kind if fault else None
