@@ -183,5 +183,8 @@ def queue_text(jobs: Sequence[JobLike], totals: str, width: int = 100) -> str:
     if not jobs:
         table.caption = "(no jobs)"
     buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, force_terminal=False).print(table)
+    console = Console(
+        file=buf, width=width, color_system=None, force_terminal=False, force_jupyter=False
+    )  # in a kernel rich would otherwise display HTML instead of writing to buf
+    console.print(table)
     return buf.getvalue().rstrip() + "\n" + totals
