@@ -614,7 +614,6 @@ class AsyncManager:
         return UploadContext(
             ctx,
             rec.settings,
-            want_reply=rec.type is JobType.UPLOAD_REPLY,
             save=lambda: self._save(rec, [f]),
         )
 

@@ -58,7 +58,6 @@ class JobSettings:
     custom_headers: str | None = None
     dynamic_content: bool = False
     high_performance: bool = False
-    security_flags: int = 0
     reply_file_name: str | None = None
     # upload jobs: the server session and the reply (one file per upload job, so it lives here)
     upload_session_id: str | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
@@ -58,10 +58,7 @@ class UploadContext:
 
     file_ctx: FileContext
     settings: JobSettings
-    want_reply: bool
     save: Callable[[], object] = lambda: None
-    reply_progress: Callable[[], None] = lambda: None
-    extra: dict[str, str] = field(default_factory=dict)
     client: httpx.AsyncClient | None = None  # the session's own connection, while it runs
 
 
