@@ -346,11 +346,13 @@ class AsyncManager:
             raise BitsError(_codes.E_ACCESSDENIED, "the job belongs to another user")
         return rec
 
-    def _save(self, rec: JobRecord, files: Iterable[FileRecord] = ()) -> bool:
+    def _save(
+        self, rec: JobRecord, files: Iterable[FileRecord] = (), *, release: bool = False
+    ) -> bool:
         store = self._open()
         files = list(files)
         for _ in range(5):
-            if store.save_job(rec, files):
+            if store.save_job(rec, files, release=release):
                 return True
             fresh = store.load_job(rec.id)
             if fresh is None:
@@ -393,10 +395,17 @@ class AsyncManager:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _release_if_held(self, rec: JobRecord) -> None:
+        """Give up the lease if the state change did not (its save lost to another writer)."""
+        store = self._open()
+        if store.holds(rec.id):
+            store.release(rec.id)
+
     def _set_state(self, rec: JobRecord, event: Event, files: Iterable[FileRecord] = ()) -> None:
         rec.state = transition(rec.state, event, rec.type)
         rec.touch()
-        self._save(rec, files)
+        # a job that leaves the running states gives up its lease in the same commit
+        self._save(rec, files, release=rec.state not in _STARTABLE)
         self._emit(rec, "state")
 
     # -- scheduling ---------------------------------------------------------------------------
@@ -605,8 +614,8 @@ class AsyncManager:
             if self._store is not None and self._state is _ManagerState.OPEN:
                 if rec.state is JobState.QUEUED and not self._closing:
                     self._enqueue(rec)  # pre-empted or its slice ended: back of its queue
-                elif not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
-                    self._store.release(rec.id)
+                elif rec.state not in _STARTABLE and self._store.holds(rec.id):
+                    self._store.release(rec.id)  # stopped from outside (another process)
                 self._loop_call(self._pump)
 
     def _upload_context(self, rec: JobRecord, ctx: FileContext) -> UploadContext:
@@ -1072,7 +1081,7 @@ class AsyncManager:
         self._dequeue(rec)
         self._cancel_timer(rec)
         self._set_state(rec, Event.SUSPEND, rec.files)
-        self._open().release(rec.id)
+        self._release_if_held(rec)
 
     async def _cancel(self, job: AsyncJob) -> int:
         rec = self._live(job)
@@ -1084,7 +1093,7 @@ class AsyncManager:
             await self._cancel_upload(rec)
         ok = self._delete_temps(rec)
         self._set_state(rec, Event.CANCEL)
-        self._open().release(rec.id)
+        self._release_if_held(rec)
         self._forget(rec)
         return _codes.S_OK if ok else _codes.BG_S_UNABLE_TO_DELETE_FILES
 
@@ -1125,7 +1134,7 @@ class AsyncManager:
         if rec.type is not JobType.DOWNLOAD:
             self._complete_upload(rec)
             self._set_state(rec, Event.COMPLETE, rec.files)
-            self._open().release(rec.id)
+            self._release_if_held(rec)
             self._forget(rec)
             return _codes.S_OK
         partial = False
@@ -1164,7 +1173,7 @@ class AsyncManager:
                 with contextlib.suppress(OSError):
                     os.unlink(f.temp_name)
         self._set_state(rec, Event.COMPLETE, rec.files)
-        self._open().release(rec.id)
+        self._release_if_held(rec)
         self._forget(rec)
         return _codes.BG_S_PARTIAL_COMPLETE if partial else _codes.S_OK
 

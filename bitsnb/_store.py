@@ -251,8 +251,11 @@ class Store:
         rec.seq = int(cur.lastrowid or 0)
         rec.version = 1
 
-    def save_job(self, rec: JobRecord, files: Iterable[FileRecord] = ()) -> bool:
-        """Write the job row (and *files*) if nobody else changed it since we read it.
+    def save_job(
+        self, rec: JobRecord, files: Iterable[FileRecord] = (), *, release: bool = False
+    ) -> bool:
+        """Write the job row (and *files*) if nobody else changed it since we read it; with
+        *release*, give up our lease in the same transaction.
 
         Returns False, writing nothing, when another writer got there first.
         """
@@ -274,6 +277,12 @@ class Store:
             if cur.rowcount != 1:
                 return False
             self._write_files(rec.id, files)
+            if release:
+                self._db.execute(
+                    "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL"
+                    " WHERE id=? AND lease_owner=?",
+                    (str(rec.id), self.writer),
+                )
         rec.version += 1
         return True
 
@@ -502,6 +511,13 @@ class Store:
                     " WHERE id=? AND lease_owner=?",
                     (str(job_id), self.writer),
                 )
+
+    def holds(self, job_id: uuid.UUID) -> bool:
+        """True while this process holds the job's lease (a read: no transaction to commit)."""
+        row = self._db.execute(
+            "SELECT 1 FROM jobs WHERE id=? AND lease_owner=?", (str(job_id), self.writer)
+        ).fetchone()
+        return row is not None
 
     def leased_by_others(self) -> set[uuid.UUID]:
         """Ids of jobs whose lease another process holds and has not let expire."""
