@@ -73,6 +73,7 @@ class TransferFailure(Exception):
         self.message = message
         self.retry_after = retry_after
         self.protocol = protocol
+        self.file: FileRecord | None = None  # the file that failed, set by the manager
 
 
 class YieldSlice(Exception):

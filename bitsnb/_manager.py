@@ -591,7 +591,7 @@ class AsyncManager:
                 None,
             )
         except TransferFailure as failure:
-            self._fail(rec, failure, _failed_file(failure))
+            self._fail(rec, failure, failure.file)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not kill the queue: the job says what happened
@@ -635,7 +635,7 @@ class AsyncManager:
             async with self._uploader.session(uctx):
                 await self._upload_session(rec, f, uctx, ctx)
         except TransferFailure as failure:
-            failure.file = f  # type: ignore[attr-defined]
+            failure.file = f
             self._save_quietly(rec, f)
             raise
 
@@ -730,7 +730,7 @@ class AsyncManager:
                 try:
                     await engine.download(f, ctx)
                 except TransferFailure as failure:
-                    failure.file = f  # type: ignore[attr-defined]
+                    failure.file = f
                     self._save_quietly(rec, f)
                     raise
                 except BaseException:
@@ -763,7 +763,7 @@ class AsyncManager:
                         first = exc
                     stopping = True
                 if first is not None and not isinstance(first, YieldSlice):
-                    failed = _failed_file(first) if isinstance(first, TransferFailure) else None
+                    failed = first.file if isinstance(first, TransferFailure) else None
                     limit = failed.index if failed is not None else -1
                     for task in tasks:
                         f = in_flight.get(task)
@@ -1304,11 +1304,6 @@ async def _run_command(program: str, parameters: str) -> None:
         await proc.wait()
     except OSError:
         log.exception("bitsnb notify command line failed to start")
-
-
-def _failed_file(failure: TransferFailure) -> FileRecord | None:
-    f = getattr(failure, "file", None)
-    return f if isinstance(f, FileRecord) else None
 
 
 def _file_info(f: FileRecord) -> FileInfo:

@@ -33,6 +33,31 @@ def integrity(store: Path) -> str:
         db.close()
 
 
+def persisted_view(j: bitsnb.Job) -> tuple[object, ...]:
+    """Everything about a job that a new Manager on the same store must see again."""
+    return (
+        j.display_name,
+        j.description,
+        j.type,
+        j.priority,
+        j.state,
+        j.owner,
+        j.files,
+        j.progress,
+        j.times,
+        j.error,
+        j.error_count,
+        j.minimum_retry_delay,
+        j.no_progress_timeout,
+        j.maximum_download_time,
+        j.notify_flags,
+        j.notify_cmd_line,
+        j.proxy_settings,
+        j.dynamic_content,
+        j.high_performance,
+    )
+
+
 def test_new_manager_sees_everything(
     store: Path, policy: bitsnb.Policy, server: FileServer, dest: Path, tmp_path: Path
 ) -> None:
@@ -71,30 +96,7 @@ def test_new_manager_sees_everything(
         assert finished.wait(timeout=15) is JobState.TRANSFERRED
         finished.complete()
 
-        before = {
-            j.id: (
-                j.display_name,
-                j.description,
-                j.type,
-                j.priority,
-                j.state,
-                j.owner,
-                j.files,
-                j.progress,
-                j.times,
-                j.error,
-                j.error_count,
-                j.minimum_retry_delay,
-                j.no_progress_timeout,
-                j.maximum_download_time,
-                j.notify_flags,
-                j.notify_cmd_line,
-                j.proxy_settings,
-                j.dynamic_content,
-                j.high_performance,
-            )
-            for j in mgr.enum_jobs()
-        }
+        before = {j.id: persisted_view(j) for j in mgr.enum_jobs()}
         ids = [configured.id, done.id, failed.id, hp.id]
     assert integrity(store) == "ok"
 
@@ -102,28 +104,7 @@ def test_new_manager_sees_everything(
         jobs = list(mgr2.enum_jobs())
         assert [j.id for j in jobs] == ids  # creation order, the completed job is gone
         for j in jobs:
-            after = (
-                j.display_name,
-                j.description,
-                j.type,
-                j.priority,
-                j.state,
-                j.owner,
-                j.files,
-                j.progress,
-                j.times,
-                j.error,
-                j.error_count,
-                j.minimum_retry_delay,
-                j.no_progress_timeout,
-                j.maximum_download_time,
-                j.notify_flags,
-                j.notify_cmd_line,
-                j.proxy_settings,
-                j.dynamic_content,
-                j.high_performance,
-            )
-            assert after == before[j.id], j.display_name
+            assert persisted_view(j) == before[j.id], j.display_name
         again = mgr2.get_job(configured.id)
         assert again.custom_headers == "X-Kept: yes"  # the cookie lived in memory only
         assert again.minimum_retry_delay == 42
