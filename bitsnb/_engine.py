@@ -25,6 +25,7 @@ from . import _codes
 from ._enums import ErrorContext
 from ._models import Policy
 from ._records import FileRecord
+from ._transport import LeanTransport, body_views
 from ._validate import redact_url
 
 __all__ = ["Engine", "FileContext", "TransferFailure", "YieldSlice", "is_transient_status"]
@@ -208,17 +209,31 @@ class Engine:
             # idle connections are scanned on every request (httpcore's pool): keep no more
             # than the per-host limit lets us use
             keep = max(2, self._policy.max_connections_per_host)
-            client = self.new_client(proxy, trust_env, httpx.Limits(max_keepalive_connections=keep))
+            limits = httpx.Limits(max_keepalive_connections=keep)
+            client = self.new_client(proxy, trust_env, limits, lean=self._policy.lean_transport)
             self._clients[key] = client
         return client
 
     def new_client(
-        self, proxy: str | None, trust_env: bool, limits: httpx.Limits
+        self, proxy: str | None, trust_env: bool, limits: httpx.Limits, *, lean: bool = False
     ) -> httpx.AsyncClient:
-        """An httpx client with the policy's timeouts, TLS, redirect rules and headers."""
+        """An httpx client with the policy's timeouts, TLS, redirect rules and headers.
+
+        *lean*: plain GETs go through ``LeanTransport`` (proxied requests still use httpx's own
+        transports, which httpx mounts for them).
+        """
         p = self._policy
+        transport = self._transport
+        if transport is None and lean:
+            verify = _ssl_context(p.verify)
+            transport = LeanTransport(
+                httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=trust_env),
+                ssl_context=httpx.create_ssl_context(verify=verify, trust_env=trust_env),
+                read_size=p.read_size,
+                max_idle_per_host=limits.max_keepalive_connections or 1,
+            )
         return httpx.AsyncClient(
-            transport=self._transport,
+            transport=transport,
             proxy=proxy,
             trust_env=trust_env,
             follow_redirects=True,
@@ -458,7 +473,12 @@ class Engine:
         """
         policy = self._policy
         try:
-            fh: IO[bytes] = open(f.temp_name, "r+b" if offset > 0 else "wb")
+            if offset > 0:
+                fh: IO[bytes] = open(f.temp_name, "r+b")
+            else:
+                # creating a file is slow on some file systems (~0.3 ms of kernel time here):
+                # in a thread, other transfers go on meanwhile
+                fh = await asyncio.to_thread(open, f.temp_name, "wb")
         except OSError as exc:
             raise _local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
@@ -474,7 +494,9 @@ class Engine:
             last_checkpoint_at = time.monotonic()
             last_checkpoint_bytes = offset
             try:
-                async for chunk in resp.aiter_raw():
+                # a lean response's body comes as views of its connection's buffer (no copy)
+                chunks = body_views(resp) or resp.aiter_raw()
+                async for chunk in chunks:
                     fh.write(chunk)
                     f.bytes_transferred += len(chunk)
                     ctx.on_progress(f)

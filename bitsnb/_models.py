@@ -127,6 +127,8 @@ class Policy:
     The BITS limits are off (None) by default; ``Policy.windows_defaults()`` gives BITS's numbers.
     ``verify`` is passed to httpx (True, a CA bundle path or an ``ssl.SSLContext``); redirects
     are followed up to ``max_redirects`` and never from https to http unless allowed.
+    ``lean_transport`` sends downloads' GET requests through bitsnb's own HTTP/1.1 transport
+    under httpx (zero-copy bodies); False keeps httpx's default transport for everything.
     ``min_retry_delay_floor`` is BITS's 5 s floor for ``minimum_retry_delay``; tests lower it
     (also through the ``BITSNB_MIN_RETRY_DELAY_FLOOR`` environment variable).
     """
@@ -156,6 +158,7 @@ class Policy:
     max_redirects: int = 10
     allow_https_to_http: bool = False
     verify: bool | str | ssl.SSLContext = True
+    lean_transport: bool = True
     owner: str = field(default_factory=getpass.getuser)
 
     @classmethod

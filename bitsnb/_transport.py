@@ -1,0 +1,509 @@
+"""A lean HTTP/1.1 transport for httpx: body-less requests over asyncio's buffered protocol.
+
+httpx's default transport (httpcore, h11, anyio) copies every socket read three times and spends
+about a millisecond of Python per request in its pool (shared/perf-notes.md). This transport
+reads the socket straight into one reusable buffer per connection, parses the response head by
+hand and hands the body out as views of that buffer, which the engine writes to disk without a
+copy. It serves GET and HEAD without a body over http and https; anything else (request bodies,
+other methods) goes to the fallback transport, so httpx's client (redirects, auth, cookies,
+proxies, event hooks) stays the one API above it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+__all__ = ["LeanTransport", "body_views"]
+
+_MAX_HEAD = 64 * 1024  # a response head larger than this is refused
+_MIN_FREE = 64 * 1024  # compact the buffer before a read would get less room than this
+_IDLE_EXPIRY = 5.0  # seconds an idle keep-alive connection is kept
+_NO_BODY_STATUS = frozenset({204, 304})
+_CTL = frozenset(b"\r\n\0")
+
+
+class _Protocol(asyncio.BufferedProtocol):
+    """One connection's receive side: a byte buffer ``[start, end)`` and one waiter."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.held = 0  # bytes from ``start`` lent out as a view; not moved until consumed
+        self.eof = False
+        self.error: BaseException | None = None
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._want = 1  # wake the waiter once this many bytes are buffered
+        self._paused = False
+        self.received = 0  # bytes ever received (tells a stale keep-alive from a reply)
+
+    # -- asyncio callbacks ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.start == self.end and not self.held:
+            self.start = self.end = 0
+        elif len(self.buf) - self.end < _MIN_FREE and self.start and not self.held:
+            self._compact()
+        return self.view[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        self.received += nbytes
+        if self.end == len(self.buf) and not (self.start and not self.held):
+            self._pause()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+
+    # -- consumer side ----------------------------------------------------------------------
+    @property
+    def available(self) -> int:
+        return self.end - self.start
+
+    def consume(self, n: int) -> None:
+        """Drop *n* bytes from the front (and let reading go on if the buffer was full)."""
+        self.start += n
+        self.held = 0
+        if self.start == self.end:
+            self.start = self.end = 0
+        if self._paused:
+            if len(self.buf) - self.end < _MIN_FREE and self.start and not self.held:
+                self._compact()
+            if self.end < len(self.buf):
+                self._paused = False
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
+
+    async def wait_more(self, timeout: float | None) -> None:
+        """Return once a byte more than now is buffered; raise ``_Eof`` or ``ReadTimeout``.
+
+        The timeout thus counts from the last byte received, as a read timeout should.
+        """
+        if self.eof:
+            raise _Eof
+        if self._paused and not self.held:
+            self.consume(0)  # make room: the caller needs more than a full buffer's worth
+            if self._paused:
+                raise httpx.RemoteProtocolError("the response does not fit the read buffer")
+        fut = self._waiter = asyncio.get_running_loop().create_future()
+        self._want = self.available + 1
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out waiting for the server") from None
+        finally:
+            self._waiter = None
+        if self.available < self._want:
+            raise _Eof
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done() and (self.eof or self.available >= self._want):
+            w.set_result(None)
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _compact(self) -> None:
+        n = self.end - self.start
+        self.buf[:n] = self.view[self.start : self.end]
+        self.start, self.end = 0, n
+
+
+class _Eof(Exception):
+    """The peer closed the connection (or it broke) while we waited for bytes."""
+
+
+class _Connection:
+    """One keep-alive HTTP/1.1 connection (the request side is a plain ``write``)."""
+
+    def __init__(self, origin: tuple[str, str, int], proto: _Protocol) -> None:
+        self.origin = origin
+        self.proto = proto
+        self.idle_since = 0.0
+        self.used = False
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self.proto.transport is not None
+        return self.proto.transport
+
+    def usable(self) -> bool:
+        """Idle, open and quiet: a server that closed it or sent stray bytes rules it out."""
+        p = self.proto
+        return (
+            not p.eof
+            and p.error is None
+            and p.available == 0
+            and not self.transport.is_closing()
+            and time.monotonic() - self.idle_since < _IDLE_EXPIRY
+        )
+
+    def close(self) -> None:
+        if self.proto.transport is not None:
+            self.proto.transport.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body read from a lean connection: views for the engine, bytes for the rest."""
+
+    def __init__(
+        self,
+        transport: LeanTransport,
+        conn: _Connection,
+        request: httpx.Request,
+        framing: str,
+        length: int,
+        reusable: bool,
+        timeout: float | None,
+    ) -> None:
+        self._transport = transport
+        self._conn = conn
+        self._request = request
+        self._framing = framing  # "length", "chunked" or "close"
+        self._length = length
+        self._reusable = reusable
+        self._timeout = timeout
+        self._done = framing == "length" and length == 0
+        self._closed = False
+        self.received = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for view in self.views():
+            yield bytes(view)
+
+    async def views(self) -> AsyncIterator[memoryview]:
+        """The body as views of the connection's buffer; each is valid until the next one."""
+        p = self._conn.proto
+        try:
+            if self._framing == "length":
+                remaining = self._length
+                while remaining:
+                    if not p.available:
+                        await p.wait_more(self._timeout)
+                    n = min(p.available, remaining)
+                    p.held = n
+                    yield p.view[p.start : p.start + n]
+                    p.consume(n)
+                    remaining -= n
+                    self.received += n
+            elif self._framing == "chunked":
+                async for view in self._chunks():
+                    yield view
+            else:  # until the server closes
+                while True:
+                    if not p.available:
+                        try:
+                            await p.wait_more(self._timeout)
+                        except _Eof:
+                            if p.error is not None:
+                                raise
+                            break
+                    n = p.available
+                    p.held = n
+                    yield p.view[p.start : p.start + n]
+                    p.consume(n)
+                    self.received += n
+            self._done = True
+        except _Eof:
+            raise self._broken() from None
+        except (ConnectionError, OSError) as exc:
+            raise httpx.ReadError(str(exc), request=self._request) from exc
+        except httpx.RequestError as exc:
+            exc.request = self._request
+            raise
+
+    async def _chunks(self) -> AsyncIterator[memoryview]:
+        p = self._conn.proto
+        while True:
+            line = await _read_line(p, self._timeout, self._request)
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise httpx.RemoteProtocolError(
+                    f"bad chunk size {size_text[:20]!r}", request=self._request
+                ) from None
+            if size < 0:
+                raise httpx.RemoteProtocolError("bad chunk size", request=self._request)
+            if size == 0:
+                while await _read_line(p, self._timeout, self._request):
+                    pass  # trailers: ignored
+                return
+            remaining = size
+            while remaining:
+                if not p.available:
+                    await p.wait_more(self._timeout)
+                n = min(p.available, remaining)
+                p.held = n
+                yield p.view[p.start : p.start + n]
+                p.consume(n)
+                remaining -= n
+                self.received += n
+            if await _read_line(p, self._timeout, self._request):
+                raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=self._request)
+
+    def _broken(self) -> httpx.HTTPError:
+        p = self._conn.proto
+        if p.error is not None:
+            return httpx.ReadError(str(p.error) or type(p.error).__name__, request=self._request)
+        expected = f", expected {self._length}" if self._framing == "length" else ""
+        return httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body: "
+            f"received {self.received} bytes{expected}",
+            request=self._request,
+        )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        conn = self._conn
+        if self._done and self._reusable and conn.proto.available == 0:
+            self._transport._release(conn)
+        else:
+            conn.close()
+
+
+async def _read_line(p: _Protocol, timeout: float | None, request: httpx.Request) -> bytes:
+    """One CRLF-terminated line from the buffer (without the CRLF)."""
+    scanned = 0
+    while True:
+        i = p.buf.find(b"\r\n", p.start + scanned, p.end)
+        if i >= 0:
+            line = bytes(p.view[p.start : i])
+            p.consume(i + 2 - p.start)
+            return line
+        scanned = max(0, p.available - 1)
+        if p.available > _MAX_HEAD:
+            raise httpx.RemoteProtocolError("line too long", request=request)
+        await p.wait_more(timeout)
+
+
+def _check_header(name: bytes, value: bytes, request: httpx.Request) -> None:
+    if _CTL.intersection(name) or _CTL.intersection(value) or not name:
+        raise httpx.LocalProtocolError(f"illegal header {name[:40]!r}", request=request)
+
+
+class LeanTransport(httpx.AsyncBaseTransport):
+    """GET/HEAD over HTTP/1.1 with keep-alive and zero-copy bodies; the rest to *fallback*."""
+
+    def __init__(
+        self,
+        fallback: httpx.AsyncBaseTransport,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        read_size: int = 1024 * 1024,
+        max_idle_per_host: int = 4,
+    ) -> None:
+        self._fallback = fallback
+        self._ssl = ssl_context
+        self._read_size = max(read_size, 2 * _MIN_FREE)
+        self._max_idle = max_idle_per_host
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if (
+            request.method not in ("GET", "HEAD")
+            or url.scheme not in ("http", "https")
+            or "content-length" in request.headers
+            or "transfer-encoding" in request.headers
+            or (url.scheme == "https" and self._ssl is None)
+        ):
+            return await self._fallback.handle_async_request(request)
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        head = self._head(request)
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        for attempt in range(2):
+            conn = self._take_idle(origin)
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(origin, timeouts.get("connect"), request)
+            before = conn.proto.received
+            try:
+                conn.transport.write(head)
+                return await self._response(conn, request, timeouts.get("read"))
+            except _Eof:
+                conn.close()
+                if reused and attempt == 0 and conn.proto.received == before:
+                    continue  # the server closed an idle connection as we sent: once more
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response.", request=request
+                ) from conn.proto.error
+            except httpx.RequestError as exc:
+                conn.close()
+                exc.request = request
+                raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _head(request: httpx.Request) -> bytes:
+        url = request.url
+        parts = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+        for name, value in request.headers.raw:
+            _check_header(name, value, request)
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    async def _connect(
+        self, origin: tuple[str, str, int], timeout: float | None, request: httpx.Request
+    ) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        proto = _Protocol(self._read_size)
+        kwargs: dict[str, Any] = {}
+        if scheme == "https":
+            kwargs = {"ssl": self._ssl, "server_hostname": host}
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: proto, host, port, **kwargs)
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(
+                f"connecting to {host}:{port} timed out", request=request
+            ) from exc
+        except ssl.SSLError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        return _Connection(origin, proto)
+
+    async def _response(
+        self, conn: _Connection, request: httpx.Request, timeout: float | None
+    ) -> httpx.Response:
+        p = conn.proto
+        while True:
+            version, status, reason, headers = await _read_head(p, timeout, request)
+            if status >= 200:
+                break
+            if status == 101:
+                raise httpx.RemoteProtocolError("unexpected protocol upgrade", request=request)
+        conn.used = True
+        te: list[bytes] = []
+        lengths: set[bytes] = set()
+        close = version == b"HTTP/1.0"
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                te += [t.strip().lower() for t in value.split(b",") if t.strip()]
+            elif lname == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            elif lname == b"connection":
+                tokens = {t.strip().lower() for t in value.split(b",")}
+                if b"close" in tokens:
+                    close = True
+                elif b"keep-alive" in tokens and version == b"HTTP/1.0":
+                    close = False
+        length = 0
+        if request.method == "HEAD" or status in _NO_BODY_STATUS:
+            framing = "length"
+        elif te:
+            framing = "chunked" if te[-1] == b"chunked" else "close"
+            close = close or bool(lengths) or framing == "close"
+        elif lengths:
+            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+                raise httpx.RemoteProtocolError("bad Content-Length", request=request)
+            framing, length = "length", int(next(iter(lengths)))
+        else:
+            framing, close = "close", True
+        body = _Body(self, conn, request, framing, length, not close, timeout)
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=body,
+            extensions={"http_version": version, "reason_phrase": reason, "bitsnb_body": body},
+        )
+
+    def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed:
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.origin, [])
+        now = time.monotonic()
+        for old in [c for c in idle if now - c.idle_since >= _IDLE_EXPIRY]:
+            idle.remove(old)
+            old.close()
+        if len(idle) >= self._max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
+        await self._fallback.aclose()
+
+
+async def _read_head(
+    p: _Protocol, timeout: float | None, request: httpx.Request
+) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
+    """Read and parse a response head: version, status, reason, raw headers."""
+    scanned = 0
+    while True:
+        i = p.buf.find(b"\r\n\r\n", p.start + scanned, p.end)
+        if i >= 0:
+            break
+        if p.available > _MAX_HEAD:
+            raise httpx.RemoteProtocolError("response head too large", request=request)
+        scanned = max(0, p.available - 3)
+        await p.wait_more(timeout)
+    lines = bytes(p.view[p.start : i]).split(b"\r\n")
+    p.consume(i + 4 - p.start)
+    version, _, rest = lines[0].partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        raise httpx.RemoteProtocolError(f"bad status line {lines[0][:60]!r}", request=request)
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
+            raise httpx.RemoteProtocolError(f"bad header line {line[:60]!r}", request=request)
+        headers.append((name, value.strip(b" \t")))
+    return version, int(code), reason, headers
+
+
+def body_views(response: httpx.Response) -> AsyncIterator[memoryview] | None:
+    """The zero-copy body of a response from ``LeanTransport`` (None for any other)."""
+    body = response.extensions.get("bitsnb_body")
+    return body.views() if isinstance(body, _Body) else None
