@@ -482,9 +482,9 @@ async def _read_head(
     scanned = 0
     while True:
         i = p.buf.find(b"\r\n\r\n", p.start + scanned, p.end)
-        if i >= 0:
+        if i >= 0 and i - p.start <= _MAX_HEAD:
             break
-        if p.available > _MAX_HEAD:
+        if i >= 0 or p.available > _MAX_HEAD:
             raise httpx.RemoteProtocolError("response head too large", request=request)
         scanned = max(0, p.available - 3)
         await p.wait_more(timeout)

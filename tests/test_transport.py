@@ -1,0 +1,435 @@
+"""LeanTransport against a scripted loopback server that writes raw HTTP bytes.
+
+The server speaks no HTTP library: each test scripts the exact bytes a response carries
+(chunked bodies, HTTP/1.0, stale keep-alive, lying lengths, malformed heads, stalls), so every
+framing and failure path of the transport meets a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+import bitsnb
+from bitsnb._transport import LeanTransport, body_views
+from bitsnb.testing import FileServer
+
+Script = Callable[[socket.socket, bytes], bool]  # (socket, request head) -> keep the connection
+TIMEOUT = 10.0
+
+
+class ScriptServer:
+    """A loopback TCP server answering each request with the bytes its path's script writes."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._tls = tls
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.2)
+        self.port = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+        self._accept.start()
+
+    @property
+    def base(self) -> str:
+        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            conn.settimeout(TIMEOUT)
+            buf = b""
+            while not self._stop.is_set():
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests.append(head)
+                path = head.split(b" ")[1].decode()
+                if not self.scripts[path](conn, head):
+                    return
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._accept.join(timeout=TIMEOUT)
+        for t in self._threads:
+            t.join(timeout=TIMEOUT)
+
+
+def reply(body: bytes, *headers: str, status: str = "200 OK", keep: bool = True) -> Script:
+    """A script sending a Content-Length response."""
+    extra = "".join(f"{h}\r\n" for h in headers)
+    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode()
+
+    def script(conn: socket.socket, _head: bytes) -> bool:
+        conn.sendall(head + body)
+        return keep
+
+    return script
+
+
+def raw(data: bytes, keep: bool = False) -> Script:
+    """A script sending *data* as is, then keeping or closing the connection."""
+
+    def script(conn: socket.socket, _head: bytes) -> bool:
+        conn.sendall(data)
+        return keep
+
+    return script
+
+
+@pytest.fixture
+def srv() -> Iterator[ScriptServer]:
+    s = ScriptServer()
+    yield s
+    s.close()
+
+
+def client(read_timeout: float = TIMEOUT, read_size: int = 256 * 1024) -> httpx.AsyncClient:
+    transport = LeanTransport(httpx.AsyncHTTPTransport(), read_size=read_size)
+    return httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(read_timeout))
+
+
+def run(coro: object) -> object:
+    return asyncio.run(asyncio.wait_for(coro, TIMEOUT))  # type: ignore[arg-type]
+
+
+# -- framing -----------------------------------------------------------------------------------
+def test_content_length_bodies_share_one_keep_alive_connection(srv: ScriptServer) -> None:
+    bodies = [os.urandom(n) for n in (0, 1, 70_000, 600_000)]
+    for i, body in enumerate(bodies):
+        srv.scripts[f"/{i}"] = reply(body)
+
+    async def go() -> list[bytes]:
+        async with client() as c:
+            return [(await c.get(f"{srv.base}/{i}")).content for i in range(len(bodies))]
+
+    assert run(go()) == bodies
+    assert srv.connections == 1
+
+
+def test_body_views_are_the_body_without_copies(srv: ScriptServer) -> None:
+    """The engine's path: memoryviews of the connection buffer, in order, summing to the body
+    (3 MiB through a 128 KiB buffer: the buffer is refilled and compacted many times)."""
+    body = os.urandom(3 * 1024 * 1024 + 17)
+    srv.scripts["/big"] = reply(body)
+
+    async def go() -> tuple[bytes, set[type]]:
+        async with client(read_size=128 * 1024) as c:
+            async with c.stream("GET", f"{srv.base}/big") as resp:
+                views = body_views(resp)
+                assert views is not None
+                out, kinds = bytearray(), set()
+                async for v in views:
+                    kinds.add(type(v))
+                    out += v
+                return bytes(out), kinds
+
+    data, kinds = run(go())  # type: ignore[misc]
+    assert hashlib.sha256(data).digest() == hashlib.sha256(body).digest()
+    assert kinds == {memoryview}
+
+
+def test_a_slow_consumer_pauses_reading_and_loses_nothing(srv: ScriptServer) -> None:
+    body = os.urandom(4 * 1024 * 1024)
+    srv.scripts["/big"] = reply(body)
+
+    async def go() -> bytes:
+        async with client(read_size=128 * 1024) as c:
+            async with c.stream("GET", f"{srv.base}/big") as resp:
+                out = bytearray()
+                async for chunk in resp.aiter_raw():
+                    out += chunk
+                    await asyncio.sleep(0.001)  # the socket fills up meanwhile
+                return bytes(out)
+
+    assert run(go()) == body
+
+
+def test_chunked_body_with_extensions_and_trailers(srv: ScriptServer) -> None:
+    parts = [os.urandom(n) for n in (5, 300_000, 1)]
+    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\nX-T: 1\r\n\r\n"
+    srv.scripts["/c"] = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + wire, True)
+    srv.scripts["/after"] = reply(b"next")
+
+    async def go() -> tuple[bytes, bytes]:
+        async with client() as c:
+            a = (await c.get(f"{srv.base}/c")).content
+            b = (await c.get(f"{srv.base}/after")).content
+            return a, b
+
+    assert run(go()) == (b"".join(parts), b"next")
+    assert srv.connections == 1  # the connection was reused after the last chunk
+
+
+def test_truncated_chunked_body_is_an_error(srv: ScriptServer) -> None:
+    srv.scripts["/c"] = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc")
+
+    async def go() -> None:
+        async with client() as c:
+            await c.get(f"{srv.base}/c")
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        run(go())
+
+
+def test_http_1_0_body_until_close_is_not_reused(srv: ScriptServer) -> None:
+    srv.scripts["/old"] = raw(b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\n" + b"x" * 5000)
+
+    async def go() -> list[bytes]:
+        async with client() as c:
+            return [(await c.get(f"{srv.base}/old")).content for _ in range(2)]
+
+    assert run(go()) == [b"x" * 5000] * 2
+    assert srv.connections == 2
+
+
+def test_connection_close_and_head_and_204(srv: ScriptServer) -> None:
+    srv.scripts["/close"] = reply(b"bye", "Connection: close", keep=False)
+    srv.scripts["/head"] = reply(b"", "X-Len: 1000")
+    srv.scripts["/none"] = raw(b"HTTP/1.1 204 No Content\r\n\r\n", True)
+
+    def head_script(conn: socket.socket, head: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")  # HEAD: no body
+        return True
+
+    srv.scripts["/head"] = head_script
+
+    async def go() -> tuple[bytes, int, bytes, int]:
+        async with client() as c:
+            a = (await c.get(f"{srv.base}/close")).content
+            h = await c.head(f"{srv.base}/head")
+            n = await c.get(f"{srv.base}/none")
+            return a, int(h.headers["content-length"]), h.content + n.content, n.status_code
+
+    assert run(go()) == (b"bye", 1000, b"", 204)
+    assert srv.connections == 2  # one closed by the server; HEAD and 204 shared the next
+
+
+def test_informational_responses_are_skipped(srv: ScriptServer) -> None:
+    srv.scripts["/i"] = raw(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        True,
+    )
+
+    async def go() -> tuple[int, bytes]:
+        async with client() as c:
+            r = await c.get(f"{srv.base}/i")
+            return r.status_code, r.content
+
+    assert run(go()) == (200, b"ok")
+
+
+def test_extra_bytes_after_the_body_retire_the_connection(srv: ScriptServer) -> None:
+    """A server that sends more than Content-Length: the body is cut at the length and the
+    connection, now out of step, is never reused."""
+    srv.scripts["/lie"] = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcGARBAGE", True)
+    srv.scripts["/ok"] = reply(b"fine")
+
+    async def go() -> tuple[bytes, bytes]:
+        async with client() as c:
+            a = (await c.get(f"{srv.base}/lie")).content
+            b = (await c.get(f"{srv.base}/ok")).content
+            return a, b
+
+    assert run(go()) == (b"abc", b"fine")
+    assert srv.connections == 2
+
+
+# -- failures ------------------------------------------------------------------------------------
+def test_stale_keep_alive_connection_is_retried_once(srv: ScriptServer) -> None:
+    """The server drops the idle connection after the first response (no Connection: close):
+    the second GET goes out again on a new connection and succeeds."""
+    srv.scripts["/a"] = reply(b"first", keep=False)
+    srv.scripts["/b"] = reply(b"second")
+
+    async def go() -> tuple[bytes, bytes]:
+        async with client() as c:
+            a = (await c.get(f"{srv.base}/a")).content
+            await asyncio.sleep(0.05)  # the close reaches us (or not): both must work
+            b = (await c.get(f"{srv.base}/b")).content
+            return a, b
+
+    assert run(go()) == (b"first", b"second")
+    assert srv.connections == 2
+
+
+def test_short_body_is_a_protocol_error(srv: ScriptServer) -> None:
+    srv.scripts["/short"] = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+
+    async def go() -> None:
+        async with client() as c:
+            await c.get(f"{srv.base}/short")
+
+    with pytest.raises(httpx.RemoteProtocolError, match="received 40 bytes, expected 100"):
+        run(go())
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTX/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n folded\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nNo-Colon\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"",
+    ],
+    ids=["version", "status", "fold", "colon", "two-lengths", "neg-length", "101", "huge", "empty"],
+)
+def test_malformed_responses_are_protocol_errors(srv: ScriptServer, wire: bytes) -> None:
+    srv.scripts["/bad"] = raw(wire)
+
+    async def go() -> None:
+        async with client() as c:
+            await c.get(f"{srv.base}/bad")
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        run(go())
+
+
+def test_a_stalled_server_times_out(srv: ScriptServer) -> None:
+    stop = threading.Event()
+
+    def stall(conn: socket.socket, _head: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        stop.wait(TIMEOUT)
+        return False
+
+    srv.scripts["/stall"] = stall
+
+    async def go() -> None:
+        async with client(read_timeout=0.3) as c:
+            await c.get(f"{srv.base}/stall")
+
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            run(go())
+    finally:
+        stop.set()
+
+
+def test_connect_failure_is_a_connect_error() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+
+    async def go() -> None:
+        async with client() as c:
+            await c.get(f"http://127.0.0.1:{port}/x")
+
+    with pytest.raises(httpx.ConnectError):
+        run(go())
+
+
+def test_header_injection_is_refused_before_sending(srv: ScriptServer) -> None:
+    srv.scripts["/x"] = reply(b"x")
+
+    async def go() -> None:
+        async with client() as c:
+            await c.get(f"{srv.base}/x", headers={"X-Evil": "a\r\nInjected: yes"})
+
+    with pytest.raises(httpx.LocalProtocolError):
+        run(go())
+    assert srv.requests == []
+
+
+def test_requests_with_a_body_go_to_the_fallback(srv: ScriptServer) -> None:
+    srv.scripts["/post"] = reply(b"posted")
+    srv.scripts["/get"] = reply(b"got")
+
+    async def go() -> tuple[bool, bool]:
+        async with client() as c:
+            p = await c.post(f"{srv.base}/post", content=b"data")
+            g = await c.get(f"{srv.base}/get")
+            return "bitsnb_body" in p.extensions, "bitsnb_body" in g.extensions
+
+    assert run(go()) == (False, True)
+    assert srv.requests[0].startswith(b"POST /post")
+
+
+def test_https_through_the_lean_transport(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    body = os.urandom(500_000)
+    s = ScriptServer(tls=server_ctx)
+    s.scripts["/tls"] = reply(body)
+    try:
+
+        async def go() -> tuple[bytes, bool]:
+            t = LeanTransport(httpx.AsyncHTTPTransport(verify=client_ctx), ssl_context=client_ctx)
+            async with httpx.AsyncClient(transport=t) as c:
+                r = await c.get(f"{s.base}/tls")
+                return r.content, "bitsnb_body" in r.extensions
+
+        assert run(go()) == (body, True)
+
+        # an unknown CA is refused
+        async def untrusted() -> None:
+            t = LeanTransport(httpx.AsyncHTTPTransport(), ssl_context=ssl.create_default_context())
+            async with httpx.AsyncClient(transport=t) as c:
+                await c.get(f"{s.base}/tls")
+
+        with pytest.raises(httpx.ConnectError):
+            run(untrusted())
+    finally:
+        s.close()
+
+
+# -- through the manager -------------------------------------------------------------------------
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "httpcore"])
+def test_downloads_are_byte_exact_on_either_transport(
+    lean: bool, tmp_path: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    policy.lean_transport = lean
+    files = {f"f{i}.bin": os.urandom(n) for i, n in enumerate((0, 1, 100_000, 3_000_000))}
+    urls = {name: server.add_file(name, data) for name, data in files.items()}
+    with bitsnb.Manager(store=tmp_path / "jobs.db", policy=policy) as mgr:
+        job = mgr.create_job("either")
+        job.add_file_set([(urls[n], str(dest / n)) for n in files])
+        job.resume()
+        assert job.wait(timeout=TIMEOUT) is bitsnb.JobState.TRANSFERRED, job.error
+        job.complete()
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data
