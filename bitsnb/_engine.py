@@ -2,7 +2,8 @@
 
 ``Engine.download`` streams a remote file into its temporary file, continuing from what is
 already on disk with a Range request (validated with If-Range), and raises ``TransferFailure``
-with the BITS code, context and transient/fatal verdict when something goes wrong.
+with the BITS code, context and transient/fatal verdict when something goes wrong. Plain GETs
+go through ``LeanTransport`` under httpx, whose bodies are written from the connection's buffer.
 """
 
 from __future__ import annotations
