@@ -128,8 +128,10 @@ class _Protocol(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def _compact(self) -> None:
+        # the slices may overlap, and bytearray's slice assignment is a memcpy: copy first
+        # (rare: only when the end is reached with unconsumed bytes left in front)
         n = self.end - self.start
-        self.buf[:n] = self.view[self.start : self.end]
+        self.buf[:n] = self.buf[self.start : self.end]
         self.start, self.end = 0, n
 
 

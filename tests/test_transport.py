@@ -197,6 +197,20 @@ def test_chunked_body_with_extensions_and_trailers(srv: ScriptServer) -> None:
     assert srv.connections == 1  # the connection was reused after the last chunk
 
 
+def test_many_small_chunks_through_a_small_buffer(srv: ScriptServer) -> None:
+    """4,000 chunks in one burst through a 128 KiB buffer: chunk data is left unconsumed at the
+    buffer's end again and again, so the buffer compacts with overlapping bytes."""
+    parts = [os.urandom(700 + i % 300) for i in range(4000)]
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    srv.scripts["/c"] = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + wire)
+
+    async def go() -> bytes:
+        async with client(read_size=128 * 1024) as c:
+            return (await c.get(f"{srv.base}/c")).content
+
+    assert run(go()) == b"".join(parts)
+
+
 def test_truncated_chunked_body_is_an_error(srv: ScriptServer) -> None:
     srv.scripts["/c"] = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc")
 
