@@ -450,12 +450,12 @@ class AsyncManager:
                 rec = self._jobs.get(job_id)
                 if rec is None or not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
                     continue
-                if not self._store.claim(job_id, self.policy.lease_seconds):
+                version = self._store.claim(job_id, self.policy.lease_seconds)
+                if version is None:
                     self._foreign.add(job_id)
                     continue
                 self._foreign.discard(job_id)
-                # another process may have moved it on: a version probe, a re-read if so
-                version = self._store.version_of(job_id)
+                # another process may have moved it on: the claim says the row's version
                 fresh = rec if version == rec.version else self._store.load_job(job_id)
                 if fresh is not None and fresh is not rec:
                     _copy_record(rec, fresh)
