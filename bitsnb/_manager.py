@@ -219,6 +219,14 @@ class AsyncManager:
         description: str = "",
     ) -> AsyncJob:
         """CreateJob: a new, empty job in SUSPENDED."""
+        return self._create_job(display_name, type, priority, description)
+
+    # The calls that never wait are plain functions underneath (``_create_job``,
+    # ``_get_job``, ``_enum_jobs``, ``_add_files``, ``_resume``, ``_update``): the blocking
+    # facade runs them with one trip through the loop (``LoopThread.call``), no task.
+    def _create_job(
+        self, display_name: str, type: JobType, priority: JobPriority, description: str
+    ) -> AsyncJob:
         store = self._open()
         if not isinstance(display_name, str):
             raise BitsError(_codes.E_INVALIDARG, "the display name must be a string")
@@ -252,6 +260,9 @@ class AsyncManager:
 
     async def get_job(self, job_id: uuid.UUID | str) -> AsyncJob:
         """GetJob: the job with that id (BG_E_NOT_FOUND if unknown or finished)."""
+        return self._get_job(job_id)
+
+    def _get_job(self, job_id: uuid.UUID | str) -> AsyncJob:
         self._open()
         try:
             key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
@@ -270,6 +281,9 @@ class AsyncManager:
         self, all_users: bool = False, *, include_finished: bool = False
     ) -> Enumerator[AsyncJob]:
         """EnumJobs: a snapshot of the caller's jobs (or everybody's, for root)."""
+        return self._enum_jobs(all_users, include_finished)
+
+    def _enum_jobs(self, all_users: bool, include_finished: bool) -> Enumerator[AsyncJob]:
         store = self._open()
         if all_users and not _is_admin():
             raise BitsError(_codes.E_ACCESSDENIED, "only root may list every user's jobs")
@@ -999,7 +1013,7 @@ class AsyncManager:
             self._spawn(_run_command(*cmd))
 
     # -- job operations (called by AsyncJob) ----------------------------------------------
-    async def _add_files(
+    def _add_files(
         self,
         job: AsyncJob,
         pairs: Sequence[tuple[str, str | os.PathLike[str]]],
@@ -1051,7 +1065,7 @@ class AsyncManager:
             raise BitsError(_codes.BG_E_INVALID_STATE, "the job changed in another process")
         self._emit(rec, "modified")
 
-    async def _resume(self, job: AsyncJob) -> None:
+    def _resume(self, job: AsyncJob) -> None:
         rec = self._live(job)
         if not rec.files:
             raise BitsError(_codes.BG_E_EMPTY, "the job has no files; add some before resume()")
@@ -1212,7 +1226,7 @@ class AsyncManager:
                 ) from None
         return rec.state
 
-    async def _update(self, job: AsyncJob, apply: Callable[[JobRecord], None]) -> None:
+    def _update(self, job: AsyncJob, apply: Callable[[JobRecord], None]) -> None:
         rec = self._live(job)
         apply(rec)
         rec.touch()
