@@ -141,6 +141,7 @@ class AsyncManager:
         self._housekeeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._folders: _FolderSync | None = None
         self._closing = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -151,6 +152,7 @@ class AsyncManager:
         if self._state is _ManagerState.OPEN:
             return self
         self._loop = asyncio.get_running_loop()
+        self._folders = _FolderSync(self._loop)
         self._store = Store(self.store_path, lease_name(), self.policy.store_busy_timeout)
         self._engine = Engine(self.policy, self._transport)
         self._uploader = Uploader(self._engine)
@@ -1151,6 +1153,29 @@ class AsyncManager:
             self._release_if_held(rec)
             self._forget(rec)
             return _codes.S_OK
+        done = self._complete_download(rec)
+        assert self._folders is not None
+        await self._folders.sync(done.folders)
+        return done.result()
+
+    def _complete_now(self, job: AsyncJob) -> Completion | None:
+        """complete() of a download job that is not transferring, up to the folder sync, which
+        the caller does; None when the call has to wait (a running job, an upload)."""
+        rec = self._live(job)
+        transition(rec.state, Event.COMPLETE, rec.type)
+        if rec.id in self._runs or rec.type is not JobType.DOWNLOAD:
+            return None
+        return self._complete_download(rec)
+
+    def _complete_download(self, rec: JobRecord) -> Completion:
+        """Move the transferred files to their names and end the job (unless a move failed).
+
+        The store records the end before the folders are synced; the call returns only after
+        the sync (``Completion``), so what a returned complete() promises is unchanged, and a
+        crash in between finds the files moved and the job ended, as just after the return.
+        """
+        self._dequeue(rec)
+        self._cancel_timer(rec)
         partial = False
         failure: OSError | None = None
         failed_file: FileRecord | None = None
@@ -1160,21 +1185,19 @@ class AsyncManager:
                 continue
             if f.transferred:
                 try:
-                    if f.temp_name != f.local_name and not _already_moved(f):
-                        os.replace(f.temp_name, f.local_name)
+                    if f.temp_name != f.local_name:
+                        _move(f)
                     f.completed = True
                     folders.add(os.path.dirname(f.local_name))
                 except OSError as exc:
                     failure, failed_file = exc, f
             else:
                 partial = True
-        if folders:  # the renames are durable once their folders are synced (off the loop)
-            await asyncio.to_thread(_fsync_dirs, folders)
         if failure is not None and failed_file is not None:
             # BITS: the job stays in the queue (TRANSFERRED); renamed files stay renamed
             rec.touch()
             self._save(rec, rec.files)
-            raise BitsError(
+            error = BitsError(
                 _codes.hresult_from_win32(failure.errno or 5)
                 if failure.errno not in (13, 1)
                 else _codes.E_ACCESSDENIED,
@@ -1182,6 +1205,7 @@ class AsyncManager:
                 f"{failure.strerror}; fix it and call complete() again, or cancel()",
                 context=ErrorContext.LOCAL_FILE,
             )
+            return Completion(_E_FAIL, folders, error)
         for f in rec.files:
             if not f.transferred and not rec.settings.high_performance:
                 with contextlib.suppress(OSError):
@@ -1189,7 +1213,7 @@ class AsyncManager:
         self._set_state(rec, Event.COMPLETE, rec.files)
         self._release_if_held(rec)
         self._forget(rec)
-        return _codes.BG_S_PARTIAL_COMPLETE if partial else _codes.S_OK
+        return Completion(_codes.BG_S_PARTIAL_COMPLETE if partial else _codes.S_OK, folders)
 
     def _complete_upload(self, rec: JobRecord) -> None:
         """Uploads are on the server already; upload-reply moves the reply into place."""
@@ -1251,6 +1275,15 @@ def _already_moved(f: FileRecord) -> bool:
     return not os.path.exists(f.temp_name) and os.path.exists(f.local_name)
 
 
+def _move(f: FileRecord) -> None:
+    """Rename the temporary file to the local name (done already if a crash came between)."""
+    try:
+        os.replace(f.temp_name, f.local_name)
+    except FileNotFoundError:
+        if not _already_moved(f):
+            raise
+
+
 def _is_admin() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -1276,6 +1309,68 @@ def _fsync_dir(folder: str) -> None:
 def _fsync_dirs(folders: Iterable[str]) -> None:
     for folder in folders:
         _fsync_dir(folder)
+
+
+@dataclass
+class Completion:
+    """What complete() did on the loop; ``finish()`` syncs the folders, then answers or raises."""
+
+    code: int
+    folders: set[str]
+    error: BitsError | None = None
+
+    def result(self) -> int:
+        """The HRESULT, or the move failure raised (once the folders are synced)."""
+        if self.error is not None:
+            raise self.error
+        return self.code
+
+    def finish(self) -> int:
+        """Sync the folders in the calling thread, then ``result()``."""
+        _fsync_dirs(self.folders)
+        return self.result()
+
+
+class _FolderSync:
+    """Folder fsyncs off the loop, shared between the complete() calls that need them.
+
+    A rename is durable once an fsync of its folder *started after it* has finished. So at most
+    one fsync per folder runs; callers arriving while it runs wait for the next one, which
+    starts when it ends and serves all of them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._running: set[str] = set()
+        self._next: dict[str, asyncio.Future[None]] = {}
+
+    async def sync(self, folders: Iterable[str]) -> None:
+        """Return once every folder in *folders* was synced after this call began."""
+        waits = [self._ticket(folder) for folder in folders]
+        for fut in waits:
+            await asyncio.shield(fut)
+
+    def _ticket(self, folder: str) -> asyncio.Future[None]:
+        fut = self._next.get(folder)
+        if fut is None:
+            fut = self._next[folder] = self._loop.create_future()
+            if folder not in self._running:
+                self._start(folder)
+        return fut
+
+    def _start(self, folder: str) -> None:
+        waiters = self._next.pop(folder)
+        self._running.add(folder)
+        job = self._loop.run_in_executor(None, _fsync_dir, folder)
+
+        def done(_: asyncio.Future[None]) -> None:
+            self._running.discard(folder)
+            if not waiters.done():
+                waiters.set_result(None)
+            if folder in self._next:  # callers came while it ran: their own sync now
+                self._start(folder)
+
+        job.add_done_callback(done)
 
 
 def _proxy_url(entry: str, auth: tuple[str | None, str | None] | None) -> str:

@@ -418,7 +418,10 @@ class Job:
 
     def complete(self) -> int:
         """Complete: move transferred files into place (S_OK or BG_S_PARTIAL_COMPLETE)."""
-        return int(self._run(self._ajob.complete()))
+        done = self._call(self._mgr._amgr._complete_now, self._ajob)
+        if done is None:  # transferring (it is stopped first) or an upload: the full call
+            return int(self._run(self._ajob.complete()))
+        return int(done.finish())  # the folders are synced here, in the calling thread
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until TRANSFERRED, ERROR, CANCELLED or ACKNOWLEDGED (TimeoutError after *timeout*)."""
