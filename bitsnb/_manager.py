@@ -41,7 +41,7 @@ from ._enums import (
 from ._errors import BitsError, InvalidStateError, JobNotFoundError, get_error_description
 from ._models import ErrorInfo, FileInfo, FileProgress, FileRange, Policy
 from ._records import ErrorRecord, FileRecord, JobRecord
-from ._states import Event, transition
+from ._states import Event, allowed, transition
 from ._store import Store, lease_name
 from ._upload import UploadContext, Uploader
 from ._validate import (
@@ -466,6 +466,13 @@ class AsyncManager:
                 rec = self._jobs.get(job_id)
                 if rec is None or not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
                     continue
+                if self._start(rec):  # the usual case: the start and the lease in one write
+                    self._foreign.discard(job_id)
+                    self._run_started[job_id] = time.monotonic()
+                    self._runs[job_id] = asyncio.create_task(
+                        self._run(rec, started=True), name=f"bitsnb-{job_id}"
+                    )
+                    continue
                 version = self._store.claim(job_id, self.policy.lease_seconds)
                 if version is None:
                     self._foreign.add(job_id)
@@ -483,6 +490,24 @@ class AsyncManager:
                     continue
                 self._run_started[job_id] = time.monotonic()
                 self._runs[job_id] = asyncio.create_task(self._run(rec), name=f"bitsnb-{job_id}")
+
+    def _start(self, rec: JobRecord) -> bool:
+        """Move a queued job to CONNECTING and take its lease in one store write; False (and
+        *rec* as it was) when the row changed elsewhere or another process holds the lease."""
+        assert self._store is not None
+        state, modified = rec.state, rec.modified
+        if rec.state in _RUNNING:
+            rec.state = JobState.QUEUED  # taken over from a process that stopped mid-transfer
+        if not allowed(rec.state, Event.START, rec.type):
+            rec.state = state
+            return False
+        rec.state = transition(rec.state, Event.START, rec.type)
+        rec.touch()
+        if not self._store.start(rec, self.policy.lease_seconds):
+            rec.state, rec.modified = state, modified
+            return False
+        self._emit(rec, "state")
+        return True
 
     def _should_yield(self, rec: JobRecord) -> bool:
         waiting = self._waiting
@@ -573,13 +598,15 @@ class AsyncManager:
             should_yield=lambda: self._should_yield(rec),
         )
 
-    async def _run(self, rec: JobRecord) -> None:
-        """Transfer a job's files until done, failed, pre-empted or stopped."""
-        started = time.monotonic()
+    async def _run(self, rec: JobRecord, *, started: bool = False) -> None:
+        """Transfer a job's files until done, failed, pre-empted or stopped (*started*: the
+        scheduler already moved it to CONNECTING)."""
+        began = time.monotonic()
         try:
-            if rec.state in _RUNNING:
-                rec.state = JobState.QUEUED  # taken over from a process that stopped mid-transfer
-            self._set_state(rec, Event.START)
+            if not started:
+                if rec.state in _RUNNING:
+                    rec.state = JobState.QUEUED  # taken over from a process stopped mid-transfer
+                self._set_state(rec, Event.START)
             ctx = self._file_context(rec)
             remaining = rec.settings.maximum_download_time - rec.active_seconds
             async with asyncio.timeout(max(0.0, remaining)):
@@ -587,14 +614,13 @@ class AsyncManager:
                     await self._transfer_files(rec, ctx)
                 else:
                     await self._transfer_upload(rec, ctx)
-            rec.transfer_completed = time.time()
-            rec.first_failure_at = None
-            rec.retry_at = None
-            self._set_state(rec, Event.ALL_TRANSFERRED)
-            self._notify_final(rec)
+            if rec.state is not JobState.TRANSFERRED:  # (downloads: the last file did it)
+                self._end_transfer(rec)
         except YieldSlice:
             self._set_state(rec, Event.SLICE_END)  # re-queued at the tail in finally
         except TimeoutError:
+            if rec.state is JobState.TRANSFERRED:
+                return  # the time ran out just after the last file ended the transfer
             self._fail(
                 rec,
                 TransferFailure(
@@ -624,7 +650,7 @@ class AsyncManager:
                 None,
             )
         finally:
-            rec.active_seconds += time.monotonic() - started
+            rec.active_seconds += time.monotonic() - began
             self._runs.pop(rec.id, None)
             self._run_started.pop(rec.id, None)
             if self._store is not None and self._state is _ManagerState.OPEN:
@@ -633,6 +659,20 @@ class AsyncManager:
                 elif rec.state not in _STARTABLE and self._store.holds(rec.id):
                     self._store.release(rec.id)  # stopped from outside (another process)
                 self._loop_call(self._pump)
+
+    def _end_transfer(self, rec: JobRecord, last: FileRecord | None = None) -> None:
+        """Every file is durable: TRANSFERRED. With *last* (the file that just ended), its row,
+        the state and the lease's end are one commit, and its notification comes first."""
+        rec.transfer_completed = time.time()
+        rec.first_failure_at = None
+        rec.retry_at = None
+        rec.state = transition(rec.state, Event.ALL_TRANSFERRED, rec.type)
+        rec.touch()
+        self._save(rec, [last] if last is not None else (), release=True)
+        if last is not None:
+            self._notify_file(rec, last)
+        self._emit(rec, "state")
+        self._notify_final(rec)
 
     def _upload_context(self, rec: JobRecord, ctx: FileContext) -> UploadContext:
         f = rec.files[0]
@@ -756,6 +796,10 @@ class AsyncManager:
                     in_flight.pop(me, None)
                 f.transferred = True
                 rec.touch()
+                if not in_flight and all(x.transferred or x.completed for x in rec.files):
+                    # the job's last file: its row and the job's end go in one commit
+                    self._end_transfer(rec, f)
+                    continue
                 self._save(rec, [f])
                 self._notify_file(rec, f)
                 if cursor < len(rec.files) and self._should_yield(rec):
