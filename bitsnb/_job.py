@@ -233,11 +233,11 @@ class AsyncJob:
     # -- state changes -------------------------------------------------------------------------
     async def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
         """AddFile: one remote URL → absolute local path."""
-        await self._mgr._add_files(self, [(remote_url, local_name)])
+        self._mgr._add_files(self, [(remote_url, local_name)])
 
     async def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
         """AddFileSet: several pairs at once; all or none are added."""
-        await self._mgr._add_files(self, list(files))
+        self._mgr._add_files(self, list(files))
 
     async def add_file_with_ranges(
         self,
@@ -254,11 +254,11 @@ class AsyncJob:
             raise BitsError(
                 _codes.BG_E_TOO_MANY_RANGES_IN_FILE, f"a file may have at most {limit} ranges"
             )
-        await self._mgr._add_files(self, [(remote_url, local_name)], checked)
+        self._mgr._add_files(self, [(remote_url, local_name)], checked)
 
     async def resume(self) -> None:
         """Resume: queue the job (BG_E_EMPTY without files)."""
-        await self._mgr._resume(self)
+        self._mgr._resume(self)
 
     async def suspend(self) -> None:
         """Suspend: stop transferring; data on disk is kept."""
@@ -282,43 +282,43 @@ class AsyncJob:
     async def set_display_name(self, name: str) -> None:
         """SetDisplayName (≤256 characters)."""
         check_string(name, "display name", MAX_DISPLAY_NAME)
-        await self._mgr._update(self, lambda r: setattr(r, "display_name", name))
+        self._mgr._update(self, lambda r: setattr(r, "display_name", name))
 
     async def set_description(self, text: str) -> None:
         """SetDescription (≤1,024 characters)."""
         check_string(text, "description", MAX_DESCRIPTION)
-        await self._mgr._update(self, lambda r: setattr(r.settings, "description", text))
+        self._mgr._update(self, lambda r: setattr(r.settings, "description", text))
 
     async def set_priority(self, priority: JobPriority | int) -> None:
         """SetPriority (E_NOTIMPL for a value outside BG_JOB_PRIORITY)."""
         prio = self._mgr._check_priority(priority)
-        await self._mgr._update(self, lambda r: setattr(r, "priority", prio))
+        self._mgr._update(self, lambda r: setattr(r, "priority", prio))
 
     async def set_minimum_retry_delay(self, seconds: float) -> None:
         """SetMinimumRetryDelay; values under the policy's floor (BITS: 5 s) are raised to it."""
         value = max(
             check_seconds(seconds, "minimum_retry_delay"), self._mgr.policy.min_retry_delay_floor
         )
-        await self._mgr._update(self, lambda r: setattr(r.settings, "minimum_retry_delay", value))
+        self._mgr._update(self, lambda r: setattr(r.settings, "minimum_retry_delay", value))
 
     async def set_no_progress_timeout(self, seconds: float) -> None:
         """SetNoProgressTimeout; 0 makes every error fatal."""
         value = check_seconds(seconds, "no_progress_timeout")
-        await self._mgr._update(self, lambda r: setattr(r.settings, "no_progress_timeout", value))
+        self._mgr._update(self, lambda r: setattr(r.settings, "no_progress_timeout", value))
 
     async def set_maximum_download_time(self, seconds: float) -> None:
         """SetMaximumDownloadTime: cap on active transfer time (0 = no cap? no: BITS needs > 0)."""
         value = check_seconds(seconds, "maximum_download_time")
         if value == 0:
             value = float(7_776_000)  # 0 means "use the default" in BITS
-        await self._mgr._update(self, lambda r: setattr(r.settings, "maximum_download_time", value))
+        self._mgr._update(self, lambda r: setattr(r.settings, "maximum_download_time", value))
 
     async def set_notify_flags(self, flags: NotifyFlags | int) -> None:
         """SetNotifyFlags (E_NOTIMPL for unknown bits)."""
         value = int(flags)
         if value & ~_ALL_NOTIFY or value < 0:
             raise BitsError(_codes.E_NOTIMPL, f"unknown notify flags 0x{value:X}")
-        await self._mgr._update(self, lambda r: setattr(r.settings, "notify_flags", value))
+        self._mgr._update(self, lambda r: setattr(r.settings, "notify_flags", value))
 
     async def set_notify_interface(self, target: Any) -> None:
         """SetNotifyInterface: an object with any of job_transferred(job), job_error(job, error),
@@ -339,14 +339,14 @@ class AsyncJob:
         if program is None:
             if parameters is not None:
                 raise BitsError(_codes.E_INVALIDARG, "parameters without a program")
-            await self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", None))
+            self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", None))
             return
         check_string(program, "program", 4096)
         check_string(parameters or "", "parameters", 4000)
         if not os.path.isabs(program):
             raise BitsError(_codes.E_INVALIDARG, "the program must be given as a full path")
         cmd = (program, parameters or "")
-        await self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", cmd))
+        self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", cmd))
 
     async def set_proxy_settings(
         self, usage: ProxyUsage | int, proxy_list: str | None = None, bypass_list: str | None = None
@@ -370,7 +370,7 @@ class AsyncJob:
             r.settings.proxy_list = proxy_list
             r.settings.proxy_bypass_list = bypass_list
 
-        await self._mgr._update(self, apply)
+        self._mgr._update(self, apply)
 
     async def set_custom_headers(self, headers: str | dict[str, str] | None) -> None:
         """SetCustomHeaders: extra headers on every request. Authorization, Proxy-Authorization
@@ -389,7 +389,7 @@ class AsyncJob:
         rec = self._mgr._live(self)
         holder = self._mgr._secrets.setdefault(rec.id, _Secrets({}, {}))
         holder.headers = secret
-        await self._mgr._update(self, lambda r: setattr(r.settings, "custom_headers", public))
+        self._mgr._update(self, lambda r: setattr(r.settings, "custom_headers", public))
 
     async def set_credentials(
         self,
@@ -440,9 +440,7 @@ class AsyncJob:
             raise BitsError(
                 _codes.BG_E_READ_ONLY_PROPERTY_AFTER_RESUME, "set dynamic_content before resume()"
             )
-        await self._mgr._update(
-            self, lambda r: setattr(r.settings, "dynamic_content", bool(enable))
-        )
+        self._mgr._update(self, lambda r: setattr(r.settings, "dynamic_content", bool(enable)))
 
     async def set_high_performance(self, enable: bool) -> None:
         """BITS_JOB_PROPERTY_HIGH_PERFORMANCE: downloads only, before any file is added."""
@@ -452,9 +450,7 @@ class AsyncJob:
                 _codes.BG_E_READ_ONLY_PROPERTY_AFTER_ADDFILE,
                 "set high_performance before add_file()",
             )
-        await self._mgr._update(
-            self, lambda r: setattr(r.settings, "high_performance", bool(enable))
-        )
+        self._mgr._update(self, lambda r: setattr(r.settings, "high_performance", bool(enable)))
 
     def _download_only(self, what: str) -> None:
         if self.type is not JobType.DOWNLOAD:
@@ -474,7 +470,7 @@ class AsyncJob:
         def apply(r: JobRecord) -> None:
             r.files[index].remote_name = url
 
-        await self._mgr._update(self, apply)
+        self._mgr._update(self, apply)
         self._mgr._save(self._rec, [self._rec.files[index]])
 
     async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> bool:
@@ -510,7 +506,7 @@ class AsyncJob:
             r.settings.notify_cmd_line = None
 
         self._mgr._secrets.pop(self.id, None)
-        await self._mgr._update(self, apply)
+        self._mgr._update(self, apply)
 
     @property
     def upload_fragment_size(self) -> int:
@@ -523,7 +519,7 @@ class AsyncJob:
             raise BitsError(_codes.E_NOTIMPL, "fragments belong to upload jobs")
         if isinstance(size, bool) or not isinstance(size, int) or not 5120 <= size <= 1 << 30:
             raise BitsError(_codes.E_INVALIDARG, f"fragment size {size!r} is not 5 KiB..1 GiB")
-        await self._mgr._update(self, lambda r: setattr(r.settings, "upload_fragment_size", size))
+        self._mgr._update(self, lambda r: setattr(r.settings, "upload_fragment_size", size))
 
     @property
     def reply_file_name(self) -> str | None:
@@ -564,7 +560,7 @@ class AsyncJob:
         s = self._rec.settings
         if s.reply_temp_name is not None or s.reply_done:
             raise InvalidStateError("the reply download has started; its name is fixed")
-        await self._mgr._update(self, lambda r: setattr(r.settings, "reply_file_name", name))
+        self._mgr._update(self, lambda r: setattr(r.settings, "reply_file_name", name))
 
     # -- BITS calls that have no meaning off Windows -------------------------------------------
     def _windows_only(self, call: str) -> BitsError:

@@ -41,7 +41,7 @@ from ._enums import (
 from ._errors import BitsError, InvalidStateError, JobNotFoundError, get_error_description
 from ._models import ErrorInfo, FileInfo, FileProgress, FileRange, Policy
 from ._records import ErrorRecord, FileRecord, JobRecord
-from ._states import Event, transition
+from ._states import Event, allowed, transition
 from ._store import Store, lease_name
 from ._upload import UploadContext, Uploader
 from ._validate import (
@@ -141,6 +141,7 @@ class AsyncManager:
         self._housekeeper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._folders: _FolderSync | None = None
         self._closing = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -151,6 +152,7 @@ class AsyncManager:
         if self._state is _ManagerState.OPEN:
             return self
         self._loop = asyncio.get_running_loop()
+        self._folders = _FolderSync(self._loop)
         self._store = Store(self.store_path, lease_name(), self.policy.store_busy_timeout)
         self._engine = Engine(self.policy, self._transport)
         self._uploader = Uploader(self._engine)
@@ -219,6 +221,14 @@ class AsyncManager:
         description: str = "",
     ) -> AsyncJob:
         """CreateJob: a new, empty job in SUSPENDED."""
+        return self._create_job(display_name, type, priority, description)
+
+    # The calls that never wait are plain functions underneath (``_create_job``,
+    # ``_get_job``, ``_enum_jobs``, ``_add_files``, ``_resume``, ``_update``): the blocking
+    # facade runs them with one trip through the loop (``LoopThread.call``), no task.
+    def _create_job(
+        self, display_name: str, type: JobType, priority: JobPriority, description: str
+    ) -> AsyncJob:
         store = self._open()
         if not isinstance(display_name, str):
             raise BitsError(_codes.E_INVALIDARG, "the display name must be a string")
@@ -252,6 +262,9 @@ class AsyncManager:
 
     async def get_job(self, job_id: uuid.UUID | str) -> AsyncJob:
         """GetJob: the job with that id (BG_E_NOT_FOUND if unknown or finished)."""
+        return self._get_job(job_id)
+
+    def _get_job(self, job_id: uuid.UUID | str) -> AsyncJob:
         self._open()
         try:
             key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
@@ -270,6 +283,9 @@ class AsyncManager:
         self, all_users: bool = False, *, include_finished: bool = False
     ) -> Enumerator[AsyncJob]:
         """EnumJobs: a snapshot of the caller's jobs (or everybody's, for root)."""
+        return self._enum_jobs(all_users, include_finished)
+
+    def _enum_jobs(self, all_users: bool, include_finished: bool) -> Enumerator[AsyncJob]:
         store = self._open()
         if all_users and not _is_admin():
             raise BitsError(_codes.E_ACCESSDENIED, "only root may list every user's jobs")
@@ -450,12 +466,19 @@ class AsyncManager:
                 rec = self._jobs.get(job_id)
                 if rec is None or not rec.state.is_active or rec.state is JobState.TRANSIENT_ERROR:
                     continue
-                if not self._store.claim(job_id, self.policy.lease_seconds):
+                if self._start(rec):  # the usual case: the start and the lease in one write
+                    self._foreign.discard(job_id)
+                    self._run_started[job_id] = time.monotonic()
+                    self._runs[job_id] = asyncio.create_task(
+                        self._run(rec, started=True), name=f"bitsnb-{job_id}"
+                    )
+                    continue
+                version = self._store.claim(job_id, self.policy.lease_seconds)
+                if version is None:
                     self._foreign.add(job_id)
                     continue
                 self._foreign.discard(job_id)
-                # another process may have moved it on: a version probe, a re-read if so
-                version = self._store.version_of(job_id)
+                # another process may have moved it on: the claim says the row's version
                 fresh = rec if version == rec.version else self._store.load_job(job_id)
                 if fresh is not None and fresh is not rec:
                     _copy_record(rec, fresh)
@@ -467,6 +490,24 @@ class AsyncManager:
                     continue
                 self._run_started[job_id] = time.monotonic()
                 self._runs[job_id] = asyncio.create_task(self._run(rec), name=f"bitsnb-{job_id}")
+
+    def _start(self, rec: JobRecord) -> bool:
+        """Move a queued job to CONNECTING and take its lease in one store write; False (and
+        *rec* as it was) when the row changed elsewhere or another process holds the lease."""
+        assert self._store is not None
+        state, modified = rec.state, rec.modified
+        if rec.state in _RUNNING:
+            rec.state = JobState.QUEUED  # taken over from a process that stopped mid-transfer
+        if not allowed(rec.state, Event.START, rec.type):
+            rec.state = state
+            return False
+        rec.state = transition(rec.state, Event.START, rec.type)
+        rec.touch()
+        if not self._store.start(rec, self.policy.lease_seconds):
+            rec.state, rec.modified = state, modified
+            return False
+        self._emit(rec, "state")
+        return True
 
     def _should_yield(self, rec: JobRecord) -> bool:
         waiting = self._waiting
@@ -557,13 +598,15 @@ class AsyncManager:
             should_yield=lambda: self._should_yield(rec),
         )
 
-    async def _run(self, rec: JobRecord) -> None:
-        """Transfer a job's files until done, failed, pre-empted or stopped."""
-        started = time.monotonic()
+    async def _run(self, rec: JobRecord, *, started: bool = False) -> None:
+        """Transfer a job's files until done, failed, pre-empted or stopped (*started*: the
+        scheduler already moved it to CONNECTING)."""
+        began = time.monotonic()
         try:
-            if rec.state in _RUNNING:
-                rec.state = JobState.QUEUED  # taken over from a process that stopped mid-transfer
-            self._set_state(rec, Event.START)
+            if not started:
+                if rec.state in _RUNNING:
+                    rec.state = JobState.QUEUED  # taken over from a process stopped mid-transfer
+                self._set_state(rec, Event.START)
             ctx = self._file_context(rec)
             remaining = rec.settings.maximum_download_time - rec.active_seconds
             async with asyncio.timeout(max(0.0, remaining)):
@@ -571,14 +614,13 @@ class AsyncManager:
                     await self._transfer_files(rec, ctx)
                 else:
                     await self._transfer_upload(rec, ctx)
-            rec.transfer_completed = time.time()
-            rec.first_failure_at = None
-            rec.retry_at = None
-            self._set_state(rec, Event.ALL_TRANSFERRED)
-            self._notify_final(rec)
+            if rec.state is not JobState.TRANSFERRED:  # (downloads: the last file did it)
+                self._end_transfer(rec)
         except YieldSlice:
             self._set_state(rec, Event.SLICE_END)  # re-queued at the tail in finally
         except TimeoutError:
+            if rec.state is JobState.TRANSFERRED:
+                return  # the time ran out just after the last file ended the transfer
             self._fail(
                 rec,
                 TransferFailure(
@@ -608,7 +650,7 @@ class AsyncManager:
                 None,
             )
         finally:
-            rec.active_seconds += time.monotonic() - started
+            rec.active_seconds += time.monotonic() - began
             self._runs.pop(rec.id, None)
             self._run_started.pop(rec.id, None)
             if self._store is not None and self._state is _ManagerState.OPEN:
@@ -617,6 +659,20 @@ class AsyncManager:
                 elif rec.state not in _STARTABLE and self._store.holds(rec.id):
                     self._store.release(rec.id)  # stopped from outside (another process)
                 self._loop_call(self._pump)
+
+    def _end_transfer(self, rec: JobRecord, last: FileRecord | None = None) -> None:
+        """Every file is durable: TRANSFERRED. With *last* (the file that just ended), its row,
+        the state and the lease's end are one commit, and its notification comes first."""
+        rec.transfer_completed = time.time()
+        rec.first_failure_at = None
+        rec.retry_at = None
+        rec.state = transition(rec.state, Event.ALL_TRANSFERRED, rec.type)
+        rec.touch()
+        self._save(rec, [last] if last is not None else (), release=True)
+        if last is not None:
+            self._notify_file(rec, last)
+        self._emit(rec, "state")
+        self._notify_final(rec)
 
     def _upload_context(self, rec: JobRecord, ctx: FileContext) -> UploadContext:
         f = rec.files[0]
@@ -740,6 +796,10 @@ class AsyncManager:
                     in_flight.pop(me, None)
                 f.transferred = True
                 rec.touch()
+                if not in_flight and all(x.transferred or x.completed for x in rec.files):
+                    # the job's last file: its row and the job's end go in one commit
+                    self._end_transfer(rec, f)
+                    continue
                 self._save(rec, [f])
                 self._notify_file(rec, f)
                 if cursor < len(rec.files) and self._should_yield(rec):
@@ -999,7 +1059,7 @@ class AsyncManager:
             self._spawn(_run_command(*cmd))
 
     # -- job operations (called by AsyncJob) ----------------------------------------------
-    async def _add_files(
+    def _add_files(
         self,
         job: AsyncJob,
         pairs: Sequence[tuple[str, str | os.PathLike[str]]],
@@ -1051,7 +1111,7 @@ class AsyncManager:
             raise BitsError(_codes.BG_E_INVALID_STATE, "the job changed in another process")
         self._emit(rec, "modified")
 
-    async def _resume(self, job: AsyncJob) -> None:
+    def _resume(self, job: AsyncJob) -> None:
         rec = self._live(job)
         if not rec.files:
             raise BitsError(_codes.BG_E_EMPTY, "the job has no files; add some before resume()")
@@ -1137,6 +1197,29 @@ class AsyncManager:
             self._release_if_held(rec)
             self._forget(rec)
             return _codes.S_OK
+        done = self._complete_download(rec)
+        assert self._folders is not None
+        await self._folders.sync(done.folders)
+        return done.result()
+
+    def _complete_now(self, job: AsyncJob) -> Completion | None:
+        """complete() of a download job that is not transferring, up to the folder sync, which
+        the caller does; None when the call has to wait (a running job, an upload)."""
+        rec = self._live(job)
+        transition(rec.state, Event.COMPLETE, rec.type)
+        if rec.id in self._runs or rec.type is not JobType.DOWNLOAD:
+            return None
+        return self._complete_download(rec)
+
+    def _complete_download(self, rec: JobRecord) -> Completion:
+        """Move the transferred files to their names and end the job (unless a move failed).
+
+        The store records the end before the folders are synced; the call returns only after
+        the sync (``Completion``), so what a returned complete() promises is unchanged, and a
+        crash in between finds the files moved and the job ended, as just after the return.
+        """
+        self._dequeue(rec)
+        self._cancel_timer(rec)
         partial = False
         failure: OSError | None = None
         failed_file: FileRecord | None = None
@@ -1146,21 +1229,19 @@ class AsyncManager:
                 continue
             if f.transferred:
                 try:
-                    if f.temp_name != f.local_name and not _already_moved(f):
-                        os.replace(f.temp_name, f.local_name)
+                    if f.temp_name != f.local_name:
+                        _move(f)
                     f.completed = True
                     folders.add(os.path.dirname(f.local_name))
                 except OSError as exc:
                     failure, failed_file = exc, f
             else:
                 partial = True
-        if folders:  # the renames are durable once their folders are synced (off the loop)
-            await asyncio.to_thread(_fsync_dirs, folders)
         if failure is not None and failed_file is not None:
             # BITS: the job stays in the queue (TRANSFERRED); renamed files stay renamed
             rec.touch()
             self._save(rec, rec.files)
-            raise BitsError(
+            error = BitsError(
                 _codes.hresult_from_win32(failure.errno or 5)
                 if failure.errno not in (13, 1)
                 else _codes.E_ACCESSDENIED,
@@ -1168,6 +1249,7 @@ class AsyncManager:
                 f"{failure.strerror}; fix it and call complete() again, or cancel()",
                 context=ErrorContext.LOCAL_FILE,
             )
+            return Completion(_E_FAIL, folders, error)
         for f in rec.files:
             if not f.transferred and not rec.settings.high_performance:
                 with contextlib.suppress(OSError):
@@ -1175,7 +1257,7 @@ class AsyncManager:
         self._set_state(rec, Event.COMPLETE, rec.files)
         self._release_if_held(rec)
         self._forget(rec)
-        return _codes.BG_S_PARTIAL_COMPLETE if partial else _codes.S_OK
+        return Completion(_codes.BG_S_PARTIAL_COMPLETE if partial else _codes.S_OK, folders)
 
     def _complete_upload(self, rec: JobRecord) -> None:
         """Uploads are on the server already; upload-reply moves the reply into place."""
@@ -1212,7 +1294,7 @@ class AsyncManager:
                 ) from None
         return rec.state
 
-    async def _update(self, job: AsyncJob, apply: Callable[[JobRecord], None]) -> None:
+    def _update(self, job: AsyncJob, apply: Callable[[JobRecord], None]) -> None:
         rec = self._live(job)
         apply(rec)
         rec.touch()
@@ -1235,6 +1317,15 @@ def _default_reply_name(rec: JobRecord) -> str:
 def _already_moved(f: FileRecord) -> bool:
     """A crash between the rename and the store write left the file moved but not recorded."""
     return not os.path.exists(f.temp_name) and os.path.exists(f.local_name)
+
+
+def _move(f: FileRecord) -> None:
+    """Rename the temporary file to the local name (done already if a crash came between)."""
+    try:
+        os.replace(f.temp_name, f.local_name)
+    except FileNotFoundError:
+        if not _already_moved(f):
+            raise
 
 
 def _is_admin() -> bool:
@@ -1262,6 +1353,68 @@ def _fsync_dir(folder: str) -> None:
 def _fsync_dirs(folders: Iterable[str]) -> None:
     for folder in folders:
         _fsync_dir(folder)
+
+
+@dataclass
+class Completion:
+    """What complete() did on the loop; ``finish()`` syncs the folders, then answers or raises."""
+
+    code: int
+    folders: set[str]
+    error: BitsError | None = None
+
+    def result(self) -> int:
+        """The HRESULT, or the move failure raised (once the folders are synced)."""
+        if self.error is not None:
+            raise self.error
+        return self.code
+
+    def finish(self) -> int:
+        """Sync the folders in the calling thread, then ``result()``."""
+        _fsync_dirs(self.folders)
+        return self.result()
+
+
+class _FolderSync:
+    """Folder fsyncs off the loop, shared between the complete() calls that need them.
+
+    A rename is durable once an fsync of its folder *started after it* has finished. So at most
+    one fsync per folder runs; callers arriving while it runs wait for the next one, which
+    starts when it ends and serves all of them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._running: set[str] = set()
+        self._next: dict[str, asyncio.Future[None]] = {}
+
+    async def sync(self, folders: Iterable[str]) -> None:
+        """Return once every folder in *folders* was synced after this call began."""
+        waits = [self._ticket(folder) for folder in folders]
+        for fut in waits:
+            await asyncio.shield(fut)
+
+    def _ticket(self, folder: str) -> asyncio.Future[None]:
+        fut = self._next.get(folder)
+        if fut is None:
+            fut = self._next[folder] = self._loop.create_future()
+            if folder not in self._running:
+                self._start(folder)
+        return fut
+
+    def _start(self, folder: str) -> None:
+        waiters = self._next.pop(folder)
+        self._running.add(folder)
+        job = self._loop.run_in_executor(None, _fsync_dir, folder)
+
+        def done(_: asyncio.Future[None]) -> None:
+            self._running.discard(folder)
+            if not waiters.done():
+                waiters.set_result(None)
+            if folder in self._next:  # callers came while it ran: their own sync now
+                self._start(folder)
+
+        job.add_done_callback(done)
 
 
 def _proxy_url(entry: str, auth: tuple[str | None, str | None] | None) -> str:

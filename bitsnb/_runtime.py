@@ -17,6 +17,15 @@ T = TypeVar("T")
 __all__ = ["LoopThread"]
 
 
+class _Raised:
+    """What ``call`` hands back when *fn* raised (kept apart from a returned exception)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
 class LoopThread:
     """One asyncio loop running forever on its own daemon thread."""
 
@@ -71,6 +80,45 @@ class LoopThread:
         except BaseException:
             fut.cancel()
             raise
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the plain function *fn(*args)* on the loop and block until it returns.
+
+        For work that never waits (store writes, queue changes): one trip through the loop
+        instead of a task, two future hand-offs and a second loop turn. The result comes back
+        through a lock the loop thread releases. Ctrl-C stops the wait, not *fn*, which is
+        short and runs to its end.
+        """
+        if self.in_loop_thread:
+            raise RuntimeError(
+                "A blocking bitsnb call was made from bitsnb's own loop thread (e.g. inside "
+                "a callback); use the AsyncJob methods there, or run the callback in a thread."
+            )
+        if not self.running:
+            raise RuntimeError("The manager is closed.")
+        done = threading.Lock()
+        done.acquire()
+        outcome: list[Any] = []
+
+        def run() -> None:
+            try:
+                outcome.append(fn(*args))
+            except BaseException as exc:
+                outcome.append(_Raised(exc))
+            finally:
+                done.release()
+
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError:  # closed between the check and here
+            raise RuntimeError("The manager is closed.") from None
+        while not done.acquire(timeout=1.0):
+            if not self._thread.is_alive():  # stopped before it got to *fn*
+                raise RuntimeError("The manager is closed.")
+        result = outcome[0]
+        if isinstance(result, _Raised):
+            raise result.exc
+        return result  # type: ignore[no-any-return]
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Call *fn* on the loop thread, soon, without waiting."""

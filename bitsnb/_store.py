@@ -9,6 +9,7 @@ transfers a job; a dead process's lease is taken over at once (same host) or whe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import socket
@@ -83,6 +84,27 @@ _FILE_COLUMNS = (
     " transferred, completed, etag, last_modified, ranges"
 )
 _FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
+_SET_JOB = (
+    "UPDATE jobs SET display_name=?, type=?, owner=?, priority=?, state=?, created=?,"
+    " modified=?, transfer_completed=?, error_code=?, error_context=?, error_file=?,"
+    " error_protocol=?, error_message=?, error_count=?, settings=?,"
+    " first_failure_at=?, retry_at=?, active_seconds=?, resumed_once=?,"
+    " version=version+1, writer=?, written_ns=?,"
+)
+# a save: the row, if nobody changed it since we read it (its version); given our writer name
+# (twice, before the id), it also gives up our lease in the same statement
+_UPDATE_JOB = (
+    _SET_JOB + " lease_expires=CASE WHEN lease_owner=? THEN NULL ELSE lease_expires END,"
+    " lease_owner=CASE WHEN lease_owner=? THEN NULL ELSE lease_owner END"
+    " WHERE id=? AND version=?"
+)
+# a job's start: the save and the lease in one statement, if the row is as we read it and
+# no other process holds the lease
+_START_JOB = (
+    _SET_JOB + " lease_owner=?, lease_expires=? WHERE id=? AND version=?"
+    " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
+)
+_UPSERT_FILE = f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 # settings never written to disk: credentials live in memory only
 _SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
 
@@ -102,9 +124,19 @@ _SETTING_NAMES = tuple(f.name for f in dataclasses.fields(JobSettings))
 
 
 def _settings_json(settings: JobSettings) -> str:
-    # a flat dict of plain values: much cheaper than dataclasses.asdict's deep copy
-    data = {name: getattr(settings, name) for name in _SETTING_NAMES}
-    data["custom_headers"] = _public_headers(settings.custom_headers)
+    # most saves leave the settings as they were, and most jobs share theirs: the text of a
+    # set of values is kept in a small cache, keyed by the values (all plain and hashable)
+    values = tuple([getattr(settings, name) for name in _SETTING_NAMES])
+    try:
+        return _encode_settings(values)
+    except TypeError:  # an unhashable value slipped in: encode without the cache
+        return _encode_settings.__wrapped__(values)
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_settings(values: tuple[object, ...]) -> str:
+    data = dict(zip(_SETTING_NAMES, values, strict=True))
+    data["custom_headers"] = _public_headers(data["custom_headers"])  # type: ignore[arg-type]
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -157,6 +189,7 @@ class Store:
     ) -> None:
         self.path = Path(path)
         self.writer = writer
+        self._held: set[uuid.UUID] = set()  # jobs whose lease claim() gave us, not given up
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
@@ -237,17 +270,27 @@ class Store:
             json.dumps(f.ranges) if f.ranges is not None else None,
         )
 
+    def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+        """One statement as its own transaction (autocommit: no BEGIN/COMMIT round trips).
+
+        A write statement takes the write lock as it starts, waiting up to the busy timeout,
+        exactly as ``BEGIN IMMEDIATE`` would.
+        """
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise _store_error(self.path, exc) from exc
+
     def insert_job(self, rec: JobRecord) -> None:
         """Add a new job (no files yet); sets ``rec.seq`` and ``rec.version``."""
-        with self._tx():
-            cur = self._db.execute(
-                "INSERT INTO jobs (id, display_name, type, owner, priority, state, created,"
-                " modified, transfer_completed, error_code, error_context, error_file,"
-                " error_protocol, error_message, error_count, settings, first_failure_at,"
-                " retry_at, active_seconds, resumed_once, version, writer, written_ns)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)",
-                (str(rec.id), *self._job_params(rec), self.writer, time.time_ns()),
-            )
+        cur = self._write(
+            "INSERT INTO jobs (id, display_name, type, owner, priority, state, created,"
+            " modified, transfer_completed, error_code, error_context, error_file,"
+            " error_protocol, error_message, error_count, settings, first_failure_at,"
+            " retry_at, active_seconds, resumed_once, version, writer, written_ns)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)",
+            (str(rec.id), *self._job_params(rec), self.writer, time.time_ns()),
+        )
         rec.seq = int(cur.lastrowid or 0)
         rec.version = 1
 
@@ -257,40 +300,54 @@ class Store:
         """Write the job row (and *files*) if nobody else changed it since we read it; with
         *release*, give up our lease in the same transaction.
 
-        Returns False, writing nothing, when another writer got there first.
+        Returns False, writing nothing, when another writer got there first. The lease goes
+        in the row's own UPDATE, and a save without files is a single statement.
         """
-        with self._tx():
-            cur = self._db.execute(
-                "UPDATE jobs SET display_name=?, type=?, owner=?, priority=?, state=?, created=?,"
-                " modified=?, transfer_completed=?, error_code=?, error_context=?, error_file=?,"
-                " error_protocol=?, error_message=?, error_count=?, settings=?,"
-                " first_failure_at=?, retry_at=?, active_seconds=?, resumed_once=?,"
-                " version=version+1, writer=?, written_ns=? WHERE id=? AND version=?",
-                (
-                    *self._job_params(rec),
-                    self.writer,
-                    time.time_ns(),
-                    str(rec.id),
-                    rec.version,
-                ),
-            )
-            if cur.rowcount != 1:
-                return False
-            self._write_files(rec.id, files)
-            if release:
-                self._db.execute(
-                    "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL"
-                    " WHERE id=? AND lease_owner=?",
-                    (str(rec.id), self.writer),
-                )
+        job_id = str(rec.id)
+        params = (
+            *self._job_params(rec),
+            self.writer,
+            time.time_ns(),
+            *((self.writer, self.writer) if release else (None, None)),
+            job_id,
+            rec.version,
+        )
+        rows = [self._file_params(rec.id, f) for f in files]
+        if rows:
+            with self._tx():
+                if self._db.execute(_UPDATE_JOB, params).rowcount != 1:
+                    return False
+                self._db.executemany(_UPSERT_FILE, rows)
+        elif self._write(_UPDATE_JOB, params).rowcount != 1:
+            return False
         rec.version += 1
+        if release:
+            self._held.discard(rec.id)
         return True
 
-    def _write_files(self, job_id: uuid.UUID, files: Iterable[FileRecord]) -> None:
-        self._db.executemany(
-            f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            [self._file_params(job_id, f) for f in files],
+    def start(self, rec: JobRecord, seconds: float) -> bool:
+        """Save *rec* (its move to CONNECTING) and take its transfer lease, in one statement.
+
+        Only if nobody changed the row since we read it and no other process holds the lease;
+        otherwise it writes nothing and returns False (the caller takes the long way, claim()).
+        """
+        now = time.time()
+        params = (
+            *self._job_params(rec),
+            self.writer,
+            time.time_ns(),
+            self.writer,
+            now + seconds,
+            str(rec.id),
+            rec.version,
+            self.writer,
+            now,
         )
+        if self._write(_START_JOB, params).rowcount != 1:
+            return False
+        rec.version += 1
+        self._held.add(rec.id)
+        return True
 
     def delete_files(self, job_id: uuid.UUID, first_index: int) -> None:
         """Remove file rows from *first_index* on (undoing a failed add)."""
@@ -467,53 +524,65 @@ class Store:
         return len(ids)
 
     # -- leases -----------------------------------------------------------------------------
-    def claim(self, job_id: uuid.UUID, seconds: float) -> bool:
-        """Take the transfer lease of a job; False while another live process holds it."""
+    def claim(self, job_id: uuid.UUID, seconds: float) -> int | None:
+        """Take the transfer lease of a job; returns the row's version (so the caller knows
+        whether its copy is current), or None while another live process holds it."""
         now = time.time()
-        with self._tx():
-            cur = self._db.execute(
-                "UPDATE jobs SET lease_owner=?, lease_expires=? WHERE id=? AND (lease_owner IS"
-                " NULL OR lease_owner=? OR lease_expires < ?)",
-                (self.writer, now + seconds, str(job_id), self.writer, now),
-            )
-            if cur.rowcount == 1:
-                return True
-            row = self._db.execute(
-                "SELECT lease_owner FROM jobs WHERE id=?", (str(job_id),)
-            ).fetchone()
-            if row is None or row[0] is None or not _lease_holder_dead(str(row[0])):
-                return False
-            cur = self._db.execute(
-                "UPDATE jobs SET lease_owner=?, lease_expires=? WHERE id=? AND lease_owner=?",
-                (self.writer, now + seconds, str(job_id), row[0]),
-            )
-            return cur.rowcount == 1
+        key = str(job_id)
+        rows = self._write(
+            "UPDATE jobs SET lease_owner=?, lease_expires=? WHERE id=? AND (lease_owner IS"
+            " NULL OR lease_owner=? OR lease_expires < ?) RETURNING version",
+            (self.writer, now + seconds, key, self.writer, now),
+        ).fetchall()
+        if not rows:  # held by another process: take it over only if that process is dead
+            with self._tx():
+                row = self._db.execute(
+                    "SELECT lease_owner, version FROM jobs WHERE id=?", (key,)
+                ).fetchone()
+                if row is None or row[0] is None or not _lease_holder_dead(str(row[0])):
+                    return None
+                rows = self._db.execute(
+                    "UPDATE jobs SET lease_owner=?, lease_expires=? WHERE id=? AND lease_owner=?"
+                    " RETURNING version",
+                    (self.writer, now + seconds, key, row[0]),
+                ).fetchall()
+                if not rows:
+                    return None
+        self._held.add(job_id)
+        return int(rows[0][0])
 
     def renew_leases(self, seconds: float) -> None:
         """Extend every lease this process holds."""
-        with self._tx():
-            self._db.execute(
-                "UPDATE jobs SET lease_expires=? WHERE lease_owner=?",
-                (time.time() + seconds, self.writer),
-            )
+        if not self._held:
+            return  # nothing to extend: no write at all (an idle queue stays idle)
+        self._write(
+            "UPDATE jobs SET lease_expires=? WHERE lease_owner=?",
+            (time.time() + seconds, self.writer),
+        )
 
     def release(self, job_id: uuid.UUID | None = None) -> None:
         """Give up the lease of one job (or all of ours)."""
-        with self._tx():
-            if job_id is None:
-                self._db.execute(
-                    "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL WHERE lease_owner=?",
-                    (self.writer,),
-                )
-            else:
-                self._db.execute(
-                    "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL"
-                    " WHERE id=? AND lease_owner=?",
-                    (str(job_id), self.writer),
-                )
+        if job_id is None:
+            self._write(
+                "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL WHERE lease_owner=?",
+                (self.writer,),
+            )
+            self._held.clear()
+        else:
+            self._write(
+                "UPDATE jobs SET lease_owner=NULL, lease_expires=NULL WHERE id=? AND lease_owner=?",
+                (str(job_id), self.writer),
+            )
+            self._held.discard(job_id)
 
     def holds(self, job_id: uuid.UUID) -> bool:
-        """True while this process holds the job's lease (a read: no transaction to commit)."""
+        """True while this process holds the job's lease.
+
+        Only ``claim`` takes a lease under our writer name, so a job it never gave us (or one
+        we gave up since) is answered from memory; otherwise a read (no commit) confirms it.
+        """
+        if job_id not in self._held:
+            return False
         row = self._db.execute(
             "SELECT 1 FROM jobs WHERE id=? AND lease_owner=?", (str(job_id), self.writer)
         ).fetchone()

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["Job", "JobEnumerator", "Manager"]
 
 _open_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
+_WAIT_DONE = frozenset(
+    {JobState.TRANSFERRED, JobState.ERROR, JobState.CANCELLED, JobState.ACKNOWLEDGED}
+)
 _WINDOWS_ONLY = frozenset(
     {
         "set_peer_caching_flags",
@@ -121,20 +124,18 @@ class Manager:
         description: str = "",
     ) -> Job:
         """CreateJob: a new, empty job in SUSPENDED."""
-        ajob = self._runtime.run(
-            self._amgr.create_job(display_name, type, priority=priority, description=description)
-        )
+        ajob = self._runtime.call(self._amgr._create_job, display_name, type, priority, description)
         return self._wrap(ajob)
 
     def get_job(self, job_id: uuid.UUID | str) -> Job:
         """GetJob: the job with that id; ``BitsError(BG_E_NOT_FOUND)`` when there is none."""
-        return self._wrap(self._runtime.run(self._amgr.get_job(job_id)))
+        return self._wrap(self._runtime.call(self._amgr._get_job, job_id))
 
     def enum_jobs(
         self, all_users: bool = False, *, include_finished: bool = False
     ) -> JobEnumerator:
         """EnumJobs: a snapshot of the queue (your jobs, or everybody's for root)."""
-        jobs = self._runtime.run(self._amgr.enum_jobs(all_users, include_finished=include_finished))
+        jobs = self._runtime.call(self._amgr._enum_jobs, all_users, include_finished)
         return JobEnumerator([self._wrap(j) for j in jobs])
 
     def get_error_description(self, code: int, language: str | int | None = "en") -> str:
@@ -214,6 +215,10 @@ class Job:
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         return self._mgr._runtime.run(coro, timeout)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a call that never waits (``AsyncManager._add_files``, ...) on the loop."""
+        return self._mgr._runtime.call(fn, *args)
 
     @property
     def async_job(self) -> AsyncJob:
@@ -384,11 +389,11 @@ class Job:
     # methods
     def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
         """AddFile: remote URL → absolute local path."""
-        self._run(self._ajob.add_file(remote_url, local_name))
+        self._call(self._mgr._amgr._add_files, self._ajob, [(remote_url, local_name)])
 
     def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
         """AddFileSet: several pairs, all or none."""
-        self._run(self._ajob.add_file_set(list(files)))
+        self._call(self._mgr._amgr._add_files, self._ajob, list(files))
 
     def add_file_with_ranges(
         self,
@@ -401,7 +406,7 @@ class Job:
 
     def resume(self) -> None:
         """Resume: queue the job."""
-        self._run(self._ajob.resume())
+        self._call(self._mgr._amgr._resume, self._ajob)
 
     def suspend(self) -> None:
         """Suspend: stop; data on disk is kept."""
@@ -413,10 +418,16 @@ class Job:
 
     def complete(self) -> int:
         """Complete: move transferred files into place (S_OK or BG_S_PARTIAL_COMPLETE)."""
-        return int(self._run(self._ajob.complete()))
+        done = self._call(self._mgr._amgr._complete_now, self._ajob)
+        if done is None:  # transferring (it is stopped first) or an upload: the full call
+            return int(self._run(self._ajob.complete()))
+        return int(done.finish())  # the folders are synced here, in the calling thread
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until TRANSFERRED, ERROR, CANCELLED or ACKNOWLEDGED (TimeoutError after *timeout*)."""
+        state = self._ajob.state
+        if state in _WAIT_DONE:
+            return state  # already there: no trip through the loop
         return JobState(self._run(self._ajob.wait(timeout)))
 
     async def wait_async(self, timeout: float | None = None) -> JobState:
