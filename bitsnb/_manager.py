@@ -142,6 +142,7 @@ class AsyncManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._folders: _FolderSync | None = None
+        self._new: deque[AsyncJob] = deque()  # stored by another thread, not yet adopted
         self._closing = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -177,6 +178,7 @@ class AsyncManager:
             self._state = _ManagerState.CLOSED
             return
         self._closing = True  # the store stays usable while running jobs are put back
+        self._adopt_waiting()
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -229,6 +231,14 @@ class AsyncManager:
     def _create_job(
         self, display_name: str, type: JobType, priority: JobPriority, description: str
     ) -> AsyncJob:
+        return self._adopt_new(self._insert_new(display_name, type, priority, description))
+
+    def _insert_new(
+        self, display_name: str, type: JobType, priority: JobPriority, description: str
+    ) -> AsyncJob:
+        """CreateJob's checks and its store insert, touching nothing else: safe from any thread
+        (the store serialises its users). The blocking API runs it in the calling thread and
+        hands the job to ``_post_new``; the loop adopts it before its next look at the queue."""
         store = self._open()
         if not isinstance(display_name, str):
             raise BitsError(_codes.E_INVALIDARG, "the display name must be a string")
@@ -241,24 +251,45 @@ class AsyncManager:
         prio = self._check_priority(priority)
         p = self.policy
         owner = p.owner
-        if p.max_jobs_per_machine is not None and store.count_jobs() >= p.max_jobs_per_machine:
-            raise BitsError(
-                _codes.BG_E_TOO_MANY_JOBS_PER_MACHINE,
-                f"the queue already holds {p.max_jobs_per_machine} jobs",
-            )
-        if p.max_jobs_per_user is not None and store.count_jobs(owner) >= p.max_jobs_per_user:
-            raise BitsError(
-                _codes.BG_E_TOO_MANY_JOBS_PER_USER,
-                f"{owner} already has {p.max_jobs_per_user} jobs",
-            )
         rec = JobRecord(
             id=uuid.uuid4(), display_name=display_name, type=job_type, owner=owner, priority=prio
         )
         rec.settings.description = description
-        store.insert_job(rec)
-        self._jobs[rec.id] = rec
+        with store.lock:  # the limits' counts and the insert: one step within this process
+            if p.max_jobs_per_machine is not None and store.count_jobs() >= p.max_jobs_per_machine:
+                raise BitsError(
+                    _codes.BG_E_TOO_MANY_JOBS_PER_MACHINE,
+                    f"the queue already holds {p.max_jobs_per_machine} jobs",
+                )
+            if p.max_jobs_per_user is not None and store.count_jobs(owner) >= p.max_jobs_per_user:
+                raise BitsError(
+                    _codes.BG_E_TOO_MANY_JOBS_PER_USER,
+                    f"{owner} already has {p.max_jobs_per_user} jobs",
+                )
+            store.insert_job(rec)
+        return AsyncJob(self, rec)
+
+    def _post_new(self, job: AsyncJob) -> None:
+        """From any thread: a job ``_insert_new`` stored, for the loop to adopt.
+
+        Nothing wakes the loop: a SUSPENDED job without files needs no scheduling, and every
+        look at the queue (``_live``, get/enum, housekeeping) adopts what is waiting first, so
+        a call made after create_job() returned sees the job, and listeners hear "created"
+        before anything else about it.
+        """
+        self._new.append(job)
+
+    def _adopt_waiting(self) -> None:
+        while self._new:
+            self._adopt_new(self._new.popleft())
+
+    def _adopt_new(self, job: AsyncJob) -> AsyncJob:
+        """On the loop: a newly stored job joins the queue, and its listeners hear."""
+        rec = job._rec
+        self._jobs.setdefault(rec.id, rec)
+        self._handles.setdefault(rec.id, job)
         self._emit(rec, "created")
-        return self._handle(rec)
+        return job
 
     async def get_job(self, job_id: uuid.UUID | str) -> AsyncJob:
         """GetJob: the job with that id (BG_E_NOT_FOUND if unknown or finished)."""
@@ -266,6 +297,7 @@ class AsyncManager:
 
     def _get_job(self, job_id: uuid.UUID | str) -> AsyncJob:
         self._open()
+        self._adopt_waiting()
         try:
             key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
         except ValueError:
@@ -287,6 +319,7 @@ class AsyncManager:
 
     def _enum_jobs(self, all_users: bool, include_finished: bool) -> Enumerator[AsyncJob]:
         store = self._open()
+        self._adopt_waiting()
         if all_users and not _is_admin():
             raise BitsError(_codes.E_ACCESSDENIED, "only root may list every user's jobs")
         recs: Iterable[JobRecord]
@@ -355,6 +388,7 @@ class AsyncManager:
     def _live(self, job: AsyncJob) -> JobRecord:
         """The record behind *job*, checked to be current and not final."""
         self._open()
+        self._adopt_waiting()
         rec = self._refresh(job._rec)
         if rec.state.is_final:
             raise InvalidStateError(f"the job is {rec.state.name}; it can no longer change")
@@ -916,6 +950,7 @@ class AsyncManager:
         while True:
             await asyncio.sleep(p.poll_interval)
             try:
+                self._adopt_waiting()
                 store = self._open()
                 now = time.monotonic()
                 if now - last_renew >= p.lease_seconds / 3:

@@ -1,6 +1,8 @@
 """The persistent queue: jobs, files, settings, checkpoints and leases in SQLite (WAL).
 
-One ``Store`` per manager, used only from the manager's loop thread. Every write of a job row
+One ``Store`` per manager, used from the manager's loop thread, and for a new job's insert
+from the blocking API's calling thread: its methods hold ``Store.lock`` (one connection,
+``check_same_thread=False``, one user at a time). Every write of a job row
 bumps ``version`` and is conditional on the version the writer last saw, so two processes on
 one store notice each other's changes instead of overwriting them. Leases say which process
 transfers a job; a dead process's lease is taken over at once (same host) or when it expires.
@@ -14,11 +16,12 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from . import _codes
 from ._enums import ErrorContext, JobPriority, JobState, JobType
@@ -181,6 +184,19 @@ def _store_error(path: Path, exc: Exception) -> BitsError:
     return BitsError(_codes.E_INVALIDARG, f"cannot use the store {path} ({text})")
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
+    @functools.wraps(method)
+    def locked(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Store:
     """SQLite-backed job store (WAL, ``synchronous=NORMAL``: a process crash loses nothing)."""
 
@@ -190,9 +206,12 @@ class Store:
         self.path = Path(path)
         self.writer = writer
         self._held: set[uuid.UUID] = set()  # jobs whose lease claim() gave us, not given up
+        self.lock = threading.RLock()  # each public method holds it; hold it across several
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:  # refuse before writing anything to it
@@ -220,10 +239,12 @@ class Store:
     def _tx(self) -> _Transaction:
         return _Transaction(self._db, self.path)
 
+    @_locked
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
 
+    @_locked
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``'s answer ("ok" when sound)."""
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
@@ -281,6 +302,7 @@ class Store:
         except sqlite3.OperationalError as exc:
             raise _store_error(self.path, exc) from exc
 
+    @_locked
     def insert_job(self, rec: JobRecord) -> None:
         """Add a new job (no files yet); sets ``rec.seq`` and ``rec.version``."""
         cur = self._write(
@@ -294,6 +316,7 @@ class Store:
         rec.seq = int(cur.lastrowid or 0)
         rec.version = 1
 
+    @_locked
     def save_job(
         self, rec: JobRecord, files: Iterable[FileRecord] = (), *, release: bool = False
     ) -> bool:
@@ -325,6 +348,7 @@ class Store:
             self._held.discard(rec.id)
         return True
 
+    @_locked
     def start(self, rec: JobRecord, seconds: float) -> bool:
         """Save *rec* (its move to CONNECTING) and take its transfer lease, in one statement.
 
@@ -349,6 +373,7 @@ class Store:
         self._held.add(rec.id)
         return True
 
+    @_locked
     def delete_files(self, job_id: uuid.UUID, first_index: int) -> None:
         """Remove file rows from *first_index* on (undoing a failed add)."""
         with self._tx():
@@ -462,11 +487,13 @@ class Store:
                 job.files.append(self._file_from(row))
         return jobs
 
+    @_locked
     def version_of(self, job_id: uuid.UUID) -> int | None:
         """The job row's version (None when the job is gone): a cheap staleness check."""
         row = self._db.execute("SELECT version FROM jobs WHERE id=?", (str(job_id),)).fetchone()
         return None if row is None else int(row[0])
 
+    @_locked
     def load_job(self, job_id: uuid.UUID) -> JobRecord | None:
         """One job with its files, or None."""
         row = self._db.execute(
@@ -476,12 +503,14 @@ class Store:
             return None
         return self._attach_files([self._job_from(row)])[0]
 
+    @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:
         """Every job (by default only the non-final ones), in creation order."""
         where = "" if include_finished else f"WHERE state NOT IN {_FINAL}"
         rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY rowid")
         return self._attach_files([self._job_from(r) for r in rows])
 
+    @_locked
     def changed_by_others(self, since_ns: int) -> tuple[list[JobRecord], int]:
         """Jobs another writer changed after *since_ns*, and the newest write time of any row.
 
@@ -501,6 +530,7 @@ class Store:
     def _tx_read(self) -> _ReadTransaction:
         return _ReadTransaction(self._db)
 
+    @_locked
     def count_jobs(self, owner: str | None = None) -> int:
         """Number of non-final jobs (of *owner*, or of everybody)."""
         sql = f"SELECT COUNT(*) FROM jobs WHERE state NOT IN {_FINAL}"
@@ -510,6 +540,7 @@ class Store:
             args = (owner,)
         return int(self._db.execute(sql, args).fetchone()[0])
 
+    @_locked
     def prune_finished(self, before: float) -> int:
         """Delete finished jobs last modified before *before*; returns how many."""
         with self._tx():
@@ -524,6 +555,7 @@ class Store:
         return len(ids)
 
     # -- leases -----------------------------------------------------------------------------
+    @_locked
     def claim(self, job_id: uuid.UUID, seconds: float) -> int | None:
         """Take the transfer lease of a job; returns the row's version (so the caller knows
         whether its copy is current), or None while another live process holds it."""
@@ -551,6 +583,7 @@ class Store:
         self._held.add(job_id)
         return int(rows[0][0])
 
+    @_locked
     def renew_leases(self, seconds: float) -> None:
         """Extend every lease this process holds."""
         if not self._held:
@@ -560,6 +593,7 @@ class Store:
             (time.time() + seconds, self.writer),
         )
 
+    @_locked
     def release(self, job_id: uuid.UUID | None = None) -> None:
         """Give up the lease of one job (or all of ours)."""
         if job_id is None:
@@ -575,6 +609,7 @@ class Store:
             )
             self._held.discard(job_id)
 
+    @_locked
     def holds(self, job_id: uuid.UUID) -> bool:
         """True while this process holds the job's lease.
 
@@ -588,6 +623,7 @@ class Store:
         ).fetchone()
         return row is not None
 
+    @_locked
     def leased_by_others(self) -> set[uuid.UUID]:
         """Ids of jobs whose lease another process holds and has not let expire."""
         rows = self._db.execute(

@@ -124,7 +124,12 @@ class Manager:
         description: str = "",
     ) -> Job:
         """CreateJob: a new, empty job in SUSPENDED."""
-        ajob = self._runtime.call(self._amgr._create_job, display_name, type, priority, description)
+        if self._runtime.in_loop_thread or not self._runtime.running:
+            self._runtime.call(_nothing)  # the refusal every blocking call gives there
+        # the checks and the insert in this thread (the store serialises its users); the
+        # loop adopts the job before its next look at the queue: no trip through it here
+        ajob = self._amgr._insert_new(display_name, type, priority, description)
+        self._amgr._post_new(ajob)
         return self._wrap(ajob)
 
     def get_job(self, job_id: uuid.UUID | str) -> Job:
@@ -172,6 +177,10 @@ class Manager:
         from .notebook import queue_panel
 
         return queue_panel(self)
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _subscribe(
