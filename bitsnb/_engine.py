@@ -232,6 +232,7 @@ class Engine:
                 ssl_context=httpx.create_ssl_context(verify=verify, trust_env=trust_env),
                 read_size=p.read_size,
                 max_idle_per_host=limits.max_keepalive_connections or 1,
+                receive_buffer=p.receive_buffer,
             )
         return httpx.AsyncClient(
             transport=transport,

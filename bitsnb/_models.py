@@ -129,6 +129,9 @@ class Policy:
     are followed up to ``max_redirects`` and never from https to http unless allowed.
     ``lean_transport`` sends downloads' GET requests through bitsnb's own HTTP/1.1 transport
     under httpx (zero-copy bodies); False keeps httpx's default transport for everything.
+    ``receive_buffer`` fixes those connections' socket receive buffer (the kernel doubles it),
+    bounding the bytes in flight that a killed process loses; None leaves Linux's autotuning,
+    which grows it to ``net.ipv4.tcp_rmem``'s maximum (32 MiB here).
     ``min_retry_delay_floor`` is BITS's 5 s floor for ``minimum_retry_delay``; tests lower it
     (also through the ``BITSNB_MIN_RETRY_DELAY_FLOOR`` environment variable).
     """
@@ -159,6 +162,7 @@ class Policy:
     allow_https_to_http: bool = False
     verify: bool | str | ssl.SSLContext = True
     lean_transport: bool = True
+    receive_buffer: int | None = 2 * 1024 * 1024
     owner: str = field(default_factory=getpass.getuser)
 
     @classmethod

@@ -12,6 +12,7 @@ proxies, event hooks) stays the one API above it.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -320,8 +321,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | None = None,
         read_size: int = 1024 * 1024,
         max_idle_per_host: int = 4,
+        receive_buffer: int | None = None,
     ) -> None:
         self._fallback = fallback
+        self._rcvbuf = receive_buffer
         self._ssl = ssl_context
         self._read_size = max(read_size, 2 * _MIN_FREE)
         self._max_idle = max_idle_per_host
@@ -396,6 +399,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc), request=request) from exc
         except OSError as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        sock = proto.transport.get_extra_info("socket") if proto.transport else None
+        if self._rcvbuf and sock is not None:
+            # a fixed receive buffer turns the kernel's autotuning off, which would otherwise
+            # let tens of MiB sit in flight (lost on a kill, queued behind a slow disk)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
         return _Connection(origin, proto)
 
     async def _response(

@@ -211,6 +211,22 @@ def test_many_small_chunks_through_a_small_buffer(srv: ScriptServer) -> None:
     assert run(go()) == b"".join(parts)
 
 
+def test_receive_buffer_is_fixed_when_asked(srv: ScriptServer) -> None:
+    """receive_buffer sets SO_RCVBUF (Linux reports twice the value), turning autotuning off."""
+    srv.scripts["/x"] = reply(b"x")
+
+    async def go(size: int | None) -> int:
+        t = LeanTransport(httpx.AsyncHTTPTransport(), receive_buffer=size)
+        async with httpx.AsyncClient(transport=t) as c:
+            await c.get(f"{srv.base}/x")
+            (conn,) = t._idle[("http", "127.0.0.1", srv.port)]
+            sock = conn.transport.get_extra_info("socket")
+            return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    assert run(go(256 * 1024)) == 512 * 1024
+    assert run(go(None)) != 512 * 1024
+
+
 def test_truncated_chunked_body_is_an_error(srv: ScriptServer) -> None:
     srv.scripts["/c"] = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc")
 
