@@ -343,7 +343,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             return await self._fallback.handle_async_request(request)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         head = self._head(request)
-        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        # the IDNA (ASCII) form of the host, which is what DNS and TLS want
+        host = url.raw_host.decode("ascii")
+        origin = (url.scheme, host, url.port or (443 if url.scheme == "https" else 80))
         for attempt in range(2):
             conn = self._take_idle(origin)
             reused = conn is not None
