@@ -27,6 +27,7 @@ _MIN_FREE = 64 * 1024  # compact the buffer before a read would get less room th
 _IDLE_EXPIRY = 5.0  # seconds an idle keep-alive connection is kept
 _NO_BODY_STATUS = frozenset({204, 304})
 _CTL = frozenset(b"\r\n\0")
+_HEXDIGITS = b"0123456789abcdefABCDEF"
 
 
 class _Protocol(asyncio.BufferedProtocol):
@@ -203,16 +204,8 @@ class _Body(httpx.AsyncByteStream):
         p = self._conn.proto
         try:
             if self._framing == "length":
-                remaining = self._length
-                while remaining:
-                    if not p.available:
-                        await p.wait_more(self._timeout)
-                    n = min(p.available, remaining)
-                    p.held = n
-                    yield p.view[p.start : p.start + n]
-                    p.consume(n)
-                    remaining -= n
-                    self.received += n
+                async for view in self._exactly(self._length):
+                    yield view
             elif self._framing == "chunked":
                 async for view in self._chunks():
                     yield view
@@ -239,33 +232,35 @@ class _Body(httpx.AsyncByteStream):
             exc.request = self._request
             raise
 
+    async def _exactly(self, count: int) -> AsyncIterator[memoryview]:
+        """The next *count* bytes, as views lent from the buffer until the next one."""
+        p = self._conn.proto
+        while count:
+            if not p.available:
+                await p.wait_more(self._timeout)
+            n = min(p.available, count)
+            p.held = n
+            yield p.view[p.start : p.start + n]
+            p.consume(n)
+            count -= n
+            self.received += n
+
     async def _chunks(self) -> AsyncIterator[memoryview]:
         p = self._conn.proto
         while True:
             line = await _read_line(p, self._timeout, self._request)
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
+            size_text = line.split(b";", 1)[0].strip(b" \t")
+            if not size_text or size_text.strip(_HEXDIGITS) or len(size_text) > 16:
                 raise httpx.RemoteProtocolError(
                     f"bad chunk size {size_text[:20]!r}", request=self._request
-                ) from None
-            if size < 0:
-                raise httpx.RemoteProtocolError("bad chunk size", request=self._request)
+                )
+            size = int(size_text, 16)
             if size == 0:
                 while await _read_line(p, self._timeout, self._request):
                     pass  # trailers: ignored
                 return
-            remaining = size
-            while remaining:
-                if not p.available:
-                    await p.wait_more(self._timeout)
-                n = min(p.available, remaining)
-                p.held = n
-                yield p.view[p.start : p.start + n]
-                p.consume(n)
-                remaining -= n
-                self.received += n
+            async for view in self._exactly(size):
+                yield view
             if await _read_line(p, self._timeout, self._request):
                 raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=self._request)
 

@@ -227,6 +227,19 @@ def test_receive_buffer_is_fixed_when_asked(srv: ScriptServer) -> None:
     assert run(go(None)) != 512 * 1024
 
 
+@pytest.mark.parametrize("size", [b"0x10", b"+10", b"1_0", b"", b"g"], ids=repr)
+def test_a_chunk_size_must_be_hex_digits(srv: ScriptServer, size: bytes) -> None:
+    body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\n" + b"x" * 16
+    srv.scripts["/c"] = raw(body + b"\r\n0\r\n\r\n")
+
+    async def go() -> None:
+        async with client() as c:
+            await c.get(f"{srv.base}/c")
+
+    with pytest.raises(httpx.RemoteProtocolError, match="bad chunk size"):
+        run(go())
+
+
 def test_truncated_chunked_body_is_an_error(srv: ScriptServer) -> None:
     srv.scripts["/c"] = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc")
 
