@@ -148,7 +148,6 @@ class _Connection:
         self.origin = origin
         self.proto = proto
         self.idle_since = 0.0
-        self.used = False
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -413,7 +412,6 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 break
             if status == 101:
                 raise httpx.RemoteProtocolError("unexpected protocol upgrade", request=request)
-        conn.used = True
         te: list[bytes] = []
         lengths: set[bytes] = set()
         close = version == b"HTTP/1.0"
