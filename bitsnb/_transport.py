@@ -225,8 +225,6 @@ class _Body(httpx.AsyncByteStream):
             self._done = True
         except _Eof:
             raise self._broken() from None
-        except (ConnectionError, OSError) as exc:
-            raise httpx.ReadError(str(exc), request=self._request) from exc
         except httpx.RequestError as exc:
             exc.request = self._request
             raise
@@ -285,19 +283,26 @@ class _Body(httpx.AsyncByteStream):
             conn.close()
 
 
-async def _read_line(p: _Protocol, timeout: float | None, request: httpx.Request) -> bytes:
-    """One CRLF-terminated line from the buffer (without the CRLF)."""
+async def _read_until(
+    p: _Protocol, sep: bytes, what: str, timeout: float | None, request: httpx.Request
+) -> bytes:
+    """The bytes before the next *sep* (consumed with it); *what* over 64 KiB is refused."""
     scanned = 0
     while True:
-        i = p.buf.find(b"\r\n", p.start + scanned, p.end)
-        if i >= 0:
-            line = bytes(p.view[p.start : i])
-            p.consume(i + 2 - p.start)
-            return line
-        scanned = max(0, p.available - 1)
-        if p.available > _MAX_HEAD:
-            raise httpx.RemoteProtocolError("line too long", request=request)
+        i = p.buf.find(sep, p.start + scanned, p.end)
+        if i >= 0 and i - p.start <= _MAX_HEAD:
+            data = bytes(p.view[p.start : i])
+            p.consume(i + len(sep) - p.start)
+            return data
+        if i >= 0 or p.available > _MAX_HEAD:
+            raise httpx.RemoteProtocolError(f"{what} too large", request=request)
+        scanned = max(0, p.available - len(sep) + 1)
         await p.wait_more(timeout)
+
+
+async def _read_line(p: _Protocol, timeout: float | None, request: httpx.Request) -> bytes:
+    """One CRLF-terminated line from the buffer (without the CRLF)."""
+    return await _read_until(p, b"\r\n", "line", timeout, request)
 
 
 def _check_header(name: bytes, value: bytes, request: httpx.Request) -> None:
@@ -484,17 +489,8 @@ async def _read_head(
     p: _Protocol, timeout: float | None, request: httpx.Request
 ) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
     """Read and parse a response head: version, status, reason, raw headers."""
-    scanned = 0
-    while True:
-        i = p.buf.find(b"\r\n\r\n", p.start + scanned, p.end)
-        if i >= 0 and i - p.start <= _MAX_HEAD:
-            break
-        if i >= 0 or p.available > _MAX_HEAD:
-            raise httpx.RemoteProtocolError("response head too large", request=request)
-        scanned = max(0, p.available - 3)
-        await p.wait_more(timeout)
-    lines = bytes(p.view[p.start : i]).split(b"\r\n")
-    p.consume(i + 4 - p.start)
+    head = await _read_until(p, b"\r\n\r\n", "response head", timeout, request)
+    lines = head.split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     code, _, reason = rest.partition(b" ")
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():

@@ -240,6 +240,19 @@ def test_a_chunk_size_must_be_hex_digits(srv: ScriptServer, size: bytes) -> None
         run(go())
 
 
+def test_a_chunk_line_over_64_kib_is_refused_even_when_whole(srv: ScriptServer) -> None:
+    line = b"10;ext=" + b"a" * 70_000
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    srv.scripts["/c"] = raw(head + line + b"\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n")
+
+    async def go() -> None:
+        async with client() as c:
+            await c.get(f"{srv.base}/c")
+
+    with pytest.raises(httpx.RemoteProtocolError, match="line too large"):
+        run(go())
+
+
 def test_truncated_chunked_body_is_an_error(srv: ScriptServer) -> None:
     srv.scripts["/c"] = raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc")
 
