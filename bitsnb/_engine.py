@@ -226,10 +226,11 @@ class Engine:
         p = self._policy
         transport = self._transport
         if transport is None and lean:
-            verify = _ssl_context(p.verify)
+            # one TLS context (CA bundle loaded once) for the lean path and its fallback
+            tls = httpx.create_ssl_context(verify=_ssl_context(p.verify), trust_env=trust_env)
             transport = LeanTransport(
-                httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=trust_env),
-                ssl_context=httpx.create_ssl_context(verify=verify, trust_env=trust_env),
+                httpx.AsyncHTTPTransport(verify=tls, limits=limits, trust_env=trust_env),
+                ssl_context=tls,
                 read_size=p.read_size,
                 max_idle_per_host=limits.max_keepalive_connections or 1,
                 receive_buffer=p.receive_buffer,
