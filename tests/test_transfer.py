@@ -158,7 +158,8 @@ def test_cancel_removes_every_temp_file(
     job = manager.create_job("cancel me")
     job.add_file_set([(a, dest / "a.bin"), (b, dest / "b.bin")])
     job.resume()
-    wait_until(lambda: job.files[1].progress.bytes_transferred > 0)
+    # one finished and one partial temp file: the files overlap, so wait for both states
+    wait_until(lambda: job.files[0].transferred and job.files[1].progress.bytes_transferred > 0)
     assert len(temp_files(dest)) == 2
     assert job.cancel() == S_OK
     assert job.state is JobState.CANCELLED
