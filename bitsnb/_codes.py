@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno as _errno
+
 S_OK = 0x00000000
 S_FALSE = 0x00000001
 BG_S_PARTIAL_COMPLETE = 0x00200017
@@ -38,12 +40,26 @@ BG_E_INVALID_AUTH_TARGET = 0x80200027
 BG_E_INVALID_AUTH_SCHEME = 0x80200028
 
 E_NOTIMPL = 0x80004001
+E_FAIL = 0x80004005
 E_INVALIDARG = 0x80070057
 E_ACCESSDENIED = 0x80070005
 ERROR_FILE_NOT_FOUND = 0x80070002
 ERROR_PATH_NOT_FOUND = 0x80070003
 ERROR_HANDLE_DISK_FULL = 0x80070027
 ERROR_DISK_FULL = 0x80070070
+ERROR_ACCESS_DENIED = 0x80070005  # = E_ACCESSDENIED
+ERROR_TOO_MANY_OPEN_FILES = 0x80070004
+ERROR_NOT_ENOUGH_MEMORY = 0x80070008
+ERROR_WRITE_PROTECT = 0x80070013
+ERROR_NOT_SAME_DEVICE = 0x80070011
+ERROR_SHARING_VIOLATION = 0x80070020
+ERROR_FILE_EXISTS = 0x80070050
+ERROR_BUSY = 0x800700AA
+ERROR_FILENAME_EXCED_RANGE = 0x800700CE
+ERROR_FILE_TOO_LARGE = 0x800700DF
+ERROR_DIRECTORY = 0x8007010B
+ERROR_IO_DEVICE = 0x8007045D
+ERROR_CANT_RESOLVE_FILENAME = 0x80070781
 ERROR_RESOURCE_LANG_NOT_FOUND = 0x80070717
 ERROR_WINHTTP_TIMEOUT = 0x80072EE2
 ERROR_WINHTTP_NAME_NOT_RESOLVED = 0x80072EE7
@@ -64,3 +80,39 @@ def http_error(status: int) -> int:
 def hresult_from_win32(error: int) -> int:
     """``HRESULT_FROM_WIN32``: wrap a Win32 error number as an HRESULT."""
     return error if error <= 0 else (error & 0xFFFF) | 0x80070000
+
+
+# POSIX errno → the Win32 error that means the same thing, as HRESULTs. An errno is not a Win32
+# code (errno 27, EFBIG, read as Win32 27 would be ERROR_SECTOR_NOT_FOUND): every translation
+# goes through this one table, and an errno it lacks becomes E_FAIL, never a wrong Win32 name.
+_ERRNO_TO_HRESULT: dict[int, int] = {
+    _errno.ENOSPC: ERROR_DISK_FULL,
+    _errno.EDQUOT: ERROR_DISK_FULL,
+    _errno.EACCES: ERROR_ACCESS_DENIED,
+    _errno.EPERM: ERROR_ACCESS_DENIED,
+    _errno.EISDIR: ERROR_ACCESS_DENIED,  # what Windows answers for opening a folder as a file
+    _errno.EFBIG: ERROR_FILE_TOO_LARGE,
+    _errno.EROFS: ERROR_WRITE_PROTECT,
+    _errno.ENOENT: ERROR_PATH_NOT_FOUND,
+    _errno.ENOTDIR: ERROR_PATH_NOT_FOUND,
+    _errno.EIO: ERROR_IO_DEVICE,
+    _errno.ENXIO: ERROR_IO_DEVICE,
+    _errno.ENODEV: ERROR_IO_DEVICE,
+    _errno.EEXIST: ERROR_FILE_EXISTS,
+    _errno.ENAMETOOLONG: ERROR_FILENAME_EXCED_RANGE,
+    _errno.EMFILE: ERROR_TOO_MANY_OPEN_FILES,
+    _errno.ENFILE: ERROR_TOO_MANY_OPEN_FILES,
+    _errno.ENOMEM: ERROR_NOT_ENOUGH_MEMORY,
+    _errno.EBUSY: ERROR_BUSY,
+    _errno.ETXTBSY: ERROR_SHARING_VIOLATION,
+    _errno.EXDEV: ERROR_NOT_SAME_DEVICE,
+    _errno.ELOOP: ERROR_CANT_RESOLVE_FILENAME,
+    _errno.EINVAL: E_INVALIDARG,
+}
+
+
+def hresult_from_errno(errno: int | None) -> int:
+    """The HRESULT for a POSIX errno: its Win32 counterpart, else ``E_FAIL``."""
+    if errno is None:
+        return E_FAIL
+    return _ERRNO_TO_HRESULT.get(errno, E_FAIL)
