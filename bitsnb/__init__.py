@@ -36,7 +36,7 @@ from ._models import (
     JobTimes,
     Policy,
 )
-from ._sync import Job, JobEnumerator, Manager
+from ._sync import Job, JobEnumerator, Manager, views
 from .helpers import (
     Explanation,
     default_manager,
@@ -47,6 +47,46 @@ from .helpers import (
     jobs_frame,
     run,
 )
+
+
+# The package root plugs the notebook views into the blocking API: the views (frames, panels)
+# import the API, never the other way round. Each one imports its module on first use, so
+# ``import bitsnb`` stays free of pandas and ipywidgets.
+def _jobs_frame(jobs: object) -> object:
+    from .frames import jobs_to_frame
+
+    return jobs_to_frame(jobs)  # type: ignore[arg-type]
+
+
+def _files_frame(job: object) -> object:
+    from .frames import files_to_frame
+
+    return files_to_frame(job)  # type: ignore[arg-type]
+
+
+def _job_panel(job: object) -> object:
+    from .notebook import job_panel
+
+    return job_panel(job)  # type: ignore[arg-type]
+
+
+def _queue_panel(mgr: object) -> object:
+    from .notebook import queue_panel
+
+    return queue_panel(mgr)  # type: ignore[arg-type]
+
+
+def _display_job(job: object) -> None:
+    from .notebook import display_job
+
+    display_job(job)  # type: ignore[arg-type]
+
+
+views.jobs_frame = _jobs_frame
+views.files_frame = _files_frame
+views.job_panel = _job_panel
+views.queue_panel = _queue_panel
+views.display_job = _display_job
 
 __version__ = "0.1.0"
 

@@ -5,6 +5,7 @@ Exception tree::
     BitsError                  every failure a BITS call reports; .code is the HRESULT
       JobNotFoundError         (also LookupError) BG_E_NOT_FOUND
       InvalidStateError        BG_E_INVALID_STATE
+      StoreBusyError           E_ACCESSDENIED: another process holds the store's write lock
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "ErrorDescription",
     "InvalidStateError",
     "JobNotFoundError",
+    "StoreBusyError",
     "error_name",
     "get_error_description",
     "lookup_error",
@@ -190,3 +192,15 @@ class InvalidStateError(BitsError):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(_codes.BG_E_INVALID_STATE, message)
+
+
+class StoreBusyError(BitsError):
+    """Another process holds the store's write lock (``E_ACCESSDENIED``); nothing was written.
+
+    The store gives up after a few milliseconds so that the event loop never waits on another
+    process; the caller retries (off the loop, or after an ``await``) for as long as
+    ``Policy.store_busy_timeout`` allows.
+    """
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(_codes.E_ACCESSDENIED, message)

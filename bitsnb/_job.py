@@ -1,7 +1,8 @@
 """``AsyncJob``: IBackgroundCopyJob (1–5) and its HTTP options, as coroutines and properties.
 
-Reading a property is free (it reads the manager's record); every change goes through the
-manager, which checks the state table, persists the change and tells the listeners.
+Reading a property is free (it reads the job's record); every change goes through the
+``JobHost`` — the queue's operations (``_jobctl.JobControl``) — which checks the state table,
+stores the change and tells the listeners.
 """
 
 from __future__ import annotations
@@ -9,31 +10,80 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 from . import _codes
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import BitsError, InvalidStateError
-from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes
-from ._records import JobRecord
+from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
+from ._persist import await_patiently
+from ._records import SECRET_HEADERS, FileRecord, JobRecord, JobSecrets, error_info, file_info
 from ._states import allowed_calls
 from ._validate import (
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
     MAX_HEADERS,
+    check_local_name,
     check_ranges,
     check_seconds,
     check_string,
     check_url,
+    is_admin,
     parse_headers,
 )
 
-if TYPE_CHECKING:
-    from ._manager import AsyncManager
+__all__ = ["AsyncJob", "JobHost", "ManagerView", "job_progress", "job_times", "record_of"]
 
-__all__ = ["AsyncJob", "job_progress", "job_times"]
+
+class ManagerView(Protocol):
+    """What ``AsyncJob.manager`` offers: the owning ``AsyncManager``'s public face."""
+
+    policy: Policy
+    store_path: Path
+
+    async def get_job(self, job_id: uuid.UUID | str) -> AsyncJob: ...
+
+    async def enum_jobs(
+        self, all_users: bool = False, *, include_finished: bool = False
+    ) -> Enumerator[AsyncJob]: ...
+
+
+class JobHost(Protocol):
+    """The narrow interface a job handle uses: the queue's operations on one record."""
+
+    @property
+    def manager(self) -> ManagerView: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    def check_priority(self, priority: object) -> JobPriority: ...
+    def live(self, rec: JobRecord) -> JobRecord: ...
+    def update(
+        self,
+        rec: JobRecord,
+        apply: Callable[[JobRecord], object],
+        files: Iterable[FileRecord] = (),
+    ) -> None: ...
+    def add_files(
+        self,
+        rec: JobRecord,
+        pairs: Sequence[tuple[str, str | os.PathLike[str]]],
+        ranges: list[tuple[int, int | None]] | None = None,
+    ) -> None: ...
+    def resume(self, rec: JobRecord) -> None: ...
+    async def suspend(self, rec: JobRecord) -> None: ...
+    async def cancel(self, rec: JobRecord) -> int: ...
+    async def complete(self, rec: JobRecord) -> int: ...
+    async def wait(self, rec: JobRecord, timeout: float | None) -> JobState: ...
+    def set_notify_target(self, rec: JobRecord, target: Any) -> None: ...
+    def secrets(self, job_id: uuid.UUID) -> JobSecrets | None: ...
+    def secrets_for(self, rec: JobRecord) -> JobSecrets: ...
+    def drop_secrets(self, job_id: uuid.UUID) -> None: ...
+
 
 _ALL_NOTIFY = int(
     NotifyFlags.JOB_TRANSFERRED
@@ -77,9 +127,16 @@ def job_times(rec: JobRecord) -> JobTimes:
 class AsyncJob:
     """A BITS job; methods are coroutines run on the manager's loop."""
 
-    def __init__(self, manager: AsyncManager, rec: JobRecord) -> None:
-        self._mgr = manager
+    def __init__(self, host: JobHost, rec: JobRecord) -> None:
+        self._host = host
         self._rec = rec
+
+    async def _change(self, fn: Callable[..., object], *args: Any) -> Any:
+        """Run a host operation, retrying while another process holds the store's lock."""
+        return await await_patiently(self._host.policy.store_busy_timeout, fn, *args)
+
+    def _update(self, apply: Callable[[JobRecord], object]) -> Any:
+        return self._change(self._host.update, self._rec, apply)
 
     # -- identity and reading --------------------------------------------------------------
     @property
@@ -88,9 +145,9 @@ class AsyncJob:
         return self._rec.id
 
     @property
-    def manager(self) -> AsyncManager:
+    def manager(self) -> ManagerView:
         """The manager that owns this handle."""
-        return self._mgr
+        return self._host.manager
 
     @property
     def type(self) -> JobType:
@@ -135,11 +192,9 @@ class AsyncJob:
     @property
     def error(self) -> ErrorInfo | None:
         """The last error while the job is in ERROR or TRANSIENT_ERROR, else None."""
-        from ._manager import _error_info
-
         if self._rec.state not in (JobState.ERROR, JobState.TRANSIENT_ERROR):
             return None
-        return _error_info(self._rec)
+        return error_info(self._rec)
 
     def get_error(self) -> ErrorInfo:
         """GetError: like ``error``, but BG_E_ERROR_INFORMATION_UNAVAILABLE when there is none."""
@@ -191,7 +246,7 @@ class AsyncJob:
     def custom_headers(self) -> str | None:
         """Extra request headers; secret ones (Authorization, Cookie) show as '<hidden>'."""
         s = self._rec.settings.custom_headers
-        secret = self._mgr._secrets.get(self.id)
+        secret = self._host.secrets(self.id)
         if secret is None or not secret.headers:
             return s
         hidden = "\r\n".join(f"{name}: <hidden>" for name in secret.headers)
@@ -221,9 +276,7 @@ class AsyncJob:
 
     def enum_files(self) -> Enumerator[FileInfo]:
         """EnumFiles: a snapshot of the job's files."""
-        from ._manager import _file_info
-
-        return Enumerator([_file_info(f) for f in self._rec.files])
+        return Enumerator([file_info(f) for f in self._rec.files])
 
     @property
     def files(self) -> list[FileInfo]:
@@ -233,11 +286,11 @@ class AsyncJob:
     # -- state changes -------------------------------------------------------------------------
     async def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
         """AddFile: one remote URL → absolute local path."""
-        self._mgr._add_files(self, [(remote_url, local_name)])
+        await self._change(self._host.add_files, self._rec, [(remote_url, local_name)])
 
     async def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
         """AddFileSet: several pairs at once; all or none are added."""
-        self._mgr._add_files(self, list(files))
+        await self._change(self._host.add_files, self._rec, list(files))
 
     async def add_file_with_ranges(
         self,
@@ -249,32 +302,32 @@ class AsyncJob:
         if self.type is not JobType.DOWNLOAD:
             raise BitsError(_codes.E_NOTIMPL, "file ranges are for download jobs only")
         checked = check_ranges(ranges)
-        limit = self._mgr.policy.max_ranges_per_file
+        limit = self._host.policy.max_ranges_per_file
         if limit is not None and len(checked) > limit:
             raise BitsError(
                 _codes.BG_E_TOO_MANY_RANGES_IN_FILE, f"a file may have at most {limit} ranges"
             )
-        self._mgr._add_files(self, [(remote_url, local_name)], checked)
+        await self._change(self._host.add_files, self._rec, [(remote_url, local_name)], checked)
 
     async def resume(self) -> None:
         """Resume: queue the job (BG_E_EMPTY without files)."""
-        self._mgr._resume(self)
+        await self._change(self._host.resume, self._rec)
 
     async def suspend(self) -> None:
         """Suspend: stop transferring; data on disk is kept."""
-        await self._mgr._suspend(self)
+        await self._host.suspend(self._rec)
 
     async def cancel(self) -> int:
         """Cancel: delete temporary files and end the job (S_OK or BG_S_UNABLE_TO_DELETE_FILES)."""
-        return await self._mgr._cancel(self)
+        return await self._host.cancel(self._rec)
 
     async def complete(self) -> int:
         """Complete: move transferred files to their names (S_OK or BG_S_PARTIAL_COMPLETE)."""
-        return await self._mgr._complete(self)
+        return await self._host.complete(self._rec)
 
     async def wait(self, timeout: float | None = None) -> JobState:
         """Wait until TRANSFERRED, ERROR, CANCELLED or ACKNOWLEDGED (TimeoutError after *timeout*)."""
-        return await self._mgr._wait(self, timeout)
+        return await self._host.wait(self._rec, timeout)
 
     wait_async = wait
 
@@ -282,43 +335,43 @@ class AsyncJob:
     async def set_display_name(self, name: str) -> None:
         """SetDisplayName (≤256 characters)."""
         check_string(name, "display name", MAX_DISPLAY_NAME)
-        self._mgr._update(self, lambda r: setattr(r, "display_name", name))
+        await self._update(lambda r: setattr(r, "display_name", name))
 
     async def set_description(self, text: str) -> None:
         """SetDescription (≤1,024 characters)."""
         check_string(text, "description", MAX_DESCRIPTION)
-        self._mgr._update(self, lambda r: setattr(r.settings, "description", text))
+        await self._update(lambda r: setattr(r.settings, "description", text))
 
     async def set_priority(self, priority: JobPriority | int) -> None:
         """SetPriority (E_NOTIMPL for a value outside BG_JOB_PRIORITY)."""
-        prio = self._mgr._check_priority(priority)
-        self._mgr._update(self, lambda r: setattr(r, "priority", prio))
+        prio = self._host.check_priority(priority)
+        await self._update(lambda r: setattr(r, "priority", prio))
 
     async def set_minimum_retry_delay(self, seconds: float) -> None:
         """SetMinimumRetryDelay; values under the policy's floor (BITS: 5 s) are raised to it."""
         value = max(
-            check_seconds(seconds, "minimum_retry_delay"), self._mgr.policy.min_retry_delay_floor
+            check_seconds(seconds, "minimum_retry_delay"), self._host.policy.min_retry_delay_floor
         )
-        self._mgr._update(self, lambda r: setattr(r.settings, "minimum_retry_delay", value))
+        await self._update(lambda r: setattr(r.settings, "minimum_retry_delay", value))
 
     async def set_no_progress_timeout(self, seconds: float) -> None:
         """SetNoProgressTimeout; 0 makes every error fatal."""
         value = check_seconds(seconds, "no_progress_timeout")
-        self._mgr._update(self, lambda r: setattr(r.settings, "no_progress_timeout", value))
+        await self._update(lambda r: setattr(r.settings, "no_progress_timeout", value))
 
     async def set_maximum_download_time(self, seconds: float) -> None:
         """SetMaximumDownloadTime: cap on active transfer time (0 = no cap? no: BITS needs > 0)."""
         value = check_seconds(seconds, "maximum_download_time")
         if value == 0:
             value = float(7_776_000)  # 0 means "use the default" in BITS
-        self._mgr._update(self, lambda r: setattr(r.settings, "maximum_download_time", value))
+        await self._update(lambda r: setattr(r.settings, "maximum_download_time", value))
 
     async def set_notify_flags(self, flags: NotifyFlags | int) -> None:
         """SetNotifyFlags (E_NOTIMPL for unknown bits)."""
         value = int(flags)
         if value & ~_ALL_NOTIFY or value < 0:
             raise BitsError(_codes.E_NOTIMPL, f"unknown notify flags 0x{value:X}")
-        self._mgr._update(self, lambda r: setattr(r.settings, "notify_flags", value))
+        await self._update(lambda r: setattr(r.settings, "notify_flags", value))
 
     async def set_notify_interface(self, target: Any) -> None:
         """SetNotifyInterface: an object with any of job_transferred(job), job_error(job, error),
@@ -326,27 +379,21 @@ class AsyncJob:
 
         As in BITS it is not persisted, and an event that already happened is delivered at once.
         """
-        rec = self._mgr._live(self)
-        if target is None:
-            self._mgr._notify.pop(rec.id, None)
-            return
-        self._mgr._notify[rec.id] = target
-        if rec.state in (JobState.TRANSFERRED, JobState.ERROR):
-            self._mgr._notify_final(rec)
+        self._host.set_notify_target(self._rec, target)
 
     async def set_notify_cmd_line(self, program: str | None, parameters: str | None = None) -> None:
         """SetNotifyCmdLine: run *program* (a full path) on TRANSFERRED or ERROR; None removes."""
         if program is None:
             if parameters is not None:
                 raise BitsError(_codes.E_INVALIDARG, "parameters without a program")
-            self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", None))
+            await self._update(lambda r: setattr(r.settings, "notify_cmd_line", None))
             return
         check_string(program, "program", 4096)
         check_string(parameters or "", "parameters", 4000)
         if not os.path.isabs(program):
             raise BitsError(_codes.E_INVALIDARG, "the program must be given as a full path")
         cmd = (program, parameters or "")
-        self._mgr._update(self, lambda r: setattr(r.settings, "notify_cmd_line", cmd))
+        await self._update(lambda r: setattr(r.settings, "notify_cmd_line", cmd))
 
     async def set_proxy_settings(
         self, usage: ProxyUsage | int, proxy_list: str | None = None, bypass_list: str | None = None
@@ -370,7 +417,7 @@ class AsyncJob:
             r.settings.proxy_list = proxy_list
             r.settings.proxy_bypass_list = bypass_list
 
-        self._mgr._update(self, apply)
+        await self._update(apply)
 
     async def set_custom_headers(self, headers: str | dict[str, str] | None) -> None:
         """SetCustomHeaders: extra headers on every request. Authorization, Proxy-Authorization
@@ -381,15 +428,11 @@ class AsyncJob:
             text = headers or ""
         check_string(text, "custom headers", MAX_HEADERS - 1)
         parsed = parse_headers(text)
-        from ._manager import _Secrets
-        from ._store import _SECRET_HEADERS
-
-        secret = {k: v for k, v in parsed.items() if k.lower() in _SECRET_HEADERS}
+        secret = {k: v for k, v in parsed.items() if k.lower() in SECRET_HEADERS}
         public = "\r\n".join(f"{k}: {v}" for k, v in parsed.items() if k not in secret) or None
-        rec = self._mgr._live(self)
-        holder = self._mgr._secrets.setdefault(rec.id, _Secrets({}, {}))
-        holder.headers = secret
-        self._mgr._update(self, lambda r: setattr(r.settings, "custom_headers", public))
+        rec = self._host.live(self._rec)
+        self._host.secrets_for(rec).headers = secret
+        await self._update(lambda r: setattr(r.settings, "custom_headers", public))
 
     async def set_credentials(
         self,
@@ -419,16 +462,13 @@ class AsyncJob:
             raise BitsError(_codes.BG_E_USERNAME_TOO_LARGE, "the user name is too long")
         if len(password) > _MAX_PASSWORD:
             raise BitsError(_codes.BG_E_PASSWORD_TOO_LARGE, "the password is too long")
-        from ._manager import _Secrets
-
-        rec = self._mgr._live(self)
-        holder = self._mgr._secrets.setdefault(rec.id, _Secrets({}, {}))
-        holder.credentials[(tgt, sch)] = (user_name, password)
+        rec = self._host.live(self._rec)
+        self._host.secrets_for(rec).credentials[(tgt, sch)] = (user_name, password)
 
     async def remove_credentials(self, target: AuthTarget | int, scheme: AuthScheme | int) -> bool:
         """RemoveCredentials: False (S_FALSE) when that pair was not set."""
-        rec = self._mgr._live(self)
-        holder = self._mgr._secrets.get(rec.id)
+        rec = self._host.live(self._rec)
+        holder = self._host.secrets(rec.id)
         if holder is None:
             return False
         return holder.credentials.pop((AuthTarget(target), AuthScheme(scheme)), None) is not None
@@ -440,7 +480,7 @@ class AsyncJob:
             raise BitsError(
                 _codes.BG_E_READ_ONLY_PROPERTY_AFTER_RESUME, "set dynamic_content before resume()"
             )
-        self._mgr._update(self, lambda r: setattr(r.settings, "dynamic_content", bool(enable)))
+        await self._update(lambda r: setattr(r.settings, "dynamic_content", bool(enable)))
 
     async def set_high_performance(self, enable: bool) -> None:
         """BITS_JOB_PROPERTY_HIGH_PERFORMANCE: downloads only, before any file is added."""
@@ -450,7 +490,7 @@ class AsyncJob:
                 _codes.BG_E_READ_ONLY_PROPERTY_AFTER_ADDFILE,
                 "set high_performance before add_file()",
             )
-        self._mgr._update(self, lambda r: setattr(r.settings, "high_performance", bool(enable)))
+        await self._update(lambda r: setattr(r.settings, "high_performance", bool(enable)))
 
     def _download_only(self, what: str) -> None:
         if self.type is not JobType.DOWNLOAD:
@@ -470,8 +510,8 @@ class AsyncJob:
         def apply(r: JobRecord) -> None:
             r.files[index].remote_name = url
 
-        self._mgr._update(self, apply)
-        self._mgr._save(self._rec, [self._rec.files[index]])
+        f = self._rec.files[index]
+        await self._change(self._host.update, self._rec, apply, [f])
 
     async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> bool:
         """ReplaceRemotePrefix: swap a URL prefix on every file; False (S_FALSE) if none matched."""
@@ -479,34 +519,33 @@ class AsyncJob:
             raise BitsError(_codes.E_NOTIMPL, "replace_remote_prefix is for download jobs")
         if not old_prefix or not new_prefix:
             raise BitsError(_codes.E_INVALIDARG, "both prefixes must be non-empty")
-        rec = self._mgr._live(self)
+        rec = self._host.live(self._rec)
         changed = []
         for f in rec.files:
             if f.remote_name.startswith(old_prefix) and not f.completed:
                 changed.append((f, check_url(new_prefix + f.remote_name[len(old_prefix) :])))
-        for f, url in changed:
-            f.remote_name = url
+
+        def apply(r: JobRecord) -> None:
+            for f, url in changed:
+                f.remote_name = url
+
         if changed:
-            rec.touch()
-            self._mgr._save(rec, [f for f, _ in changed])
-            self._mgr._emit(rec, "modified")
+            await self._change(self._host.update, rec, apply, [f for f, _ in changed])
         return bool(changed)
 
     async def take_ownership(self) -> None:
         """TakeOwnership: root only; drops credentials, custom headers and the command line."""
-        from ._manager import _is_admin
-
-        if not _is_admin():
+        if not is_admin():
             raise BitsError(_codes.E_ACCESSDENIED, "only root may take ownership of a job")
-        owner = self._mgr.policy.owner
+        owner = self._host.policy.owner
 
         def apply(r: JobRecord) -> None:
             r.owner = owner
             r.settings.custom_headers = None
             r.settings.notify_cmd_line = None
 
-        self._mgr._secrets.pop(self.id, None)
-        self._mgr._update(self, apply)
+        self._host.drop_secrets(self.id)
+        await self._update(apply)
 
     @property
     def upload_fragment_size(self) -> int:
@@ -519,7 +558,7 @@ class AsyncJob:
             raise BitsError(_codes.E_NOTIMPL, "fragments belong to upload jobs")
         if isinstance(size, bool) or not isinstance(size, int) or not 5120 <= size <= 1 << 30:
             raise BitsError(_codes.E_INVALIDARG, f"fragment size {size!r} is not 5 KiB..1 GiB")
-        self._mgr._update(self, lambda r: setattr(r.settings, "upload_fragment_size", size))
+        await self._update(lambda r: setattr(r.settings, "upload_fragment_size", size))
 
     @property
     def reply_file_name(self) -> str | None:
@@ -554,13 +593,11 @@ class AsyncJob:
         """SetReplyFileName: upload-reply jobs, before the reply download starts."""
         if self.type is not JobType.UPLOAD_REPLY:
             raise BitsError(_codes.E_NOTIMPL, "only upload-reply jobs have a reply file")
-        from ._validate import check_local_name
-
         name = check_local_name(path)
         s = self._rec.settings
         if s.reply_temp_name is not None or s.reply_done:
             raise InvalidStateError("the reply download has started; its name is fixed")
-        self._mgr._update(self, lambda r: setattr(r.settings, "reply_file_name", name))
+        await self._update(lambda r: setattr(r.settings, "reply_file_name", name))
 
     # -- BITS calls that have no meaning off Windows -------------------------------------------
     def _windows_only(self, call: str) -> BitsError:
@@ -600,3 +637,9 @@ class AsyncJob:
             f"<{type(self).__name__} {self.display_name!r} {self.id} {self.state.name} "
             f"{p.files_transferred}/{p.files_total} files {p.bytes_transferred}/{total} bytes>"
         )
+
+
+def record_of(job: AsyncJob) -> JobRecord:
+    """The record behind a handle, for the queue's own layers (the blocking API passes it to
+    the operations it runs through the loop); applications read the handle's properties."""
+    return job._rec

@@ -1,4 +1,5 @@
-"""The mutable in-memory records the manager keeps and the store persists (private)."""
+"""The mutable in-memory records the manager keeps and the store persists, the secrets it keeps
+beside them in memory only, and their read-only snapshots (``FileInfo``, ``ErrorInfo``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ._enums import ErrorContext, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
+from ._enums import (
+    AuthScheme,
+    AuthTarget,
+    ErrorContext,
+    JobPriority,
+    JobState,
+    JobType,
+    NotifyFlags,
+    ProxyUsage,
+)
+from ._models import ErrorInfo, FileInfo, FileProgress, FileRange
 
 DEFAULT_MIN_RETRY_DELAY = 600.0
 DEFAULT_NO_PROGRESS_TIMEOUT = 1_209_600.0
@@ -97,3 +108,43 @@ class JobRecord:
     def touch(self) -> None:
         """Record a modification now."""
         self.modified = time.time()
+
+
+@dataclass
+class JobSecrets:
+    """What a job never writes to the store: credentials and secret headers."""
+
+    credentials: dict[tuple[AuthTarget, AuthScheme], tuple[str | None, str | None]] = field(
+        default_factory=dict
+    )
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# headers kept in memory only (never in the store, never shown)
+SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
+
+
+def file_info(f: FileRecord) -> FileInfo:
+    """The read-only snapshot of a file record."""
+    return FileInfo(
+        index=f.index,
+        remote_name=f.remote_name,
+        local_name=f.local_name,
+        temporary_name=f.temp_name,
+        progress=FileProgress(f.bytes_total, f.bytes_transferred, f.completed),
+        ranges=tuple(FileRange(o, n) for o, n in (f.ranges or ())),
+        transferred=f.transferred,
+    )
+
+
+def error_info(rec: JobRecord) -> ErrorInfo | None:
+    """The read-only snapshot of a job's last error (None when it has none)."""
+    err = rec.error
+    if err is None:
+        return None
+    file = (
+        file_info(rec.files[err.file_index])
+        if err.file_index is not None and err.file_index < len(rec.files)
+        else None
+    )
+    return ErrorInfo(err.code, err.context, file, err.protocol, err.message)

@@ -29,6 +29,8 @@ class Event(enum.Enum):
     FATAL_FAILURE = "fatal_failure"  # engine: fatal error, or retries exhausted
     RETRY = "retry"  # scheduler: retry delay elapsed
     SCAVENGE = "scavenge"  # housekeeping: inactive longer than the job lifetime
+    TAKE_OVER = "take_over"  # scheduler: a job another process stopped mid-transfer, queued here
+    STOP = "stop"  # manager: closing, or a run that ended without recording its end: re-queued
 
 
 Q, C, T, S = JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.SUSPENDED
@@ -67,6 +69,10 @@ _TABLE: dict[tuple[JobState, Event], JobState] = {
     (TE, Event.FATAL_FAILURE): E,
     (TE, Event.RETRY): Q,
     **{(s, Event.SCAVENGE): X for s in _NON_FINAL},
+    (C, Event.TAKE_OVER): Q,
+    (T, Event.TAKE_OVER): Q,
+    (C, Event.STOP): Q,
+    (T, Event.STOP): Q,
 }
 
 _UPLOAD_COMPLETE = {TD}  # upload jobs may only be completed once TRANSFERRED

@@ -25,8 +25,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from . import _codes
 from ._enums import ErrorContext, JobPriority, JobState, JobType
-from ._errors import BitsError
-from ._records import ErrorRecord, FileRecord, JobRecord, JobSettings
+from ._errors import BitsError, StoreBusyError
+from ._records import SECRET_HEADERS, ErrorRecord, FileRecord, JobRecord, JobSettings
 
 SCHEMA_VERSION = 1
 
@@ -108,8 +108,6 @@ _START_JOB = (
     " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
 )
 _UPSERT_FILE = f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-# settings never written to disk: credentials live in memory only
-_SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
 
 
 def _public_headers(text: str | None) -> str | None:
@@ -118,7 +116,7 @@ def _public_headers(text: str | None) -> str | None:
     kept = [
         line
         for line in text.splitlines()
-        if line.split(":", 1)[0].strip().lower() not in _SECRET_HEADERS
+        if line.split(":", 1)[0].strip().lower() not in SECRET_HEADERS
     ]
     return "\r\n".join(kept) or None
 
@@ -172,13 +170,13 @@ def _lease_holder_dead(holder: str) -> bool:
 
 def _store_error(path: Path, exc: Exception) -> BitsError:
     text = str(exc)
+    if isinstance(exc, OverflowError):
+        return BitsError(_codes.E_INVALIDARG, f"a value is too large for the store {path} ({text})")
     if isinstance(exc, sqlite3.DatabaseError) and "not a database" in text:
         message = f"the store {path} is not a bitsnb database or is corrupt ({text})"
         return BitsError(_codes.E_INVALIDARG, message)
     if "locked" in text or "busy" in text:
-        return BitsError(
-            _codes.E_ACCESSDENIED, f"the store {path} is locked by another process ({text})"
-        )
+        return StoreBusyError(f"the store {path} is locked by another process ({text})")
     if "readonly" in text or "unable to open" in text or isinstance(exc, PermissionError):
         return BitsError(_codes.E_ACCESSDENIED, f"cannot write the store {path} ({text})")
     return BitsError(_codes.E_INVALIDARG, f"cannot use the store {path} ({text})")
@@ -192,23 +190,39 @@ def _locked(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenat
     @functools.wraps(method)
     def locked(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self.lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlite3.Error, OverflowError) as exc:  # every failure as a BitsError
+                raise _store_error(self.path, exc) from exc
 
     return locked
 
 
+# How long one statement waits for another process's write lock before it gives up with
+# ``StoreBusyError``: the manager calls the store on its event loop, which must never wait
+# long on another process (the caller retries, off the loop or after an ``await``).
+STATEMENT_BUSY_TIMEOUT = 0.05
+
+
 class Store:
-    """SQLite-backed job store (WAL, ``synchronous=NORMAL``: a process crash loses nothing)."""
+    """SQLite-backed job store (WAL, ``synchronous=NORMAL``: a process crash loses nothing).
+
+    A statement waits at most ``STATEMENT_BUSY_TIMEOUT`` for the write lock; *busy_timeout* is
+    how long ``patiently`` (and the manager's retries) keep trying before the call fails.
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], writer: str, busy_timeout: float = 10.0
     ) -> None:
         self.path = Path(path)
         self.writer = writer
+        self.busy_timeout = busy_timeout
         self._held: set[uuid.UUID] = set()  # jobs whose lease claim() gave us, not given up
         self.lock = threading.RLock()  # each public method holds it; hold it across several
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # opening and migrating waits for the whole busy timeout (no transfers run yet,
+            # and the manager opens the store off its loop); later statements do not
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -232,8 +246,24 @@ class Store:
                         if statement.strip():
                             self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            statement_ms = int(min(busy_timeout, STATEMENT_BUSY_TIMEOUT) * 1000)
+            self._db.execute(f"PRAGMA busy_timeout={statement_ms}")
         except (sqlite3.Error, OSError) as exc:
             raise _store_error(self.path, exc) from exc
+
+    def patiently(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Call the store method *fn*, retrying while another process holds the write lock,
+        for up to the busy timeout. Blocks the calling thread: never call it on the loop."""
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.005
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except StoreBusyError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     # -- plumbing -------------------------------------------------------------------------
     def _tx(self) -> _Transaction:

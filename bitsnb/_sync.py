@@ -12,27 +12,45 @@ import os
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
 
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import get_error_description
-from ._job import AsyncJob
-from ._manager import AsyncManager, JobEvent
+from ._events import WAIT_DONE, JobEvent
+from ._job import AsyncJob, record_of
+from ._manager import AsyncManager, control_of
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
+from ._persist import call_patiently
 from ._runtime import LoopThread
 
-if TYPE_CHECKING:
-    import pandas as pd
+__all__ = ["Job", "JobEnumerator", "Manager", "ViewHooks", "views"]
 
-__all__ = ["Job", "JobEnumerator", "Manager"]
+_T = TypeVar("_T")
+
+
+def _no_views(*args: object) -> Any:
+    raise RuntimeError("bitsnb's notebook views are not installed")
+
+
+@dataclass
+class ViewHooks:
+    """The notebook views of jobs and managers (DataFrames, panels), plugged in by the package
+    root (``bitsnb/__init__.py``): the views depend on this API, never the other way round."""
+
+    jobs_frame: Callable[[Sequence[Any]], Any] = _no_views
+    files_frame: Callable[[Any], Any] = _no_views
+    job_panel: Callable[[Any], Any] = _no_views
+    queue_panel: Callable[[Any], Any] = _no_views
+    display_job: Callable[[Any], None] = _no_views
+
+
+views = ViewHooks()
 
 _open_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
-_WAIT_DONE = frozenset(
-    {JobState.TRANSFERRED, JobState.ERROR, JobState.CANCELLED, JobState.ACKNOWLEDGED}
-)
 _WINDOWS_ONLY = frozenset(
     {
         "set_peer_caching_flags",
@@ -56,11 +74,9 @@ def _close_all() -> None:
 class JobEnumerator(Enumerator["Job"]):
     """EnumJobs' answer: a snapshot of jobs with a cursor; ``to_frame()`` gives a DataFrame."""
 
-    def to_frame(self) -> pd.DataFrame:
-        """One row per job, indexed by job id (needs pandas)."""
-        from .frames import jobs_to_frame
-
-        return jobs_to_frame(self[:])
+    def to_frame(self) -> Any:
+        """One row per job, indexed by job id: a pandas DataFrame (needs pandas)."""
+        return views.jobs_frame(self[:])
 
 
 class Manager:
@@ -110,10 +126,17 @@ class Manager:
 
     def _wrap(self, ajob: AsyncJob) -> Job:
         job = self._jobs.get(ajob.id)
-        if job is None or job._ajob._rec is not ajob._rec:
+        if job is None or job.async_job is not ajob:
             job = Job(self, ajob)
             self._jobs[ajob.id] = job
         return job
+
+    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a queue operation that never waits with one trip through the loop; while
+        another process holds the store's lock, retry here (the loop never waits on it)."""
+        return call_patiently(
+            self._amgr.policy.store_busy_timeout, lambda: self._runtime.call(fn, *args)
+        )
 
     def create_job(
         self,
@@ -127,20 +150,19 @@ class Manager:
         if self._runtime.in_loop_thread or not self._runtime.running:
             self._runtime.call(_nothing)  # the refusal every blocking call gives there
         # the checks and the insert in this thread (the store serialises its users); the
-        # loop adopts the job before its next look at the queue: no trip through it here
-        ajob = self._amgr._insert_new(display_name, type, priority, description)
-        self._amgr._post_new(ajob)
-        return self._wrap(ajob)
+        # loop admits the job before its next look at the queue: no trip through it here
+        ctl = control_of(self._amgr)
+        return self._wrap(ctl.create(display_name, type, priority, description, on_loop=False))
 
     def get_job(self, job_id: uuid.UUID | str) -> Job:
         """GetJob: the job with that id; ``BitsError(BG_E_NOT_FOUND)`` when there is none."""
-        return self._wrap(self._runtime.call(self._amgr._get_job, job_id))
+        return self._wrap(self._call(control_of(self._amgr).get_job, job_id))
 
     def enum_jobs(
         self, all_users: bool = False, *, include_finished: bool = False
     ) -> JobEnumerator:
         """EnumJobs: a snapshot of the queue (your jobs, or everybody's for root)."""
-        jobs = self._runtime.call(self._amgr._enum_jobs, all_users, include_finished)
+        jobs = self._call(control_of(self._amgr).enum_jobs, all_users, include_finished)
         return JobEnumerator([self._wrap(j) for j in jobs])
 
     def get_error_description(self, code: int, language: str | int | None = "en") -> str:
@@ -169,14 +191,12 @@ class Manager:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{len(self._amgr._jobs)} jobs"
+        state = "closed" if self.closed else f"{control_of(self._amgr).count()} jobs"
         return f"<bitsnb.Manager {str(self.store_path)!r} {state}>"
 
     def panel(self) -> Any:
         """A live ipywidgets panel of the whole queue (see ``bitsnb.notebook``)."""
-        from .notebook import queue_panel
-
-        return queue_panel(self)
+        return views.queue_panel(self)
 
 
 def _nothing() -> None:
@@ -221,13 +241,14 @@ class Job:
     def __init__(self, manager: Manager, ajob: AsyncJob) -> None:
         self._mgr = manager
         self._ajob = ajob
+        self._ctl = control_of(manager.async_manager)
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
         return self._mgr._runtime.run(coro, timeout)
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a call that never waits (``AsyncManager._add_files``, ...) on the loop."""
-        return self._mgr._runtime.call(fn, *args)
+    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a queue operation that never waits (add files, resume...) on the loop."""
+        return self._mgr._call(fn, record_of(self._ajob), *args)
 
     @property
     def async_job(self) -> AsyncJob:
@@ -398,11 +419,11 @@ class Job:
     # methods
     def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
         """AddFile: remote URL → absolute local path."""
-        self._call(self._mgr._amgr._add_files, self._ajob, [(remote_url, local_name)])
+        self._call(self._ctl.add_files, [(remote_url, local_name)])
 
     def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
         """AddFileSet: several pairs, all or none."""
-        self._call(self._mgr._amgr._add_files, self._ajob, list(files))
+        self._call(self._ctl.add_files, list(files))
 
     def add_file_with_ranges(
         self,
@@ -415,7 +436,7 @@ class Job:
 
     def resume(self) -> None:
         """Resume: queue the job."""
-        self._call(self._mgr._amgr._resume, self._ajob)
+        self._call(self._ctl.resume)
 
     def suspend(self) -> None:
         """Suspend: stop; data on disk is kept."""
@@ -427,7 +448,7 @@ class Job:
 
     def complete(self) -> int:
         """Complete: move transferred files into place (S_OK or BG_S_PARTIAL_COMPLETE)."""
-        done = self._call(self._mgr._amgr._complete_now, self._ajob)
+        done = self._call(self._ctl.complete_now)
         if done is None:  # transferring (it is stopped first) or an upload: the full call
             return int(self._run(self._ajob.complete()))
         return int(done.finish())  # the folders are synced here, in the calling thread
@@ -435,7 +456,7 @@ class Job:
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until TRANSFERRED, ERROR, CANCELLED or ACKNOWLEDGED (TimeoutError after *timeout*)."""
         state = self._ajob.state
-        if state in _WAIT_DONE:
+        if state in WAIT_DONE:
             return state  # already there: no trip through the loop
         return JobState(self._run(self._ajob.wait(timeout)))
 
@@ -529,23 +550,17 @@ class Job:
         raise AttributeError(name)
 
     # notebook hooks (implemented in bitsnb.notebook / bitsnb.frames)
-    def files_frame(self) -> pd.DataFrame:
-        """One row per file (needs pandas)."""
-        from .frames import files_to_frame
-
-        return files_to_frame(self)
+    def files_frame(self) -> Any:
+        """One row per file: a pandas DataFrame (needs pandas)."""
+        return views.files_frame(self)
 
     def panel(self) -> Any:
         """A live ipywidgets panel of this job (see ``bitsnb.notebook``)."""
-        from .notebook import job_panel
-
-        return job_panel(self)
+        return views.job_panel(self)
 
     def _ipython_display_(self) -> None:
         """In a notebook, displaying a job shows its live panel."""
-        from .notebook import display_job
-
-        display_job(self)
+        views.display_job(self)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id

@@ -171,3 +171,8 @@ def check_source_file(local: object) -> str:
     if not os.access(local, os.R_OK):
         raise BitsError(_codes.E_ACCESSDENIED, f"the file {local!r} is not readable")
     return local
+
+
+def is_admin() -> bool:
+    """True for root: the user BITS's administrator rights map to (all users' jobs)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -12,7 +12,7 @@ import pytest
 
 import bitsnb
 from bitsnb import JobState
-from bitsnb import _manager as manager_module
+from bitsnb import _completion as completion_module
 from bitsnb.testing import FileServer
 
 
@@ -26,10 +26,10 @@ def test_folder_syncs_are_shared_and_start_after_each_caller(
         started.append(time.monotonic())
         time.sleep(0.05)
 
-    monkeypatch.setattr(manager_module, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(completion_module, "_fsync_dir", slow_fsync)
 
     async def main() -> list[tuple[float, float]]:
-        folders = manager_module._FolderSync(asyncio.get_running_loop())
+        folders = completion_module.FolderSync(asyncio.get_running_loop())
 
         async def caller(delay: float) -> tuple[float, float]:
             await asyncio.sleep(delay)
@@ -53,13 +53,13 @@ def test_blocking_complete_syncs_in_the_calling_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[tuple[str, str]] = []
-    real = manager_module._fsync_dir
+    real = completion_module._fsync_dir
 
     def recording(folder: str) -> None:
         seen.append((folder, threading.current_thread().name))
         real(folder)
 
-    monkeypatch.setattr(manager_module, "_fsync_dir", recording)
+    monkeypatch.setattr(completion_module, "_fsync_dir", recording)
     server.add_random_file("a.bin", 4096, seed=1)
     job = manager.create_job("one")
     job.add_file(server.url("a.bin"), dest / "a.bin")

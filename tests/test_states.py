@@ -49,6 +49,12 @@ EXPECTED: dict[tuple[JobState, Event], JobState] = {
     **{(s, Event.FATAL_FAILURE): E for s in (Q, C, T, TE)},
     (TE, Event.RETRY): Q,
     **{(s, Event.SCAVENGE): X for s in NON_FINAL},
+    # taken over from a process that stopped mid-transfer, or stopped here (closing, a run
+    # whose end the store refused): back to QUEUED
+    (C, Event.TAKE_OVER): Q,
+    (T, Event.TAKE_OVER): Q,
+    (C, Event.STOP): Q,
+    (T, Event.STOP): Q,
 }
 
 PAIRS = list(itertools.product(JobState, Event))

@@ -1,0 +1,569 @@
+"""Running jobs: starting queued ones while slots are free, transferring their files (several
+in flight), upload sessions and replies, failures, retry timers and the transfer's end.
+
+Each running job is one task. Its state changes go through ``Records`` (memory follows the
+store); when the store refuses to record the run's end — locked by another process for longer
+than the busy timeout, say — the job stays as the store has it and runs again a little later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from urllib.parse import urljoin
+
+from . import _codes
+from ._client_options import request_options
+from ._completion import default_reply_name, temp_name
+from ._engine import Engine, FileContext, TransferFailure, YieldSlice
+from ._enums import ErrorContext, JobState, JobType
+from ._errors import BitsError, JobNotFoundError, StoreBusyError
+from ._events import Events
+from ._models import Policy
+from ._persist import STARTABLE, Records, copy_record
+from ._records import ErrorRecord, FileRecord, JobRecord, JobSecrets
+from ._scheduler import Scheduler
+from ._states import Event
+from ._upload import UploadContext, Uploader
+
+__all__ = ["RUNNING", "Runner"]
+
+log = logging.getLogger("bitsnb")
+
+RUNNING = frozenset({JobState.CONNECTING, JobState.TRANSFERRING})
+_RERUN_DELAY = 1.0  # seconds before a run whose end the store refused runs again
+
+
+class Runner:
+    """Starts and runs jobs; one task per running job."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        records: Records,
+        events: Events,
+        scheduler: Scheduler,
+        engine: Engine,
+        secrets: dict[uuid.UUID, JobSecrets],
+    ) -> None:
+        self._policy = policy
+        self._records = records
+        self._events = events
+        self._scheduler = scheduler
+        self._engine = engine
+        self._uploader = Uploader(engine)
+        self._secrets = secrets
+        self._loop = asyncio.get_running_loop()
+        self._runs: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self.foreign: set[uuid.UUID] = set()  # queued jobs another process holds the lease of
+        self.accepting = True  # False once the manager closes: nothing new starts
+        self.forget: Callable[[JobRecord], None] = lambda rec: None  # set by the manager
+
+    # -- what runs ------------------------------------------------------------------------------
+    def is_running(self, job_id: uuid.UUID) -> bool:
+        """True while the job's task runs here."""
+        return job_id in self._runs
+
+    @property
+    def running(self) -> list[uuid.UUID]:
+        """Ids of the jobs running here."""
+        return list(self._runs)
+
+    def admit(self, rec: JobRecord) -> None:
+        """A job that joined the queue (loaded, created elsewhere): queue it, or arm its retry."""
+        if rec.state in STARTABLE:
+            self._scheduler.enqueue(rec.id, rec.priority)
+        elif rec.state is JobState.TRANSIENT_ERROR and rec.id not in self._timers:
+            self.arm_retry(rec, (rec.retry_at or time.time()) - time.time())
+
+    def queue(self, rec: JobRecord) -> None:
+        """Queue a startable job and start what fits."""
+        self._scheduler.enqueue(rec.id, rec.priority)
+        self.pump()
+
+    def pump(self) -> None:
+        """Start queued jobs, highest priority first, while slots are free."""
+        if not self.accepting:
+            return
+        store = self._records.store
+        for job_id in self._scheduler.next_to_start():
+            rec = self._records.jobs.get(job_id)
+            if rec is None or rec.state not in STARTABLE:
+                continue
+            try:
+                if self._records.start(rec, self._policy.lease_seconds):
+                    self._launch(rec, started=True)  # the usual case: state and lease, one write
+                    continue
+                version = store.claim(job_id, self._policy.lease_seconds)
+            except BitsError:  # the store is busy: try again shortly
+                self._later(_RERUN_DELAY / 4, rec)
+                continue
+            if version is None:
+                self.foreign.add(job_id)
+                continue
+            # another process may have moved it on: the claim says the row's version
+            fresh = rec if version == rec.version else store.load_job(job_id)
+            if fresh is not None and fresh is not rec:
+                copy_record(rec, fresh)
+            if fresh is None or rec.state not in STARTABLE:
+                with contextlib.suppress(BitsError):
+                    store.release(job_id)
+                if rec.state is JobState.TRANSIENT_ERROR and rec.id not in self._timers:
+                    self.arm_retry(rec, (rec.retry_at or time.time()) - time.time())
+                continue
+            self._launch(rec, started=False)
+
+    def _launch(self, rec: JobRecord, *, started: bool) -> None:
+        self.foreign.discard(rec.id)
+        self._scheduler.started(rec.id)
+        self._runs[rec.id] = asyncio.create_task(
+            self._run(rec, started=started), name=f"bitsnb-{rec.id}"
+        )
+
+    def _later(self, delay: float, rec: JobRecord) -> None:
+        """Queue *rec* again after *delay* (the store was busy, or refused the run's end)."""
+
+        def again() -> None:
+            if self._records.jobs.get(rec.id) is rec and rec.state in STARTABLE:
+                self.queue(rec)
+
+        self._loop.call_later(delay, again)
+
+    async def stop(self, job_id: uuid.UUID) -> None:
+        """Cancel the job's task and wait until it has stopped (its data stays on disk)."""
+        task = self._runs.get(job_id)
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # -- retry timers ---------------------------------------------------------------------------
+    def arm_retry(self, rec: JobRecord, delay: float) -> None:
+        """Move a TRANSIENT_ERROR job back to QUEUED after *delay* seconds."""
+        self.cancel_retry(rec.id)
+        self._timers[rec.id] = self._loop.call_later(max(0.0, delay), self._retry_due, rec.id)
+
+    def cancel_retry(self, job_id: uuid.UUID) -> None:
+        """Disarm the job's retry timer, if any."""
+        timer = self._timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def cancel_all_retries(self) -> None:
+        """The manager closes: no timer fires any more."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    def _retry_due(self, job_id: uuid.UUID) -> None:
+        self._timers.pop(job_id, None)
+        rec = self._records.jobs.get(job_id)
+        if rec is None:
+            return
+        try:
+            if not self._records.refresh(rec):  # another process may have ended it
+                self.forget(rec)
+                return
+            if rec.state is not JobState.TRANSIENT_ERROR:
+                return
+            s = rec.settings
+            if (
+                rec.first_failure_at is not None
+                and time.time() >= rec.first_failure_at + s.no_progress_timeout
+            ):
+                self._records.set_state(rec, Event.FATAL_FAILURE, also=_clear_retry(rec))
+                self._events.notify_final(rec)  # no progress for too long
+                return
+            self._records.set_state(rec, Event.RETRY, also=_clear_retry(rec))
+        except JobNotFoundError:
+            self.forget(rec)
+            return
+        except BitsError:  # the store is busy: look again shortly
+            self.arm_retry(rec, _RERUN_DELAY)
+            return
+        self.queue(rec)
+
+    # -- one job's run --------------------------------------------------------------------------
+    def _file_context(self, rec: JobRecord) -> FileContext:
+        opts = request_options(
+            rec.settings, self._secrets.get(rec.id), rec.files[0].remote_name if rec.files else None
+        )
+        records, events = self._records, self._events
+
+        def on_progress(f: FileRecord) -> None:
+            if rec.first_failure_at is not None:
+                rec.first_failure_at = None  # progress resets the no-progress timer
+            events.progressed(rec)
+
+        def on_connected() -> None:
+            if rec.state is JobState.CONNECTING:
+                # BITS keeps the error until the job transfers again
+                with contextlib.suppress(BitsError):  # busy: recorded by a later write
+                    records.set_state(rec, Event.CONNECTED, also=lambda: _clear_error(rec))
+
+        def on_checkpoint(f: FileRecord, durable: int) -> None:
+            rec.touch()
+            records.try_save(rec, [dataclasses.replace(f, bytes_transferred=durable)])
+
+        def on_validators(f: FileRecord) -> None:
+            if f.bytes_total is None or f.bytes_total > 4 * 1024 * 1024:
+                records.try_save(rec, [f])  # so a crash before the first checkpoint can resume
+
+        def on_restart(f: FileRecord) -> None:
+            records.try_save(rec, [f])
+            events.emit(rec, "progress")
+
+        return FileContext(
+            headers=opts.headers,
+            auth=opts.auth,
+            proxy=opts.proxy,
+            trust_env=opts.trust_env,
+            dynamic_content=rec.settings.dynamic_content,
+            on_connected=on_connected,
+            on_progress=on_progress,
+            on_checkpoint=on_checkpoint,
+            on_restart=on_restart,
+            on_validators=on_validators,
+            should_yield=lambda: self._scheduler.should_yield(rec.id, rec.priority),
+        )
+
+    async def _run(self, rec: JobRecord, *, started: bool) -> None:
+        """Transfer a job's files until done, failed, pre-empted or stopped (*started*: it is
+        CONNECTING already, with its lease)."""
+        began = time.monotonic()
+        stopped = False
+        try:
+            if not started:
+                if rec.state in RUNNING:  # taken over from a process stopped mid-transfer
+                    await self._records.set_state_patiently(rec, Event.TAKE_OVER)
+                await self._records.set_state_patiently(rec, Event.START)
+            ctx = self._file_context(rec)
+            remaining = rec.settings.maximum_download_time - rec.active_seconds
+            async with asyncio.timeout(max(0.0, remaining)):
+                if rec.type is JobType.DOWNLOAD:
+                    await self._transfer_files(rec, ctx)
+                else:
+                    await self._transfer_upload(rec, ctx)
+            if rec.state is not JobState.TRANSFERRED:  # (downloads: the last file did it)
+                await self._end_transfer(rec)
+        except YieldSlice:
+            with contextlib.suppress(BitsError):  # the store refused: it runs again later
+                await self._records.set_state_patiently(rec, Event.SLICE_END)
+        except TimeoutError:
+            if rec.state is not JobState.TRANSFERRED:  # (time ran out just after the end)
+                await self._fail(
+                    rec,
+                    TransferFailure(
+                        _codes.BG_E_MAXDOWNLOAD_TIMEOUT,
+                        ErrorContext.GENERAL_QUEUE_MANAGER,
+                        transient=False,
+                        message="the job exceeded its maximum download time",
+                        protocol=None,
+                    ),
+                )
+        except TransferFailure as failure:
+            await self._fail(rec, failure, failure.file)
+        except StoreBusyError:
+            log.warning("bitsnb: the store stayed locked; job %s runs again shortly", rec.id)
+        except asyncio.CancelledError:
+            stopped = True
+            raise
+        except Exception as exc:  # a bug must not kill the queue: the job says what happened
+            if not isinstance(exc, BitsError):
+                log.exception("bitsnb transfer failed unexpectedly")
+            await self._fail(
+                rec,
+                TransferFailure(
+                    exc.code if isinstance(exc, BitsError) else _codes.E_FAIL,
+                    ErrorContext.GENERAL_QUEUE_MANAGER,
+                    transient=False,
+                    message=str(exc)
+                    if isinstance(exc, BitsError)
+                    else f"unexpected {type(exc).__name__}: {exc}",
+                    protocol=None,
+                ),
+            )
+        finally:
+            rec.active_seconds += time.monotonic() - began
+            self._runs.pop(rec.id, None)
+            self._scheduler.stopped(rec.id)
+            self._after_run(rec, stopped)
+
+    def _after_run(self, rec: JobRecord, stopped: bool) -> None:
+        if not self.accepting or self._records.jobs.get(rec.id) is not rec:
+            return
+        if rec.state is JobState.QUEUED:
+            self._scheduler.enqueue(rec.id, rec.priority)  # its slice ended: its queue's tail
+        elif rec.state in RUNNING and not stopped:
+            self._later(_RERUN_DELAY, rec)  # its end could not be recorded: again, later
+        elif rec.state not in STARTABLE:
+            with contextlib.suppress(BitsError):
+                if self._records.store.holds(rec.id):
+                    self._records.store.release(rec.id)  # stopped from outside
+        self._loop.call_soon(self.pump)
+
+    async def _fail(
+        self, rec: JobRecord, failure: TransferFailure, f: FileRecord | None = None
+    ) -> None:
+        """TRANSIENT_ERROR (with a retry timer) or ERROR, as the failure and the job's
+        no-progress timeout say; if the store refuses, the job stays as it is."""
+        now = time.time()
+        s = rec.settings
+        error = ErrorRecord(
+            failure.code,
+            failure.context,
+            f.index if f is not None else None,
+            failure.protocol,
+            failure.message,
+        )
+        first_failure = rec.first_failure_at if rec.first_failure_at is not None else now
+        retry_at: float | None = None
+        if failure.transient and s.no_progress_timeout > 0:
+            delay = max(s.minimum_retry_delay, failure.retry_after or 0.0)
+            deadline = first_failure + s.no_progress_timeout
+            if s.minimum_retry_delay <= s.no_progress_timeout and now < deadline:
+                retry_at = min(now + delay, deadline)
+
+        def record() -> None:
+            rec.error = error
+            rec.error_count += 1
+            rec.retry_at = retry_at
+            if retry_at is not None:
+                rec.first_failure_at = first_failure
+
+        files = [f] if f is not None else []
+        event = Event.TRANSIENT_FAILURE if retry_at is not None else Event.FATAL_FAILURE
+        try:
+            await self._records.set_state_patiently(rec, event, files, also=record)
+        except BitsError:
+            log.warning("bitsnb could not record the failure of job %s; it runs again", rec.id)
+            return
+        if retry_at is not None:
+            self.arm_retry(rec, retry_at - now)
+        else:
+            self._events.notify_final(rec)
+
+    async def _end_transfer(self, rec: JobRecord) -> None:
+        """Every file is durable (an upload, or files transferred before): TRANSFERRED."""
+
+        def record() -> None:
+            rec.transfer_completed = time.time()
+            rec.first_failure_at = None
+            rec.retry_at = None
+
+        await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, also=record)
+        self._events.notify_final(rec)
+
+    async def _transfer_files(self, rec: JobRecord, ctx: FileContext) -> None:
+        """Fetch the job's files, starting them in order, up to ``files_in_flight`` at once.
+
+        BITS transfers a job's files one after the other; bitsnb starts them in the same order
+        but overlaps a few, because one small file at a time leaves the connection idle while
+        each file is fsynced and recorded. When a file fails, the files before it still finish
+        (as they would have one at a time) and the ones after it stop. Files added while the
+        job runs are picked up.
+        """
+        engine, records = self._engine, self._records
+        cursor = 0
+        stopping = False  # a failure or a slice end: start no new file
+        in_flight: dict[asyncio.Task[None], FileRecord] = {}
+
+        def next_file() -> FileRecord | None:
+            nonlocal cursor
+            while not stopping and cursor < len(rec.files):
+                f = rec.files[cursor]
+                cursor += 1
+                if not (f.transferred or f.completed):
+                    return f
+            return None
+
+        def mark(f: FileRecord) -> None:
+            f.transferred = True
+            rec.touch()
+
+        async def worker() -> None:
+            nonlocal stopping
+            me = asyncio.current_task()
+            assert me is not None
+            while (f := next_file()) is not None:
+                in_flight[me] = f
+                try:
+                    await engine.download(f, ctx)
+                except TransferFailure as failure:
+                    failure.file = f
+                    records.try_save(rec, [f])
+                    raise
+                except BaseException:
+                    records.try_save(rec, [f])
+                    raise
+                finally:
+                    in_flight.pop(me, None)
+                done = all(x.transferred or x.completed for x in rec.files if x is not f)
+                if not in_flight and done:
+                    # the job's last file: its row and the job's end go in one commit
+                    await self._end_transfer_with(rec, f, mark)
+                    continue
+                await records.change_patiently(rec, functools.partial(mark, f), [f])
+                self._events.notify_file(rec, f)
+                if cursor < len(rec.files) and self._scheduler.should_yield(rec.id, rec.priority):
+                    stopping = True  # let the files in flight finish, then give up the slot
+                    raise YieldSlice
+
+        pending_files = sum(1 for f in rec.files if not (f.transferred or f.completed))
+        width = max(1, min(self._policy.files_in_flight, pending_files))
+        tasks = {asyncio.create_task(worker()) for _ in range(width)}
+        first: BaseException | None = None
+        try:
+            while tasks:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    exc = None if task.cancelled() else task.exception()
+                    if exc is None or isinstance(exc, asyncio.CancelledError):
+                        continue
+                    if first is None or (
+                        isinstance(first, YieldSlice) and not isinstance(exc, YieldSlice)
+                    ):
+                        first = exc
+                    stopping = True
+                if first is not None and not isinstance(first, YieldSlice):
+                    failed = first.file if isinstance(first, TransferFailure) else None
+                    limit = failed.index if failed is not None else -1
+                    for task in tasks:
+                        f = in_flight.get(task)
+                        if f is None or f.index > limit:
+                            task.cancel()  # after the failing file: stop it, keep its data
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if first is not None:
+            raise first
+
+    async def _end_transfer_with(
+        self, rec: JobRecord, last: FileRecord, mark: Callable[[FileRecord], None]
+    ) -> None:
+        """The last file's end and the job's: one write (the file marked in the same change)."""
+
+        def record() -> None:
+            mark(last)
+            rec.transfer_completed = time.time()
+            rec.first_failure_at = None
+            rec.retry_at = None
+
+        await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, [last], also=record)
+        self._events.notify_file(rec, last)
+        self._events.notify_final(rec)
+
+    # -- uploads --------------------------------------------------------------------------------
+    def upload_context(self, rec: JobRecord, ctx: FileContext | None = None) -> UploadContext:
+        """The upload engine's view of the job's one file (its saves go to the store)."""
+        f = rec.files[0]
+        return UploadContext(
+            ctx or self._file_context(rec),
+            rec.settings,
+            save=lambda: self._records.save(rec, [f]),
+        )
+
+    async def cancel_upload(self, rec: JobRecord) -> None:
+        """Cancel-Session on the server, bounded: an unreachable server just expires it."""
+        uctx = self.upload_context(rec)
+        with contextlib.suppress(TimeoutError, TransferFailure):
+            async with asyncio.timeout(self._policy.connect_timeout):
+                await self._uploader.cancel(rec.files[0], uctx)
+        rec.settings.upload_session_id = None
+
+    async def _transfer_upload(self, rec: JobRecord, ctx: FileContext) -> None:
+        """Upload the job's one file, fetch the reply (upload-reply), close the session."""
+        f = rec.files[0]
+        uctx = self.upload_context(rec, ctx)
+        try:
+            async with self._uploader.session(uctx):
+                await self._upload_session(rec, f, uctx, ctx)
+        except TransferFailure as failure:
+            failure.file = f
+            self._records.try_save(rec, [f])
+            raise
+
+    async def _upload_session(
+        self, rec: JobRecord, f: FileRecord, uctx: UploadContext, ctx: FileContext
+    ) -> None:
+        """The session's packets, on the session's own connection."""
+        s = rec.settings
+        if not f.transferred:
+            await self._uploader.upload(f, uctx)
+
+            def mark() -> None:
+                f.transferred = True
+                rec.touch()
+
+            await self._records.change_patiently(rec, mark, [f])
+            self._events.emit(rec, "progress")
+        if rec.type is JobType.UPLOAD_REPLY and not s.reply_done:
+            await self._fetch_reply(rec, ctx)  # before Close-Session, or the reply is gone
+        if s.upload_session_id is not None:
+            await self._uploader.close(f, uctx)
+
+            def closed() -> None:
+                s.upload_session_id = None
+
+            await self._records.change_patiently(rec, closed)
+
+    async def _fetch_reply(self, rec: JobRecord, ctx: FileContext) -> None:
+        """Download the server's reply (BITS-Reply-URL) to the reply file's temporary name."""
+        s = rec.settings
+        reply_name = s.reply_file_name or default_reply_name(rec)
+        s.reply_file_name = reply_name
+        if s.reply_temp_name is None:
+            s.reply_temp_name = temp_name(reply_name)
+        if not s.reply_url:
+            open(s.reply_temp_name, "wb").close()  # the server sent no reply: an empty file
+            total = 0
+        else:
+            reply = FileRecord(
+                index=0,
+                remote_name=urljoin(rec.files[0].remote_name, s.reply_url),
+                local_name=reply_name,
+                temp_name=s.reply_temp_name,
+                bytes_total=s.reply_bytes_total,
+                bytes_transferred=s.reply_bytes_transferred,
+            )
+
+            def on_progress(f: FileRecord) -> None:
+                s.reply_bytes_total = f.bytes_total
+                s.reply_bytes_transferred = f.bytes_transferred
+                ctx.on_progress(rec.files[0])
+
+            reply_ctx = dataclasses.replace(
+                ctx, dynamic_content=True, on_progress=on_progress, on_validators=lambda f: None
+            )
+            await self._engine.download(reply, reply_ctx)
+            total = reply.bytes_transferred
+
+        def done() -> None:
+            s.reply_bytes_total = total
+            s.reply_bytes_transferred = total
+            s.reply_done = True
+            rec.touch()
+
+        await self._records.change_patiently(rec, done)
+        self._events.notify_file(rec, rec.files[0])
+
+
+def _clear_error(rec: JobRecord) -> None:
+    rec.error = None
+
+
+def _clear_retry(rec: JobRecord) -> Callable[[], None]:
+    def clear() -> None:
+        rec.retry_at = None
+
+    return clear
