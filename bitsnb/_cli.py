@@ -33,7 +33,6 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from rich.console import Group
 from rich.live import Live
@@ -41,23 +40,32 @@ from rich.text import Text
 
 from . import _codes
 from ._cli_render import (
+    EXIT_BITS_ERROR,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_IMPLEMENTED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_TRANSFER_FAILED,
+    EXIT_USAGE,
     Output,
     Watcher,
     error_lines,
-    fmt_bytes,
     job_dict,
     jobs_csv,
     jobs_table,
     print_info,
+    report_outcome,
     short_id,
     watch_job,
 )
 from ._enums import JobPriority, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, all_errors
+from ._format import format_bytes
 from ._manager import default_store_path
 from ._models import Policy
+from ._planning import default_display_name, local_path, make_folder, plan_downloads
 from ._sync import Job, Manager
-from ._validate import check_url
 
 __all__ = [
     "EXIT_BITS_ERROR",
@@ -72,14 +80,6 @@ __all__ = [
     "main",
 ]
 
-EXIT_OK = 0
-EXIT_TRANSFER_FAILED = 1
-EXIT_USAGE = 2
-EXIT_BITS_ERROR = 3
-EXIT_TIMEOUT = 4
-EXIT_NOT_IMPLEMENTED = 5
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 
 _EPILOG = """\
 exit codes:
@@ -245,49 +245,12 @@ def resolve(mgr: Manager, name: str) -> Job:
     )
 
 
-def local_path(text: str) -> str:
-    """A local name as BITS wants it: absolute and normalised (relative to the current folder)."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(text)))
-
-
-def name_from_url(url: str) -> str:
-    """The file name at the end of a URL's path (percent-decoded), for a destination folder."""
-    try:
-        path = urlsplit(url).path
-    except ValueError:
-        raise BitsError(_codes.E_INVALIDARG, f"the URL {url!r} cannot be parsed") from None
-    name = unquote(path.rsplit("/", 1)[-1]).replace(os.sep, "_").replace("\x00", "")
-    if name in ("", ".", ".."):
-        raise BitsError(
-            _codes.E_INVALIDARG,
-            f"the URL {url!r} has no file name in its path; give a file path as destination",
-        )
-    return name
-
-
 def plan_destinations(urls: Sequence[str], dest: str) -> list[tuple[str, str]]:
-    """(URL, local path) pairs: DEST is a folder (names from the URLs) or, for one URL, a file."""
-    for url in urls:
-        check_url(url)
-    target = local_path(dest)
-    folder = os.path.isdir(target) or dest.endswith(("/", os.sep))
-    if folder:
-        if not os.path.isdir(target):
-            try:
-                os.makedirs(target, exist_ok=True)
-            except OSError as exc:
-                raise BitsError(
-                    _codes.hresult_from_win32(exc.errno or 5),
-                    f"cannot create the folder {target!r}: {exc.strerror}",
-                ) from None
-        return [(url, os.path.join(target, name_from_url(url))) for url in urls]
-    if len(urls) == 1:
-        return [(urls[0], target)]
-    raise BitsError(
-        _codes.ERROR_PATH_NOT_FOUND,
-        f"{dest!r} is not a folder: with several URLs, DEST must be an existing folder "
-        "(or end with '/' to create it)",
-    )
+    """(URL, local path) pairs by the one rule of ``bitsnb._planning`` (``bitsnb.download``
+    follows it too); the folder they land in is created when missing."""
+    plan = plan_downloads(urls, dest)
+    make_folder(plan)
+    return plan.pairs
 
 
 def read_file_set(path: str) -> list[tuple[str, str]]:
@@ -296,9 +259,7 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise BitsError(
-            _codes.hresult_from_win32(exc.errno or 2)
-            if exc.errno in (2, 3, 5, 13)
-            else _codes.E_INVALIDARG,
+            _codes.hresult_from_errno(exc.errno),
             f"cannot read the file list {path!r}: {exc.strerror}",
         ) from None
     except UnicodeDecodeError as exc:
@@ -335,29 +296,6 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
 
 def _is_secret_header(line: str) -> bool:
     return line.split(":", 1)[0].strip().lower() in _SECRET_HEADERS
-
-
-def report_outcome(out: Output, job: Job, state: JobState) -> int:
-    """Exit status for a job that stopped waiting: 0 transferred, 1 error or cancelled."""
-    if state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
-        return EXIT_OK
-    if state is JobState.ERROR:
-        err = job.error
-        if err is None:
-            out.error(f"job {short_id(job)} {job.display_name!r} ended in ERROR")
-            return EXIT_TRANSFER_FAILED
-        out.error(
-            f"job {short_id(job)} {job.display_name!r} ended in ERROR: "
-            f"{err.name} (0x{err.code:08X}): {err.description}"
-        )
-        if err.message:
-            out.note(f"  {err.message}")
-        if err.file is not None:
-            out.note(f"  file: {err.file.remote_name}")
-        out.note(f"  context: {err.context.name}: {err.context_description}")
-        return EXIT_TRANSFER_FAILED
-    out.error(f"job {short_id(job)} {job.display_name!r} is {state.name}")
-    return EXIT_TRANSFER_FAILED
 
 
 def _queued_note(out: Output, job: Job) -> None:
@@ -616,10 +554,7 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
     """transfer URL... DEST: create, add, resume, show progress, complete (bitsadmin /transfer)."""
     urls: list[str] = args.urls
     pairs = plan_destinations(urls, args.dest)
-    name = args.name
-    if name is None:
-        first = os.path.basename(pairs[0][1])
-        name = first if len(pairs) == 1 else f"{first} and {len(pairs) - 1} more"
+    name = args.name if args.name is not None else default_display_name(pairs)
     with open_manager(args, active=not args.no_wait) as mgr:
         job = mgr.create_job(name, JobType.DOWNLOAD, priority=args.priority)
         try:
@@ -667,8 +602,8 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
             p = job.progress
             rate = p.bytes_transferred / elapsed if elapsed > 0 else 0.0
             out.line(
-                f"{p.files_total} files, {fmt_bytes(p.bytes_transferred)}, transferred in "
-                f"{elapsed:.1f} s ({fmt_bytes(int(rate))}/s), {job.state.name}"
+                f"{p.files_total} files, {format_bytes(p.bytes_transferred)}, transferred in "
+                f"{elapsed:.1f} s ({format_bytes(int(rate))}/s), {job.state.name}"
             )
             for f in job.files[:10]:
                 out.line(f"  {f.local_name}")
