@@ -38,7 +38,6 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from . import _codes
 from ._cli_render import (
     EXIT_BITS_ERROR,
     EXIT_INTERNAL,
@@ -58,6 +57,14 @@ from ._cli_render import (
     report_outcome,
     short_id,
     watch_job,
+)
+from ._codes import (
+    BG_S_PARTIAL_COMPLETE,
+    E_INVALIDARG,
+    E_NOTIMPL,
+    S_OK,
+    hresult_from_errno,
+    http_error,
 )
 from ._enums import JobPriority, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, all_errors
@@ -137,7 +144,7 @@ def parse_code(text: str) -> int:
     upper = value.upper()
     match = re.fullmatch(r"BG_E_HTTP_ERROR_(\d{3})", upper)
     if match:
-        return _codes.http_error(int(match.group(1)))
+        return http_error(int(match.group(1)))
     for row in all_errors():
         if row.name == upper:
             return row.code
@@ -206,7 +213,7 @@ def resolve(mgr: Manager, name: str) -> Job:
     """A job by full id, unique id prefix or unique display name (active jobs win over finished)."""
     text = name.strip()
     if not text:
-        raise BitsError(_codes.E_INVALIDARG, "the job name is empty")
+        raise BitsError(E_INVALIDARG, "the job name is empty")
     try:
         full: uuid.UUID | None = uuid.UUID(text)
     except ValueError:
@@ -237,7 +244,7 @@ def resolve(mgr: Manager, name: str) -> Job:
             )
             more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
             raise BitsError(
-                _codes.E_INVALIDARG,
+                E_INVALIDARG,
                 f"{text!r} names {len(matches)} jobs: {shown}{more}; give more of the id",
             )
     raise JobNotFoundError(
@@ -259,11 +266,11 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise BitsError(
-            _codes.hresult_from_errno(exc.errno),
+            hresult_from_errno(exc.errno),
             f"cannot read the file list {path!r}: {exc.strerror}",
         ) from None
     except UnicodeDecodeError as exc:
-        raise BitsError(_codes.E_INVALIDARG, f"{path!r} is not UTF-8 text ({exc})") from None
+        raise BitsError(E_INVALIDARG, f"{path!r} is not UTF-8 text ({exc})") from None
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
     header = [c.strip().lower() for c in first.split(",")]
@@ -275,7 +282,7 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
             if not any(fields.values()):
                 continue
             if not fields.get("url") or not fields.get("path"):
-                raise BitsError(_codes.E_INVALIDARG, f"{path!r}: a row lacks url or path: {row}")
+                raise BitsError(E_INVALIDARG, f"{path!r}: a row lacks url or path: {row}")
             pairs.append((fields["url"], local_path(fields["path"])))
     else:
         for number, line in enumerate(lines, 1):
@@ -285,12 +292,12 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
             parts = stripped.split(None, 1)
             if len(parts) != 2:
                 raise BitsError(
-                    _codes.E_INVALIDARG,
+                    E_INVALIDARG,
                     f"{path!r} line {number}: expected 'URL PATH', got {stripped!r}",
                 )
             pairs.append((parts[0], local_path(parts[1])))
     if not pairs:
-        raise BitsError(_codes.E_INVALIDARG, f"{path!r} lists no files")
+        raise BitsError(E_INVALIDARG, f"{path!r} lists no files")
     return pairs
 
 
@@ -306,7 +313,7 @@ def _queued_note(out: Output, job: Job) -> None:
 
 
 def _complete_text(hr: int) -> str:
-    if hr == _codes.BG_S_PARTIAL_COMPLETE:
+    if hr == BG_S_PARTIAL_COMPLETE:
         return (
             "BG_S_PARTIAL_COMPLETE: the transferred files were moved into place, the others dropped"
         )
@@ -380,11 +387,7 @@ def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
     with open_manager(args, active=False) as mgr:
         job = resolve(mgr, args.job)
         hr = job.cancel()
-        extra = (
-            ""
-            if hr == _codes.S_OK
-            else " (BG_S_UNABLE_TO_DELETE_FILES: some temporary files remain)"
-        )
+        extra = "" if hr == S_OK else " (BG_S_UNABLE_TO_DELETE_FILES: some temporary files remain)"
         out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}{extra}")
     return EXIT_OK
 
@@ -819,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, out)
     except BitsError as exc:
         out.error(str(exc))
-        return EXIT_NOT_IMPLEMENTED if exc.code == _codes.E_NOTIMPL else EXIT_BITS_ERROR
+        return EXIT_NOT_IMPLEMENTED if exc.code == E_NOTIMPL else EXIT_BITS_ERROR
     except TimeoutError as exc:
         out.error(f"timed out: {exc}")
         return EXIT_TIMEOUT

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from . import _codes
+from ._codes import E_INVALIDARG, ERROR_PATH_NOT_FOUND, hresult_from_errno
 from ._errors import BitsError
 from ._validate import MAX_DISPLAY_NAME, MAX_NAME, MAX_PATH, check_local_name, check_url
 
@@ -49,7 +49,7 @@ class DownloadPlan:
 
 
 def _invalid(message: str) -> BitsError:
-    return BitsError(_codes.E_INVALIDARG, message)
+    return BitsError(E_INVALIDARG, message)
 
 
 def local_path(text: str | os.PathLike[str]) -> str:
@@ -91,7 +91,7 @@ def plan_downloads(
     if into_folder:
         if os.path.lexists(target) and not is_dir(target):
             raise BitsError(
-                _codes.ERROR_PATH_NOT_FOUND,
+                ERROR_PATH_NOT_FOUND,
                 f"{target!r} is a file, but the destination must be a folder here "
                 "(several URLs, or a name ending in '/')",
             )
@@ -125,7 +125,7 @@ def make_folder(plan: DownloadPlan) -> None:
         os.makedirs(plan.folder, exist_ok=True)
     except OSError as exc:
         raise BitsError(
-            _codes.hresult_from_errno(exc.errno),
+            hresult_from_errno(exc.errno),
             f"cannot create the folder {plan.folder!r}: {exc.strerror or exc}",
         ) from None
 

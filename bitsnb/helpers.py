@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _codes
+from ._codes import E_INVALIDARG, E_NOTIMPL
 from ._enums import ErrorContext, JobPriority, JobState, JobType
 from ._errors import BitsError, all_errors, context_description, lookup_error
 from ._job import AsyncJob
@@ -66,7 +66,7 @@ def default_manager() -> Manager:
 
 
 def _invalid(message: str) -> BitsError:
-    return BitsError(_codes.E_INVALIDARG, message)
+    return BitsError(E_INVALIDARG, message)
 
 
 def _url_list(urls: object) -> list[str]:
@@ -93,7 +93,7 @@ def _priority(priority: object) -> JobPriority:
     try:
         return JobPriority(priority)  # type: ignore[arg-type]
     except (ValueError, TypeError):
-        raise BitsError(_codes.E_NOTIMPL, f"priority {priority!r} is not a BITS priority") from None
+        raise BitsError(E_NOTIMPL, f"priority {priority!r} is not a BITS priority") from None
 
 
 def _display_name(name: str | None, pairs: Sequence[tuple[str, str]]) -> str:

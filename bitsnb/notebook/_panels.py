@@ -71,7 +71,7 @@ class JobSnapshot:
 _CALL_ERRORS = (RuntimeError, TimeoutError, BitsError)
 
 
-def _widget_tree(root: Any) -> Iterator[Any]:
+def widget_tree(root: Any) -> Iterator[Any]:
     """*root*, its children (recursively) and their style and layout models."""
     stack = [root]
     while stack:
@@ -182,7 +182,7 @@ class _Panel(widgets.VBox):  # type: ignore[misc]
                     self._stop_listening()
                     self._mgr = None
                     self._drop_refs()
-                    for w in list(_widget_tree(self))[1:]:
+                    for w in list(widget_tree(self))[1:]:
                         w.close()
             self._pump.discard(self)
         super().close()
