@@ -33,31 +33,46 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from . import _codes
 from ._cli_render import (
+    EXIT_BITS_ERROR,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_IMPLEMENTED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_TRANSFER_FAILED,
+    EXIT_USAGE,
     Output,
     Watcher,
     error_lines,
-    fmt_bytes,
     job_dict,
     jobs_csv,
     jobs_table,
     print_info,
+    report_outcome,
     short_id,
     watch_job,
 )
+from ._codes import (
+    BG_S_PARTIAL_COMPLETE,
+    E_INVALIDARG,
+    E_NOTIMPL,
+    S_OK,
+    hresult_from_errno,
+    http_error,
+)
 from ._enums import JobPriority, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, all_errors
+from ._format import format_bytes
 from ._manager import default_store_path
 from ._models import Policy
+from ._planning import default_display_name, local_path, make_folder, plan_downloads
 from ._sync import Job, Manager
-from ._validate import check_url
 
 __all__ = [
     "EXIT_BITS_ERROR",
@@ -72,14 +87,6 @@ __all__ = [
     "main",
 ]
 
-EXIT_OK = 0
-EXIT_TRANSFER_FAILED = 1
-EXIT_USAGE = 2
-EXIT_BITS_ERROR = 3
-EXIT_TIMEOUT = 4
-EXIT_NOT_IMPLEMENTED = 5
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 
 _EPILOG = """\
 exit codes:
@@ -137,7 +144,7 @@ def parse_code(text: str) -> int:
     upper = value.upper()
     match = re.fullmatch(r"BG_E_HTTP_ERROR_(\d{3})", upper)
     if match:
-        return _codes.http_error(int(match.group(1)))
+        return http_error(int(match.group(1)))
     for row in all_errors():
         if row.name == upper:
             return row.code
@@ -206,7 +213,7 @@ def resolve(mgr: Manager, name: str) -> Job:
     """A job by full id, unique id prefix or unique display name (active jobs win over finished)."""
     text = name.strip()
     if not text:
-        raise BitsError(_codes.E_INVALIDARG, "the job name is empty")
+        raise BitsError(E_INVALIDARG, "the job name is empty")
     try:
         full: uuid.UUID | None = uuid.UUID(text)
     except ValueError:
@@ -237,7 +244,7 @@ def resolve(mgr: Manager, name: str) -> Job:
             )
             more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
             raise BitsError(
-                _codes.E_INVALIDARG,
+                E_INVALIDARG,
                 f"{text!r} names {len(matches)} jobs: {shown}{more}; give more of the id",
             )
     raise JobNotFoundError(
@@ -245,49 +252,12 @@ def resolve(mgr: Manager, name: str) -> Job:
     )
 
 
-def local_path(text: str) -> str:
-    """A local name as BITS wants it: absolute and normalised (relative to the current folder)."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(text)))
-
-
-def name_from_url(url: str) -> str:
-    """The file name at the end of a URL's path (percent-decoded), for a destination folder."""
-    try:
-        path = urlsplit(url).path
-    except ValueError:
-        raise BitsError(_codes.E_INVALIDARG, f"the URL {url!r} cannot be parsed") from None
-    name = unquote(path.rsplit("/", 1)[-1]).replace(os.sep, "_").replace("\x00", "")
-    if name in ("", ".", ".."):
-        raise BitsError(
-            _codes.E_INVALIDARG,
-            f"the URL {url!r} has no file name in its path; give a file path as destination",
-        )
-    return name
-
-
 def plan_destinations(urls: Sequence[str], dest: str) -> list[tuple[str, str]]:
-    """(URL, local path) pairs: DEST is a folder (names from the URLs) or, for one URL, a file."""
-    for url in urls:
-        check_url(url)
-    target = local_path(dest)
-    folder = os.path.isdir(target) or dest.endswith(("/", os.sep))
-    if folder:
-        if not os.path.isdir(target):
-            try:
-                os.makedirs(target, exist_ok=True)
-            except OSError as exc:
-                raise BitsError(
-                    _codes.hresult_from_win32(exc.errno or 5),
-                    f"cannot create the folder {target!r}: {exc.strerror}",
-                ) from None
-        return [(url, os.path.join(target, name_from_url(url))) for url in urls]
-    if len(urls) == 1:
-        return [(urls[0], target)]
-    raise BitsError(
-        _codes.ERROR_PATH_NOT_FOUND,
-        f"{dest!r} is not a folder: with several URLs, DEST must be an existing folder "
-        "(or end with '/' to create it)",
-    )
+    """(URL, local path) pairs by the one rule of ``bitsnb._planning`` (``bitsnb.download``
+    follows it too); the folder they land in is created when missing."""
+    plan = plan_downloads(urls, dest)
+    make_folder(plan)
+    return plan.pairs
 
 
 def read_file_set(path: str) -> list[tuple[str, str]]:
@@ -296,13 +266,11 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise BitsError(
-            _codes.hresult_from_win32(exc.errno or 2)
-            if exc.errno in (2, 3, 5, 13)
-            else _codes.E_INVALIDARG,
+            hresult_from_errno(exc.errno),
             f"cannot read the file list {path!r}: {exc.strerror}",
         ) from None
     except UnicodeDecodeError as exc:
-        raise BitsError(_codes.E_INVALIDARG, f"{path!r} is not UTF-8 text ({exc})") from None
+        raise BitsError(E_INVALIDARG, f"{path!r} is not UTF-8 text ({exc})") from None
     lines = text.splitlines()
     first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
     header = [c.strip().lower() for c in first.split(",")]
@@ -314,7 +282,7 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
             if not any(fields.values()):
                 continue
             if not fields.get("url") or not fields.get("path"):
-                raise BitsError(_codes.E_INVALIDARG, f"{path!r}: a row lacks url or path: {row}")
+                raise BitsError(E_INVALIDARG, f"{path!r}: a row lacks url or path: {row}")
             pairs.append((fields["url"], local_path(fields["path"])))
     else:
         for number, line in enumerate(lines, 1):
@@ -324,40 +292,17 @@ def read_file_set(path: str) -> list[tuple[str, str]]:
             parts = stripped.split(None, 1)
             if len(parts) != 2:
                 raise BitsError(
-                    _codes.E_INVALIDARG,
+                    E_INVALIDARG,
                     f"{path!r} line {number}: expected 'URL PATH', got {stripped!r}",
                 )
             pairs.append((parts[0], local_path(parts[1])))
     if not pairs:
-        raise BitsError(_codes.E_INVALIDARG, f"{path!r} lists no files")
+        raise BitsError(E_INVALIDARG, f"{path!r} lists no files")
     return pairs
 
 
 def _is_secret_header(line: str) -> bool:
     return line.split(":", 1)[0].strip().lower() in _SECRET_HEADERS
-
-
-def report_outcome(out: Output, job: Job, state: JobState) -> int:
-    """Exit status for a job that stopped waiting: 0 transferred, 1 error or cancelled."""
-    if state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
-        return EXIT_OK
-    if state is JobState.ERROR:
-        err = job.error
-        if err is None:
-            out.error(f"job {short_id(job)} {job.display_name!r} ended in ERROR")
-            return EXIT_TRANSFER_FAILED
-        out.error(
-            f"job {short_id(job)} {job.display_name!r} ended in ERROR: "
-            f"{err.name} (0x{err.code:08X}): {err.description}"
-        )
-        if err.message:
-            out.note(f"  {err.message}")
-        if err.file is not None:
-            out.note(f"  file: {err.file.remote_name}")
-        out.note(f"  context: {err.context.name}: {err.context_description}")
-        return EXIT_TRANSFER_FAILED
-    out.error(f"job {short_id(job)} {job.display_name!r} is {state.name}")
-    return EXIT_TRANSFER_FAILED
 
 
 def _queued_note(out: Output, job: Job) -> None:
@@ -368,7 +313,7 @@ def _queued_note(out: Output, job: Job) -> None:
 
 
 def _complete_text(hr: int) -> str:
-    if hr == _codes.BG_S_PARTIAL_COMPLETE:
+    if hr == BG_S_PARTIAL_COMPLETE:
         return (
             "BG_S_PARTIAL_COMPLETE: the transferred files were moved into place, the others dropped"
         )
@@ -442,11 +387,7 @@ def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
     with open_manager(args, active=False) as mgr:
         job = resolve(mgr, args.job)
         hr = job.cancel()
-        extra = (
-            ""
-            if hr == _codes.S_OK
-            else " (BG_S_UNABLE_TO_DELETE_FILES: some temporary files remain)"
-        )
+        extra = "" if hr == S_OK else " (BG_S_UNABLE_TO_DELETE_FILES: some temporary files remain)"
         out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}{extra}")
     return EXIT_OK
 
@@ -616,10 +557,7 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
     """transfer URL... DEST: create, add, resume, show progress, complete (bitsadmin /transfer)."""
     urls: list[str] = args.urls
     pairs = plan_destinations(urls, args.dest)
-    name = args.name
-    if name is None:
-        first = os.path.basename(pairs[0][1])
-        name = first if len(pairs) == 1 else f"{first} and {len(pairs) - 1} more"
+    name = args.name if args.name is not None else default_display_name(pairs)
     with open_manager(args, active=not args.no_wait) as mgr:
         job = mgr.create_job(name, JobType.DOWNLOAD, priority=args.priority)
         try:
@@ -667,8 +605,8 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
             p = job.progress
             rate = p.bytes_transferred / elapsed if elapsed > 0 else 0.0
             out.line(
-                f"{p.files_total} files, {fmt_bytes(p.bytes_transferred)}, transferred in "
-                f"{elapsed:.1f} s ({fmt_bytes(int(rate))}/s), {job.state.name}"
+                f"{p.files_total} files, {format_bytes(p.bytes_transferred)}, transferred in "
+                f"{elapsed:.1f} s ({format_bytes(int(rate))}/s), {job.state.name}"
             )
             for f in job.files[:10]:
                 out.line(f"  {f.local_name}")
@@ -884,7 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, out)
     except BitsError as exc:
         out.error(str(exc))
-        return EXIT_NOT_IMPLEMENTED if exc.code == _codes.E_NOTIMPL else EXIT_BITS_ERROR
+        return EXIT_NOT_IMPLEMENTED if exc.code == E_NOTIMPL else EXIT_BITS_ERROR
     except TimeoutError as exc:
         out.error(f"timed out: {exc}")
         return EXIT_TIMEOUT

@@ -15,10 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._cli import local_path, report_outcome
-from ._cli_render import Output, Watcher, fmt_bytes, jobs_table, short_id, watch_job
+from ._cli_render import Output, Watcher, jobs_table, report_outcome, short_id, watch_job
 from ._enums import JobPriority, JobState
+from ._format import format_bytes
 from ._models import Policy
+from ._planning import local_path
 from ._sync import Job, Manager
 from .testing import Fault, FileServer
 
@@ -126,14 +127,16 @@ def run_demo(args: argparse.Namespace, out: Output) -> int:
         drop_name = names[min(1, count - 1)]
         stall_name = names[-1]
         out.line("bitsnb demo: one BITS job, start to finish, against a loopback HTTP server")
-        out.line(f"  server  {server.base_url}  ({count} files of {fmt_bytes(size)}, Range + ETag)")
+        out.line(
+            f"  server  {server.base_url}  ({count} files of {format_bytes(size)}, Range + ETag)"
+        )
         out.line(f"  store   {store}" + ("" if args.keep or args.store else "  (thrown away)"))
         out.line(f"  folder  {dest}")
         if faults:
             server.inject(drop_name, Fault.drop_after(max(1, size // 3)))
             server.inject(stall_name, Fault.stall(_STALL))
             out.line(
-                f"  faults  {drop_name}: the connection drops after {fmt_bytes(max(1, size // 3))};"
+                f"  faults  {drop_name}: the connection drops after {format_bytes(max(1, size // 3))};"
                 f" {stall_name}: the server stalls"
             )
         out.line()
@@ -205,7 +208,7 @@ def _run(
         ok = ok and digest == _sha256(want)
         bad += not ok
         mark = "ok " if ok else "BAD"
-        out.line(f"   {mark} {name}  {fmt_bytes(want.stat().st_size)}  sha256 {digest[:16]}")
+        out.line(f"   {mark} {name}  {format_bytes(want.stat().st_size)}  sha256 {digest[:16]}")
     if faults:
         ranges = [
             r.range for r in server.requests if r.path == names[min(1, len(names) - 1)] and r.range
@@ -220,7 +223,7 @@ def _run(
         return 1
     out.line()
     out.line(
-        f"{len(names)} files, {fmt_bytes(total)}, transferred in {active:.1f} s, {job.state.name}",
+        f"{len(names)} files, {format_bytes(total)}, transferred in {active:.1f} s, {job.state.name}",
         style="bold green",
     )
     if args.keep:

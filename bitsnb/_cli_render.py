@@ -14,34 +14,51 @@ import json
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, cast
 
 from rich.align import AlignMethod
 from rich.console import Console, RenderableType
-from rich.filesize import decimal
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.table import Column, Table
 from rich.text import Text
 
 from ._enums import JobState
 from ._errors import lookup_error
+from ._format import RateEstimator, format_progress, format_rate
 from ._models import ErrorInfo
 from ._sync import Job, Manager
 
 __all__ = [
     "DONE_STATES",
+    "EXIT_BITS_ERROR",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_IMPLEMENTED",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_TRANSFER_FAILED",
+    "EXIT_USAGE",
     "Output",
     "Watcher",
     "error_dict",
-    "fmt_bytes",
     "job_dict",
     "jobs_csv",
     "jobs_table",
     "print_info",
+    "report_outcome",
     "watch_job",
 ]
+
+EXIT_OK = 0
+EXIT_TRANSFER_FAILED = 1
+EXIT_USAGE = 2
+EXIT_BITS_ERROR = 3
+EXIT_TIMEOUT = 4
+EXIT_NOT_IMPLEMENTED = 5
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+"""Exit statuses of ``bitsnb`` (the table is in ``bitsnb._cli``'s docstring)."""
 
 DONE_STATES = frozenset(
     {JobState.TRANSFERRED, JobState.ERROR, JobState.CANCELLED, JobState.ACKNOWLEDGED}
@@ -137,13 +154,6 @@ class _Trimmed(io.TextIOBase):
 
 
 # -- formatting -------------------------------------------------------------------------------
-def fmt_bytes(n: int | None) -> str:
-    """Decimal units, as the perf notes use (20.0 MB = 20,000,000 bytes); ``?`` when unknown."""
-    if n is None:
-        return "?"
-    return str(decimal(n, precision=1))
-
-
 def fmt_time(when: _dt.datetime | None) -> str:
     """Local time to the second, or ``-``."""
     if when is None:
@@ -167,7 +177,7 @@ def fmt_progress(job: Job) -> str:
         return "-"
     pct = p.percent
     tail = f" ({pct:.0f}%)" if pct is not None else ""
-    return f"{fmt_bytes(p.bytes_transferred)} / {fmt_bytes(p.bytes_total)}{tail}"
+    return f"{format_progress(p.bytes_transferred, p.bytes_total)}{tail}"
 
 
 def short_id(job: Job) -> str:
@@ -399,7 +409,7 @@ def print_info(out: Output, job: Job) -> None:
             str(f.index),
             f.remote_name,
             f.local_name,
-            f"{fmt_bytes(f.progress.bytes_transferred)} / {fmt_bytes(f.progress.bytes_total)}",
+            format_progress(f.progress.bytes_transferred, f.progress.bytes_total),
             done,
         )
     out.line()
@@ -407,25 +417,6 @@ def print_info(out: Output, job: Job) -> None:
 
 
 # -- live progress ----------------------------------------------------------------------------
-class _Speed:
-    """Bytes per second over the last few seconds of samples (a sliding window)."""
-
-    def __init__(self, window: float = 3.0) -> None:
-        self._window = window
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def add(self, now: float, nbytes: int) -> float | None:
-        if self._samples and nbytes < self._samples[-1][1]:
-            self._samples.clear()  # a file restarted from zero
-        self._samples.append((now, nbytes))
-        while len(self._samples) > 2 and now - self._samples[0][0] > self._window:
-            self._samples.popleft()
-        t0, b0 = self._samples[0]
-        if now - t0 < 0.2:
-            return None
-        return (nbytes - b0) / (now - t0)
-
-
 class _Field(ProgressColumn):
     """One of the task's fields, shown as it is (a ``Text`` keeps its colour; no markup)."""
 
@@ -466,7 +457,7 @@ class Watcher:
         self._last_error: tuple[int, int] | None = None
         self._job = job
         self._live = self._console.is_terminal
-        self._speed = _Speed()
+        self._speed = RateEstimator(window=3.0)
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_key: tuple[object, ...] | None = None
@@ -514,10 +505,10 @@ class Watcher:
         p = job.progress
         state = job.state
         now = time.monotonic()
-        speed = self._speed.add(now, p.bytes_transferred)
-        speed_text = f"{fmt_bytes(int(speed))}/s" if speed else ""
+        speed = self._speed.update(p.bytes_transferred, now)
+        speed_text = format_rate(speed) if speed else ""
         files = f"{p.files_transferred}/{p.files_total} files"
-        size = f"{fmt_bytes(p.bytes_transferred)} / {fmt_bytes(p.bytes_total)}"
+        size = format_progress(p.bytes_transferred, p.bytes_total)
         err = job.error
         if state is JobState.TRANSIENT_ERROR and err is not None:
             status = f"{state.name}, retrying"
@@ -609,6 +600,29 @@ def watch_job(
             changed.wait(wait)
     finally:
         unsubscribe()
+
+
+def report_outcome(out: Output, job: Job, state: JobState) -> int:
+    """Exit status for a job that stopped waiting: 0 transferred, 1 error or cancelled."""
+    if state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
+        return EXIT_OK
+    if state is JobState.ERROR:
+        err = job.error
+        if err is None:
+            out.error(f"job {short_id(job)} {job.display_name!r} ended in ERROR")
+            return EXIT_TRANSFER_FAILED
+        out.error(
+            f"job {short_id(job)} {job.display_name!r} ended in ERROR: "
+            f"{err.name} (0x{err.code:08X}): {err.description}"
+        )
+        if err.message:
+            out.note(f"  {err.message}")
+        if err.file is not None:
+            out.note(f"  file: {err.file.remote_name}")
+        out.note(f"  context: {err.context.name}: {err.context_description}")
+        return EXIT_TRANSFER_FAILED
+    out.error(f"job {short_id(job)} {job.display_name!r} is {state.name}")
+    return EXIT_TRANSFER_FAILED
 
 
 def error_lines(code: int) -> tuple[str, str]:

@@ -8,6 +8,7 @@ event loop at import time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import importlib
 import os
@@ -17,15 +18,16 @@ import time
 from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
-from . import _codes
+from ._codes import E_INVALIDARG, E_NOTIMPL
 from ._enums import ErrorContext, JobPriority, JobState, JobType
-from ._errors import BitsError, _table, all_errors, context_description, lookup_error
+from ._errors import BitsError, all_errors, context_description, lookup_error
 from ._job import AsyncJob
 from ._models import ErrorInfo
+from ._planning import default_display_name, make_folder, plan_downloads
 from ._sync import Job, Manager
-from ._validate import MAX_DISPLAY_NAME, check_local_name, check_url
+from ._validate import MAX_DISPLAY_NAME
+from .notebook import in_kernel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,21 +66,7 @@ def default_manager() -> Manager:
 
 
 def _invalid(message: str) -> BitsError:
-    return BitsError(_codes.E_INVALIDARG, message)
-
-
-def _name_from_url(url: str) -> str:
-    """The last segment of the URL's path, URL-unquoted, refused when unsafe as a file name."""
-    segment = urlsplit(url).path.rsplit("/", 1)[-1]
-    name = unquote(segment)
-    if name.strip() in ("", ".", ".."):
-        raise _invalid(
-            f"cannot derive a file name from {url!r} (its path ends in {segment!r}); "
-            "give a full destination path instead"
-        )
-    if "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise _invalid(f"the file name {name!r} derived from {url!r} is not a safe file name")
-    return name
+    return BitsError(E_INVALIDARG, message)
 
 
 def _url_list(urls: object) -> list[str]:
@@ -100,70 +88,28 @@ def _url_list(urls: object) -> list[str]:
     return list(urls)
 
 
-def _plan(urls: Sequence[str], dest: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """(url, absolute local path) pairs, all checked; raises before anything is created."""
-    if not urls:
-        raise _invalid("no URLs given")
-    target = os.path.abspath(os.path.expanduser(os.fspath(dest)))
-    checked = [check_url(u) for u in urls]
-    into_folder = (
-        len(checked) > 1 or os.path.isdir(target) or os.fspath(dest).endswith(("/", os.sep))
-    )
-    if into_folder:
-        if not os.path.isdir(target):
-            raise BitsError(
-                _codes.ERROR_PATH_NOT_FOUND, f"the destination folder {target!r} does not exist"
-            )
-        pairs = [(u, os.path.join(target, _name_from_url(u))) for u in checked]
-    else:
-        pairs = [(checked[0], target)]
-    seen: dict[str, str] = {}
-    for url, path in pairs:
-        if path in seen:
-            raise _invalid(
-                f"{url!r} and {seen[path]!r} would both be saved as {path!r}; "
-                "download them into different folders or one at a time"
-            )
-        seen[path] = url
-        check_local_name(path)
-    return pairs
-
-
 def _priority(priority: object) -> JobPriority:
     """A BITS priority, or ``BitsError(E_NOTIMPL)`` as ``SetPriority`` answers."""
     try:
         return JobPriority(priority)  # type: ignore[arg-type]
     except (ValueError, TypeError):
-        raise BitsError(_codes.E_NOTIMPL, f"priority {priority!r} is not a BITS priority") from None
+        raise BitsError(E_NOTIMPL, f"priority {priority!r} is not a BITS priority") from None
 
 
 def _display_name(name: str | None, pairs: Sequence[tuple[str, str]]) -> str:
-    if name is None:
-        first = os.path.basename(pairs[0][1])
-        name = first if len(pairs) == 1 else f"{first} and {len(pairs) - 1} more"
-    return name[:MAX_DISPLAY_NAME]
-
-
-def _in_kernel() -> bool:
-    """True inside a running IPython kernel (Jupyter), without importing IPython otherwise."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    get_ipython = getattr(ipython, "get_ipython", None)
-    shell = get_ipython() if get_ipython is not None else None
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    return default_display_name(pairs) if name is None else name[:MAX_DISPLAY_NAME]
 
 
 def _show(jobs: Sequence[Job], manager: Manager, display: bool | None) -> None:
     """Show the job's panel (the queue panel for several jobs) in a notebook; *display*
     True forces it (elsewhere: one text line per job), False turns it off."""
-    if display is False or (display is None and not _in_kernel()):
+    if display is False or (display is None and not in_kernel()):
         return
     try:
         notebook = importlib.import_module("bitsnb.notebook")
     except ImportError:  # no widgets layer (or no ipywidgets): no panel, still a download
         return
-    if len(jobs) > 1 and _in_kernel():
+    if len(jobs) > 1 and in_kernel():
         ipy_display: Any = importlib.import_module("IPython.display").display
         ipy_display(notebook.queue_panel(manager))
     else:  # outside a kernel display_job prints a one-line summary
@@ -215,9 +161,11 @@ def download(
     """Download one URL or several into *dest* as one BITS job; returns the ``Job``.
 
     *dest* is a folder (file names come from the URLs' last path segment, unquoted) or, for a
-    single URL, a full file path. Everything is checked first — URLs, names (empty, ``.``,
-    ``..``, containing ``/``, or duplicates are ``BitsError(E_INVALIDARG)``), folders — so a
-    refused call leaves the queue and the disk unchanged. The job is then resumed.
+    single URL, a full file path; a missing folder is created (the rule of
+    ``bitsnb._planning``, which ``bitsnb transfer`` follows too). Everything is checked first
+    — URLs, names (empty, ``.``, ``..``, containing ``/``, or duplicates are
+    ``BitsError(E_INVALIDARG)``) — so a refused call leaves the queue and the disk unchanged.
+    The job is then resumed.
 
     *priority* defaults to NORMAL, as ``bitsadmin /transfer`` does (FOREGROUND would pre-empt
     every other job). ``wait=True`` blocks until the job is TRANSFERRED or in ERROR
@@ -228,8 +176,10 @@ def download(
     last expression. *manager* defaults to ``default_manager()``.
     """
     prio = _priority(priority)
-    pairs = _plan(_url_list(urls_or_url), dest)
+    plan = plan_downloads(_url_list(urls_or_url), dest)
+    pairs = plan.pairs
     mgr = manager if manager is not None else default_manager()
+    make_folder(plan)
     job = _create(mgr, _display_name(name, pairs), pairs, prio)
     _show([job], mgr, display)
     _finish([job], wait, timeout, complete)
@@ -249,7 +199,8 @@ def download_many(
     manager: Manager | None = None,
     display: bool | None = None,
 ) -> list[Job]:
-    """Download many URLs into the folder *dest*: one job, or jobs of *per_job* files each.
+    """Download many URLs into the folder *dest* (created when missing): one job, or jobs of
+    *per_job* files each.
 
     *urls* may be a list, any iterable, a pandas Series (a DataFrame column) or a one-column
     DataFrame. All URLs and names are checked before the first job is created (names must be
@@ -262,13 +213,11 @@ def download_many(
     url_list = _url_list(urls)
     if per_job is not None and (isinstance(per_job, bool) or per_job < 1):
         raise _invalid(f"per_job must be a positive number of files, not {per_job!r}")
-    target = os.path.abspath(os.path.expanduser(os.fspath(dest)))
-    if url_list and not os.path.isdir(target):
-        raise BitsError(
-            _codes.ERROR_PATH_NOT_FOUND, f"the destination folder {target!r} does not exist"
-        )
-    pairs = _plan(url_list, target)
+    folder = os.path.join(os.fspath(dest), "")  # always a folder here, even for one URL
+    plan = plan_downloads(url_list, folder)
+    pairs = plan.pairs
     mgr = manager if manager is not None else default_manager()
+    make_folder(plan)
     size = per_job or len(pairs)
     chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
     jobs: list[Job] = []
@@ -339,6 +288,11 @@ class Explanation:
         return f"<table class='bitsnb-explanation'>{body}</table>"
 
 
+@functools.cache
+def _known_codes() -> frozenset[int]:
+    return frozenset(row.code for row in all_errors())
+
+
 def _code_from_text(text: str) -> int:
     stripped = text.strip()
     try:
@@ -392,7 +346,7 @@ def explain(code_or_error: int | str | BitsError | ErrorInfo | Job | AsyncJob) -
         code=code,
         hex=f"0x{code:08X}",
         description=row.description,
-        known=code in _table(),
+        known=code in _known_codes(),
         context=context,
         context_description=context_description(context) if context is not None else None,
         message=message,

@@ -17,6 +17,7 @@ import pytest
 
 import bitsnb
 from bitsnb import JobState
+from bitsnb._format import format_bytes, format_eta
 from bitsnb.notebook import (
     JobPanel,
     JobSnapshot,
@@ -29,7 +30,7 @@ from bitsnb.notebook import (
 )
 from bitsnb.notebook._commlog import CommLog, counting_comms, model_ids
 from bitsnb.notebook._pump import Pump
-from bitsnb.notebook._text import bar_style, format_bytes, format_eta
+from bitsnb.notebook._text import bar_style
 from bitsnb.testing import Fault, FileServer
 
 TIMEOUT = 15.0  # bound on every wait in this file
@@ -100,8 +101,8 @@ def test_rate_estimator_with_fake_clock() -> None:
 def test_formatting_helpers() -> None:
     assert format_bytes(None) == "?"
     assert format_bytes(512) == "512 B"
-    assert format_bytes(1536) == "1.5 KiB"
-    assert format_bytes(3 * MiB) == "3.0 MiB"
+    assert format_bytes(1536) == "1.5 kB"
+    assert format_bytes(3 * MiB) == "3.1 MB"  # decimal units everywhere (bitsnb._format)
     assert format_eta(None) == ""
     assert format_eta(65) == "1:05"
     assert format_eta(3725) == "1:02:05"
@@ -325,19 +326,17 @@ def test_text_fallback_without_a_kernel(
     job.resume()
     assert job.wait(TIMEOUT) is JobState.TRANSFERRED
     display_job(job)
-    assert (
-        capsys.readouterr().out.strip() == "plain  TRANSFERRED  100% 2.0 KiB / 2.0 KiB  files 2/2"
-    )
+    assert capsys.readouterr().out.strip() == "plain  TRANSFERRED  100% 2.0 kB / 2.0 kB  files 2/2"
 
     queue = queue_panel(manager)
     panels.append(queue)
     panel = job_panel(job)
     panels.append(panel)
-    assert pretty(panel) == repr(panel) == "plain  TRANSFERRED  100% 2.0 KiB / 2.0 KiB  files 2/2"
+    assert pretty(panel) == repr(panel) == "plain  TRANSFERRED  100% 2.0 kB / 2.0 kB  files 2/2"
     lines = pretty(queue).splitlines()  # the queue is a rich table, as the CLI draws it
     assert lines[0].split() == ["JOB", "STATE", "PROGRESS", "BYTES", "FILES"]
     assert lines[1].split()[:2] == ["plain", "TRANSFERRED"]
-    assert "100% 2.0 KiB / 2.0 KiB" in lines[1] and lines[1].endswith("2/2")
+    assert "100% 2.0 kB / 2.0 kB" in lines[1] and lines[1].endswith("2/2")
     assert "━" in lines[1]  # rich's progress bar
     assert lines[2].startswith("1 job: 1 transferred")
     bundle = queue._repr_mimebundle_()

@@ -343,7 +343,7 @@ def test_upload_complete_in_transferred(
     job_type: JobType, manager: bitsnb.Manager, dest: Path, tmp_path: Path
 ) -> None:
     """A live upload job: complete() is refused until TRANSFERRED, then allowed (→ ACKNOWLEDGED)."""
-    from bitsnb.server import UploadServer
+    from bitsnb.testing import UploadServer
 
     source = dest / "up.bin"
     source.write_bytes(bytes(range(256)) * 300)

@@ -18,7 +18,7 @@ import bitsnb
 from bitsnb import BitsError, ErrorContext, JobState, JobType
 
 pytest.importorskip("uvicorn")
-from bitsnb.server import UploadServer
+from bitsnb.testing import Fault, UploadServer
 
 MIB = 1024 * 1024
 BG_E_LOCAL_FILE_CHANGED = 0x8020001D
@@ -151,7 +151,7 @@ def test_missing_source_is_refused(
 def test_drop_mid_fragment_resumes(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path
 ) -> None:
-    upserver.inject("drop", after=100_000, times=2)
+    upserver.inject("*", Fault.drop_after(100_000, times=2))
     job = upload(manager, upserver, source, "drop.bin", JobType.UPLOAD)
     job.resume()
     assert job.wait(timeout=30) is JobState.TRANSFERRED
@@ -164,8 +164,8 @@ def test_drop_mid_fragment_resumes(
 def test_busy_server_retries_and_extra_headers_are_ignored(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path
 ) -> None:
-    upserver.inject("busy", retry_after=0)
-    upserver.inject("extra_headers", times=5)
+    upserver.inject("*", Fault.status(503, retry_after=0))
+    upserver.inject("*", Fault.extra_headers(times=5))
     job = upload(manager, upserver, source, "busy.bin", JobType.UPLOAD)
     job.resume()
     assert job.wait(timeout=30) is JobState.TRANSFERRED
@@ -176,7 +176,7 @@ def test_busy_server_retries_and_extra_headers_are_ignored(
 def test_server_error_codes_become_the_job_error(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path, fmt: str
 ) -> None:
-    upserver.inject("error", status=403, code=E_ACCESSDENIED, context=0x7, fmt=fmt)  # type: ignore[arg-type]
+    upserver.inject("*", Fault.bits_error(E_ACCESSDENIED, status=403, context=0x7, fmt=fmt))  # type: ignore[arg-type]
     job = upload(manager, upserver, source, f"err-{fmt}.bin", JobType.UPLOAD)
     job.resume()
     assert job.wait(timeout=30) is JobState.ERROR
@@ -190,7 +190,7 @@ def test_server_error_codes_become_the_job_error(
 def test_session_lost_starts_a_new_session(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path
 ) -> None:
-    upserver.inject("error", code=0x8020001F, status=500)
+    upserver.inject("*", Fault.bits_error(0x8020001F, status=500))
     job = upload(manager, upserver, source, "lost.bin", JobType.UPLOAD)
     job.resume()
     assert job.wait(timeout=30) is JobState.TRANSFERRED
@@ -222,7 +222,9 @@ def test_traversal_is_refused(
 def test_local_file_changing_is_fatal(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path
 ) -> None:
-    upserver.inject("busy", retry_after=0)  # the first fragment fails, the retry sees the change
+    upserver.inject(
+        "*", Fault.status(503, retry_after=0)
+    )  # the first fragment fails, the retry sees the change
     job = upload(manager, upserver, source, "changed.bin", JobType.UPLOAD)
     job.minimum_retry_delay = 1.0
     job.resume()
@@ -241,7 +243,7 @@ def test_local_file_changing_is_fatal(
 def test_cancel_tells_the_server(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path
 ) -> None:
-    upserver.inject("busy", retry_after=0)
+    upserver.inject("*", Fault.status(503, retry_after=0))
     job = upload(manager, upserver, source, "cancel.bin", JobType.UPLOAD)
     job.minimum_retry_delay = 30
     job.resume()
@@ -258,10 +260,10 @@ def test_cancel_tells_the_server(
 def test_server_restart_resumes(
     manager: bitsnb.Manager, upserver: UploadServer, source: Path
 ) -> None:
-    upserver.inject("drop", after=10, times=1)
+    upserver.inject("*", Fault.drop_after(10))
     job = upload(manager, upserver, source, "restart.bin", JobType.UPLOAD)
     job.minimum_retry_delay = 0.5
-    upserver.inject("busy", retry_after=0, times=1)
+    upserver.inject("*", Fault.status(503, retry_after=0))
     job.resume()
     deadline = time.monotonic() + 20
     while job.state is not JobState.TRANSIENT_ERROR and time.monotonic() < deadline:
@@ -290,7 +292,7 @@ def test_client_killed_and_resumed(
     tmp_path: Path, upserver: UploadServer, source: Path, policy: bitsnb.Policy
 ) -> None:
     store = tmp_path / "kill.db"
-    upserver.inject("extra_headers", times=-1)
+    upserver.inject("*", Fault.extra_headers(times=-1))
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(store), upserver.url("killed.bin"), str(source)],
         stdout=subprocess.PIPE,

@@ -29,7 +29,8 @@ import httpx
 import pytest
 from _support.bits_upload_client import BitsUploadClient, error_code, received
 
-from bitsnb.server import STATE_DIR, UPLOAD_PROTOCOL, UploadServer, create_app
+from bitsnb.server import STATE_DIR, UPLOAD_PROTOCOL, create_app
+from bitsnb.testing import Fault, UploadServer
 
 TIMEOUT = 10.0  # bound on every network wait in this file
 E_ACCESSDENIED = 0x80070005
@@ -320,11 +321,11 @@ def test_drop_mid_fragment_then_resume_from_the_received_range(plain_srv: Upload
     data = payload(50_000, seed=5)
     with client(plain_srv, "drop.bin") as c:
         c.create_session()
-        plain_srv.inject("drop", after=10_000)
+        plain_srv.inject("*", Fault.drop_after(10_000))
         with pytest.raises(httpx.TransportError):
             c.fragment(data, 0, len(data))
         dropped = plain_srv.packets[-1]
-        assert (dropped.fault, dropped.status, dropped.body_bytes) == ("drop", 0, 10_000)
+        assert (dropped.fault, dropped.status, dropped.body_bytes) == ("drop_after", 0, 10_000)
         probe = c.fragment(data[40_000:], 40_000, len(data))  # ask where the server stands
         assert probe.status_code == 416
         assert received(probe) == 10_000  # the bytes that made it before the cut were kept
@@ -337,7 +338,9 @@ def test_drop_mid_fragment_then_resume_from_the_received_range(plain_srv: Upload
 def test_lost_final_ack_then_resend_and_close(plain_srv: UploadServer) -> None:
     with client(plain_srv, "lost.bin") as c:
         c.create_session()
-        plain_srv.inject("drop", after=1_000)  # the whole body arrives, only the Ack is lost
+        plain_srv.inject(
+            "*", Fault.drop_after(1_000)
+        )  # the whole body arrives, only the Ack is lost
         with pytest.raises(httpx.TransportError):
             c.fragment(b"z" * 1_000, 0, 1_000)
         assert plain_srv.path("lost.bin").read_bytes() == b"z" * 1_000
@@ -521,7 +524,7 @@ def test_path_traversal_is_refused(jail: tuple[UploadServer, Path], target: str)
 def test_fault_busy_answers_503_without_processing(plain_srv: UploadServer) -> None:
     with client(plain_srv, "busy.bin") as c:
         c.create_session()
-        plain_srv.inject("busy", retry_after=3)
+        plain_srv.inject("*", Fault.status(503, retry_after=3))
         busy = c.fragment(b"abc", 0, 6)
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "3"
@@ -541,20 +544,22 @@ def test_fault_busy_answers_503_without_processing(plain_srv: UploadServer) -> N
 def test_fault_error_codes_in_any_format(plain_srv: UploadServer, fmt: Any, text: str) -> None:
     with client(plain_srv, "err.bin") as c:
         plain_srv.inject(
-            "error", code=BG_E_SESSION_NOT_FOUND, fmt=fmt, packet="create-session", status=500
+            "err.bin",
+            Fault.bits_error(BG_E_SESSION_NOT_FOUND, fmt=fmt, status=500),
+            packet="create-session",
         )
         resp = c.post("Create-Session", headers={"BITS-Supported-Protocols": UPLOAD_PROTOCOL})
         assert resp.status_code == 500
         assert resp.headers["bits-error-code"] == text == resp.headers["bits-error"]
         assert resp.headers["bits-error-context"] == "0x5"
         assert c.create_session()  # spent after one packet
-    assert plain_srv.packets[0].fault == "error"
+    assert plain_srv.packets[0].fault == "bits_error"
 
 
 def test_fault_extra_headers_and_times(plain_srv: UploadServer) -> None:
     with client(plain_srv, "extra.bin") as c:
         plain_srv.inject(
-            "extra_headers", times=2, packet=None, headers={"X-Odd": "1", "BITS-Odd": "2"}
+            "*", Fault.extra_headers({"X-Odd": "1", "BITS-Odd": "2"}, times=2), packet=None
         )
         first = c.ping()
         c.create_session()

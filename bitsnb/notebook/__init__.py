@@ -13,11 +13,11 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ._rate import RateEstimator
+from .._format import RateEstimator
+from .._protocols import JobControl, ManagerView, is_blocking
 from ._text import job_line
 
 if TYPE_CHECKING:
-    from .._sync import Job, Manager
     from ._panels import JobPanel, JobSnapshot, QueuePanel
 
 __all__ = [
@@ -44,11 +44,9 @@ def _load_panels() -> ModuleType:
     return _panels
 
 
-def job_panel(job: Job) -> JobPanel:
+def job_panel(job: JobControl) -> JobPanel:
     """A live panel for *job* (name, state, bar, files, speed, ETA, error, buttons)."""
-    from .._sync import Job
-
-    if not isinstance(job, Job):
+    if not is_blocking(job.suspend, job.resume, job.cancel, job.complete):
         raise TypeError(
             f"job_panel() takes a bitsnb.Job (the blocking API), not {type(job).__name__}"
         )
@@ -56,11 +54,9 @@ def job_panel(job: Job) -> JobPanel:
     return panel
 
 
-def queue_panel(mgr: Manager) -> QueuePanel:
+def queue_panel(mgr: ManagerView) -> QueuePanel:
     """A live table of *mgr*'s jobs with totals and a state filter."""
-    from .._sync import Manager
-
-    if not isinstance(mgr, Manager):
+    if not is_blocking(mgr.enum_jobs):
         raise TypeError(
             f"queue_panel() takes a bitsnb.Manager (the blocking API), not {type(mgr).__name__}"
         )
@@ -70,18 +66,24 @@ def queue_panel(mgr: Manager) -> QueuePanel:
 
 def in_kernel() -> bool:
     """True inside a Jupyter kernel (a front end that can render widgets), judged from
-    ``sys.modules`` so that nothing is imported to find out."""
+    ``sys.modules`` so that nothing is imported to find out.
+
+    The one rule for every front end (``bitsnb.download`` shows panels by it too): IPython and
+    ipykernel are loaded and the running shell has a kernel. A plain IPython terminal has no
+    kernel, so it gets text.
+    """
     ipython = sys.modules.get("IPython")
     if ipython is None or "ipykernel" not in sys.modules:
         return False
-    shell = ipython.get_ipython()
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if get_ipython is not None else None
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 _shown: set[tuple[object, int]] = set()  # (job id, cell execution count) already displayed
 
 
-def display_job(job: Job) -> None:
+def display_job(job: JobControl) -> None:
     """Display *job*'s live panel in a notebook; elsewhere print its one-line summary.
 
     A job already shown by the same cell (``bitsnb.download(...)`` shows its panel, and the

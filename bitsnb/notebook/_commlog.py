@@ -112,6 +112,6 @@ def counting_comms() -> Iterator[CommLog]:
 
 def model_ids(root: Any) -> set[str]:
     """The comm ids of *root*, its descendants and their style and layout models."""
-    from ._panels import _widget_tree
+    from ._panels import widget_tree
 
-    return {w.model_id for w in _widget_tree(root) if getattr(w, "comm", None) is not None}
+    return {w.model_id for w in widget_tree(root) if getattr(w, "comm", None) is not None}

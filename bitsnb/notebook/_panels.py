@@ -10,23 +10,22 @@ truth: a panel only shows what it reads from jobs, so a new panel shows the live
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from .._codes import BG_S_PARTIAL_COMPLETE, S_OK
 from .._enums import JobState
 from .._errors import BitsError
+from .._format import RateEstimator, format_bytes, format_eta, format_rate
 from .._models import ErrorInfo, JobProgress
+from .._protocols import JobControl, ManagerView
 from ._pump import INTERVAL, MIN_GAP, Changes, Inbox, Pump, default_pump
-from ._rate import RateEstimator
 from ._text import (
     ACTIVE_STATES,
     FILTERS,
@@ -35,22 +34,13 @@ from ._text import (
     bar_style,
     error_text,
     escape,
-    format_bytes,
-    format_eta,
-    format_rate,
     job_line,
     progress_text,
     queue_text,
 )
 
-if TYPE_CHECKING:
-    from .._sync import Job, Manager
-
 __all__ = ["JobPanel", "JobSnapshot", "QueuePanel"]
 
-T = TypeVar("T")
-
-_CALL_TIMEOUT = 10.0
 _BUTTONS: tuple[tuple[str, str, str, str], ...] = (
     # (method, label, icon, button_style)
     ("suspend", "Suspend", "pause", ""),
@@ -78,27 +68,10 @@ class JobSnapshot:
         return cls(job.id, job.display_name, state, job.progress, error)
 
 
-def _call(mgr: Manager, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a manager coroutine from a thread that is not the loop's, with a time limit."""
-    if mgr.closed:
-        raise RuntimeError("The manager is closed.")
-    coro = make()
-    try:
-        fut = asyncio.run_coroutine_threadsafe(coro, mgr.loop)
-    except RuntimeError:
-        coro.close()
-        raise
-    try:
-        return fut.result(_CALL_TIMEOUT)
-    except BaseException:
-        fut.cancel()
-        raise
+_CALL_ERRORS = (RuntimeError, TimeoutError, BitsError)
 
 
-_CALL_ERRORS = (RuntimeError, TimeoutError, concurrent.futures.CancelledError, BitsError)
-
-
-def _widget_tree(root: Any) -> Iterator[Any]:
+def widget_tree(root: Any) -> Iterator[Any]:
     """*root*, its children (recursively) and their style and layout models."""
     stack = [root]
     while stack:
@@ -114,10 +87,10 @@ def _widget_tree(root: Any) -> Iterator[Any]:
 class _Panel(widgets.VBox):  # type: ignore[misc]
     """What both panels share: the inbox, the pump, the lock, close() and the text fallback."""
 
-    def _setup(self, mgr: Manager, job_id: uuid.UUID | None, pump: Pump | None) -> None:
+    def _setup(self, mgr: ManagerView, job_id: uuid.UUID | None, pump: Pump | None) -> None:
         self._ui_lock = threading.RLock()
         self._pump = pump if pump is not None else default_pump()
-        self._mgr: Manager | None = mgr
+        self._mgr: ManagerView | None = mgr
         self._inbox = Inbox(self._pump.wake, job_id)
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
@@ -209,7 +182,7 @@ class _Panel(widgets.VBox):  # type: ignore[misc]
                     self._stop_listening()
                     self._mgr = None
                     self._drop_refs()
-                    for w in list(_widget_tree(self))[1:]:
+                    for w in list(widget_tree(self))[1:]:
                         w.close()
             self._pump.discard(self)
         super().close()
@@ -247,7 +220,7 @@ class JobPanel(_Panel):
 
     def __init__(
         self,
-        job: Job,
+        job: JobControl,
         *,
         pump: Pump | None = None,
         rate: RateEstimator | None = None,
@@ -291,7 +264,7 @@ class JobPanel(_Panel):
         self.message_label = message_label
         self.buttons = buttons
         self._setup(job.manager, job.id, pump)
-        self._job: Job | None = job
+        self._job: JobControl | None = job
         self._rate = rate if rate is not None else RateEstimator()
         self._style: str | None = None
         self._snapshot = JobSnapshot.of(job)
@@ -322,7 +295,7 @@ class JobPanel(_Panel):
 
     # -- reading --------------------------------------------------------------------------------
     @property
-    def job(self) -> Job | None:
+    def job(self) -> JobControl | None:
         """The job shown (None once the panel finished or closed)."""
         return self._job
 
@@ -481,7 +454,9 @@ class QueuePanel(_Panel):
     there are. Jobs appear and disappear as the manager creates and forgets them.
     """
 
-    def __init__(self, manager: Manager, *, pump: Pump | None = None, max_rows: int = 200) -> None:
+    def __init__(
+        self, manager: ManagerView, *, pump: Pump | None = None, max_rows: int = 200
+    ) -> None:
         title = widgets.HTML(
             f"<b>bitsnb queue</b> <small style='color:#888'>{escape(str(manager.store_path))}</small>"
         )
@@ -550,7 +525,7 @@ class QueuePanel(_Panel):
         if mgr is None:
             return False
         try:
-            jobs = _call(mgr, lambda: mgr.async_manager.enum_jobs())
+            jobs = list(mgr.enum_jobs())
         except _CALL_ERRORS:
             return False
         self._handles = {j.id: j for j in jobs}

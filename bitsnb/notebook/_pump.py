@@ -16,10 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from .._protocols import JobEventView
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._manager import JobEvent
 
 __all__ = ["INTERVAL", "MIN_GAP", "Changes", "Inbox", "Pump", "PumpClient", "default_pump"]
 
@@ -61,7 +62,7 @@ class Inbox:
         self._pending = Changes()
         self.events = 0
 
-    def __call__(self, event: JobEvent) -> None:
+    def __call__(self, event: JobEventView) -> None:
         """Called on the manager's loop thread for every job event."""
         if self._job_id is not None and event.job_id != self._job_id:
             return

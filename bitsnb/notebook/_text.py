@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .._enums import JobState
+from .._format import format_bytes, format_eta, format_progress, format_rate
 from .._models import ErrorInfo, JobProgress
 
 if TYPE_CHECKING:
@@ -93,41 +94,11 @@ def bar_style(state: JobState, previous: str | None = None) -> str:
     return style
 
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def format_bytes(n: int | float | None) -> str:
-    """``1536`` → ``'1.5 KiB'``; None → ``'?'``."""
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in _UNITS:
-        if abs(value) < 1024 or unit == _UNITS[-1]:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def format_rate(rate: float | None) -> str:
-    """Bytes per second as ``'8.1 MiB/s'``; ``''`` when unknown."""
-    return "" if rate is None else f"{format_bytes(rate)}/s"
-
-
-def format_eta(seconds: float | None) -> str:
-    """``65`` → ``'1:05'``, ``3725`` → ``'1:02:05'``; ``''`` when unknown."""
-    if seconds is None:
-        return ""
-    s = int(seconds + 0.5)
-    hours, rest = divmod(s, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def progress_text(p: JobProgress) -> str:
-    """``'45% 1.2 MiB / 3.0 MiB'``, or ``'? 1.2 MiB / ?'`` while the total is unknown."""
+    """``'45% 1.2 MB / 3.0 MB'``, or ``'? 1.2 MB / ?'`` while the total is unknown."""
     pct = p.percent
     head = "?" if pct is None else f"{pct:.0f}%"
-    return f"{head} {format_bytes(p.bytes_transferred)} / {format_bytes(p.bytes_total)}"
+    return f"{head} {format_progress(p.bytes_transferred, p.bytes_total)}"
 
 
 def error_text(err: ErrorInfo | None) -> str:

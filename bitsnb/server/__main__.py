@@ -73,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     port = int(sock.getsockname()[1])
     app = create_app(root, max_upload_size=args.max_size, session_timeout=args.session_timeout)
+    # h11, not httptools: llhttp refuses methods it does not know, and BITS_POST is one
     config = uvicorn.Config(
-        app, interface="asgi3", lifespan="off", log_level="warning", server_header=False
+        app, interface="asgi3", http="h11", lifespan="off", log_level="warning", server_header=False
     )
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"http://{shown}:{port}", flush=True)

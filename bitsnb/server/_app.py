@@ -39,7 +39,7 @@ from bitsnb.server._protocol import (
     Refused,
     format_context,
     format_hresult,
-    parse_content_range,
+    fragment_range,
     parse_session_id,
     pick_protocol,
     upload_segments,
@@ -388,7 +388,7 @@ class UploadApp:
     async def _fragment(self, req: _Request, send: Send, session: Session) -> None:
         if session.state == "closed":
             raise Refused(500, BG_E_SESSION_NOT_FOUND, "the session was closed")
-        crange = parse_content_range(req.header("content-range"))
+        crange = fragment_range(req.header("content-range"))
         if crange is None:
             raise Refused(400, E_INVALIDARG, "missing or invalid Content-Range")
         encoding = (req.header("content-encoding") or "identity").strip().lower()

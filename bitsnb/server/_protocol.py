@@ -10,6 +10,9 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 
+from bitsnb._codes import BG_E_TOO_LARGE, E_ACCESSDENIED, E_INVALIDARG, ERROR_DISK_FULL
+from bitsnb._http_rules import UPLOAD_PROTOCOL, parse_content_range
+
 __all__ = [
     "BG_E_HTTP_ERROR_500",
     "BG_E_SESSION_NOT_FOUND",
@@ -21,26 +24,20 @@ __all__ = [
     "E_INVALIDARG",
     "STATE_DIR",
     "UPLOAD_PROTOCOL",
-    "ContentRange",
+    "FragmentRange",
     "Refused",
     "format_context",
     "format_hresult",
     "format_session_id",
-    "parse_content_range",
+    "fragment_range",
     "parse_session_id",
     "pick_protocol",
     "upload_segments",
 ]
 
-# "BITS 1.5 Upload Protocol", the only protocol GUID defined.
-UPLOAD_PROTOCOL = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 STATE_DIR = ".bits-sessions"  # hidden folder under root with one sub-folder per session
 
-E_ACCESSDENIED = 0x80070005
-E_INVALIDARG = 0x80070057
-ERROR_DISK_FULL = 0x80070070
 BG_E_SESSION_NOT_FOUND = 0x8020001F
-BG_E_TOO_LARGE = 0x80200020
 BG_E_HTTP_ERROR_500 = 0x801901F4  # generic server-side failure
 CONTEXT_REMOTE_FILE = 0x5
 CONTEXT_REMOTE_APPLICATION = 0x7
@@ -103,8 +100,8 @@ def pick_protocol(header: str | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class ContentRange:
-    """``bytes first-last/total`` (inclusive); an empty file is ``first=0, last=-1, total=0``."""
+class FragmentRange:
+    """A fragment's ``bytes first-last/total`` (inclusive); an empty file is ``0, -1, 0``."""
 
     first: int
     last: int
@@ -116,31 +113,16 @@ class ContentRange:
         return self.last - self.first + 1
 
 
-_RANGE = re.compile(
-    r"^\s*bytes[\s=]+(?:(\d{1,19})\s*-\s*(\d{1,19}|-1)|\*)\s*/\s*(\d{1,19})\s*$", re.I
-)
-
-
-def parse_content_range(header: str | None) -> ContentRange | None:
-    """Parse a fragment's Content-Range; None when missing or inconsistent.
-
-    Accepts ``bytes a-b/n`` (any case, ``=`` or spaces after ``bytes``) and, for an empty file,
-    ``bytes */0`` or ``bytes 0--1/0``.
-    """
-    if header is None:
+def fragment_range(header: str | None) -> FragmentRange | None:
+    """A fragment's Content-Range, parsed by ``bitsnb._http_rules``; None when missing or
+    invalid. A fragment must name the file's total (``/*`` is refused); ``bytes */0`` and
+    ``bytes 0--1/0`` are the empty file, any other ``*/n`` is refused."""
+    crange = parse_content_range(header)
+    if crange is None or crange.total is None:
         return None
-    m = _RANGE.match(header)
-    if m is None:
-        return None
-    total = int(m.group(3))
-    if m.group(1) is None or m.group(2) == "-1":
-        if total != 0 or (m.group(1) is not None and m.group(1) != "0"):
-            return None
-        return ContentRange(0, -1, 0)
-    first, last = int(m.group(1)), int(m.group(2))
-    if first > last or last >= total:
-        return None
-    return ContentRange(first, last, total)
+    if crange.first is None or crange.last is None:
+        return FragmentRange(0, -1, 0) if crange.total == 0 else None
+    return FragmentRange(crange.first, crange.last, crange.total)
 
 
 def upload_segments(raw_path: bytes) -> tuple[str, ...]:

@@ -1,8 +1,23 @@
-"""Test helpers: a loopback HTTP/1.1 file server with fault injection (standard library only).
+"""Test servers on loopback with one fault vocabulary: files for downloads, BITS uploads.
 
-Used by the test suite, the demo and the notebooks to exercise resume, validators and faults.
+``FileServer`` (standard library only) serves files with Range, ETag and keep-alive;
+``UploadServer`` runs bitsnb's upload app under uvicorn (``pip install 'bitsnb[server]'``). Both
+take ``Fault`` objects (``server.inject(name_glob, Fault.drop_after(1000))``) and log what they
+saw. Used by the test suite, the demo, the benchmarks and the notebooks.
 """
 
-from bitsnb.testing._server import Fault, FaultKind, FileServer, RequestRecord
+from bitsnb.testing._base import ThreadedServer
+from bitsnb.testing._faults import CodeFormat, Fault, FaultKind
+from bitsnb.testing._server import FileServer, RequestRecord
+from bitsnb.testing._upload import PacketRecord, UploadServer
 
-__all__ = ["Fault", "FaultKind", "FileServer", "RequestRecord"]
+__all__ = [
+    "CodeFormat",
+    "Fault",
+    "FaultKind",
+    "FileServer",
+    "PacketRecord",
+    "RequestRecord",
+    "ThreadedServer",
+    "UploadServer",
+]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.utils
-import fnmatch
 import math
 import os
 import random
@@ -26,117 +25,19 @@ from datetime import UTC
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
-from types import TracebackType
-from typing import IO, Any, Literal, Self
+from typing import IO, Any, Self, get_args
 
-__all__ = ["Fault", "FaultKind", "FileServer", "RequestRecord"]
+from bitsnb._http_rules import RangeNotSatisfiable, format_content_range, parse_range
+from bitsnb.testing._base import ThreadedServer
+from bitsnb.testing._faults import Fault, FaultKind
+
+__all__ = ["FileServer", "RequestRecord"]
 
 _BLOCK = 1 << 20  # random content is generated and written in 1 MiB blocks
 _CHUNK = 1 << 20  # chunk size used by the chunked-encoding fault
 _STOP_JOIN_TIMEOUT = 5.0  # bound on how long stop() waits for its threads
 _MAX_DRAIN = 1 << 20  # largest request body read and discarded to keep a connection alive
 _POLL_INTERVAL = 0.05  # serve_forever poll interval: how fast shutdown() returns
-
-FaultKind = Literal[
-    "drop_after",
-    "status",
-    "ignore_range",
-    "stall",
-    "stall_after",
-    "close_before_headers",
-    "wrong_length",
-    "no_length",
-    "change_before",
-    "weak_etag",
-    "no_validators",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """One injected misbehaviour; it hits ``times`` matching requests (-1 = forever), then is spent.
-
-    Build it with the classmethods below, e.g. ``Fault.drop_after(1000, times=2)``.
-    """
-
-    kind: FaultKind
-    nbytes: int = 0
-    seconds: float = 0.0
-    code: int = 0
-    retry_after: float | None = None
-    delta: int = 0
-    times: int = 1
-
-    def __post_init__(self) -> None:
-        if self.times == 0 or self.times < -1:
-            raise ValueError(f"times must be >= 1 or -1 (forever), not {self.times}")
-        if self.nbytes < 0:
-            raise ValueError("nbytes must be >= 0")
-        if self.seconds < 0:
-            raise ValueError("seconds must be >= 0")
-        if self.kind == "status" and not 100 <= self.code <= 599:
-            raise ValueError(f"invalid HTTP status code {self.code}")
-        if self.retry_after is not None and self.retry_after < 0:
-            raise ValueError("retry_after must be >= 0")
-
-    def with_times(self, times: int) -> Fault:
-        """Return a copy of this fault that hits ``times`` requests (-1 = forever)."""
-        return dataclasses.replace(self, times=times)
-
-    @classmethod
-    def drop_after(cls, nbytes: int, *, times: int = 1) -> Fault:
-        """Send headers and the first ``nbytes`` of the body, then close the connection."""
-        return cls("drop_after", nbytes=nbytes, times=times)
-
-    @classmethod
-    def status(cls, code: int, retry_after: float | None = None, *, times: int = 1) -> Fault:
-        """Answer with status ``code`` and a small body, plus ``Retry-After`` when given."""
-        return cls("status", code=code, retry_after=retry_after, times=times)
-
-    @classmethod
-    def ignore_range(cls, *, times: int = 1) -> Fault:
-        """Answer 200 with the whole file even if a Range was requested."""
-        return cls("ignore_range", times=times)
-
-    @classmethod
-    def stall(cls, seconds: float, *, times: int = 1) -> Fault:
-        """Wait ``seconds`` (interruptible by stop) before sending anything, then answer."""
-        return cls("stall", seconds=seconds, times=times)
-
-    @classmethod
-    def stall_after(cls, nbytes: int, seconds: float, *, times: int = 1) -> Fault:
-        """Send ``nbytes`` of body, stall ``seconds`` (interruptible by stop), then close."""
-        return cls("stall_after", nbytes=nbytes, seconds=seconds, times=times)
-
-    @classmethod
-    def close_before_headers(cls, *, times: int = 1) -> Fault:
-        """Close the connection without answering."""
-        return cls("close_before_headers", times=times)
-
-    @classmethod
-    def wrong_length(cls, delta: int, *, times: int = 1) -> Fault:
-        """Advertise Content-Length = real + ``delta``, send the real bytes, then close."""
-        return cls("wrong_length", delta=delta, times=times)
-
-    @classmethod
-    def no_length(cls, *, times: int = 1) -> Fault:
-        """Send the body with ``Transfer-Encoding: chunked`` and no Content-Length."""
-        return cls("no_length", times=times)
-
-    @classmethod
-    def change_before(cls, *, times: int = 1) -> Fault:
-        """Change the target file (new ETag and Last-Modified) before answering."""
-        return cls("change_before", times=times)
-
-    @classmethod
-    def weak_etag(cls, *, times: int = 1) -> Fault:
-        """Answer with a weak ETag (``W/"..."``)."""
-        return cls("weak_etag", times=times)
-
-    @classmethod
-    def no_validators(cls, *, times: int = 1) -> Fault:
-        """Answer with neither ETag nor Last-Modified."""
-        return cls("no_validators", times=times)
 
 
 @dataclass(slots=True)
@@ -162,17 +63,6 @@ class RequestRecord:
         return dataclasses.replace(self, headers=dict(self.headers))
 
 
-@dataclass(slots=True)
-class _FaultEntry:
-    glob: str
-    fault: Fault
-    remaining: int
-
-
-class _RangeNotSatisfiable(Exception):
-    """Raised by ``_parse_range`` for a syntactically valid range outside the file."""
-
-
 def _normalize_name(name: str) -> str:
     """Return the canonical relative POSIX key for ``name``; refuse absolute or escaping names."""
     if not name or "\x00" in name or "\\" in name:
@@ -184,42 +74,6 @@ def _normalize_name(name: str) -> str:
     if key in ("", "."):
         raise ValueError(f"invalid file name {name!r}")
     return key
-
-
-def _is_digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """Parse a single ``bytes=`` range into (start, length); None means "ignore, send all"."""
-    unit, sep, spec = header.strip().partition("=")
-    if not sep or unit.strip().lower() != "bytes":
-        return None
-    spec = spec.strip()
-    if "," in spec:
-        return None  # multiple ranges: answered with the whole file
-    first, dash, last = spec.partition("-")
-    first, last = first.strip(), last.strip()
-    if not dash:
-        return None
-    if not first:
-        if not _is_digits(last):
-            return None
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise _RangeNotSatisfiable
-        suffix = min(suffix, size)
-        return size - suffix, suffix
-    if not _is_digits(first) or (last and not _is_digits(last)):
-        return None
-    start = int(first)
-    end = int(last) if last else size - 1
-    if last and end < start:
-        return None
-    if start >= size:
-        raise _RangeNotSatisfiable
-    end = min(end, size - 1)
-    return start, end - start + 1
 
 
 def _write_random(fh: IO[bytes], size: int, seed: int | str) -> None:
@@ -489,8 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
             and self._if_range_ok(etag, last_modified, int(st.st_mtime))
         ):
             try:
-                parsed = _parse_range(range_header, size)
-            except _RangeNotSatisfiable:
+                parsed = parse_range(range_header, size)
+            except RangeNotSatisfiable:
                 self._send_simple(rec, 416, b"", [("Content-Range", f"bytes */{size}")], head=head)
                 return
             if parsed is not None:
@@ -505,7 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("ETag", "W/" + etag if kind == "weak_etag" else etag)
             self.send_header("Last-Modified", last_modified)
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
+            self.send_header("Content-Range", format_content_range(start, start + length - 1, size))
         if kind == "no_length":
             self.send_header("Transfer-Encoding", "chunked")
         else:
@@ -561,11 +415,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
 
 
-class FileServer:
+class FileServer(ThreadedServer[RequestRecord]):
     """Static file server on loopback (HTTP/1.1, keep-alive, sendfile) with injectable faults.
 
-    ``root=None`` serves a temporary directory that ``stop()`` removes.
+    ``root=None`` serves a temporary directory that ``stop()`` removes. It applies every
+    ``FaultKind`` but the upload ones (``bits_error``, ``extra_headers``).
     """
+
+    fault_kinds = frozenset(get_args(FaultKind)) - {"bits_error", "extra_headers"}
 
     def __init__(
         self,
@@ -579,13 +436,11 @@ class FileServer:
                 prefix="bitsnb-fileserver-", ignore_cleanup_errors=True
             )
             root = self._tmp.name
-        self._root = Path(root).absolute()
+        super().__init__(Path(root).absolute())
         self._root.mkdir(parents=True, exist_ok=True)
         self._root_resolved = self._root.resolve()
         self._host = host
         self._port = port
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -594,9 +449,6 @@ class FileServer:
         self._gens: dict[str, int] = {}
         self._mtimes: dict[str, int] = {}
         self._seeds: dict[str, int] = {}
-        self._faults: list[_FaultEntry] = []
-        self._records: list[RequestRecord] = []
-        self._inflight = 0
         self._handlers: dict[_Handler, threading.Thread] = {}
 
     def __repr__(self) -> str:
@@ -615,7 +467,7 @@ class FileServer:
             self._base_url = f"http://{host}:{port}"
         return self._httpd
 
-    def start(self) -> FileServer:
+    def start(self) -> Self:
         """Bind (if not yet) and serve in a daemon thread; returns self."""
         with self._lock:
             if self._stopped:
@@ -658,18 +510,6 @@ class FileServer:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- addresses -----------------------------------------------------------------------------
 
     @property
@@ -680,20 +520,6 @@ class FileServer:
                 self._bind_locked()
             assert self._base_url is not None
             return self._base_url
-
-    @property
-    def port(self) -> int:
-        """The bound TCP port."""
-        return int(self.base_url.rsplit(":", 1)[1])
-
-    @property
-    def root(self) -> Path:
-        """Directory whose files are served."""
-        return self._root
-
-    def url(self, name: str) -> str:
-        """URL of ``name`` (percent-quoted, "/" kept)."""
-        return f"{self.base_url}/{urllib.parse.quote(name.lstrip('/'))}"
 
     def path(self, name: str) -> Path:
         """On-disk path of ``name`` under root (traversal refused with ValueError)."""
@@ -787,29 +613,6 @@ class FileServer:
                 return None
             return fh, st, self._gens.get(key, 0)
 
-    # -- faults --------------------------------------------------------------------------------
-
-    def inject(self, name_glob: str, fault: Fault) -> None:
-        """Apply ``fault`` to requests whose path (no leading "/") matches the fnmatch glob."""
-        with self._lock:
-            self._faults.append(_FaultEntry(name_glob.lstrip("/"), fault, fault.times))
-
-    def clear_faults(self) -> None:
-        """Forget all injected faults, used up or not."""
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, path: str) -> Fault | None:
-        with self._lock:
-            for entry in self._faults:
-                if entry.remaining != 0 and fnmatch.fnmatchcase(path, entry.glob):
-                    if entry.remaining > 0:
-                        entry.remaining -= 1
-                    if entry.remaining == 0:
-                        self._faults.remove(entry)
-                    return entry.fault
-        return None
-
     # -- request log ---------------------------------------------------------------------------
 
     def _register(self, handler: _Handler) -> None:
@@ -822,58 +625,14 @@ class FileServer:
         with self._lock:
             self._handlers.pop(handler, None)
 
-    def _begin(self, rec: RequestRecord) -> None:
-        with self._lock:
-            self._records.append(rec)
-            self._inflight += 1
-
-    def _finish(self, rec: RequestRecord) -> None:
-        with self._lock:
-            rec.finished = True
-            self._inflight -= 1
-            self._cond.notify_all()
-
     def _add_sent(self, rec: RequestRecord, nbytes: int) -> None:
         with self._lock:
             rec.body_bytes_sent += nbytes
 
-    @property
-    def requests(self) -> list[RequestRecord]:
-        """Snapshot (copies) of the logged requests, oldest first."""
-        with self._lock:
-            return [rec.copy() for rec in self._records]
-
     def bytes_sent(self, name_glob: str = "*") -> int:
         """Total file-body bytes sent for logged requests whose path matches the glob."""
         with self._lock:
-            return sum(
-                rec.body_bytes_sent
-                for rec in self._records
-                if fnmatch.fnmatchcase(rec.path, name_glob.lstrip("/"))
-            )
+            return sum(rec.body_bytes_sent for rec in self._matching(name_glob))
 
-    def reset_log(self) -> None:
-        """Forget the logged requests (requests in flight keep counting, but are not listed)."""
-        with self._lock:
-            self._records.clear()
-
-    def wait_requests(self, count: int, timeout: float = 10.0) -> list[RequestRecord]:
-        """Wait until ``count`` logged requests have finished; returns the log snapshot."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while sum(rec.finished for rec in self._records) < count:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stopped:
-                    raise TimeoutError(f"fewer than {count} requests finished in {timeout} s")
-                self._cond.wait(left)
-            return [rec.copy() for rec in self._records]
-
-    def wait_idle(self, timeout: float = 10.0) -> None:
-        """Wait until no request is being answered (idle keep-alive connections do not count)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while self._inflight > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"server still busy after {timeout} s")
-                self._cond.wait(left)
+    def _stopped_now(self) -> bool:
+        return self._stopped

@@ -1,60 +1,50 @@
-"""``UploadServer``: the upload app under uvicorn in a daemon thread, with fault injection.
+"""``UploadServer``: the BITS upload app under uvicorn in a daemon thread, with fault injection.
 
-For tests and demos (like ``bitsnb.testing.FileServer``): loopback only, stoppable and restartable
-on the same root and port, and a small fault API for client tests::
+For tests and demos (like ``FileServer``, on the same ``ThreadedServer`` base and the same
+``Fault`` vocabulary): loopback only, stoppable and restartable on the same root and port::
 
     with UploadServer(tmp_path, max_upload_size=10_000_000) as server:
-        server.inject("drop", after=4096)             # next Fragment: cut after 4 KiB of body
-        server.inject("busy", retry_after=2)          # next Fragment: 503 + Retry-After: 2
-        server.inject("error", code=0x8020001F, fmt="decimal", packet="create-session")
-        server.inject("extra_headers", times=3)       # next 3 Fragment Acks carry unknown headers
+        server.inject("*", Fault.drop_after(4096))          # next Fragment: cut after 4 kB
+        server.inject("*", Fault.status(503, retry_after=2))  # next Fragment: busy
+        server.inject("*", Fault.bits_error(0x8020001F, fmt="decimal"), packet="create-session")
+        server.inject("*", Fault.extra_headers(times=3))    # next 3 Acks carry unknown headers
 
-Fault kinds (each hits the next ``times`` matching ``BITS_POST`` packets, ``-1`` = forever;
-``packet`` names the packet type, default ``"fragment"``, ``None`` = any):
+A fault hits the next ``times`` ``BITS_POST`` packets whose path matches the glob and whose
+``BITS-Packet-Type`` is ``packet`` (default ``"fragment"``, ``None`` = any). Kinds applied:
+``drop_after``, ``status``, ``bits_error``, ``extra_headers``.
 
-* ``"drop"``: the server reads ``after`` body bytes (the app keeps what it got, as after a real
-  network cut), then closes the TCP connection without an answer. With ``after`` >= the body
-  length the packet is processed completely and only its Ack is lost.
-* ``"busy"``: 503 with ``Retry-After: <retry_after>``, no BITS headers; the packet is not processed.
-* ``"error"``: an error Ack (``status``, default 500) with ``BITS-Error-Code``/``BITS-Error`` =
-  ``code`` written as ``fmt`` (``"hex"`` 0x8020001F, ``"bare"`` 8020001f, ``"decimal"``
-  2149580831, ``"signed"`` -2145386465) and ``BITS-Error-Context`` = ``context``; not processed.
-* ``"extra_headers"``: the packet is processed normally; its Ack also carries ``headers``
-  (default: a few unknown ``X-``/``BITS-`` headers a client must ignore).
+A dropped packet closes its TCP connection with no answer. ASGI has no message for that, so the
+server runs uvicorn with its h11 protocol class extended (uvicorn's ``Config(http=<class>)``
+hook) to note each connection's transport by peer address; the fault layer aborts the transport
+of the request's ``scope["client"]``. Nothing reaches into uvicorn's objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Self
 
-from bitsnb.server._app import Message, Receive, Scope, Send, UploadApp, create_app
-from bitsnb.server._protocol import (
-    BG_E_HTTP_ERROR_500,
-    CONTEXT_REMOTE_FILE,
-    STATE_DIR,
-    format_context,
-)
+from bitsnb.server import STATE_DIR, UploadApp, create_app
+from bitsnb.server._app import Message, Receive, Scope, Send
+from bitsnb.server._protocol import format_context
+from bitsnb.testing._base import ThreadedServer
+from bitsnb.testing._faults import Fault, FaultKind, format_code
 
 if TYPE_CHECKING:  # pragma: no cover
     import uvicorn
 
-__all__ = ["FaultKind", "PacketRecord", "UploadServer"]
+__all__ = ["PacketRecord", "UploadServer"]
 
-FaultKind = Literal["drop", "busy", "error", "extra_headers"]
-CodeFormat = Literal["hex", "bare", "decimal", "signed"]
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
-_DEFAULT_EXTRA = {"X-Bitsnb-Unexpected": "1", "BITS-Future-Extension": "ignore-me"}
 
 
 @dataclass
@@ -72,31 +62,9 @@ class PacketRecord:
     finished: bool = False
     client: str = ""  # "host:port" of the connection the packet came on
 
-
-@dataclass
-class _Fault:
-    kind: FaultKind
-    remaining: int
-    packet: str | None
-    after: int
-    status: int
-    retry_after: int
-    code: int
-    context: int
-    fmt: CodeFormat
-    headers: tuple[tuple[str, str], ...]
-
-
-def format_code(code: int, fmt: CodeFormat) -> str:
-    """An HRESULT in one of the forms servers use in the wild."""
-    unsigned = code & 0xFFFFFFFF
-    if fmt == "hex":
-        return f"0x{unsigned:08X}"
-    if fmt == "bare":
-        return f"{unsigned:08x}"
-    if fmt == "decimal":
-        return str(unsigned)
-    return str(unsigned - (1 << 32) if unsigned & 0x80000000 else unsigned)
+    def copy(self) -> PacketRecord:
+        """Return an independent snapshot of this record."""
+        return dataclasses.replace(self)
 
 
 def _client_address(scope: Scope) -> str:
@@ -106,25 +74,6 @@ def _client_address(scope: Scope) -> str:
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-
-
-async def _abort_connection(send: Send) -> None:
-    """Close the TCP connection under this request without answering.
-
-    ASGI has no "drop" message, so this reaches the server's transport through the ``send``
-    callable (uvicorn's h11 and httptools protocols both keep it on the bound object). Elsewhere
-    it falls back to a started response that is cut short, which a client sees as a broken read.
-    """
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if isinstance(transport, asyncio.Transport):
-        transport.abort()
-        for _ in range(3):  # let connection_lost run, so the server does not answer 500 itself
-            await asyncio.sleep(0)
-        return
-    await send(
-        {"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"1")]}
-    )
-    raise ConnectionAbortedError("injected drop")
 
 
 class _FaultLayer:
@@ -152,9 +101,10 @@ class _FaultLayer:
             content_range=headers.get("content-range"),
             client=_client_address(scope),
         )
-        fault = self.owner._take_fault(rec) if method == "BITS_POST" else None
+        name = urllib.parse.unquote(rec.path).lstrip("/")
+        fault = self.owner._take_fault(name, rec.packet) if method == "BITS_POST" else None
         rec.fault = fault.kind if fault else None
-        self.owner._log(rec)
+        self.owner._begin(rec)
         lock = self.owner._lock
 
         async def counting_receive() -> Message:
@@ -179,17 +129,14 @@ class _FaultLayer:
         try:
             if fault is None or fault.kind == "extra_headers":
                 await self.app(scope, counting_receive, recording_send)
-            elif fault.kind == "drop":
-                await self._drop(scope, receive, send, rec, fault.after)
+            elif fault.kind == "drop_after":
+                await self._drop(scope, receive, rec, fault.nbytes)
             else:
                 await self._answer(fault, headers, counting_receive, recording_send)
         finally:
-            with lock:
-                rec.finished = True
+            self.owner._finish(rec)
 
-    async def _drop(
-        self, scope: Scope, receive: Receive, send: Send, rec: PacketRecord, after: int
-    ) -> None:
+    async def _drop(self, scope: Scope, receive: Receive, rec: PacketRecord, after: int) -> None:
         taken = 0
         cut = False
 
@@ -219,20 +166,21 @@ class _FaultLayer:
             return None
 
         await self.app(scope, cut_receive, swallow)
-        await _abort_connection(send)
+        await self.owner._abort(scope)
 
     async def _answer(
-        self, fault: _Fault, headers: dict[str, str], receive: Receive, send: Send
+        self, fault: Fault, headers: dict[str, str], receive: Receive, send: Send
     ) -> None:
         while True:  # read and discard the body, so the client can read our answer
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):
                 break
-        if fault.kind == "busy":
-            out = [("Retry-After", str(fault.retry_after)), ("Content-Length", "0")]
-            status = fault.status
+        if fault.kind == "status":
+            out = [("Content-Length", "0")]
+            if fault.retry_after is not None:
+                out.insert(0, ("Retry-After", str(math.ceil(fault.retry_after))))
         else:
-            value = format_code(fault.code, fault.fmt)
+            value = format_code(fault.hresult, fault.fmt)
             out = [
                 ("BITS-Packet-Type", "Ack"),
                 ("BITS-Error-Code", value),
@@ -243,29 +191,50 @@ class _FaultLayer:
             if session:
                 out.append(("BITS-Session-Id", session))
             out.append(("Content-Length", "0"))
-            status = fault.status
-        await send({"type": "http.response.start", "status": status, "headers": _encode(out)})
+        await send({"type": "http.response.start", "status": fault.code, "headers": _encode(out)})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-class UploadServer:
+def _tracking_protocol(connections: dict[tuple[str, int], asyncio.Transport]) -> type[Any]:
+    """uvicorn's h11 protocol, noting each connection's transport by peer address (on the loop)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Tracking(H11Protocol):
+        peer: tuple[str, int] | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            address = transport.get_extra_info("peername")
+            if address:
+                self.peer = (str(address[0]), int(address[1]))
+                connections[self.peer] = transport
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None:
+                connections.pop(self.peer, None)
+            super().connection_lost(exc)
+
+    return Tracking
+
+
+class UploadServer(ThreadedServer[PacketRecord]):
     """The BITS upload app (``create_app(root, **app_kwargs)``) on ``http://127.0.0.1:PORT``.
 
     ``port=0`` picks a free port on the first ``start()``; later starts reuse it, so a client can
     resume after ``stop()`` + ``start()`` (sessions persist under ``root/.bits-sessions``).
     """
 
+    fault_kinds = frozenset({"drop_after", "status", "bits_error", "extra_headers"})
+
     def __init__(self, root: str | Path, port: int = 0, **app_kwargs: Any) -> None:
-        self._root = Path(root).absolute()
+        super().__init__(Path(root).absolute())
         self._port = port
         self._app_kwargs = app_kwargs
         self.app: UploadApp = create_app(self._root, **app_kwargs)  # validates the arguments
-        self._lock = threading.Lock()
-        self._faults: list[_Fault] = []
-        self._records: list[PacketRecord] = []
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        self._connections: dict[tuple[str, int], asyncio.Transport] = {}
 
     def __repr__(self) -> str:
         return f"UploadServer(root={str(self._root)!r}, port={self._port})"
@@ -290,9 +259,11 @@ class UploadServer:
             raise
         self._port = int(sock.getsockname()[1])
         self.app = create_app(self._root, **self._app_kwargs)  # fresh: state comes from disk
+        self._connections = {}
         config = uvicorn.Config(
             _FaultLayer(self.app, self),
             interface="asgi3",
+            http=_tracking_protocol(self._connections),
             lifespan="off",
             log_config=None,
             log_level="warning",
@@ -332,21 +303,17 @@ class UploadServer:
         if sock is not None:
             sock.close()
 
-    def restart(self) -> Self:
-        """``stop()`` then ``start()`` on the same root and port."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    async def _abort(self, scope: Scope) -> None:
+        """Close the TCP connection under this request without answering (on the loop)."""
+        client = scope.get("client")
+        transport = (
+            self._connections.pop((str(client[0]), int(client[1])), None) if client else None
+        )
+        if transport is None:  # pragma: no cover - every connection is noted on arrival
+            raise ConnectionAbortedError("injected drop: connection not found")
+        transport.abort()
+        for _ in range(3):  # let connection_lost run, so the server does not answer 500 itself
+            await asyncio.sleep(0)
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -363,18 +330,9 @@ class UploadServer:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def root(self) -> Path:
-        """Folder the uploads land in."""
-        return self._root
-
-    @property
     def state_dir(self) -> Path:
         """The hidden folder holding one sub-folder per session."""
         return self.app.root / STATE_DIR
-
-    def url(self, name: str) -> str:
-        """Upload URL for ``name`` under root (percent-quoted, "/" kept)."""
-        return f"{self.base_url}/{urllib.parse.quote(name.lstrip('/'))}"
 
     def path(self, name: str) -> Path:
         """Where an upload to ``url(name)`` lands."""
@@ -382,68 +340,13 @@ class UploadServer:
 
     # -- faults and log ------------------------------------------------------------------------
 
-    def inject(
-        self,
-        kind: FaultKind,
-        times: int = 1,
-        *,
-        packet: str | None = "fragment",
-        after: int = 0,
-        status: int | None = None,
-        retry_after: int = 1,
-        code: int = BG_E_HTTP_ERROR_500,
-        context: int = CONTEXT_REMOTE_FILE,
-        fmt: CodeFormat = "hex",
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        """Apply a fault to the next ``times`` matching packets (see the module docstring)."""
-        if kind not in ("drop", "busy", "error", "extra_headers"):
-            raise ValueError(f"unknown fault kind {kind!r}")
-        if times == 0 or times < -1 or after < 0:
-            raise ValueError("times must be >= 1 or -1, after >= 0")
-        default_status = 503 if kind == "busy" else 500
-        fault = _Fault(
-            kind=kind,
-            remaining=times,
-            packet=None if packet is None else packet.strip().lower(),
-            after=after,
-            status=default_status if status is None else status,
-            retry_after=retry_after,
-            code=code,
-            context=context,
-            fmt=fmt,
-            headers=tuple((headers if headers is not None else _DEFAULT_EXTRA).items()),
-        )
+    def inject(self, name_glob: str, fault: Fault, *, packet: str | None = "fragment") -> None:
+        """Apply ``fault`` to the next ``fault.times`` ``BITS_POST`` packets whose path matches
+        the glob and whose type is *packet* (``None``: any type); see the module docstring."""
         with self._lock:
-            self._faults.append(fault)
-
-    def clear_faults(self) -> None:
-        """Forget all injected faults."""
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, rec: PacketRecord) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.packet is None or fault.packet == rec.packet.lower():
-                    if fault.remaining > 0:
-                        fault.remaining -= 1
-                    if fault.remaining == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
-
-    def _log(self, rec: PacketRecord) -> None:
-        with self._lock:
-            self._records.append(rec)
+            self._faults.add(name_glob, fault, packet)
 
     @property
     def packets(self) -> list[PacketRecord]:
-        """Snapshot (copies) of the requests seen, oldest first."""
-        with self._lock:
-            return [dataclasses.replace(rec) for rec in self._records]
-
-    def reset_log(self) -> None:
-        """Forget the logged requests."""
-        with self._lock:
-            self._records.clear()
+        """The requests seen, oldest first (the same snapshot as ``requests``)."""
+        return self.requests
