@@ -116,3 +116,11 @@ def hresult_from_errno(errno: int | None) -> int:
     if errno is None:
         return E_FAIL
     return _ERRNO_TO_HRESULT.get(errno, E_FAIL)
+
+
+def from_user(value: int) -> int:
+    """A code a person typed: a bare HTTP status (100–599) means that status's
+    ``BG_E_HTTP_ERROR_nnn``; anything else is taken as an HRESULT."""
+    if 100 <= value <= 599:
+        return http_error(value)
+    return value & 0xFFFFFFFF
