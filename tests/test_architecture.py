@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+import bitsnb
+
 #: Most-outer layer first. A module may import from its own layer and the ones below it. A listed
 #: package's submodules inherit its layer, except for the top package itself: ``bitsnb`` (its
 #: ``__init__``, which re-exports everything) is a front end, its submodules are classified one by
@@ -676,3 +678,36 @@ def test_front_end_only_packages_are_reported_below_the_front_ends() -> None:
         "pkg/core.py:3: pkg.core (middle) imports pandas, under TYPE_CHECKING",
         "pkg/core.py:5: pkg.core (middle) imports IPython.display, in a function",
     ]
+
+
+# -- every state change goes through the state table -------------------------------------------
+# ``Records`` (``_persist.py``) is the one place a job's state is assigned, always to what
+# ``_states.transition`` answered; replication copies another process's state as it is.
+_STATE_WRITERS = {"_persist.py": "new", "_replication.py": "fresh.state"}
+
+
+def state_assignments(source: str) -> list[tuple[int, str]]:
+    """(line, assigned expression) of every ``<x>.state = <value>`` in *source*."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Attribute) and target.attr == "state" and node.value:
+                    found.append((node.lineno, ast.unparse(node.value)))
+    return found
+
+
+def test_state_assignments_are_found() -> None:
+    src = "rec.state = JobState.QUEUED\nx = 1\nrec.other = 2\nself.a.state = new\n"
+    assert state_assignments(src) == [(1, "JobState.QUEUED"), (4, "new")]
+
+
+def test_job_states_move_only_through_the_table() -> None:
+    root = Path(bitsnb.__file__).parent
+    bad = []
+    for path in sorted(root.glob("*.py")):  # the package's own modules (not server/testing)
+        for line, value in state_assignments(path.read_text("utf-8")):
+            if _STATE_WRITERS.get(path.name) != value:
+                bad.append(f"{path.name}:{line}: state = {value}")
+    assert not bad, "job states set outside the transition table:\n" + "\n".join(bad)

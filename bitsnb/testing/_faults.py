@@ -30,6 +30,7 @@ FaultKind = Literal[
     "no_validators",
     "bits_error",
     "extra_headers",
+    "throttle",
 ]
 """Every misbehaviour a test server can be told to show (see the ``Fault`` constructors)."""
 
@@ -119,6 +120,13 @@ class Fault:
     def no_length(cls, *, times: int = 1) -> Fault:
         """Send the body with ``Transfer-Encoding: chunked`` and no Content-Length."""
         return cls("no_length", times=times)
+
+    @classmethod
+    def throttle(cls, bytes_per_second: int, *, times: int = 1) -> Fault:
+        """Send the body at about ``bytes_per_second`` (a slow server or link), whole."""
+        if bytes_per_second <= 0:
+            raise ValueError("bytes_per_second must be > 0")
+        return cls("throttle", nbytes=bytes_per_second, times=times)
 
     @classmethod
     def change_before(cls, *, times: int = 1) -> Fault:

@@ -374,6 +374,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if fault is not None and kind == "no_length":
             self._send_chunked(rec, fh, start, length)
+        elif fault is not None and kind == "throttle":
+            self._send_throttled(rec, fh, start, length, fault.nbytes)
         elif fault is not None and kind in ("drop_after", "stall_after"):
             self._send_body(rec, fh, start, min(fault.nbytes, length))
             if kind == "stall_after":
@@ -402,6 +404,22 @@ class _Handler(BaseHTTPRequestHandler):
         owner._add_sent(rec, sent - count)
         if sent != count:  # file shrank underneath us: the promised length cannot be met
             self._abort()
+
+    def _send_throttled(
+        self, rec: RequestRecord, fh: IO[bytes], start: int, length: int, rate: int
+    ) -> None:
+        """The body in pieces of ~50 ms worth, each sent when the rate allows (stop interrupts)."""
+        piece = max(1, rate // 20)
+        began = time.monotonic()
+        sent = 0
+        while sent < length:
+            n = min(piece, length - sent)
+            self._send_body(rec, fh, start + sent, n)
+            sent += n
+            due = began + sent / rate - time.monotonic()
+            if due > 0 and self.server.owner._stopping.wait(due):
+                self._abort()
+                return
 
     def _send_chunked(self, rec: RequestRecord, fh: IO[bytes], start: int, length: int) -> None:
         pos, end = start, start + length
