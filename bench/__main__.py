@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
 from pathlib import Path
 
+from ._clients import BASELINE_ENV
 from ._suite import ALL_WORKLOADS, Config, run_suite
 
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
@@ -41,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="results folder (default: bench/results)")
     ap.add_argument("--no-install", action="store_true", help="never apt-get install anything")
     ap.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of bitsnb (e.g. a git worktree of an older commit) run beside this one, "
+        "interleaved, as one more reference",
+    )
     args = ap.parse_args(argv)
     cfg = Config.for_mode(args.quick)
     cfg.command = "python -m bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         cfg.out_dir = args.out
     cfg.install = not args.no_install
+    if args.baseline:
+        os.environ[BASELINE_ENV] = str(args.baseline.resolve())
     cfg.chart = not args.no_chart
 
     def stop(signum: int, _frame: object) -> None:

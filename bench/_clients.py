@@ -7,6 +7,7 @@ tools' own list formats: a curl config (``--parallel --parallel-max 16``), an ar
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,46 @@ class Client:
     argv: Argv
     is_bitsnb: bool = False
     note: str = ""
+    is_baseline: bool = False  # bitsnb from another checkout: a reference for the ratios
+
+
+# ``--baseline DIR``: every bitsnb client also runs from that checkout (say, the commit before a
+# change), interleaved with the others, and its figures are a reference like curl's
+BASELINE_ENV = "BITSNB_BENCH_BASELINE"
+_BOOT = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('bench._run_bitsnb', run_name='__main__', alter_sys=True)"
+)
+
+
+def with_baseline(clients: list[Client]) -> list[Client]:
+    """*clients*, plus a baseline twin of each bitsnb client when ``BASELINE_ENV`` names one."""
+    base = os.environ.get(BASELINE_ENV)
+    if not base:
+        return clients
+    out = list(clients)
+    for c in clients:
+        if c.is_bitsnb and not c.is_baseline:
+            out.append(
+                Client(
+                    f"{c.name} (baseline)",
+                    "python",
+                    _baseline_argv(c.argv, base),
+                    is_bitsnb=True,
+                    note=f"{c.note}; from {base}",
+                    is_baseline=True,
+                )
+            )
+    return out
+
+
+def _baseline_argv(argv: Argv, base: str) -> Argv:
+    def baseline(u: Sequence[str], d: Path, lf: ListFiles) -> list[str]:
+        ours = argv(u, d, lf)
+        assert ours[1:3] == ["-m", "bench._run_bitsnb"], ours
+        return [ours[0], "-c", _BOOT, base, *ours[3:]]
+
+    return baseline
 
 
 def _name(url: str) -> str:
@@ -73,41 +114,47 @@ ARIA2_COMMON = [
 
 def one_file_clients(paths: dict[str, str]) -> list[Client]:
     """Clients for a single big file, bitsnb first."""
-    return [
-        Client(
-            "bitsnb",
-            "python",
-            lambda u, d, _l: [_py(), "-m", "bench._run_bitsnb", *u, str(d)],
-            is_bitsnb=True,
-            note="one job, default Policy()",
-        ),
-        Client(
-            "curl", "curl", lambda u, d, _l: [paths["curl"], "-s", "-o", str(d / _name(u[0])), u[0]]
-        ),
-        Client(
-            "wget", "wget", lambda u, d, _l: [paths["wget"], "-q", "-O", str(d / _name(u[0])), u[0]]
-        ),
-        Client(
-            "aria2c -x1",
-            "aria2c",
-            lambda u, d, _l: [
-                paths["aria2c"],
-                *ARIA2_COMMON,
-                "-x1",
-                "-d",
-                str(d),
-                "-o",
-                _name(u[0]),
-                u[0],
-            ],
-        ),
-        Client(
-            "httpx",
-            "python",
-            lambda u, d, _l: [_py(), "-m", "bench._httpx_ref", *u, str(d)],
-            note="httpx.AsyncClient() defaults, aiter_bytes",
-        ),
-    ]
+    return with_baseline(
+        [
+            Client(
+                "bitsnb",
+                "python",
+                lambda u, d, _l: [_py(), "-m", "bench._run_bitsnb", *u, str(d)],
+                is_bitsnb=True,
+                note="one job, default Policy()",
+            ),
+            Client(
+                "curl",
+                "curl",
+                lambda u, d, _l: [paths["curl"], "-s", "-o", str(d / _name(u[0])), u[0]],
+            ),
+            Client(
+                "wget",
+                "wget",
+                lambda u, d, _l: [paths["wget"], "-q", "-O", str(d / _name(u[0])), u[0]],
+            ),
+            Client(
+                "aria2c -x1",
+                "aria2c",
+                lambda u, d, _l: [
+                    paths["aria2c"],
+                    *ARIA2_COMMON,
+                    "-x1",
+                    "-d",
+                    str(d),
+                    "-o",
+                    _name(u[0]),
+                    u[0],
+                ],
+            ),
+            Client(
+                "httpx",
+                "python",
+                lambda u, d, _l: [_py(), "-m", "bench._httpx_ref", *u, str(d)],
+                note="httpx.AsyncClient() defaults, aiter_bytes",
+            ),
+        ]
+    )
 
 
 def many_file_clients(paths: dict[str, str], jobs: int, *, one_job: bool) -> list[Client]:
@@ -199,4 +246,4 @@ def many_file_clients(paths: dict[str, str], jobs: int, *, one_job: bool) -> lis
             note=f"httpx.AsyncClient() defaults, {PARALLEL} at once",
         ),
     ]
-    return out
+    return with_baseline(out)

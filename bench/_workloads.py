@@ -195,9 +195,9 @@ def _summarize(
         for name, xs in by.items()
     }
     ratios: dict[str, Any] = {}
-    for ours in (c for c in clients if c.is_bitsnb):
+    for ours in (c for c in clients if c.is_bitsnb and not c.is_baseline):
         ours_by_round = {s["round"]: s for s in by[ours.name] if s["ok"]}
-        for ref in (c for c in clients if not c.is_bitsnb):
+        for ref in (c for c in clients if not c.is_bitsnb or c.is_baseline):
             ref_by_round = {s["round"]: s for s in by[ref.name] if s["ok"]}
             rounds = sorted(set(ours_by_round) & set(ref_by_round))
             ratios.setdefault(ours.name, {})[ref.name] = {
