@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ._enums import JobState, NotifyFlags
 from ._records import FileRecord, JobRecord, error_info, file_info
@@ -171,22 +171,57 @@ class Events:
             self._deliver(rec, "file_transferred", file_info(f))
 
     def notify_final(self, rec: JobRecord) -> None:
-        """TRANSFERRED or ERROR: JOB_TRANSFERRED / JOB_ERROR, then the notify command line."""
+        """TRANSFERRED or ERROR: JOB_TRANSFERRED / JOB_ERROR to the callback; the notify command
+        line runs instead when no callback handles the event, or when the callback raises (as
+        BITS does), and runs again after the retry delay while it exits non-zero."""
         flags = NotifyFlags(rec.settings.notify_flags)
         if NotifyFlags.DISABLE in flags:
             return
-        if rec.state is JobState.TRANSFERRED and NotifyFlags.JOB_TRANSFERRED in flags:
-            self._deliver(rec, "job_transferred")
-        elif rec.state is JobState.ERROR and NotifyFlags.JOB_ERROR in flags:
-            self._deliver(rec, "job_error", error_info(rec))
+        state = rec.state
+        if state is JobState.TRANSFERRED and NotifyFlags.JOB_TRANSFERRED in flags:
+            method, args = "job_transferred", cast("tuple[Any, ...]", ())
+        elif state is JobState.ERROR and NotifyFlags.JOB_ERROR in flags:
+            method, args = "job_error", (error_info(rec),)
         else:
             return
-        cmd = rec.settings.notify_cmd_line
-        if cmd is not None and rec.owner == self._owner:
-            self._spawn(_run_command(*cmd))
+        cmd = rec.settings.notify_cmd_line if rec.owner == self._owner else None
+        target = self._targets.get(rec.id)
+        fn = getattr(target, method, None) if target is not None else None
+        if fn is None:
+            if cmd is not None:
+                self._spawn(_run_until_done(rec, state, cmd))
+            return
+        job = self._handle(rec)
+
+        async def call() -> None:
+            try:
+                result = fn(job, *args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("bitsnb notification %s failed", method)
+                if cmd is not None:  # BITS falls back to the command line
+                    await _run_until_done(rec, state, cmd)
+
+        self._spawn(call())
 
 
-async def _run_command(program: str, parameters: str) -> None:
+_MAX_COMMAND_RUNS = 100
+
+
+async def _run_until_done(rec: JobRecord, state: JobState, cmd: tuple[str, str]) -> None:
+    """Run the notify command line; while it exits non-zero and the job is still in *state*,
+    run it again after the job's retry delay (at most ``_MAX_COMMAND_RUNS`` times)."""
+    for _ in range(_MAX_COMMAND_RUNS):
+        if await _run_command(*cmd) == 0:
+            return
+        await asyncio.sleep(rec.settings.minimum_retry_delay)
+        if rec.state is not state:
+            return  # the application completed, cancelled or resumed it meanwhile
+
+
+async def _run_command(program: str, parameters: str) -> int:
+    """The notify program's exit status (-1 when it could not start)."""
     argv = shlex.split(parameters) if parameters else [program]
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -196,6 +231,7 @@ async def _run_command(program: str, parameters: str) -> None:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        await proc.wait()
+        return await proc.wait()
     except OSError:
         log.exception("bitsnb notify command line failed to start")
+        return -1

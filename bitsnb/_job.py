@@ -27,6 +27,7 @@ from ._validate import (
     MAX_DISPLAY_NAME,
     MAX_HEADERS,
     check_local_name,
+    check_proxy_list,
     check_ranges,
     check_seconds,
     check_string,
@@ -264,13 +265,11 @@ class AsyncJob:
 
     @property
     def allowed_calls(self) -> frozenset[str]:
-        """Which of suspend/resume/cancel/complete are valid in the current state."""
+        """Which of suspend/resume/cancel/complete are valid in the current state, as BITS
+        answers them: suspend on a SUSPENDED job and resume on a running one are valid no-ops
+        (a panel offers only the calls that change something)."""
         calls = set(allowed_calls(self.state, self.type))
-        if self.state is JobState.SUSPENDED:
-            calls.discard("suspend")
-        if self.state in (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING):
-            calls.discard("resume")  # allowed, but a no-op: the job is already running
-        if not self._rec.files:
+        if not self._rec.files:  # BG_E_EMPTY
             calls.discard("resume")
         return frozenset(calls)
 
@@ -378,6 +377,10 @@ class AsyncJob:
         job_modification(job), file_transferred(job, file) — plain or async; None removes it.
 
         As in BITS it is not persisted, and an event that already happened is delivered at once.
+        The notify command line runs only when no callback handles the event or the callback
+        raises. ``file_transferred`` follows the order files finish in: with several files in
+        flight (``Policy.files_in_flight``) that may differ from the job's order; a policy with
+        ``files_in_flight=1`` keeps the job's order.
         """
         self._host.set_notify_target(self._rec, target)
 
@@ -411,6 +414,10 @@ class AsyncJob:
             raise BitsError(_codes.BG_E_PROXY_LIST_TOO_LARGE, "the proxy list is too long")
         if bypass_list and len(bypass_list) > _MAX_PROXY_LIST:
             raise BitsError(_codes.BG_E_PROXY_BYPASS_LIST_TOO_LARGE, "the bypass list is too long")
+        if proxy_list:
+            check_proxy_list(proxy_list)  # BG_E_INVALID_PROXY_INFO now, not E_FAIL at run time
+        if bypass_list:
+            check_string(bypass_list, "bypass list", _MAX_PROXY_LIST)
 
         def apply(r: JobRecord) -> None:
             r.settings.proxy_usage = int(use)
@@ -420,8 +427,9 @@ class AsyncJob:
         await self._update(apply)
 
     async def set_custom_headers(self, headers: str | dict[str, str] | None) -> None:
-        """SetCustomHeaders: extra headers on every request. Authorization, Proxy-Authorization
-        and Cookie are kept in memory only, never in the store."""
+        """SetCustomHeaders: extra headers on every request. Credentials and tokens
+        (Authorization, Proxy-Authorization, Cookie, X-Api-Key, X-Amz-Security-Token, ...: see
+        ``SECRET_HEADERS``) are kept in memory only, never in the store."""
         if isinstance(headers, dict):
             text = "\r\n".join(f"{k}: {v}" for k, v in headers.items())
         else:

@@ -213,8 +213,11 @@ class JobControl:
         return rec
 
     def enum_jobs(self, all_users: bool, include_finished: bool) -> Enumerator[AsyncJob]:
-        """EnumJobs: a snapshot of the caller's jobs (or everybody's, for root)."""
+        """EnumJobs: a snapshot of the caller's jobs (or everybody's, for root), including jobs
+        other processes created or changed a moment ago (the store's change marker is read
+        first, as get_job reads the row)."""
         self.admit_posted()
+        self._replication.poll_changes()
         if all_users and not is_admin():
             raise BitsError(_codes.E_ACCESSDENIED, "only root may list every user's jobs")
         recs: Iterable[JobRecord]

@@ -16,21 +16,22 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from urllib.parse import urljoin
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from . import _codes
 from ._client_options import request_options
 from ._completion import default_reply_name, temp_name
 from ._engine import Engine, FileContext, TransferFailure, YieldSlice
-from ._enums import ErrorContext, JobState, JobType
+from ._enums import ErrorContext, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, StoreBusyError
 from ._events import Events
 from ._models import Policy
 from ._persist import STARTABLE, Records, copy_record
-from ._records import ErrorRecord, FileRecord, JobRecord, JobSecrets
+from ._records import SECRET_HEADERS, ErrorRecord, FileRecord, JobRecord, JobSecrets
 from ._scheduler import Scheduler
 from ._states import Event
 from ._upload import UploadContext, Uploader
+from ._validate import check_proxy_list, redact_url
 
 __all__ = ["RUNNING", "Runner"]
 
@@ -193,6 +194,14 @@ class Runner:
 
     # -- one job's run --------------------------------------------------------------------------
     def _file_context(self, rec: JobRecord) -> FileContext:
+        s = rec.settings
+        if s.proxy_usage == ProxyUsage.OVERRIDE and s.proxy_list:
+            try:  # set_proxy_settings checks it; a store written by an older bitsnb may not
+                check_proxy_list(s.proxy_list)
+            except BitsError as exc:
+                raise TransferFailure(
+                    exc.code, ErrorContext.GENERAL_TRANSPORT, transient=False, message=str(exc)
+                ) from exc
         opts = request_options(
             rec.settings, self._secrets.get(rec.id), rec.files[0].remote_name if rec.files else None
         )
@@ -475,8 +484,8 @@ class Runner:
 
     async def cancel_upload(self, rec: JobRecord) -> None:
         """Cancel-Session on the server, bounded: an unreachable server just expires it."""
-        uctx = self.upload_context(rec)
         with contextlib.suppress(TimeoutError, TransferFailure):
+            uctx = self.upload_context(rec)
             async with asyncio.timeout(self._policy.connect_timeout):
                 await self._uploader.cancel(rec.files[0], uctx)
         rec.settings.upload_session_id = None
@@ -517,6 +526,23 @@ class Runner:
 
             await self._records.change_patiently(rec, closed)
 
+    def _reply_context(self, rec: JobRecord, reply_url: str, ctx: FileContext) -> FileContext:
+        """The reply's request options: a reply URL on another host gets no credentials or
+        secret headers, and one that leaves https for http is refused (the redirect rules)."""
+        upload, reply = urlsplit(rec.files[0].remote_name), urlsplit(reply_url)
+        if upload.scheme == "https" and reply.scheme != "https":
+            if not self._policy.allow_https_to_http:
+                raise TransferFailure(
+                    _codes.BG_E_INVALID_SERVER_RESPONSE,
+                    ErrorContext.REMOTE_FILE,
+                    transient=False,
+                    message=f"the server sent a reply URL that leaves https: {redact_url(reply_url)}",
+                )
+        if _origin(upload) == _origin(reply):
+            return ctx
+        public = {k: v for k, v in ctx.headers.items() if k.lower() not in SECRET_HEADERS}
+        return dataclasses.replace(ctx, headers=public, auth=None)
+
     async def _fetch_reply(self, rec: JobRecord, ctx: FileContext) -> None:
         """Download the server's reply (BITS-Reply-URL) to the reply file's temporary name."""
         s = rec.settings
@@ -543,7 +569,10 @@ class Runner:
                 ctx.on_progress(rec.files[0])
 
             reply_ctx = dataclasses.replace(
-                ctx, dynamic_content=True, on_progress=on_progress, on_validators=lambda f: None
+                self._reply_context(rec, reply.remote_name, ctx),
+                dynamic_content=True,
+                on_progress=on_progress,
+                on_validators=lambda f: None,
             )
             await self._engine.download(reply, reply_ctx)
             total = reply.bytes_transferred
@@ -556,6 +585,11 @@ class Runner:
 
         await self._records.change_patiently(rec, done)
         self._events.notify_file(rec, rec.files[0])
+
+
+def _origin(parts: SplitResult) -> tuple[str, str | None, int]:
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, parts.hostname, parts.port or default
 
 
 def _clear_error(rec: JobRecord) -> None:

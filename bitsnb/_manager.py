@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import getpass
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from . import _codes
 from ._completion import FolderSync
 from ._engine import Engine
 from ._enumerator import Enumerator
@@ -36,6 +38,7 @@ from ._replication import Replication
 from ._scheduler import Scheduler
 from ._states import Event
 from ._store import Store, lease_name
+from ._validate import is_admin
 
 __all__ = ["AsyncManager", "JobEvent", "control_of", "default_store_path"]
 
@@ -87,6 +90,13 @@ class AsyncManager:
         if self._life is _Life.OPEN:
             return self
         p = self.policy
+        if p.owner != getpass.getuser() and not is_admin():
+            # off Windows a job's owner is a name in the store, protected by the store's file
+            # permissions: only root may act under another user's name
+            raise BitsError(
+                _codes.E_ACCESSDENIED,
+                f"Policy(owner={p.owner!r}): only root may manage another user's jobs",
+            )
         # opening (and migrating) may wait for another process's lock: off the loop
         store = await asyncio.to_thread(Store, self.store_path, lease_name(), p.store_busy_timeout)
         try:

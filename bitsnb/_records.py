@@ -120,8 +120,20 @@ class JobSecrets:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-# headers kept in memory only (never in the store, never shown)
-SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie")
+# headers kept in memory only (never in the store, never shown): credentials and tokens
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "private-token",
+        "x-amz-security-token",
+        "x-goog-api-key",
+    }
+)
 
 
 def file_info(f: FileRecord) -> FileInfo:

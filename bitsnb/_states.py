@@ -11,7 +11,7 @@ import enum
 from ._enums import JobState, JobType
 from ._errors import InvalidStateError
 
-__all__ = ["Event", "allowed", "allowed_calls", "transition"]
+__all__ = ["Event", "allowed", "allowed_calls", "transition", "useful_calls"]
 
 
 class Event(enum.Enum):
@@ -98,3 +98,19 @@ _CALLS = (Event.SUSPEND, Event.RESUME, Event.CANCEL, Event.COMPLETE)
 def allowed_calls(state: JobState, job_type: JobType = JobType.DOWNLOAD) -> frozenset[str]:
     """Names of the application calls (suspend/resume/cancel/complete) valid in *state*."""
     return frozenset(e.value for e in _CALLS if allowed(state, e, job_type))
+
+
+_NO_OPS = {
+    Event.SUSPEND: frozenset({JobState.SUSPENDED}),
+    Event.RESUME: frozenset({JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING}),
+}
+
+
+def useful_calls(state: JobState, job_type: JobType = JobType.DOWNLOAD) -> frozenset[str]:
+    """The valid calls that change something in *state* (what a panel offers as buttons):
+    ``allowed_calls`` without the no-ops (suspend when SUSPENDED, resume while running)."""
+    return frozenset(
+        e.value
+        for e in _CALLS
+        if allowed(state, e, job_type) and state not in _NO_OPS.get(e, frozenset())
+    )

@@ -11,11 +11,13 @@ transfers a job; a dead process's lease is taken over at once (same host) or whe
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -177,7 +179,11 @@ def _store_error(path: Path, exc: Exception) -> BitsError:
         return BitsError(_codes.E_INVALIDARG, message)
     if "locked" in text or "busy" in text:
         return StoreBusyError(f"the store {path} is locked by another process ({text})")
-    if "readonly" in text or "unable to open" in text or isinstance(exc, PermissionError):
+    if (
+        "readonly" in text
+        or "unable to open" in text
+        or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS))
+    ):
         return BitsError(_codes.E_ACCESSDENIED, f"cannot write the store {path} ({text})")
     return BitsError(_codes.E_INVALIDARG, f"cannot use the store {path} ({text})")
 
@@ -218,9 +224,10 @@ class Store:
         self.writer = writer
         self.busy_timeout = busy_timeout
         self._held: set[uuid.UUID] = set()  # jobs whose lease claim() gave us, not given up
+        self.damaged: dict[uuid.UUID, str] = {}  # rows that could not be read, and why
         self.lock = threading.RLock()  # each public method holds it; hold it across several
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.path)
             # opening and migrating waits for the whole busy timeout (no transfers run yet,
             # and the manager opens the store off its loop); later statements do not
             self._db = sqlite3.connect(
@@ -240,14 +247,17 @@ class Store:
             # checkpoints fsync: fewer, larger ones keep small commits cheap (WAL ≤ ~40 MB)
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.execute("PRAGMA journal_size_limit=67108864")
-            if version < SCHEMA_VERSION:
-                with self._tx():
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            if version < SCHEMA_VERSION or not {"jobs", "files"} <= tables:
+                with self._tx():  # a new store, or one that lost a table: the rest keeps working
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             statement_ms = int(min(busy_timeout, STATEMENT_BUSY_TIMEOUT) * 1000)
             self._db.execute(f"PRAGMA busy_timeout={statement_ms}")
+            for suffix in ("-wal", "-shm"):  # SQLite gives them the database's mode; make sure
+                _tighten(Path(f"{self.path}{suffix}"))
         except (sqlite3.Error, OSError) as exc:
             raise _store_error(self.path, exc) from exc
 
@@ -499,6 +509,24 @@ class Store:
             ranges=[tuple(r) for r in json.loads(str(ranges))] if ranges else None,
         )
 
+    def _jobs_from(self, rows: Iterable[Any]) -> list[JobRecord]:
+        """Records of *rows*; a row that cannot be read (a state no bitsnb knows, corrupt
+        settings) is left out and listed in ``damaged``, so the rest of the queue works."""
+        jobs = []
+        for row in rows:
+            try:
+                jobs.append(self._job_from(row))
+            except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+                self._mark_damaged(row[0], exc)
+        return jobs
+
+    def _mark_damaged(self, job_id: object, exc: Exception) -> None:
+        try:
+            key = uuid.UUID(str(job_id))
+        except ValueError:
+            return
+        self.damaged[key] = f"{type(exc).__name__}: {exc}"
+
     def _attach_files(self, jobs: list[JobRecord]) -> list[JobRecord]:
         if not jobs:
             return jobs
@@ -511,11 +539,17 @@ class Store:
             )
         else:
             rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY job_id, idx")
+        bad: set[str] = set()
         for row in rows:
             job = by_id.get(str(row[0]))
-            if job is not None:
+            if job is None:
+                continue
+            try:
                 job.files.append(self._file_from(row))
-        return jobs
+            except (ValueError, TypeError, KeyError) as exc:
+                bad.add(str(row[0]))
+                self._mark_damaged(row[0], exc)
+        return [j for j in jobs if str(j.id) not in bad]
 
     @_locked
     def version_of(self, job_id: uuid.UUID) -> int | None:
@@ -531,14 +565,19 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        return self._attach_files([self._job_from(row)])[0]
+        jobs = self._attach_files(self._jobs_from([row]))
+        if not jobs:
+            raise BitsError(
+                _codes.E_FAIL, f"job {job_id} is damaged in the store: {self.damaged.get(job_id)}"
+            )
+        return jobs[0]
 
     @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:
         """Every job (by default only the non-final ones), in creation order."""
         where = "" if include_finished else f"WHERE state NOT IN {_FINAL}"
         rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY rowid")
-        return self._attach_files([self._job_from(r) for r in rows])
+        return self._attach_files(self._jobs_from(rows))
 
     @_locked
     def changed_by_others(self, since_ns: int) -> tuple[list[JobRecord], int]:
@@ -554,7 +593,7 @@ class Store:
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE written_ns > ? AND writer != ?",
                 (since_ns, self.writer),
             ).fetchall()
-        jobs = self._attach_files([self._job_from(r) for r in rows])
+        jobs = self._attach_files(self._jobs_from(rows))
         return jobs, max(since_ns, int(newest or 0))
 
     def _tx_read(self) -> _ReadTransaction:
@@ -662,6 +701,29 @@ class Store:
             (self.writer, time.time()),
         )
         return {uuid.UUID(r[0]) for r in rows if not _lease_holder_dead(str(r[1]))}
+
+
+def _private_file(path: Path) -> None:
+    """Create *path*'s folder (0700) and the file itself (0600) if missing, and tighten an
+    existing one: the store holds URLs with tokens and headers, for its owner's eyes only."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        _tighten(path)
+    else:
+        os.close(fd)
+
+
+def _tighten(path: Path) -> None:
+    """Take group and other permissions off a file of ours (if it exists)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
 
 
 class _ReadTransaction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
@@ -26,6 +27,16 @@ def _invalid(message: str) -> BitsError:
     return BitsError(_codes.E_INVALIDARG, message)
 
 
+def _unicode(text: str, what: str) -> str:
+    """*text* if it can be stored (UTF-8); a lone surrogate (an undecodable name from the OS,
+    say ``"bad\udce9"``) is E_INVALIDARG before anything changes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid(f"the {what} is not valid text (it holds undecodable bytes)") from None
+    return text
+
+
 def redact_url(url: str) -> str:
     """*url* with any user:password part removed, safe for messages and reprs."""
     try:
@@ -42,6 +53,7 @@ def check_url(url: object) -> str:
     """A remote name must be an absolute http(s) URL with a host, no spaces and no credentials."""
     if not isinstance(url, str) or not url:
         raise _invalid("the remote name must be a non-empty URL string")
+    _unicode(url, "URL")
     if len(url) > MAX_URL:
         raise BitsError(
             _codes.E_INVALIDARG, f"the URL is {len(url)} characters long; BITS allows {MAX_URL}"
@@ -78,6 +90,7 @@ def _absolute_path(local: object) -> str:
         raise _invalid("the local name must be a non-empty path")
     if "\x00" in local:
         raise _invalid("the local name contains a NUL character")
+    _unicode(local, "local name")
     if not os.path.isabs(local):
         raise _invalid(f"the local name {local!r} is relative; give an absolute path")
     return local
@@ -94,6 +107,17 @@ def check_local_name(local: object, *, must_not_exist_as_dir: bool = True) -> st
         raise _invalid(f"the local name {local!r} names a folder, not a file")
     if must_not_exist_as_dir and os.path.isdir(local):
         raise _invalid(f"the local name {local!r} is an existing folder")
+    try:
+        mode = os.lstat(local).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise BitsError(
+            _codes.hresult_from_errno(exc.errno), f"{local!r}: {exc.strerror}"
+        ) from None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        # a FIFO or a device: the temporary file would land beside it, and complete() replace it
+        raise _invalid(f"the local name {local!r} exists and is not a regular file")
     folder = os.path.dirname(local)
     if not os.path.isdir(folder):
         raise BitsError(_codes.ERROR_PATH_NOT_FOUND, f"the folder {folder!r} does not exist")
@@ -106,6 +130,7 @@ def check_string(value: object, what: str, limit: int) -> str:
     """A non-None string no longer than *limit* (BG_E_STRING_TOO_LONG past it)."""
     if not isinstance(value, str):
         raise _invalid(f"the {what} must be a string")
+    _unicode(value, what)
     if len(value) > limit:
         raise BitsError(
             _codes.BG_E_STRING_TOO_LONG,
@@ -157,8 +182,50 @@ def parse_headers(text: str | None) -> dict[str, str]:
         name, sep, value = line.partition(":")
         if not sep or not name.strip() or re.search(r"[\s\x00-\x1f]", name.strip()):
             raise _invalid(f"malformed header line {line.split(':', 1)[0]!r}: use 'Name: value'")
+        _unicode(line, "header")
         headers[name.strip()] = value.strip()
     return headers
+
+
+_PROXY_SCHEMES = ("http", "https")
+
+
+def check_proxy_list(text: str) -> list[str]:
+    """A BITS proxy list (entries ``[scheme=][scheme://]host[:port]``, space separated) as proxy
+    URLs; a malformed entry, or one carrying user:password (credentials go through
+    ``set_credentials(PROXY, ...)``, kept in memory), is BG_E_INVALID_PROXY_INFO."""
+    _unicode(text, "proxy list")
+    urls = []
+    for entry in text.split():
+        url = entry.split("=", 1)[1] if "=" in entry else entry
+        if "://" not in url:
+            url = "http://" + url
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise BitsError(
+                _codes.BG_E_INVALID_PROXY_INFO, f"bad proxy {entry!r} ({exc})"
+            ) from None
+        if parts.scheme.lower() not in _PROXY_SCHEMES:
+            raise BitsError(
+                _codes.BG_E_INVALID_PROXY_INFO,
+                f"proxy {entry!r}: only http and https proxies are supported",
+            )
+        if not parts.hostname or _BAD_URL_CHARS.search(url) or parts.path not in ("", "/"):
+            raise BitsError(_codes.BG_E_INVALID_PROXY_INFO, f"bad proxy {entry!r}")
+        if parts.username is not None or parts.password is not None:
+            raise BitsError(
+                _codes.BG_E_INVALID_PROXY_INFO,
+                "the proxy carries credentials; pass them with "
+                "set_credentials(AuthTarget.PROXY, ...) instead (kept in memory only)",
+            )
+        if port == 0:
+            raise BitsError(_codes.BG_E_INVALID_PROXY_INFO, f"bad proxy port in {entry!r}")
+        urls.append(url)
+    if not urls:
+        raise BitsError(_codes.BG_E_INVALID_PROXY_INFO, "the proxy list is empty")
+    return urls
 
 
 def check_source_file(local: object) -> str:
