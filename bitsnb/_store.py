@@ -10,10 +10,8 @@ transfers a job; a dead process's lease is taken over at once (same host) or whe
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
-import json
 import os
 import socket
 import sqlite3
@@ -26,129 +24,22 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from . import _codes
-from ._enums import ErrorContext, JobPriority, JobState, JobType
 from ._errors import BitsError, StoreBusyError
-from ._records import SECRET_HEADERS, ErrorRecord, FileRecord, JobRecord, JobSettings
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL,
-    type INTEGER NOT NULL,
-    owner TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    state INTEGER NOT NULL,
-    created REAL NOT NULL,
-    modified REAL NOT NULL,
-    transfer_completed REAL,
-    error_code INTEGER,
-    error_context INTEGER,
-    error_file INTEGER,
-    error_protocol TEXT,
-    error_message TEXT,
-    error_count INTEGER NOT NULL DEFAULT 0,
-    settings TEXT NOT NULL,
-    first_failure_at REAL,
-    retry_at REAL,
-    active_seconds REAL NOT NULL DEFAULT 0,
-    resumed_once INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL,
-    writer TEXT NOT NULL,
-    written_ns INTEGER NOT NULL,
-    lease_owner TEXT,
-    lease_expires REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_written ON jobs(written_ns);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, modified);
-CREATE TABLE IF NOT EXISTS files (
-    job_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    remote_name TEXT NOT NULL,
-    local_name TEXT NOT NULL,
-    temp_name TEXT NOT NULL,
-    bytes_total INTEGER,
-    bytes_transferred INTEGER NOT NULL DEFAULT 0,
-    transferred INTEGER NOT NULL DEFAULT 0,
-    completed INTEGER NOT NULL DEFAULT 0,
-    etag TEXT,
-    last_modified TEXT,
-    ranges TEXT,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
-"""
-
-_JOB_COLUMNS = (
-    "id, display_name, type, owner, priority, state, created, modified, transfer_completed,"
-    " error_code, error_context, error_file, error_protocol, error_message, error_count, settings,"
-    " first_failure_at, retry_at, active_seconds, resumed_once, version, rowid"
+from ._records import FileRecord, JobRecord
+from ._store_rows import (
+    FILE_COLUMNS,
+    FINAL,
+    JOB_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    START_JOB,
+    UPDATE_JOB,
+    UPSERT_FILE,
+    file_from,
+    file_params,
+    job_from,
+    job_params,
 )
-_FILE_COLUMNS = (
-    "job_id, idx, remote_name, local_name, temp_name, bytes_total, bytes_transferred,"
-    " transferred, completed, etag, last_modified, ranges"
-)
-_FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
-_SET_JOB = (
-    "UPDATE jobs SET display_name=?, type=?, owner=?, priority=?, state=?, created=?,"
-    " modified=?, transfer_completed=?, error_code=?, error_context=?, error_file=?,"
-    " error_protocol=?, error_message=?, error_count=?, settings=?,"
-    " first_failure_at=?, retry_at=?, active_seconds=?, resumed_once=?,"
-    " version=version+1, writer=?, written_ns=?,"
-)
-# a save: the row, if nobody changed it since we read it (its version); given our writer name
-# (twice, before the id), it also gives up our lease in the same statement
-_UPDATE_JOB = (
-    _SET_JOB + " lease_expires=CASE WHEN lease_owner=? THEN NULL ELSE lease_expires END,"
-    " lease_owner=CASE WHEN lease_owner=? THEN NULL ELSE lease_owner END"
-    " WHERE id=? AND version=?"
-)
-# a job's start: the save and the lease in one statement, if the row is as we read it and
-# no other process holds the lease
-_START_JOB = (
-    _SET_JOB + " lease_owner=?, lease_expires=? WHERE id=? AND version=?"
-    " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
-)
-_UPSERT_FILE = f"INSERT OR REPLACE INTO files ({_FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-
-
-def _public_headers(text: str | None) -> str | None:
-    if not text:
-        return text
-    kept = [
-        line
-        for line in text.splitlines()
-        if line.split(":", 1)[0].strip().lower() not in SECRET_HEADERS
-    ]
-    return "\r\n".join(kept) or None
-
-
-_SETTING_NAMES = tuple(f.name for f in dataclasses.fields(JobSettings))
-
-
-def _settings_json(settings: JobSettings) -> str:
-    # most saves leave the settings as they were, and most jobs share theirs: the text of a
-    # set of values is kept in a small cache, keyed by the values (all plain and hashable)
-    values = tuple([getattr(settings, name) for name in _SETTING_NAMES])
-    try:
-        return _encode_settings(values)
-    except TypeError:  # an unhashable value slipped in: encode without the cache
-        return _encode_settings.__wrapped__(values)
-
-
-@functools.lru_cache(maxsize=256)
-def _encode_settings(values: tuple[object, ...]) -> str:
-    data = dict(zip(_SETTING_NAMES, values, strict=True))
-    data["custom_headers"] = _public_headers(data["custom_headers"])  # type: ignore[arg-type]
-    return json.dumps(data, separators=(",", ":"))
-
-
-def _settings_from(text: str) -> JobSettings:
-    data = json.loads(text)
-    data = {k: v for k, v in data.items() if k in _SETTING_NAMES}
-    if data.get("notify_cmd_line") is not None:
-        data["notify_cmd_line"] = tuple(data["notify_cmd_line"])
-    return JobSettings(**data)
 
 
 def lease_name() -> str:
@@ -250,7 +141,7 @@ class Store:
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
             if version < SCHEMA_VERSION or not {"jobs", "files"} <= tables:
                 with self._tx():  # a new store, or one that lost a table: the rest keeps working
-                    for statement in _SCHEMA.split(";"):
+                    for statement in SCHEMA.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -290,47 +181,6 @@ class Store:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
 
     # -- rows -------------------------------------------------------------------------------
-    def _job_params(self, rec: JobRecord) -> tuple[object, ...]:
-        err = rec.error
-        return (
-            rec.display_name,
-            int(rec.type),
-            rec.owner,
-            int(rec.priority),
-            int(rec.state),
-            rec.created,
-            rec.modified,
-            rec.transfer_completed,
-            err.code if err else None,
-            int(err.context) if err else None,
-            err.file_index if err else None,
-            err.protocol if err else None,
-            err.message if err else None,
-            rec.error_count,
-            _settings_json(rec.settings),
-            rec.first_failure_at,
-            rec.retry_at,
-            rec.active_seconds,
-            int(rec.resumed_once),
-        )
-
-    @staticmethod
-    def _file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
-        return (
-            str(job_id),
-            f.index,
-            f.remote_name,
-            f.local_name,
-            f.temp_name,
-            f.bytes_total,
-            f.bytes_transferred,
-            int(f.transferred),
-            int(f.completed),
-            f.etag,
-            f.last_modified,
-            json.dumps(f.ranges) if f.ranges is not None else None,
-        )
-
     def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
         """One statement as its own transaction (autocommit: no BEGIN/COMMIT round trips).
 
@@ -351,7 +201,7 @@ class Store:
             " error_protocol, error_message, error_count, settings, first_failure_at,"
             " retry_at, active_seconds, resumed_once, version, writer, written_ns)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)",
-            (str(rec.id), *self._job_params(rec), self.writer, time.time_ns()),
+            (str(rec.id), *job_params(rec), self.writer, time.time_ns()),
         )
         rec.seq = int(cur.lastrowid or 0)
         rec.version = 1
@@ -368,20 +218,20 @@ class Store:
         """
         job_id = str(rec.id)
         params = (
-            *self._job_params(rec),
+            *job_params(rec),
             self.writer,
             time.time_ns(),
             *((self.writer, self.writer) if release else (None, None)),
             job_id,
             rec.version,
         )
-        rows = [self._file_params(rec.id, f) for f in files]
+        rows = [file_params(rec.id, f) for f in files]
         if rows:
             with self._tx():
-                if self._db.execute(_UPDATE_JOB, params).rowcount != 1:
+                if self._db.execute(UPDATE_JOB, params).rowcount != 1:
                     return False
-                self._db.executemany(_UPSERT_FILE, rows)
-        elif self._write(_UPDATE_JOB, params).rowcount != 1:
+                self._db.executemany(UPSERT_FILE, rows)
+        elif self._write(UPDATE_JOB, params).rowcount != 1:
             return False
         rec.version += 1
         if release:
@@ -397,7 +247,7 @@ class Store:
         """
         now = time.time()
         params = (
-            *self._job_params(rec),
+            *job_params(rec),
             self.writer,
             time.time_ns(),
             self.writer,
@@ -407,7 +257,7 @@ class Store:
             self.writer,
             now,
         )
-        if self._write(_START_JOB, params).rowcount != 1:
+        if self._write(START_JOB, params).rowcount != 1:
             return False
         rec.version += 1
         self._held.add(rec.id)
@@ -421,101 +271,13 @@ class Store:
                 "DELETE FROM files WHERE job_id=? AND idx>=?", (str(job_id), first_index)
             )
 
-    @staticmethod
-    def _job_from(row: Any) -> JobRecord:
-        (
-            jid,
-            name,
-            jtype,
-            owner,
-            prio,
-            state,
-            created,
-            modified,
-            tdone,
-            ecode,
-            ectx,
-            efile,
-            eproto,
-            emsg,
-            ecount,
-            settings,
-            ffail,
-            retry_at,
-            active,
-            resumed,
-            version,
-            rowid,
-        ) = row
-        error = (
-            ErrorRecord(
-                int(ecode),
-                ErrorContext(ectx),
-                efile,
-                eproto,
-                emsg or "",
-            )
-            if ecode is not None
-            else None
-        )
-        return JobRecord(
-            id=uuid.UUID(str(jid)),
-            display_name=str(name),
-            type=JobType(jtype),
-            owner=str(owner),
-            priority=JobPriority(prio),
-            state=JobState(state),
-            created=float(created),
-            modified=float(modified),
-            transfer_completed=tdone,
-            error=error,
-            error_count=int(ecount),
-            settings=_settings_from(str(settings)),
-            first_failure_at=ffail,
-            retry_at=retry_at,
-            active_seconds=float(active),
-            resumed_once=bool(resumed),
-            version=int(version),
-            seq=int(rowid),
-        )
-
-    @staticmethod
-    def _file_from(row: Any) -> FileRecord:
-        (
-            _,
-            idx,
-            remote,
-            local,
-            temp,
-            total,
-            done_bytes,
-            transferred,
-            completed,
-            etag,
-            lm,
-            ranges,
-        ) = row
-        return FileRecord(
-            index=int(idx),
-            remote_name=str(remote),
-            local_name=str(local),
-            temp_name=str(temp),
-            bytes_total=total,
-            bytes_transferred=int(done_bytes),
-            transferred=bool(transferred),
-            completed=bool(completed),
-            etag=etag,
-            last_modified=lm,
-            ranges=[tuple(r) for r in json.loads(str(ranges))] if ranges else None,
-        )
-
     def _jobs_from(self, rows: Iterable[Any]) -> list[JobRecord]:
         """Records of *rows*; a row that cannot be read (a state no bitsnb knows, corrupt
         settings) is left out and listed in ``damaged``, so the rest of the queue works."""
         jobs = []
         for row in rows:
             try:
-                jobs.append(self._job_from(row))
+                jobs.append(job_from(row))
             except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
                 self._mark_damaged(row[0], exc)
         return jobs
@@ -534,18 +296,18 @@ class Store:
         if len(jobs) <= 500:
             marks = ",".join("?" * len(jobs))
             rows = self._db.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE job_id IN ({marks}) ORDER BY job_id, idx",
+                f"SELECT {FILE_COLUMNS} FROM files WHERE job_id IN ({marks}) ORDER BY job_id, idx",
                 list(by_id),
             )
         else:
-            rows = self._db.execute(f"SELECT {_FILE_COLUMNS} FROM files ORDER BY job_id, idx")
+            rows = self._db.execute(f"SELECT {FILE_COLUMNS} FROM files ORDER BY job_id, idx")
         bad: set[str] = set()
         for row in rows:
             job = by_id.get(str(row[0]))
             if job is None:
                 continue
             try:
-                job.files.append(self._file_from(row))
+                job.files.append(file_from(row))
             except (ValueError, TypeError, KeyError) as exc:
                 bad.add(str(row[0]))
                 self._mark_damaged(row[0], exc)
@@ -561,7 +323,7 @@ class Store:
     def load_job(self, job_id: uuid.UUID) -> JobRecord | None:
         """One job with its files, or None."""
         row = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id=?", (str(job_id),)
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (str(job_id),)
         ).fetchone()
         if row is None:
             return None
@@ -575,8 +337,8 @@ class Store:
     @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:
         """Every job (by default only the non-final ones), in creation order."""
-        where = "" if include_finished else f"WHERE state NOT IN {_FINAL}"
-        rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY rowid")
+        where = "" if include_finished else f"WHERE state NOT IN {FINAL}"
+        rows = self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY rowid")
         return self._attach_files(self._jobs_from(rows))
 
     @_locked
@@ -590,7 +352,7 @@ class Store:
         with self._tx_read():
             newest = self._db.execute("SELECT MAX(written_ns) FROM jobs").fetchone()[0]
             rows = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE written_ns > ? AND writer != ?",
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE written_ns > ? AND writer != ?",
                 (since_ns, self.writer),
             ).fetchall()
         jobs = self._attach_files(self._jobs_from(rows))
@@ -602,7 +364,7 @@ class Store:
     @_locked
     def count_jobs(self, owner: str | None = None) -> int:
         """Number of non-final jobs (of *owner*, or of everybody)."""
-        sql = f"SELECT COUNT(*) FROM jobs WHERE state NOT IN {_FINAL}"
+        sql = f"SELECT COUNT(*) FROM jobs WHERE state NOT IN {FINAL}"
         args: tuple[object, ...] = ()
         if owner is not None:
             sql += " AND owner=?"
@@ -616,7 +378,7 @@ class Store:
             ids = [
                 r[0]
                 for r in self._db.execute(
-                    f"SELECT id FROM jobs WHERE state IN {_FINAL} AND modified < ?", (before,)
+                    f"SELECT id FROM jobs WHERE state IN {FINAL} AND modified < ?", (before,)
                 )
             ]
             self._db.executemany("DELETE FROM files WHERE job_id=?", [(i,) for i in ids])

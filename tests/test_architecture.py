@@ -72,6 +72,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._failures",
         "bitsnb._client_options",
         "bitsnb._files",
+        "bitsnb._store_rows",
     ),
     "rules without IO": (
         "bitsnb._http_rules",

@@ -1,0 +1,283 @@
+"""The store's rows: the SQLite schema, its statements, and records to and from rows.
+
+No IO: ``Store`` (``_store.py``) executes these; kept apart so that the connection, locking and
+lease logic reads on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import uuid
+from typing import Any
+
+from ._enums import ErrorContext, JobPriority, JobState, JobType
+from ._records import SECRET_HEADERS, ErrorRecord, FileRecord, JobRecord, JobSettings
+
+__all__ = [
+    "FILE_COLUMNS",
+    "FINAL",
+    "JOB_COLUMNS",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "START_JOB",
+    "UPDATE_JOB",
+    "UPSERT_FILE",
+    "file_from",
+    "file_params",
+    "job_from",
+    "job_params",
+    "settings_from",
+    "settings_json",
+]
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    type INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    created REAL NOT NULL,
+    modified REAL NOT NULL,
+    transfer_completed REAL,
+    error_code INTEGER,
+    error_context INTEGER,
+    error_file INTEGER,
+    error_protocol TEXT,
+    error_message TEXT,
+    error_count INTEGER NOT NULL DEFAULT 0,
+    settings TEXT NOT NULL,
+    first_failure_at REAL,
+    retry_at REAL,
+    active_seconds REAL NOT NULL DEFAULT 0,
+    resumed_once INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL,
+    writer TEXT NOT NULL,
+    written_ns INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_written ON jobs(written_ns);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, modified);
+CREATE TABLE IF NOT EXISTS files (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    remote_name TEXT NOT NULL,
+    local_name TEXT NOT NULL,
+    temp_name TEXT NOT NULL,
+    bytes_total INTEGER,
+    bytes_transferred INTEGER NOT NULL DEFAULT 0,
+    transferred INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    etag TEXT,
+    last_modified TEXT,
+    ranges TEXT,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+"""
+
+JOB_COLUMNS = (
+    "id, display_name, type, owner, priority, state, created, modified, transfer_completed,"
+    " error_code, error_context, error_file, error_protocol, error_message, error_count, settings,"
+    " first_failure_at, retry_at, active_seconds, resumed_once, version, rowid"
+)
+FILE_COLUMNS = (
+    "job_id, idx, remote_name, local_name, temp_name, bytes_total, bytes_transferred,"
+    " transferred, completed, etag, last_modified, ranges"
+)
+FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
+SET_JOB = (
+    "UPDATE jobs SET display_name=?, type=?, owner=?, priority=?, state=?, created=?,"
+    " modified=?, transfer_completed=?, error_code=?, error_context=?, error_file=?,"
+    " error_protocol=?, error_message=?, error_count=?, settings=?,"
+    " first_failure_at=?, retry_at=?, active_seconds=?, resumed_once=?,"
+    " version=version+1, writer=?, written_ns=?,"
+)
+# a save: the row, if nobody changed it since we read it (its version); given our writer name
+# (twice, before the id), it also gives up our lease in the same statement
+UPDATE_JOB = (
+    SET_JOB + " lease_expires=CASE WHEN lease_owner=? THEN NULL ELSE lease_expires END,"
+    " lease_owner=CASE WHEN lease_owner=? THEN NULL ELSE lease_owner END"
+    " WHERE id=? AND version=?"
+)
+# a job's start: the save and the lease in one statement, if the row is as we read it and
+# no other process holds the lease
+START_JOB = (
+    SET_JOB + " lease_owner=?, lease_expires=? WHERE id=? AND version=?"
+    " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
+)
+UPSERT_FILE = f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+def _public_headers(text: str | None) -> str | None:
+    if not text:
+        return text
+    kept = [
+        line
+        for line in text.splitlines()
+        if line.split(":", 1)[0].strip().lower() not in SECRET_HEADERS
+    ]
+    return "\r\n".join(kept) or None
+
+
+_SETTING_NAMES = tuple(f.name for f in dataclasses.fields(JobSettings))
+
+
+def settings_json(settings: JobSettings) -> str:
+    # most saves leave the settings as they were, and most jobs share theirs: the text of a
+    # set of values is kept in a small cache, keyed by the values (all plain and hashable)
+    values = tuple([getattr(settings, name) for name in _SETTING_NAMES])
+    try:
+        return _encode_settings(values)
+    except TypeError:  # an unhashable value slipped in: encode without the cache
+        return _encode_settings.__wrapped__(values)
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_settings(values: tuple[object, ...]) -> str:
+    data = dict(zip(_SETTING_NAMES, values, strict=True))
+    data["custom_headers"] = _public_headers(data["custom_headers"])  # type: ignore[arg-type]
+    return json.dumps(data, separators=(",", ":"))
+
+
+def settings_from(text: str) -> JobSettings:
+    data = json.loads(text)
+    data = {k: v for k, v in data.items() if k in _SETTING_NAMES}
+    if data.get("notify_cmd_line") is not None:
+        data["notify_cmd_line"] = tuple(data["notify_cmd_line"])
+    return JobSettings(**data)
+
+
+def job_params(rec: JobRecord) -> tuple[object, ...]:
+    err = rec.error
+    return (
+        rec.display_name,
+        int(rec.type),
+        rec.owner,
+        int(rec.priority),
+        int(rec.state),
+        rec.created,
+        rec.modified,
+        rec.transfer_completed,
+        err.code if err else None,
+        int(err.context) if err else None,
+        err.file_index if err else None,
+        err.protocol if err else None,
+        err.message if err else None,
+        rec.error_count,
+        settings_json(rec.settings),
+        rec.first_failure_at,
+        rec.retry_at,
+        rec.active_seconds,
+        int(rec.resumed_once),
+    )
+
+
+def file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
+    return (
+        str(job_id),
+        f.index,
+        f.remote_name,
+        f.local_name,
+        f.temp_name,
+        f.bytes_total,
+        f.bytes_transferred,
+        int(f.transferred),
+        int(f.completed),
+        f.etag,
+        f.last_modified,
+        json.dumps(f.ranges) if f.ranges is not None else None,
+    )
+
+
+def job_from(row: Any) -> JobRecord:
+    (
+        jid,
+        name,
+        jtype,
+        owner,
+        prio,
+        state,
+        created,
+        modified,
+        tdone,
+        ecode,
+        ectx,
+        efile,
+        eproto,
+        emsg,
+        ecount,
+        settings,
+        ffail,
+        retry_at,
+        active,
+        resumed,
+        version,
+        rowid,
+    ) = row
+    error = (
+        ErrorRecord(
+            int(ecode),
+            ErrorContext(ectx),
+            efile,
+            eproto,
+            emsg or "",
+        )
+        if ecode is not None
+        else None
+    )
+    return JobRecord(
+        id=uuid.UUID(str(jid)),
+        display_name=str(name),
+        type=JobType(jtype),
+        owner=str(owner),
+        priority=JobPriority(prio),
+        state=JobState(state),
+        created=float(created),
+        modified=float(modified),
+        transfer_completed=tdone,
+        error=error,
+        error_count=int(ecount),
+        settings=settings_from(str(settings)),
+        first_failure_at=ffail,
+        retry_at=retry_at,
+        active_seconds=float(active),
+        resumed_once=bool(resumed),
+        version=int(version),
+        seq=int(rowid),
+    )
+
+
+def file_from(row: Any) -> FileRecord:
+    (
+        _,
+        idx,
+        remote,
+        local,
+        temp,
+        total,
+        done_bytes,
+        transferred,
+        completed,
+        etag,
+        lm,
+        ranges,
+    ) = row
+    return FileRecord(
+        index=int(idx),
+        remote_name=str(remote),
+        local_name=str(local),
+        temp_name=str(temp),
+        bytes_total=total,
+        bytes_transferred=int(done_bytes),
+        transferred=bool(transferred),
+        completed=bool(completed),
+        etag=etag,
+        last_modified=lm,
+        ranges=[tuple(r) for r in json.loads(str(ranges))] if ranges else None,
+    )
