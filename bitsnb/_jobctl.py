@@ -374,7 +374,7 @@ class JobControl:
         self._scheduler.dequeue(rec.id)
         self._runner.cancel_retry(rec.id)
         if rec.type is not JobType.DOWNLOAD and rec.files:
-            await self._runner.cancel_upload(rec)
+            await self._runner.uploads.cancel(rec)
         ok = delete_temps(rec)
         await self.records.set_state_patiently(rec, Event.CANCEL)
         self._release_if_held(rec)

@@ -62,6 +62,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._jobctl",
         "bitsnb._secrets",
         "bitsnb._persist",
+        "bitsnb._uploadrun",
     ),
     "IO": (
         "bitsnb._transport",
