@@ -1,9 +1,11 @@
 """Which job runs next: priority queues, round robin within a priority, time slices, pre-emption.
 
-Pure bookkeeping over job ids and priorities — no store, no IO, no tasks. The runner asks it
-for the next job to start while a slot is free, and a running job asks it whether to give up
-its slot: when a higher priority waits (pre-emption), or when its time slice is over and a job
-of its own priority waits (round robin).
+Pure bookkeeping over job ids and priorities — no store, no IO, no tasks. FOREGROUND jobs run
+in the foreground, as in BITS: they start at once, outside the ``max_active`` slots, and never
+wait behind background jobs. Background jobs (HIGH, NORMAL, LOW) share those slots: the runner
+asks for the next one while a slot is free, and a running background job asks whether to give
+up its slot — when a higher background priority waits (pre-emption), or when its time slice is
+over and a job of its own priority waits (round robin).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Scheduler:
         self._queued: dict[uuid.UUID, JobPriority] = {}  # queued job -> priority queued at
         self._waiting = [0] * len(JobPriority)
         self._running: dict[uuid.UUID, float] = {}  # running job -> monotonic slice start
+        self._foreground: set[uuid.UUID] = set()  # running FOREGROUND jobs (no slot taken)
 
     # -- the queues ---------------------------------------------------------------------------
     def enqueue(self, job_id: uuid.UUID, priority: JobPriority) -> None:
@@ -64,13 +67,19 @@ class Scheduler:
         drops it (then queues it again when it can run).
         """
         for prio, queue in enumerate(self._queues):
-            while queue and len(self._running) < self.max_active:
+            foreground = prio == JobPriority.FOREGROUND
+            while queue and (foreground or self._background_running() < self.max_active):
                 job_id = queue.popleft()
                 if self._queued.get(job_id) != prio:
                     continue  # stale entry (suspended, cancelled, re-prioritised)
                 del self._queued[job_id]
                 self._waiting[prio] -= 1
+                if foreground:
+                    self._foreground.add(job_id)
                 yield job_id
+
+    def _background_running(self) -> int:
+        return len(self._running) - len(self._foreground & self._running.keys())
 
     # -- running jobs ---------------------------------------------------------------------------
     def started(self, job_id: uuid.UUID) -> None:
@@ -80,11 +89,15 @@ class Scheduler:
     def stopped(self, job_id: uuid.UUID) -> None:
         """The job gave its slot back."""
         self._running.pop(job_id, None)
+        self._foreground.discard(job_id)
 
     def should_yield(self, job_id: uuid.UUID, priority: JobPriority) -> bool:
-        """True when a running job should give up its slot (pre-empted, or its slice is over)."""
+        """True when a running background job should give up its slot (pre-empted by a higher
+        background priority, or its slice is over); FOREGROUND jobs hold no slot, never yield."""
+        if priority == JobPriority.FOREGROUND:
+            return False
         waiting = self._waiting
-        if any(waiting[p] for p in range(priority)):
+        if any(waiting[p] for p in range(JobPriority.FOREGROUND + 1, priority)):
             return True  # pre-empted by a higher priority
         if waiting[priority]:
             started = self._running.get(job_id, time.monotonic())

@@ -239,7 +239,7 @@ def hold_slot(mgr: bitsnb.Manager, server: FileServer, dest: Path) -> bitsnb.Job
     """A job that occupies a transfer slot (its server stalls) until it is cancelled."""
     url = server.add_random_file("blocker.bin", KIB)
     server.inject("blocker.bin", Fault.stall(30))
-    blocker = mgr.create_job("blocker", priority=JobPriority.FOREGROUND)
+    blocker = mgr.create_job("blocker", priority=JobPriority.HIGH)
     blocker.add_file(url, dest / "blocker.bin")
     blocker.resume()
     wait_state(blocker, JobState.CONNECTING)
@@ -247,7 +247,8 @@ def hold_slot(mgr: bitsnb.Manager, server: FileServer, dest: Path) -> bitsnb.Job
 
 
 def test_foreground_before_low(one_slot: bitsnb.Manager, server: FileServer, dest: Path) -> None:
-    """With one slot, a FOREGROUND job queued after LOW and NORMAL jobs starts first."""
+    """With the one slot taken, a FOREGROUND job queued after LOW, NORMAL and HIGH jobs starts
+    at once (it takes no slot); the background jobs follow by priority once the slot is free."""
     blocker = hold_slot(one_slot, server, dest)
     jobs = []
     for prio in (JobPriority.LOW, JobPriority.NORMAL, JobPriority.HIGH, JobPriority.FOREGROUND):
@@ -256,7 +257,9 @@ def test_foreground_before_low(one_slot: bitsnb.Manager, server: FileServer, des
         job.add_file(server.add_random_file(name, 8 * KIB, seed=int(prio)), dest / name)
         job.resume()
         jobs.append(job)
-    assert all(j.state is JobState.QUEUED for j in jobs)
+    assert jobs[-1].wait(timeout=15) is JobState.TRANSFERRED  # while the blocker holds the slot
+    assert blocker.state is JobState.CONNECTING
+    assert all(j.state is JobState.QUEUED for j in jobs[:-1])
     blocker.cancel()
     for job in jobs:
         assert job.wait(timeout=15) is JobState.TRANSFERRED
@@ -283,10 +286,11 @@ def test_priority_change_reorders_queue(
     assert [p for p in get_paths(server) if p != "blocker.bin"] == ["second.bin", "first.bin"]
 
 
-def test_foreground_preempts_running_low(
+def test_foreground_runs_beside_the_job_holding_the_slot(
     one_slot: bitsnb.Manager, server: FileServer, dest: Path
 ) -> None:
-    """A running LOW job yields its slot to a FOREGROUND job (back to QUEUED), then finishes."""
+    """A FOREGROUND job does not wait for the LOW job holding the only slot, nor pre-empt it:
+    it runs beside it (FOREGROUND takes no slot)."""
     low = one_slot.create_job("low", priority=JobPriority.LOW)
     names = [f"low{i}.bin" for i in range(3)]
     for i, n in enumerate(names):
@@ -303,7 +307,7 @@ def test_foreground_preempts_running_low(
     paths = get_paths(server)
     assert paths.index("fg.bin") < paths.index("low1.bin")  # fg ran before low had finished
     low_states = rec.states(low.id)
-    assert JobState.QUEUED in low_states[1:]  # it was sent back to the queue in between
+    assert JobState.QUEUED not in low_states[1:]  # low kept its slot all along
     low_data = sum(len(server.path(n).read_bytes()) for n in names)
     assert server.bytes_sent("low*.bin") >= low_data
     low.complete()
@@ -322,7 +326,7 @@ def test_preempted_job_does_not_refetch_finished_bytes(
         low.add_file(server.add_random_file(n, 4 * KIB, seed=i), dest / n)
     low.resume()
     wait_state(low, JobState.CONNECTING, JobState.TRANSFERRING)
-    fg = one_slot.create_job("fg", priority=JobPriority.FOREGROUND)
+    fg = one_slot.create_job("high", priority=JobPriority.HIGH)  # pre-empts LOW
     fg.add_file(server.add_random_file("fg.bin", 4 * KIB, seed=9), dest / "fg.bin")
     fg.resume()
     assert fg.wait(timeout=10) is JobState.TRANSFERRED
