@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import getpass
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,7 +37,7 @@ from ._replication import Replication
 from ._scheduler import Scheduler
 from ._states import Event
 from ._store import Store, lease_name
-from ._validate import is_admin
+from ._validate import is_admin, os_user
 
 __all__ = ["AsyncManager", "JobEvent", "control_of", "default_store_path"]
 
@@ -90,7 +89,7 @@ class AsyncManager:
         if self._life is _Life.OPEN:
             return self
         p = self.policy
-        if p.owner != getpass.getuser() and not is_admin():
+        if p.owner != os_user() and not is_admin():
             # off Windows a job's owner is a name in the store, protected by the store's file
             # permissions: only root may act under another user's name
             raise BitsError(

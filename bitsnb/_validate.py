@@ -243,3 +243,16 @@ def check_source_file(local: object) -> str:
 def is_admin() -> bool:
     """True for root: the user BITS's administrator rights map to (all users' jobs)."""
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def os_user() -> str:
+    """The name of the user this process runs as (from its uid, not from $USER, which any
+    process may set)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):  # no pwd (Windows) or an unnamed uid
+        import getpass
+
+        return getpass.getuser()

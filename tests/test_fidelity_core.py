@@ -292,3 +292,39 @@ def test_a_bad_proxy_stored_by_an_older_version_fails_the_job_clearly(
         job.resume()
         assert job.wait(timeout=20) is JobState.ERROR
         assert job.error is not None and job.error.code == BG_E_INVALID_PROXY_INFO
+
+
+OWNER_PROBE = """
+import os, sys
+import bitsnb
+os.setgid(65534); os.setuid(65534)  # now nobody (whatever $USER says)
+try:
+    bitsnb.Manager(store=sys.argv[1], policy=bitsnb.Policy(owner="root"))
+except bitsnb.BitsError as exc:
+    print(hex(exc.code), exc.message)
+else:
+    print("accepted")
+"""
+
+
+def test_only_root_may_act_under_another_owner(tmp_path: Path) -> None:
+    """Off Windows a job's owner is a name in the store: a user who is not root may not
+    open a manager under another user's name."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start a process as another user")
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    tmp_path.chmod(0o755)
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", OWNER_PROBE, str(folder / "jobs.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BITSNB_HOME": str(folder), "USER": "root", "LOGNAME": "root"},
+    )
+    assert out.stdout.startswith("0x80070005"), out.stdout + out.stderr
+    assert "only root" in out.stdout
