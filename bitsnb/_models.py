@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import os
 import ssl
 from dataclasses import dataclass, field
 
 from ._enums import ErrorContext
 from ._errors import context_description, lookup_error
+from ._validate import os_user
 
 __all__ = [
     "BG_SIZE_UNKNOWN",
@@ -163,7 +163,7 @@ class Policy:
     verify: bool | str | ssl.SSLContext = True
     lean_transport: bool = True
     receive_buffer: int | None = 2 * 1024 * 1024
-    owner: str = field(default_factory=getpass.getuser)
+    owner: str = field(default_factory=os_user)
 
     @classmethod
     def windows_defaults(cls) -> Policy:
