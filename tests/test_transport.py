@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
 import trustme
@@ -25,7 +26,7 @@ from _support.raw_http import ScriptServer, drip, endless, raw, reply
 
 import bitsnb
 from bitsnb import _codes
-from bitsnb._transport import LeanTransport, body_views
+from bitsnb._transport import LeanTransport, body_views, fallback_transport
 from bitsnb.testing import FileServer
 
 TIMEOUT = 10.0
@@ -599,3 +600,62 @@ def test_an_endless_stream_of_100_continue_fails_transiently(
         wait_state(job, bitsnb.JobState.TRANSIENT_ERROR, timeout=TIMEOUT)
         assert job.error is not None
         assert job.error.code == _codes.ERROR_WINHTTP_CONNECTION_ERROR, job.error
+
+
+# -- the fallback: larger reads without a process-wide patch -------------------------------------
+def test_httpcore_is_left_as_it_was(
+    tmp_path: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """Importing bitsnb and downloading through httpx's own transport (lean_transport=False)
+    leaves httpcore's read size, a class attribute every httpx client shares, alone."""
+    policy.lean_transport = False
+    url = server.add_file("f.bin", os.urandom(300_000))
+    with bitsnb.Manager(store=tmp_path / "jobs.db", policy=policy) as mgr:
+        job = mgr.create_job("fallback")
+        job.add_file(url, str(dest / "f.bin"))
+        job.resume()
+        assert job.wait(timeout=TIMEOUT) is bitsnb.JobState.TRANSFERRED, job.error
+    assert httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES == 64 * 1024
+    assert httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES == 64 * 1024
+
+
+@pytest.mark.parametrize("wide", [True, False], ids=["fallback_transport", "httpx-default"])
+def test_the_fallback_reads_more_than_64_kib_at_a_time(srv: ScriptServer, wide: bool) -> None:
+    """fallback_transport's reads are larger than httpcore's 64 KiB (the body arrives in the
+    pieces the socket reads gave); a plain httpx transport still reads 64 KiB."""
+    body = os.urandom(8 * 1024 * 1024)
+    srv.scripts["/big"] = reply(body)
+
+    async def go() -> tuple[bytes, int]:
+        t = fallback_transport(1024 * 1024) if wide else httpx.AsyncHTTPTransport()
+        async with httpx.AsyncClient(transport=t) as c:
+            async with c.stream("GET", f"{srv.base}/big") as resp:
+                pieces = [piece async for piece in resp.aiter_raw()]
+        return b"".join(pieces), max(map(len, pieces))
+
+    data, largest = run(go())  # type: ignore[misc]
+    assert data == body
+    assert (largest > 64 * 1024) is wide
+
+
+def test_environment_proxies_apply_to_lean_clients(
+    monkeypatch: pytest.MonkeyPatch, srv: ScriptServer, policy: bitsnb.Policy
+) -> None:
+    """trust_env (ProxyUsage.PRECONFIG) means HTTP_PROXY applies, lean transport or not; the
+    proxied request goes through httpx's own transport."""
+    from bitsnb._engine import Engine
+
+    srv.scripts["/file"] = reply(b"via proxy")
+    monkeypatch.setenv("HTTP_PROXY", srv.base)
+    monkeypatch.delenv("NO_PROXY")
+
+    async def go() -> bytes:
+        engine = Engine(policy)
+        try:
+            r = await engine.client(None, True).get("http://origin.invalid/file")
+            return r.content
+        finally:
+            await engine.aclose()
+
+    assert run(go()) == b"via proxy"
+    assert srv.requests[0].startswith(b"GET http://origin.invalid/file HTTP/1.1")
