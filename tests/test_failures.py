@@ -9,12 +9,10 @@ the lookup by type (never by message text) are tested directly as well.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -22,13 +20,12 @@ from typing import TypeVar
 import httpx
 import pytest
 import trustme
-from _support.raw_http import ScriptServer, raw, reply
+from _support.engine import engine_failure, file_record
+from _support.raw_http import ScriptServer, raw, reply, stall
 
 import bitsnb
 from bitsnb import ErrorContext, _codes
-from bitsnb._engine import Engine, FileContext
 from bitsnb._failures import NETWORK_FAILURES, TransferFailure, local_failure, network_failure
-from bitsnb._records import FileRecord
 from bitsnb.testing import FileServer
 
 TIMEOUT = 10.0
@@ -51,18 +48,7 @@ def srv() -> Iterator[ScriptServer]:
 
 def fail(policy: bitsnb.Policy, url: str, temp: Path) -> TransferFailure:
     """Download *url* into *temp* through a fresh engine; the TransferFailure it raises."""
-    f = FileRecord(index=0, remote_name=url, local_name=str(temp) + ".done", temp_name=str(temp))
-
-    async def go() -> None:
-        engine = Engine(policy)
-        try:
-            await engine.download(f, FileContext(trust_env=False))
-        finally:
-            await engine.aclose()
-
-    with pytest.raises(TransferFailure) as info:
-        asyncio.run(asyncio.wait_for(go(), TIMEOUT))
-    return info.value
+    return engine_failure(policy, file_record(url, temp))
 
 
 def verdict(failure: TransferFailure) -> tuple[int, ErrorContext, bool]:
@@ -129,19 +115,9 @@ def test_a_certificate_that_does_not_verify(
 
 
 def test_a_stalled_response(lean_policy: bitsnb.Policy, tmp_path: Path, srv: ScriptServer) -> None:
-    stop = threading.Event()
-
-    def stall(conn: socket.socket, _head: bytes) -> bool:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        stop.wait(TIMEOUT)
-        return False
-
-    srv.scripts["/f.bin"] = stall
+    srv.scripts["/f.bin"] = stall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", srv.stopping)
     lean_policy.read_timeout = 0.3
-    try:
-        failure = fail(lean_policy, f"{srv.base}/f.bin", tmp_path / "f.tmp")
-    finally:
-        stop.set()
+    failure = fail(lean_policy, f"{srv.base}/f.bin", tmp_path / "f.tmp")
     assert verdict(failure) == (_codes.ERROR_WINHTTP_TIMEOUT, ErrorContext.GENERAL_TRANSPORT, True)
 
 

@@ -8,19 +8,17 @@ transport and on httpx's own, against a raw-socket server that sends the very by
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support.engine import engine_failure, file_record
 from _support.helpers import wait_state
 from _support.raw_http import ScriptServer, raw
 
 import bitsnb
 from bitsnb import ErrorContext, JobState, _codes
-from bitsnb._engine import Engine, FileContext
-from bitsnb._failures import TransferFailure
 from bitsnb._http_rules import MAX_LENGTH, BadLength, parse_length
 from bitsnb._records import FileRecord
 
@@ -42,24 +40,8 @@ def srv() -> Iterator[ScriptServer]:
     s.close()
 
 
-def engine_failure(policy: bitsnb.Policy, f: FileRecord) -> TransferFailure:
-    async def go() -> None:
-        engine = Engine(policy)
-        try:
-            await engine.download(f, FileContext(trust_env=False))
-        finally:
-            await engine.aclose()
-
-    with pytest.raises(TransferFailure) as info:
-        asyncio.run(asyncio.wait_for(go(), TIMEOUT))
-    return info.value
-
-
 def record(url: str, tmp_path: Path, **fields: object) -> FileRecord:
-    temp = tmp_path / "f.tmp"
-    return FileRecord(
-        index=0, remote_name=url, local_name=str(tmp_path / "f"), temp_name=str(temp), **fields
-    )  # type: ignore[arg-type]
+    return file_record(url, tmp_path / "f.tmp", **fields)
 
 
 def file_row(store: Path, job: bitsnb.Job) -> tuple[object, ...]:

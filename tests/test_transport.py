@@ -12,7 +12,6 @@ import hashlib
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 import pytest
 import trustme
 from _support.helpers import wait_state
-from _support.raw_http import ScriptServer, drip, endless, raw, reply
+from _support.raw_http import ScriptServer, drip, endless, raw, reply, stall
 
 import bitsnb
 from bitsnb import _codes
@@ -315,24 +314,14 @@ def test_malformed_responses_are_protocol_errors(srv: ScriptServer, wire: bytes)
 
 
 def test_a_stalled_server_times_out(srv: ScriptServer) -> None:
-    stop = threading.Event()
-
-    def stall(conn: socket.socket, _head: bytes) -> bool:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        stop.wait(TIMEOUT)
-        return False
-
-    srv.scripts["/stall"] = stall
+    srv.scripts["/stall"] = stall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", srv.stopping)
 
     async def go() -> None:
         async with client(read_timeout=0.3) as c:
             await c.get(f"{srv.base}/stall")
 
-    try:
-        with pytest.raises(httpx.ReadTimeout):
-            run(go())
-    finally:
-        stop.set()
+    with pytest.raises(httpx.ReadTimeout):
+        run(go())
 
 
 def test_connect_failure_is_a_connect_error() -> None:

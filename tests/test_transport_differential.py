@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from _support.raw_http import Script, ScriptServer, drip, raw, reply
+from _support.raw_http import Script, ScriptServer, drip, raw, reply, stall
 
 from bitsnb._transport import LeanTransport
 
@@ -267,11 +267,6 @@ def _slow_cases(stop: threading.Event) -> list[Case]:
                 return False
         return True
 
-    def stall(conn: socket.socket, _head: bytes) -> bool:
-        conn.sendall(head[:20])
-        stop.wait(1.5)
-        return False
-
     return [
         Case("head-in-pieces", pieces),
         # 47 bytes a byte every 30 ms: no single read waits 0.5 s, the whole head takes 1.4 s
@@ -283,7 +278,7 @@ def _slow_cases(stop: threading.Event) -> list[Case]:
             SLOW,
         ),
         Case("body-dripped", drip(b"hello", 0.05, stop, before=head), "", SLOW),
-        Case("head-stalled", stall, "", SLOW),
+        Case("head-stalled", stall(head[:20], stop, 1.5), "", SLOW),
     ]
 
 

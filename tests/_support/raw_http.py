@@ -138,3 +138,14 @@ def endless(data: bytes, stop: threading.Event, limit: float = TIMEOUT) -> Scrip
         return False
 
     return script
+
+
+def stall(data: bytes, stop: threading.Event, seconds: float = TIMEOUT) -> Script:
+    """A script sending *data*, then nothing for *seconds* (or until *stop*); it closes."""
+
+    def script(conn: socket.socket, _head: bytes) -> bool:
+        conn.sendall(data)
+        stop.wait(seconds)
+        return False
+
+    return script
