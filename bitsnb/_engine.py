@@ -9,73 +9,37 @@ go through ``LeanTransport`` under httpx, whose bodies are written from the conn
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import errno
 import os
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
 from . import _codes
 from ._enums import ErrorContext
+from ._failures import TransferFailure, local_failure, network_failure
+from ._http_rules import (
+    MAX_LENGTH,
+    BadLength,
+    is_transient_status,
+    parse_content_length,
+    parse_content_range,
+    retry_after,
+)
 from ._models import Policy
 from ._records import FileRecord
-from ._transport import LeanTransport, body_views
+from ._transport import LeanTransport, body_views, fallback_transport
 from ._validate import redact_url
 
 __all__ = ["Engine", "FileContext", "TransferFailure", "YieldSlice", "is_transient_status"]
 
 USER_AGENT = "bitsnb/0.1 (Microsoft BITS compatible)"
 
-# httpcore reads 64 KiB per socket read, and each read costs ~80 µs of Python: a large read
-# size halves the CPU per byte (shared/perf-notes.md). It is a class attribute, so raising it
-# affects the process; we only ever raise it.
-_READ_SIZE = 1024 * 1024
-
-
-def _tune_httpcore(read_size: int) -> None:
-    conn = httpcore._async.http11.AsyncHTTP11Connection
-    conn.READ_NUM_BYTES = max(conn.READ_NUM_BYTES, read_size)
-
-
 YIELD_MID_FILE_BYTES = 16 * 1024 * 1024
-_TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
-
-
-def is_transient_status(status: int) -> bool:
-    """The spec's default table: 408/409/425/429 and 5xx except 501/505 are retried."""
-    if status in _TRANSIENT_STATUS:
-        return True
-    return 500 <= status <= 599 and status not in (501, 505)
-
-
-class TransferFailure(Exception):
-    """A transfer failed; the manager turns this into TRANSIENT_ERROR or ERROR."""
-
-    def __init__(
-        self,
-        code: int,
-        context: ErrorContext,
-        *,
-        transient: bool,
-        message: str = "",
-        retry_after: float | None = None,
-        protocol: str | None = "http",
-    ) -> None:
-        super().__init__(message or f"0x{code:08X}")
-        self.code = code
-        self.context = context
-        self.transient = transient
-        self.message = message
-        self.retry_after = retry_after
-        self.protocol = protocol
-        self.file: FileRecord | None = None  # the file that failed, set by the manager
 
 
 class YieldSlice(Exception):
@@ -111,86 +75,46 @@ def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return retry_after(resp.headers.get("retry-after"), time.time())
 
 
-def _content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """Parse ``bytes a-b/total`` (total may be ``*``)."""
-    if not value or not value.startswith("bytes "):
-        return None
-    span, _, total = value[6:].partition("/")
-    first, _, last = span.partition("-")
-    try:
-        return int(first), int(last), (None if total.strip() == "*" else int(total))
-    except ValueError:
-        return None
+def _invalid_response(message: str, *, transient: bool) -> TransferFailure:
+    return TransferFailure(
+        _codes.BG_E_INVALID_SERVER_RESPONSE,
+        ErrorContext.REMOTE_FILE,
+        transient=transient,
+        message=message,
+    )
 
 
 def _strong(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/")  # type: ignore[union-attr]
 
 
-def _local_failure(exc: OSError, path: str) -> TransferFailure:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        code = _codes.ERROR_DISK_FULL
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        code = _codes.E_ACCESSDENIED
-    elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        code = _codes.ERROR_PATH_NOT_FOUND
-    else:
-        code = _codes.hresult_from_win32(exc.errno or 1)
-    return TransferFailure(
-        code,
-        ErrorContext.LOCAL_FILE,
-        transient=False,
-        message=f"{exc.strerror or exc} ({path})",
-        protocol=None,
-    )
+class _Client(httpx.AsyncClient):
+    """An httpx client whose own transports, direct and proxied, come from *make_transport*.
 
+    httpx builds them in these two hooks, the proxied ones for the ``proxy`` argument and, when
+    the client is given no transport, for the environment's proxy settings (``trust_env``).
+    """
 
-def _network_failure(exc: httpx.HTTPError) -> TransferFailure:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return TransferFailure(
-                _codes.ERROR_WINHTTP_SECURE_FAILURE,
-                ErrorContext.GENERAL_TRANSPORT,
-                transient=False,
-                message=str(cause),
-            )
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.TooManyRedirects | httpx.UnsupportedProtocol):
-        return TransferFailure(
-            _codes.ERROR_WINHTTP_REDIRECT_FAILED,
-            ErrorContext.REMOTE_FILE,
-            transient=False,
-            message=text,
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        code = _codes.ERROR_WINHTTP_TIMEOUT
-        context = ErrorContext.GENERAL_TRANSPORT
-    elif isinstance(exc, httpx.ConnectError):
-        lowered = text.lower()
-        if "name or service" in lowered or "nodename" in lowered or "resolution" in lowered:
-            code = _codes.ERROR_WINHTTP_NAME_NOT_RESOLVED
-        else:
-            code = _codes.ERROR_WINHTTP_CANNOT_CONNECT
-        context = ErrorContext.GENERAL_TRANSPORT
-    else:
-        code = _codes.ERROR_WINHTTP_CONNECTION_ERROR
-        context = ErrorContext.REMOTE_FILE
-    return TransferFailure(code, context, transient=True, message=text)
+    def __init__(
+        self,
+        make_transport: Callable[[httpx.Proxy | None], httpx.AsyncBaseTransport],
+        **kwargs: Any,
+    ) -> None:
+        self._make_transport = make_transport
+        super().__init__(**kwargs)
+
+    def _init_transport(
+        self, *args: Any, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
+    ) -> httpx.AsyncBaseTransport:
+        return transport if transport is not None else self._make_transport(None)
+
+    def _init_proxy_transport(
+        self, proxy: httpx.Proxy, *args: Any, **kwargs: Any
+    ) -> httpx.AsyncBaseTransport:
+        return self._make_transport(proxy)
 
 
 class Engine:
@@ -201,9 +125,9 @@ class Engine:
         self._transport = transport
         self._clients: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
         self._host_slots: dict[str, asyncio.Semaphore] = {}
-        _tune_httpcore(policy.read_size)
 
-    def _client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient:
+    def client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient:
+        """The shared client for one proxy setting (made on first use, closed by ``aclose``)."""
         key = (proxy, trust_env)
         client = self._clients.get(key)
         if client is None:
@@ -220,23 +144,32 @@ class Engine:
     ) -> httpx.AsyncClient:
         """An httpx client with the policy's timeouts, TLS, redirect rules and headers.
 
-        *lean*: plain GETs go through ``LeanTransport`` (proxied requests still use httpx's own
-        transports, which httpx mounts for them).
+        *lean*: plain GETs go through ``LeanTransport``; proxied requests, and what the lean
+        transport does not serve, go through httpx's own transport with larger reads.
         """
         p = self._policy
-        transport = self._transport
-        if transport is None and lean:
-            # one TLS context (CA bundle loaded once) for the lean path and its fallback
-            tls = httpx.create_ssl_context(verify=_ssl_context(p.verify), trust_env=trust_env)
-            transport = LeanTransport(
-                httpx.AsyncHTTPTransport(verify=tls, limits=limits, trust_env=trust_env),
+        tls: ssl.SSLContext | None = None
+
+        def make_transport(through: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+            nonlocal tls
+            if tls is None:  # one TLS context (CA bundle loaded once) for all of them
+                tls = httpx.create_ssl_context(verify=_ssl_context(p.verify), trust_env=trust_env)
+            fallback = fallback_transport(
+                p.read_size, verify=tls, limits=limits, trust_env=trust_env, proxy=through
+            )
+            if not lean or through is not None:
+                return fallback
+            return LeanTransport(
+                fallback,
                 ssl_context=tls,
                 read_size=p.read_size,
                 max_idle_per_host=limits.max_keepalive_connections or 1,
                 receive_buffer=p.receive_buffer,
             )
-        return httpx.AsyncClient(
-            transport=transport,
+
+        return _Client(
+            make_transport,
+            transport=self._transport,
             proxy=proxy,
             trust_env=trust_env,
             follow_redirects=True,
@@ -244,7 +177,6 @@ class Engine:
             timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout, pool=None),
             limits=limits,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            verify=_ssl_context(p.verify),
             event_hooks={"response": [self._check_redirect]},
         )
 
@@ -296,7 +228,7 @@ class Engine:
                 _truncate(f)
                 ctx.on_restart(f)
             except httpx.HTTPError as exc:
-                raise _network_failure(exc) from exc
+                raise network_failure(exc) from exc
         raise TransferFailure(
             _codes.BG_E_REMOTE_FILE_CHANGED,
             ErrorContext.REMOTE_FILE,
@@ -325,7 +257,7 @@ class Engine:
             raise _Restart
         if ctx.dynamic_content and offset > 0:
             raise _Restart  # dynamic content never resumes (spec §1.7)
-        client = self._client(ctx.proxy, ctx.trust_env)
+        client = self.client(ctx.proxy, ctx.trust_env)
         if offset > 0 and f.bytes_total is not None and offset >= f.bytes_total:
             # every byte is on disk but the file was never marked done (stopped during its
             # final fsync): ask for the last byte, so a 206 confirms the file is unchanged
@@ -335,25 +267,24 @@ class Engine:
             status = resp.status_code
             etag = resp.headers.get("etag")
             last_modified = resp.headers.get("last-modified")
-            length = resp.headers.get("content-length")
-            size = int(length) if length and length.isdigit() else None
             if status == 206 and offset > 0:
-                span = _content_range(resp.headers.get("content-range"))
-                if span is None or span[0] != offset:
-                    raise TransferFailure(
-                        _codes.BG_E_INVALID_SERVER_RESPONSE,
-                        ErrorContext.REMOTE_FILE,
-                        transient=True,
-                        message=f"bad Content-Range {resp.headers.get('content-range')!r}",
-                    )
-                total = span[2]
+                content_range = resp.headers.get("content-range")
+                span = parse_content_range(content_range)
+                if span is None or span.first != offset:
+                    raise _invalid_response(f"bad Content-Range {content_range!r}", transient=True)
                 if (
-                    (total is not None and f.bytes_total is not None and total != f.bytes_total)
+                    (span.total is not None and f.bytes_total not in (None, span.total))
                     or (etag and f.etag and etag != f.etag)
                     or (last_modified and f.last_modified and last_modified != f.last_modified)
                 ):
                     raise _Restart
             elif status == 200:
+                try:
+                    size = parse_content_length(resp.headers.get("content-length"))
+                except BadLength as exc:
+                    # refused before anything is stored (a length over 2^63-1 fits no file);
+                    # retried, as BITS retries a response it found invalid
+                    raise _invalid_response(f"bad Content-Length: {exc}", transient=True) from None
                 if offset > 0:
                     changed = (
                         (etag or None) != f.etag
@@ -407,7 +338,7 @@ class Engine:
         assert f.ranges is not None
         offset = _temp_size(f)
         done_before = 0
-        client = self._client(ctx.proxy, ctx.trust_env)
+        client = self.client(ctx.proxy, ctx.trust_env)
         for i, (start, length) in enumerate(f.ranges):
             if length is not None and offset >= done_before + length:
                 done_before += length
@@ -440,17 +371,25 @@ class Engine:
                         message=f"HTTP {resp.status_code}",
                         retry_after=_retry_after(resp),
                     )
-                span = _content_range(resp.headers.get("content-range"))
-                if span is None or span[0] != first or (last and span[1] != int(last)):
-                    raise TransferFailure(
-                        _codes.BG_E_INVALID_SERVER_RESPONSE,
-                        ErrorContext.REMOTE_FILE,
+                span = parse_content_range(resp.headers.get("content-range"))
+                if (
+                    span is None
+                    or span.first != first
+                    or span.last is None
+                    or (last and span.last != int(last))
+                ):
+                    # BITS documents a range error after Resume as fatal
+                    raise _invalid_response(
+                        "the server's Content-Range does not match the requested range",
                         transient=False,
-                        message="the server's Content-Range does not match the requested range",
                     )
                 if length is None:
                     # to EOF: the range's length is now known
-                    length = span[1] - start + 1
+                    length = span.last - start + 1
+                    if length + sum(n or 0 for _, n in f.ranges) > MAX_LENGTH:
+                        raise _invalid_response(
+                            "the ranges would add up to more than 2^63-1 bytes", transient=False
+                        )
                     f.ranges[i] = (start, length)
                 f.bytes_total = sum(n or 0 for _, n in f.ranges)
                 ctx.on_connected()
@@ -481,7 +420,7 @@ class Engine:
             else:
                 fh = await _create(f.temp_name)
         except OSError as exc:
-            raise _local_failure(exc, f.temp_name) from exc
+            raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
 
         async def checkpoint(upto: int) -> None:
@@ -519,7 +458,7 @@ class Engine:
                     syncing = None
                 await asyncio.to_thread(os.fsync, fh.fileno())
             except OSError as exc:
-                raise _local_failure(exc, f.temp_name) from exc
+                raise local_failure(exc, f.temp_name) from exc
         finally:
             if syncing is not None and not syncing.done():
                 # the descriptor must stay open while the thread syncs it
@@ -556,7 +495,7 @@ def _temp_size(f: FileRecord) -> int:
     except FileNotFoundError:
         return 0
     except OSError as exc:
-        raise _local_failure(exc, f.temp_name) from exc
+        raise local_failure(exc, f.temp_name) from exc
 
 
 def _truncate(f: FileRecord) -> None:
@@ -571,4 +510,4 @@ def _truncate(f: FileRecord) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise _local_failure(exc, f.temp_name) from exc
+        raise local_failure(exc, f.temp_name) from exc

@@ -21,6 +21,7 @@ __all__ = [
     "is_transient_status",
     "parse_content_length",
     "parse_content_range",
+    "parse_length",
     "parse_range",
     "retry_after",
 ]
@@ -57,6 +58,12 @@ def _number(text: str) -> int:
     if len(text) > 19 or int(text) > MAX_LENGTH:
         raise BadLength(f"{text[:30]} is over 2^63-1")
     return int(text)
+
+
+def parse_length(value: str) -> int:
+    """A byte count or offset: ASCII digits (blanks around them allowed), at most 2^63−1;
+    anything else raises ``BadLength``."""
+    return _number(value)
 
 
 def parse_content_length(value: str | None) -> int | None:

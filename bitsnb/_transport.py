@@ -2,32 +2,50 @@
 
 httpx's default transport (httpcore, h11, anyio) copies every socket read three times and spends
 about a millisecond of Python per request in its pool (shared/perf-notes.md). This transport
-reads the socket straight into one reusable buffer per connection, parses the response head by
-hand and hands the body out as views of that buffer, which the engine writes to disk without a
-copy. It serves GET and HEAD without a body over http and https; anything else (request bodies,
-other methods) goes to the fallback transport, so httpx's client (redirects, auth, cookies,
-proxies, event hooks) stays the one API above it.
+reads the socket straight into one reusable buffer per connection, has h11 (the parser under
+httpx's own transport) parse each response head and trailer section, and hands the body out as
+views of that buffer, which the engine writes to disk without a copy. Its own are only the
+framing around the body (chunk-size lines) and the limits h11 leaves to its caller: a status in
+100–599, HTTP/1.x only, at most ``_MAX_INTERIM`` interim responses, and the read timeout as the
+time budget of a whole head. It serves GET and HEAD without a body over http and https; anything
+else (request bodies, other methods) goes to the fallback transport, so httpx's client
+(redirects, auth, cookies, proxies, event hooks) stays the one API above it. Every failure comes
+out as an httpx exception.
+
+``fallback_transport`` is httpx's default transport with larger socket reads, which it gets from
+a network backend of its own rather than from httpcore's ``READ_NUM_BYTES``, a class attribute
+every httpx client in the process shares.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import h11
+import httpcore
 import httpx
 
-__all__ = ["LeanTransport", "body_views"]
+__all__ = ["LeanTransport", "body_views", "fallback_transport"]
 
-_MAX_HEAD = 64 * 1024  # a response head larger than this is refused
+_MAX_HEAD = 64 * 1024  # a response head, trailer section or chunk line larger is refused
+_MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
 _MIN_FREE = 64 * 1024  # compact the buffer before a read would get less room than this
 _IDLE_EXPIRY = 5.0  # seconds an idle keep-alive connection is kept
 _NO_BODY_STATUS = frozenset({204, 304})
 _CTL = frozenset(b"\r\n\0")
-_HEXDIGITS = b"0123456789abcdefABCDEF"
+_CRLF = re.compile(rb"\r\n")  # ends a chunk-size line (as in h11)
+_LF = re.compile(rb"\n")  # ends a trailer line, a CR before it optional (as in h11)
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # ends a head (h11's own rule)
+# chunk-size [BWS] [";" chunk-ext] (RFC 9112 §7.1.1); 16 hex digits exceed any file's size
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
+# the request h11 is told was sent, so that it parses the response heads that follow
+_H11_REQUEST = h11.Request(method="GET", target="/", headers=[("Host", "bitsnb")])
 
 
 class _Protocol(asyncio.BufferedProtocol):
@@ -245,21 +263,36 @@ class _Body(httpx.AsyncByteStream):
     async def _chunks(self) -> AsyncIterator[memoryview]:
         p = self._conn.proto
         while True:
-            line = await _read_line(p, self._timeout, self._request)
-            size_text = line.split(b";", 1)[0].strip(b" \t")
-            if not size_text or size_text.strip(_HEXDIGITS) or len(size_text) > 16:
+            line = await _read_until(p, _CRLF, "chunk line", self._timeout, self._request)
+            m = _CHUNK_LINE.fullmatch(line, 0, len(line) - 2)
+            if m is None:
                 raise httpx.RemoteProtocolError(
-                    f"bad chunk size {size_text[:20]!r}", request=self._request
+                    f"bad chunk size {line[:20]!r}", request=self._request
                 )
-            size = int(size_text, 16)
+            size = int(m[1], 16)
             if size == 0:
-                while await _read_line(p, self._timeout, self._request):
-                    pass  # trailers: ignored
+                await self._trailers()
                 return
             async for view in self._exactly(size):
                 yield view
-            if await _read_line(p, self._timeout, self._request):
+            if await _read_until(p, _CRLF, "chunk end", self._timeout, self._request) != b"\r\n":
                 raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=self._request)
+
+    async def _trailers(self) -> None:
+        """The trailer section: field lines up to an empty one, checked by h11 as a head's are,
+        with a head's size limit and time budget; then dropped."""
+        p = self._conn.proto
+        deadline = _deadline(self._timeout)
+        block = bytearray()
+        while True:
+            line = await _read_until(p, _LF, "trailer", self._timeout, self._request, deadline)
+            if line in (b"\n", b"\r\n"):
+                break
+            block += line
+            if len(block) > _MAX_HEAD:
+                raise httpx.RemoteProtocolError("trailer section too large", request=self._request)
+        if block:
+            _next_event(_parser(), b"HTTP/1.1 200 OK\r\n" + block + b"\r\n", self._request)
 
     def _broken(self) -> httpx.HTTPError:
         p = self._conn.proto
@@ -283,26 +316,67 @@ class _Body(httpx.AsyncByteStream):
             conn.close()
 
 
+def _deadline(budget: float | None) -> float | None:
+    """When a head (or trailer section) given *budget* seconds from now must be complete."""
+    return None if budget is None else time.monotonic() + budget
+
+
 async def _read_until(
-    p: _Protocol, sep: bytes, what: str, timeout: float | None, request: httpx.Request
+    p: _Protocol,
+    end: re.Pattern[bytes],
+    what: str,
+    timeout: float | None,
+    request: httpx.Request,
+    deadline: float | None = None,
 ) -> bytes:
-    """The bytes before the next *sep* (consumed with it); *what* over 64 KiB is refused."""
+    """The bytes up to and including the next match of *end*, consumed; *what* over 64 KiB is
+    refused. Each wait lasts at most *timeout*, and all of them end at *deadline*: a server
+    that sends a byte now and then cannot stretch a head forever."""
     scanned = 0
     while True:
-        i = p.buf.find(sep, p.start + scanned, p.end)
-        if i >= 0 and i - p.start <= _MAX_HEAD:
-            data = bytes(p.view[p.start : i])
-            p.consume(i + len(sep) - p.start)
+        m = end.search(p.buf, p.start + scanned, p.end)
+        if m is not None and m.end() - p.start <= _MAX_HEAD:
+            data = bytes(p.view[p.start : m.end()])
+            p.consume(m.end() - p.start)
             return data
-        if i >= 0 or p.available > _MAX_HEAD:
+        if m is not None or p.available > _MAX_HEAD:
             raise httpx.RemoteProtocolError(f"{what} too large", request=request)
-        scanned = max(0, p.available - len(sep) + 1)
-        await p.wait_more(timeout)
+        scanned = max(0, p.available - 2)  # a match is at most 3 bytes long
+        wait = timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise httpx.ReadTimeout(f"the {what} took too long to arrive", request=request)
+            wait = left if timeout is None else min(timeout, left)
+        try:
+            await p.wait_more(wait)
+        except httpx.ReadTimeout:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise httpx.ReadTimeout(
+                    f"the {what} took too long to arrive", request=request
+                ) from None
+            raise
 
 
-async def _read_line(p: _Protocol, timeout: float | None, request: httpx.Request) -> bytes:
-    """One CRLF-terminated line from the buffer (without the CRLF)."""
-    return await _read_until(p, b"\r\n", "line", timeout, request)
+def _parser() -> h11.Connection:
+    """An h11 client connection that has sent its request, ready to parse response heads."""
+    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
+    parser.send(_H11_REQUEST)
+    return parser
+
+
+def _next_event(
+    parser: h11.Connection, head: bytes, request: httpx.Request
+) -> h11.InformationalResponse | h11.Response:
+    """One whole head (status line, field lines, blank line), parsed and checked by h11."""
+    parser.receive_data(head)
+    try:
+        event = parser.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+    if not isinstance(event, h11.InformationalResponse | h11.Response):
+        raise httpx.RemoteProtocolError(f"unparsable head {head[:60]!r}", request=request)
+    return event
 
 
 def _check_header(name: bytes, value: bytes, request: httpx.Request) -> None:
@@ -411,45 +485,59 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self, conn: _Connection, request: httpx.Request, timeout: float | None
     ) -> httpx.Response:
         p = conn.proto
-        while True:
-            version, status, reason, headers = await _read_head(p, timeout, request)
-            if status >= 200:
+        parser = _parser()
+        deadline = _deadline(timeout)  # the read timeout is also the budget of the whole head
+        for _ in range(_MAX_INTERIM + 1):
+            head = await _read_until(p, _BLANK_LINE, "response head", timeout, request, deadline)
+            event = _next_event(parser, head, request)
+            if isinstance(event, h11.Response):
                 break
-            if status == 101:
-                raise httpx.RemoteProtocolError("unexpected protocol upgrade", request=request)
-        te: list[bytes] = []
-        lengths: set[bytes] = set()
-        close = version == b"HTTP/1.0"
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"transfer-encoding":
-                te += [t.strip().lower() for t in value.split(b",") if t.strip()]
-            elif lname == b"content-length":
-                lengths.update(v.strip() for v in value.split(b","))
-            elif lname == b"connection":
+        else:
+            raise httpx.RemoteProtocolError(
+                f"more than {_MAX_INTERIM} interim responses", request=request
+            )
+        status, version = event.status_code, event.http_version
+        if status > 599:
+            raise httpx.RemoteProtocolError(f"status {status} is not 100–599", request=request)
+        if not version.startswith(b"1."):
+            raise httpx.RemoteProtocolError(
+                f"HTTP/{version.decode('ascii', 'replace')} is not HTTP/1", request=request
+            )
+        # h11 checked the fields: names are tokens, values hold no CR, LF or NUL, obs-folds are
+        # unfolded, Transfer-Encoding is "chunked" alone and Content-Length one number
+        chunked = False
+        length: int | None = None
+        close = version == b"1.0"
+        for name, value in event.headers:  # names lower-cased
+            if name == b"transfer-encoding":
+                chunked = True
+            elif name == b"content-length":
+                length = int(value)
+            elif name == b"connection":
                 tokens = {t.strip().lower() for t in value.split(b",")}
                 if b"close" in tokens:
                     close = True
-                elif b"keep-alive" in tokens and version == b"HTTP/1.0":
+                elif b"keep-alive" in tokens and version == b"1.0":
                     close = False
-        length = 0
         if request.method == "HEAD" or status in _NO_BODY_STATUS:
+            framing, length = "length", 0
+        elif chunked:
+            # a Content-Length beside it is ignored, and the connection not trusted again
+            framing, close = "chunked", close or length is not None
+        elif length is not None:
             framing = "length"
-        elif te:
-            framing = "chunked" if te[-1] == b"chunked" else "close"
-            close = close or bool(lengths) or framing == "close"
-        elif lengths:
-            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-                raise httpx.RemoteProtocolError("bad Content-Length", request=request)
-            framing, length = "length", int(next(iter(lengths)))
         else:
             framing, close = "close", True
-        body = _Body(self, conn, request, framing, length, not close, timeout)
+        body = _Body(self, conn, request, framing, length or 0, not close, timeout)
         return httpx.Response(
             status,
-            headers=headers,
+            headers=event.headers.raw_items(),
             stream=body,
-            extensions={"http_version": version, "reason_phrase": reason, "bitsnb_body": body},
+            extensions={
+                "http_version": b"HTTP/" + version,
+                "reason_phrase": event.reason,
+                "bitsnb_body": body,
+            },
         )
 
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
@@ -485,26 +573,76 @@ class LeanTransport(httpx.AsyncBaseTransport):
         await self._fallback.aclose()
 
 
-async def _read_head(
-    p: _Protocol, timeout: float | None, request: httpx.Request
-) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
-    """Read and parse a response head: version, status, reason, raw headers."""
-    head = await _read_until(p, b"\r\n\r\n", "response head", timeout, request)
-    lines = head.split(b"\r\n")
-    version, _, rest = lines[0].partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise httpx.RemoteProtocolError(f"bad status line {lines[0][:60]!r}", request=request)
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-            raise httpx.RemoteProtocolError(f"bad header line {line[:60]!r}", request=request)
-        headers.append((name, value.strip(b" \t")))
-    return version, int(code), reason, headers
-
-
 def body_views(response: httpx.Response) -> AsyncIterator[memoryview] | None:
     """The zero-copy body of a response from ``LeanTransport`` (None for any other)."""
     body = response.extensions.get("bitsnb_body")
     return body.views() if isinstance(body, _Body) else None
+
+
+def fallback_transport(read_size: int, **kwargs: Any) -> httpx.AsyncHTTPTransport:
+    """``httpx.AsyncHTTPTransport(**kwargs)`` reading up to *read_size* bytes a socket read.
+
+    httpcore asks for 64 KiB a read, and each read costs about 80 µs of Python, so a larger
+    read halves its CPU per byte (shared/perf-notes.md). The size is httpcore's class attribute
+    ``AsyncHTTP11Connection.READ_NUM_BYTES``, shared with every httpx client in the process:
+    instead this transport's pool gets a network backend of its own that reads more.
+    """
+    transport = httpx.AsyncHTTPTransport(**kwargs)
+    pool = transport._pool  # httpcore's pool or proxy; both take their backend from here
+    pool._network_backend = _WideReads(pool._network_backend, read_size)
+    return transport
+
+
+class _WideReads(httpcore.AsyncNetworkBackend):
+    """A network backend whose streams read at least *size* bytes when asked for fewer."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend, size: int) -> None:
+        self._backend = backend
+        self._size = size
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _WideStream(stream, self._size)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_unix_socket(path, timeout, socket_options)
+        return _WideStream(stream, self._size)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class _WideStream(httpcore.AsyncNetworkStream):
+    def __init__(self, stream: httpcore.AsyncNetworkStream, size: int) -> None:
+        self._stream = stream
+        self._size = size
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max(max_bytes, self._size), timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        return _WideStream(stream, self._size)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)

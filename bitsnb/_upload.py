@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
 
 from . import _codes
-from ._engine import Engine, FileContext, TransferFailure, _local_failure, is_transient_status
+from ._engine import Engine, FileContext
 from ._enums import ErrorContext
+from ._failures import TransferFailure, local_failure, network_failure
+from ._http_rules import (
+    UPLOAD_PROTOCOL,
+    BadLength,
+    format_content_range,
+    is_transient_status,
+    parse_length,
+    retry_after,
+)
 from ._records import FileRecord, JobSettings
 
 __all__ = ["UPLOAD_PROTOCOL", "Uploader", "parse_hresult"]
 
-UPLOAD_PROTOCOL = "{7df0354d-249b-430f-820d-3d2a9bef4931}"
 BG_E_SESSION_NOT_FOUND = 0x8020001F
 _MIN_FRAGMENT = 5 * 1024
 _READ = 1024 * 1024
@@ -48,7 +57,7 @@ def source_stamp(path: str) -> tuple[str, int]:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise _local_failure(exc, path) from exc
+        raise local_failure(exc, path) from exc
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}", st.st_size
 
 
@@ -99,16 +108,13 @@ class Uploader:
             hdrs["BITS-Session-Id"] = session
         if headers:
             hdrs.update(headers)
-        client = uctx.client or self._engine._client(ctx.proxy, ctx.trust_env)
+        client = uctx.client or self._engine.client(ctx.proxy, ctx.trust_env)
         try:
-            response = await client.request(
+            return await client.request(
                 "BITS_POST", url, headers=hdrs, content=content, auth=ctx.auth
             )
         except httpx.HTTPError as exc:
-            from ._engine import _network_failure
-
-            raise _network_failure(exc) from exc
-        return response
+            raise network_failure(exc) from exc
 
     @staticmethod
     def _failure(resp: httpx.Response, what: str) -> TransferFailure:
@@ -130,6 +136,7 @@ class Uploader:
             context,
             transient=transient,
             message=f"{what}: HTTP {status}",
+            retry_after=retry_after(resp.headers.get("retry-after"), time.time()),
         )
 
     async def upload(self, f: FileRecord, uctx: UploadContext) -> None:
@@ -197,7 +204,7 @@ class Uploader:
             last = min(size, offset + fragment) - 1
             length = last - offset + 1 if size else 0
             headers = {
-                "Content-Range": f"bytes {offset}-{last}/{size}" if size else "bytes */0",
+                "Content-Range": format_content_range(offset, last, size) if size else "bytes */0",
                 "Content-Name": name,
             }
             resp = await self._post(
@@ -216,7 +223,7 @@ class Uploader:
                 s.upload_fragment_size = fragment
                 continue
             if resp.status_code in (200, 201, 416):
-                got = _int(resp.headers.get("bits-received-content-range"))
+                got = _received(resp.headers.get("bits-received-content-range"))
                 if got is None:
                     raise TransferFailure(
                         _codes.BG_E_INVALID_SERVER_RESPONSE,
@@ -282,14 +289,17 @@ def _changed(f: FileRecord) -> TransferFailure:
     )
 
 
-def _int(text: str | None) -> int | None:
+def _received(text: str | None) -> int | None:
+    """``BITS-Received-Content-Range``: the bytes the server holds (None when unusable)."""
     if text is None:
         return None
     value = text.strip()
-    if "-" in value:  # some servers answer a range "0-1234": the next byte is one past the end
-        last = value.partition("-")[2]
-        return int(last) + 1 if last.strip().isdigit() else None
-    return int(value) if value.isdigit() else None
+    try:
+        if "-" in value:  # some servers answer a range "0-1234": one past its last byte
+            return parse_length(value.partition("-")[2]) + 1
+        return parse_length(value)
+    except BadLength:
+        return None
 
 
 async def _read_range(
@@ -299,7 +309,7 @@ async def _read_range(
     try:
         fh = open(f.local_name, "rb")
     except OSError as exc:
-        raise _local_failure(exc, f.local_name) from exc
+        raise local_failure(exc, f.local_name) from exc
     with fh:
         if stamp is not None and source_stamp(f.local_name)[0] != stamp:
             raise _changed(f)

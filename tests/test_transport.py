@@ -1,8 +1,8 @@
 """LeanTransport against a scripted loopback server that writes raw HTTP bytes.
 
-The server speaks no HTTP library: each test scripts the exact bytes a response carries
-(chunked bodies, HTTP/1.0, stale keep-alive, lying lengths, malformed heads, stalls), so every
-framing and failure path of the transport meets a real socket.
+The server speaks no HTTP library (tests/_support/raw_http.py): each test scripts the exact
+bytes a response carries (chunked bodies, HTTP/1.0, stale keep-alive, lying lengths, malformed
+heads, stalls), so every framing and failure path of the transport meets a real socket.
 """
 
 from __future__ import annotations
@@ -12,105 +12,24 @@ import hashlib
 import os
 import socket
 import ssl
-import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
 import trustme
+from _support.helpers import wait_state
+from _support.raw_http import ScriptServer, drip, endless, raw, reply, stall
 
 import bitsnb
-from bitsnb._transport import LeanTransport, body_views
+from bitsnb import _codes
+from bitsnb._transport import LeanTransport, body_views, fallback_transport
 from bitsnb.testing import FileServer
 
-Script = Callable[[socket.socket, bytes], bool]  # (socket, request head) -> keep the connection
 TIMEOUT = 10.0
-
-
-class ScriptServer:
-    """A loopback TCP server answering each request with the bytes its path's script writes."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.scripts: dict[str, Script] = {}
-        self.requests: list[bytes] = []
-        self.connections = 0
-        self._tls = tls
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.2)
-        self.port = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accept = threading.Thread(target=self._serve, daemon=True)
-        self._accept.start()
-
-    @property
-    def base(self) -> str:
-        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        try:
-            if self._tls is not None:
-                conn = self._tls.wrap_socket(conn, server_side=True)
-            conn.settimeout(TIMEOUT)
-            buf = b""
-            while not self._stop.is_set():
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                self.requests.append(head)
-                path = head.split(b" ")[1].decode()
-                if not self.scripts[path](conn, head):
-                    return
-        except OSError:
-            return
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._sock.close()
-        self._accept.join(timeout=TIMEOUT)
-        for t in self._threads:
-            t.join(timeout=TIMEOUT)
-
-
-def reply(body: bytes, *headers: str, status: str = "200 OK", keep: bool = True) -> Script:
-    """A script sending a Content-Length response."""
-    extra = "".join(f"{h}\r\n" for h in headers)
-    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode()
-
-    def script(conn: socket.socket, _head: bytes) -> bool:
-        conn.sendall(head + body)
-        return keep
-
-    return script
-
-
-def raw(data: bytes, keep: bool = False) -> Script:
-    """A script sending *data* as is, then keeping or closing the connection."""
-
-    def script(conn: socket.socket, _head: bytes) -> bool:
-        conn.sendall(data)
-        return keep
-
-    return script
+OK_HEAD = b"HTTP/1.1 200 OK\r\n"
 
 
 @pytest.fixture
@@ -127,6 +46,17 @@ def client(read_timeout: float = TIMEOUT, read_size: int = 256 * 1024) -> httpx.
 
 def run(coro: object) -> object:
     return asyncio.run(asyncio.wait_for(coro, TIMEOUT))  # type: ignore[arg-type]
+
+
+def get(url: str, read_timeout: float = TIMEOUT) -> tuple[int, dict[str, str], bytes]:
+    """One GET through a fresh lean client: status, headers, body."""
+
+    async def go() -> tuple[int, dict[str, str], bytes]:
+        async with client(read_timeout) as c:
+            r = await c.get(url)
+            return r.status_code, dict(r.headers), r.content
+
+    return run(go())  # type: ignore[return-value]
 
 
 # -- framing -----------------------------------------------------------------------------------
@@ -384,24 +314,14 @@ def test_malformed_responses_are_protocol_errors(srv: ScriptServer, wire: bytes)
 
 
 def test_a_stalled_server_times_out(srv: ScriptServer) -> None:
-    stop = threading.Event()
-
-    def stall(conn: socket.socket, _head: bytes) -> bool:
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        stop.wait(TIMEOUT)
-        return False
-
-    srv.scripts["/stall"] = stall
+    srv.scripts["/stall"] = stall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", srv.stopping)
 
     async def go() -> None:
         async with client(read_timeout=0.3) as c:
             await c.get(f"{srv.base}/stall")
 
-    try:
-        with pytest.raises(httpx.ReadTimeout):
-            run(go())
-    finally:
-        stop.set()
+    with pytest.raises(httpx.ReadTimeout):
+        run(go())
 
 
 def test_connect_failure_is_a_connect_error() -> None:
@@ -489,3 +409,242 @@ def test_downloads_are_byte_exact_on_either_transport(
         job.complete()
     for name, data in files.items():
         assert (dest / name).read_bytes() == data
+
+
+# -- heads, parsed by h11 --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "te",
+    [
+        b"gzip, chunked",
+        b"chunked, gzip",
+        b"gzip",
+        b"identity",
+        b"chunked\r\nTransfer-Encoding: chunked",
+    ],
+    ids=["gzip-chunked", "chunked-gzip", "gzip", "identity", "twice"],
+)
+def test_transfer_encoding_other_than_chunked_alone_is_refused(
+    srv: ScriptServer, te: bytes
+) -> None:
+    """Not one layer stripped and the rest written into the file: the response is refused and
+    its connection not used again."""
+    body = b"5\r\nhello\r\n0\r\n\r\n"
+    srv.scripts["/te"] = raw(OK_HEAD + b"Transfer-Encoding: " + te + b"\r\n\r\n" + body, True)
+    srv.scripts["/ok"] = reply(b"ok")
+
+    async def go() -> bytes:
+        async with client() as c:
+            with pytest.raises(httpx.RemoteProtocolError, match="Transfer-Encoding"):
+                await c.get(f"{srv.base}/te")
+            return (await c.get(f"{srv.base}/ok")).content
+
+    assert run(go()) == b"ok"
+    assert srv.connections == 2
+
+
+def test_chunked_in_any_case_is_chunked(srv: ScriptServer) -> None:
+    srv.scripts["/c"] = raw(OK_HEAD + b"Transfer-Encoding: Chunked \r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert get(f"{srv.base}/c")[2] == b"hello"
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"X-A: a\rb",
+        b"X-A: a\x00b",
+        b"X-A: a\nb",
+        b"X-\x00A: b",
+        b"X\rA: b",
+        b"X A: b",
+        b"X-A : b",
+        b"X-\xe9: b",
+        b": b",
+        b" X-A: b",
+    ],
+    ids=[
+        "cr-value",
+        "nul-value",
+        "lf-value",
+        "nul-name",
+        "cr-name",
+        "space-name",
+        "space-colon",
+        "non-token-name",
+        "empty-name",
+        "fold-first",
+    ],
+)
+def test_control_characters_and_spaces_in_fields_are_refused(
+    srv: ScriptServer, field: bytes
+) -> None:
+    srv.scripts["/f"] = raw(OK_HEAD + field + b"\r\nContent-Length: 2\r\n\r\nok")
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(f"{srv.base}/f")
+
+
+@pytest.mark.parametrize("status", [b"000", b"099", b"600", b"999"])
+def test_a_status_outside_100_to_599_is_refused(srv: ScriptServer, status: bytes) -> None:
+    srv.scripts["/s"] = raw(b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 2\r\n\r\nok")
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(f"{srv.base}/s")
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [b"Content-Length: 5, 5", b"Content-Length: 5\r\nContent-Length: 5", b"Content-Length: 5,5"],
+    ids=["list", "twice", "list-no-space"],
+)
+def test_a_repeated_identical_content_length_is_one_length(
+    srv: ScriptServer, lengths: bytes
+) -> None:
+    srv.scripts["/l"] = raw(OK_HEAD + lengths + b"\r\n\r\nhello", True)
+    status, headers, body = get(f"{srv.base}/l")
+    assert (status, headers["content-length"], body) == (200, "5", b"hello")
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [b"Content-Length: 5, 6", b"Content-Length: 5\r\nContent-Length: 6"],
+    ids=["list", "twice"],
+)
+def test_differing_content_lengths_are_refused(srv: ScriptServer, lengths: bytes) -> None:
+    srv.scripts["/l"] = raw(OK_HEAD + lengths + b"\r\n\r\nhello!")
+    with pytest.raises(httpx.RemoteProtocolError, match="Content-Length"):
+        get(f"{srv.base}/l")
+
+
+def test_an_obs_fold_is_unfolded(srv: ScriptServer) -> None:
+    """RFC 9112 §5.2: a client may replace each obs-fold with a space."""
+    srv.scripts["/f"] = raw(OK_HEAD + b"X-A: one\r\n two\r\n\tthree\r\nContent-Length: 2\r\n\r\nok")
+    _, headers, body = get(f"{srv.base}/f")
+    assert (headers["x-a"], body) == ("one two three", b"ok")
+
+
+def test_lines_ending_in_lf_alone_are_accepted(srv: ScriptServer) -> None:
+    """RFC 9112 §2.2 lets a recipient take a bare LF as a line end (h11 does, as httpx)."""
+    srv.scripts["/lf"] = raw(b"HTTP/1.1 200 OK\nX-A: b\nContent-Length: 2\n\nok")
+    _, headers, body = get(f"{srv.base}/lf")
+    assert (headers["x-a"], body) == ("b", b"ok")
+
+
+@pytest.mark.parametrize(
+    ("version", "accepted"), [(b"HTTP/1.2", True), (b"HTTP/2.0", False), (b"HTTP/0.9", False)]
+)
+def test_only_http_1_status_lines(srv: ScriptServer, version: bytes, accepted: bool) -> None:
+    """A later HTTP/1 minor version reads as 1.1 (RFC 9110 §2.5); another major is refused."""
+    srv.scripts["/v"] = raw(version + b" 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    if accepted:
+        assert get(f"{srv.base}/v")[2] == b"ok"
+    else:
+        with pytest.raises(httpx.RemoteProtocolError):
+            get(f"{srv.base}/v")
+
+
+def test_a_head_has_one_time_budget(srv: ScriptServer) -> None:
+    """A server sending its head a byte every 50 ms never trips a 0.4 s read timeout, but the
+    head as a whole gets 0.4 s: the GET fails in bounded time, not after the 2 s of dripping."""
+    head = OK_HEAD + b"Content-Length: 2\r\n\r\n"
+    srv.scripts["/slow"] = drip(head, 0.05, srv.stopping, after=b"ok")
+    began = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout, match="response head took too long"):
+        get(f"{srv.base}/slow", read_timeout=0.4)
+    assert 0.3 < time.monotonic() - began < 1.5
+
+
+def test_a_trailer_section_has_one_time_budget_too(srv: ScriptServer) -> None:
+    body = OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+    trailer = b"X-Trailer: " + b"a" * 40 + b"\r\n\r\n"
+    srv.scripts["/t"] = drip(trailer, 0.05, srv.stopping, before=body)
+    began = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout, match="trailer took too long"):
+        get(f"{srv.base}/t", read_timeout=0.4)
+    assert time.monotonic() - began < 1.5
+
+
+def test_trailer_fields_are_checked_as_head_fields(srv: ScriptServer) -> None:
+    wire = OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: a\x00b\r\n\r\n"
+    srv.scripts["/t"] = raw(wire)
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(f"{srv.base}/t")
+
+
+def test_ten_interim_responses_pass_and_the_eleventh_is_refused(srv: ScriptServer) -> None:
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    srv.scripts["/ten"] = raw(b"HTTP/1.1 100 Continue\r\n\r\n" * 10 + final, True)
+    srv.scripts["/eleven"] = raw(b"HTTP/1.1 100 Continue\r\n\r\n" * 11 + final)
+    assert get(f"{srv.base}/ten")[2] == b"ok"
+    with pytest.raises(httpx.RemoteProtocolError, match="interim"):
+        get(f"{srv.base}/eleven")
+
+
+def test_an_endless_stream_of_100_continue_fails_transiently(
+    tmp_path: Path, srv: ScriptServer, policy: bitsnb.Policy
+) -> None:
+    srv.scripts["/loop"] = endless(b"HTTP/1.1 100 Continue\r\n\r\n", srv.stopping)
+    with bitsnb.Manager(store=tmp_path / "jobs.db", policy=policy) as mgr:
+        job = mgr.create_job("loop")
+        job.minimum_retry_delay = 60
+        job.add_file(f"{srv.base}/loop", str(tmp_path / "loop.bin"))
+        job.resume()
+        wait_state(job, bitsnb.JobState.TRANSIENT_ERROR, timeout=TIMEOUT)
+        assert job.error is not None
+        assert job.error.code == _codes.ERROR_WINHTTP_CONNECTION_ERROR, job.error
+
+
+# -- the fallback: larger reads without a process-wide patch -------------------------------------
+def test_httpcore_is_left_as_it_was(
+    tmp_path: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """Importing bitsnb and downloading through httpx's own transport (lean_transport=False)
+    leaves httpcore's read size, a class attribute every httpx client shares, alone."""
+    policy.lean_transport = False
+    url = server.add_file("f.bin", os.urandom(300_000))
+    with bitsnb.Manager(store=tmp_path / "jobs.db", policy=policy) as mgr:
+        job = mgr.create_job("fallback")
+        job.add_file(url, str(dest / "f.bin"))
+        job.resume()
+        assert job.wait(timeout=TIMEOUT) is bitsnb.JobState.TRANSFERRED, job.error
+    assert httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES == 64 * 1024
+    assert httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES == 64 * 1024
+
+
+@pytest.mark.parametrize("wide", [True, False], ids=["fallback_transport", "httpx-default"])
+def test_the_fallback_reads_more_than_64_kib_at_a_time(srv: ScriptServer, wide: bool) -> None:
+    """fallback_transport's reads are larger than httpcore's 64 KiB (the body arrives in the
+    pieces the socket reads gave); a plain httpx transport still reads 64 KiB."""
+    body = os.urandom(8 * 1024 * 1024)
+    srv.scripts["/big"] = reply(body)
+
+    async def go() -> tuple[bytes, int]:
+        t = fallback_transport(1024 * 1024) if wide else httpx.AsyncHTTPTransport()
+        async with httpx.AsyncClient(transport=t) as c:
+            async with c.stream("GET", f"{srv.base}/big") as resp:
+                pieces = [piece async for piece in resp.aiter_raw()]
+        return b"".join(pieces), max(map(len, pieces))
+
+    data, largest = run(go())  # type: ignore[misc]
+    assert data == body
+    assert (largest > 64 * 1024) is wide
+
+
+def test_environment_proxies_apply_to_lean_clients(
+    monkeypatch: pytest.MonkeyPatch, srv: ScriptServer, policy: bitsnb.Policy
+) -> None:
+    """trust_env (ProxyUsage.PRECONFIG) means HTTP_PROXY applies, lean transport or not; the
+    proxied request goes through httpx's own transport."""
+    from bitsnb._engine import Engine
+
+    srv.scripts["/file"] = reply(b"via proxy")
+    monkeypatch.setenv("HTTP_PROXY", srv.base)
+    monkeypatch.delenv("NO_PROXY")
+
+    async def go() -> bytes:
+        engine = Engine(policy)
+        try:
+            r = await engine.client(None, True).get("http://origin.invalid/file")
+            return r.content
+        finally:
+            await engine.aclose()
+
+    assert run(go()) == b"via proxy"
+    assert srv.requests[0].startswith(b"GET http://origin.invalid/file HTTP/1.1")

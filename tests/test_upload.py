@@ -313,3 +313,43 @@ def test_client_killed_and_resumed(
         assert len(creates) == 1  # the same session continued
         sent = sum(r.body_bytes for r in upserver.packets if r.packet.lower() == "fragment")
         assert sent < 2 * source.stat().st_size
+
+
+# -- the HTTP rules, as the upload client reads them ---------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1234", 1234),
+        (" 1234 ", 1234),
+        ("0-1233", 1234),
+        ("²", None),
+        ("٣", None),
+        ("x", None),
+        (str(2**63), None),
+        (f"0-{2**63}", None),
+        (None, None),
+    ],
+)
+def test_received_content_range_is_read_by_the_shared_rules(
+    value: str | None, expected: int | None
+) -> None:
+    """Digits that str.isdigit takes but HTTP does not, or a count over 2^63-1, are unusable
+    (the fragment Ack is then an invalid response), never an unexpected ValueError."""
+    from bitsnb._upload import _received
+
+    assert _received(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(b"3", 3.0), (b"\xb2", None), (b"soon", None), (None, None)]
+)
+def test_an_upload_failure_keeps_a_valid_retry_after(
+    value: bytes | None, expected: float | None
+) -> None:
+    import httpx
+
+    from bitsnb._upload import Uploader
+
+    headers = [] if value is None else [(b"Retry-After", value)]
+    failure = Uploader._failure(httpx.Response(503, headers=headers), "Fragment")
+    assert (failure.transient, failure.retry_after) == (True, expected)
