@@ -66,6 +66,8 @@ class Scheduler:
         Each id yielded has left its queue; the caller either starts it (``started``) or
         drops it (then queues it again when it can run).
         """
+        if self.max_active <= 0:
+            return  # a passive manager (the CLI's queries): it transfers nothing, FOREGROUND too
         for prio, queue in enumerate(self._queues):
             foreground = prio == JobPriority.FOREGROUND
             while queue and (foreground or self._background_running() < self.max_active):

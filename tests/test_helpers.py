@@ -481,7 +481,7 @@ def test_preempted_job_runs_again(store: Path, server: FileServer, dest: Path) -
         wait_until(lambda: low.state is JobState.CONNECTING)
         (dest / "fg").mkdir()
         fg = download(
-            server.add_file("fg.txt", b"fg"), dest / "fg", priority=JobPriority.FOREGROUND,
+            server.add_file("fg.txt", b"fg"), dest / "fg", priority=JobPriority.HIGH,
             manager=mgr,
         )  # fmt: skip
         assert fg.wait(TIMEOUT) is JobState.TRANSFERRED
