@@ -9,6 +9,7 @@ go through ``LeanTransport`` under httpx, whose bodies are written from the conn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import time
@@ -22,6 +23,7 @@ import httpx
 from . import _codes
 from ._enums import ErrorContext
 from ._failures import TransferFailure, local_failure, network_failure
+from ._files import create_private, open_private, private_size, truncate_private
 from ._http_rules import (
     MAX_LENGTH,
     BadLength,
@@ -65,6 +67,7 @@ class FileContext:
     on_restart: Callable[[FileRecord], None] = lambda f: None
     on_validators: Callable[[FileRecord], None] = lambda f: None
     should_yield: Callable[[], bool] = lambda: False
+    foreground: bool = False  # a FOREGROUND job: it does not wait for a per-host slot
 
 
 def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
@@ -218,7 +221,8 @@ class Engine:
         """Bring *f*'s temporary file to the whole remote content, durably."""
         for _ in range(5):  # a file that keeps changing under us gives up after a few restarts
             try:
-                async with self._slot(f.remote_name):
+                slot = contextlib.nullcontext() if ctx.foreground else self._slot(f.remote_name)
+                async with slot:
                     if f.ranges:
                         await self._fetch_ranges(f, ctx)
                     else:
@@ -416,7 +420,7 @@ class Engine:
         policy = self._policy
         try:
             if offset > 0:
-                fh: IO[bytes] = open(f.temp_name, "r+b")
+                fh: IO[bytes] = open_private(f.temp_name)
             else:
                 fh = await _create(f.temp_name)
         except OSError as exc:
@@ -472,7 +476,7 @@ async def _create(path: str) -> IO[bytes]:
     """Create (or empty) *path* in a thread: that costs ~0.3 ms of kernel time on some file
     systems, and other transfers go on meanwhile. A cancelled caller still waits for the
     thread and closes the file, so nothing creates it after cancel() deleted the temps."""
-    fut = asyncio.get_running_loop().run_in_executor(None, open, path, "wb")
+    fut = asyncio.get_running_loop().run_in_executor(None, create_private, path)
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
@@ -491,9 +495,7 @@ def _worth_yielding(f: FileRecord) -> bool:
 
 def _temp_size(f: FileRecord) -> int:
     try:
-        return os.stat(f.temp_name).st_size
-    except FileNotFoundError:
-        return 0
+        return private_size(f.temp_name)
     except OSError as exc:
         raise local_failure(exc, f.temp_name) from exc
 
@@ -506,8 +508,6 @@ def _truncate(f: FileRecord) -> None:
     if f.ranges is None:
         f.bytes_total = None
     try:
-        os.truncate(f.temp_name, 0)
-    except FileNotFoundError:
-        pass
+        truncate_private(f.temp_name)
     except OSError as exc:
         raise local_failure(exc, f.temp_name) from exc

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from . import _codes
 from ._client_options import request_options
 from ._engine import Engine, FileContext, TransferFailure, YieldSlice
-from ._enums import ErrorContext, JobState, JobType, ProxyUsage
+from ._enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, StoreBusyError
 from ._events import Events
 from ._models import Policy
@@ -240,6 +240,7 @@ class Runner:
             on_restart=on_restart,
             on_validators=on_validators,
             should_yield=lambda: self._scheduler.should_yield(rec.id, rec.priority),
+            foreground=rec.priority is JobPriority.FOREGROUND,
         )
 
     async def _run(self, rec: JobRecord, *, started: bool) -> None:

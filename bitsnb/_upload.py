@@ -34,6 +34,7 @@ __all__ = ["UPLOAD_PROTOCOL", "Uploader", "parse_hresult"]
 
 BG_E_SESSION_NOT_FOUND = 0x8020001F
 _MIN_FRAGMENT = 5 * 1024
+_MAX_STUCK_ACKS = 4  # then TRANSIENT_ERROR: the job retries after its retry delay
 _READ = 1024 * 1024
 
 
@@ -200,6 +201,7 @@ class Uploader:
         offset = min(f.bytes_transferred, size)
         fragment = max(_MIN_FRAGMENT, s.upload_fragment_size)
         name = os.path.basename(f.local_name)
+        stuck = 0  # Acks in a row that moved nothing: a server that never takes the data
         while offset < size or size == 0:
             last = min(size, offset + fragment) - 1
             length = last - offset + 1 if size else 0
@@ -231,6 +233,18 @@ class Uploader:
                         transient=True,
                         message="a fragment Ack without BITS-Received-Content-Range",
                     )
+                if min(got, size) <= offset and size:
+                    stuck += 1
+                    if stuck >= _MAX_STUCK_ACKS:
+                        raise TransferFailure(
+                            _codes.BG_E_INVALID_SERVER_RESPONSE,
+                            ErrorContext.REMOTE_FILE,
+                            transient=True,
+                            message=f"the server acknowledged {stuck} fragments in a row "
+                            f"without taking any data (stuck at byte {offset})",
+                        )
+                else:
+                    stuck = 0
                 offset = min(got, size)
                 f.bytes_transferred = offset
                 reply = resp.headers.get("bits-reply-url")

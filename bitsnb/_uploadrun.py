@@ -18,6 +18,7 @@ from ._completion import default_reply_name, temp_name
 from ._engine import Engine, FileContext, TransferFailure
 from ._enums import ErrorContext, JobType
 from ._events import Events
+from ._files import create_private
 from ._models import Policy
 from ._persist import Records
 from ._records import SECRET_HEADERS, FileRecord, JobRecord
@@ -123,7 +124,7 @@ class UploadRun:
         if s.reply_temp_name is None:
             s.reply_temp_name = temp_name(reply_name)
         if not s.reply_url:
-            open(s.reply_temp_name, "wb").close()  # the server sent no reply: an empty file
+            create_private(s.reply_temp_name).close()  # the server sent no reply: an empty file
             total = 0
         else:
             reply = FileRecord(

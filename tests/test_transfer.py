@@ -1015,3 +1015,28 @@ def test_replace_remote_prefix(manager: bitsnb.Manager, server: FileServer, dest
     job.complete()
     for n in ("a.bin", "b.bin"):
         assert (dest / n).read_bytes() == server.path(f"new/{n}").read_bytes()
+
+
+def test_foreground_does_not_wait_behind_four_busy_background_jobs(
+    manager: bitsnb.Manager, server: FileServer, dest: Path
+) -> None:
+    """Four LOW jobs on one slow host fill the background slots and the host's connections; a
+    FOREGROUND job on that host starts and finishes while all four are still transferring."""
+    lows = []
+    for i in range(4):
+        name = f"slow{i}.bin"
+        url = server.add_random_file(name, 2_000_000, seed=i)
+        server.inject(name, Fault.throttle(250_000))  # ~8 s each
+        job = manager.create_job(name, priority=JobPriority.LOW)
+        job.add_file(url, dest / name)
+        job.resume()
+        lows.append(job)
+    for job in lows:
+        wait_state(job, JobState.TRANSFERRING)
+    fg = manager.create_job("fg", priority=JobPriority.FOREGROUND)
+    fg.add_file(server.add_random_file("fg.bin", 64 * KIB, seed=99), dest / "fg.bin")
+    fg.resume()
+    assert fg.wait(timeout=30) is JobState.TRANSFERRED
+    assert all(j.state is JobState.TRANSFERRING for j in lows)
+    for job in lows:
+        job.cancel()
