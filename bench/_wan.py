@@ -290,6 +290,7 @@ class Testbed:
         self.client_ns = self.server_ns if self.profile.loopback else f"{tag}-c"
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="bnbwan-")) if workdir is None else workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.relay_stats_path = self.workdir / "relay-stats.json"
         self.relay: subprocess.Popen[bytes] | None = None
         self.nginx: Nginx | None = None
@@ -407,7 +408,7 @@ class Testbed:
         ]
         if p.rate:
             argv += ["--rate", str(p.rate), "--queue-bytes", str(p.queue_bytes)]
-        self._relay_err = open(self.workdir / "relay.err", "wb")  # noqa: SIM115 (closed in close())
+        self._relay_err = open(self.workdir / "relay.err", "wb")  # closed in close()
         self.relay = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
