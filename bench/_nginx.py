@@ -120,6 +120,11 @@ class Nginx:
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The nginx process's pid while it runs (None before start and after stop)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def access_log(self) -> Path:
         """Path of the access log (one line per finished request)."""
         return self.run_dir / "access.log"

@@ -296,6 +296,7 @@ class Testbed:
         self.nginx: Nginx | None = None
         self._created: list[str] = []
         self._relay_err: Any = None
+        self.relay_returncode: int | None = None  # 0: the relay exited on its own at close()
 
     # -- addresses ---------------------------------------------------------------------------
     @property
@@ -569,6 +570,7 @@ class Testbed:
             except subprocess.TimeoutExpired:
                 relay.kill()
                 relay.wait(timeout=5.0)
+            self.relay_returncode = relay.returncode
             if relay.stdout is not None:
                 relay.stdout.close()
         if self._relay_err is not None:
