@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             wcfg.out_dir = args.out
         wcfg.install = not args.no_install
-        run_wan(wcfg)
+        try:
+            run_wan(wcfg)
+        except KeyboardInterrupt as exc:
+            print(f"\ninterrupted ({exc or 'Ctrl-C'}): testbed torn down", file=sys.stderr)
+            return 130
         return 0
     cfg = Config.for_mode(args.quick)
     cfg.command = "python -m bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")

@@ -7,7 +7,8 @@ The access log records ``$body_bytes_sent`` per request, which the resume worklo
 The WAN testbed (``bench/_wan.py``) runs the same nginx inside a network namespace: ``host`` and
 a fixed ``port`` to listen on, ``prefix`` (``ip netns exec NS``) before the command line,
 ``ready`` (a connect made from inside that namespace) and ``limit_rate`` (nginx's per-connection
-cap, e.g. ``"10m"``).
+cap, e.g. ``"10m"``; the same files stay reachable without the cap under ``/nolimit/``, which
+the testbed's ceiling check uses).
 """
 
 from __future__ import annotations
@@ -155,7 +156,11 @@ class Nginx:
                     host=self.host,
                     port=self.port,
                     root=self.root,
-                    limit=f"limit_rate {self.limit_rate};" if self.limit_rate else "",
+                    limit=(
+                        f"limit_rate {self.limit_rate}; }}\n        location /nolimit/ {{ alias {self.root}/;"
+                        if self.limit_rate
+                        else ""
+                    ),
                 )
             )
             self._proc = subprocess.Popen(

@@ -524,6 +524,21 @@ class Testbed:
             "relay_cpu_fraction": cpu / wall if wall > 0 else 0.0,
         }
 
+    def device_drops(self) -> dict[str, int]:
+        """Packets the kernel dropped at each namespace's TUN device (its queue to the relay full,
+        i.e. the relay did not keep up), by namespace; {} without a relay."""
+        if self.relay is None:
+            return {}
+        out: dict[str, int] = {}
+        for ns in self.namespaces:
+            text = _run_ip("-n", ns, "-s", "-j", "link", "show", "dev", DEV, check=False)
+            try:
+                info = json.loads(text)[0]["stats64"]
+                out[ns] = int(info["tx"]["dropped"]) + int(info["rx"]["dropped"])
+            except (ValueError, LookupError, TypeError):
+                out[ns] = -1
+        return out
+
     def relay_cpu_s(self) -> float:
         """CPU seconds (user + system) the relay has used so far (0 without a relay)."""
         if self.relay is None or self.relay.poll() is not None:
