@@ -156,7 +156,7 @@ import sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from bench import _wan
-tb = _wan.Testbed("rtt20", serve=Path(sys.argv[2]), nginx=sys.argv[3]).open()
+tb = _wan.Testbed("rtt20", serve=Path(sys.argv[2]), nginx=sys.argv[3], workdir=Path(sys.argv[4])).open()
 print(tb.relay.pid, tb.nginx.pid, *tb.namespaces, flush=True)
 time.sleep(60)
 """
@@ -166,7 +166,15 @@ time.sleep(60)
 def test_a_killed_run_leaves_nothing_running_and_its_namespaces_are_removed(tmp_path: Path) -> None:
     (tmp_path / "www").mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(REPO), str(tmp_path / "www"), str(NGINX)],
+        [
+            sys.executable,
+            "-c",
+            _HOLDER,
+            str(REPO),
+            str(tmp_path / "www"),
+            str(NGINX),
+            str(tmp_path / "tb"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
