@@ -11,6 +11,8 @@ from pathlib import Path
 
 from ._clients import BASELINE_ENV
 from ._suite import ALL_WORKLOADS, Config, run_suite
+from ._wan import PROFILES
+from ._wan_suite import WanConfig, run_wan
 
 _UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -49,7 +51,53 @@ def main(argv: list[str] | None = None) -> int:
         help="a checkout of bitsnb (e.g. a git worktree of an older commit) run beside this one, "
         "interleaved, as one more reference",
     )
+    wan = ap.add_argument_group("WAN testbed (root only; see bench/README.md)")
+    wan.add_argument(
+        "--wan",
+        action="store_true",
+        help="run one big file through the WAN profiles (namespaces + delay line) instead",
+    )
+    wan.add_argument(
+        "--wan-profiles",
+        help=f"comma-separated profiles (default: all): {','.join(PROFILES)}",
+    )
+    wan.add_argument("--wan-size", type=_size, help="file size (full: 1G, quick: 64M)")
+    wan.add_argument("--wan-timeout", type=float, help="seconds per sample (full: 300, quick: 30)")
     args = ap.parse_args(argv)
+    if args.baseline:
+        os.environ[BASELINE_ENV] = str(args.baseline.resolve())
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # so every finally runs: nginx, temp dirs
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    if args.wan or args.wan_profiles:
+        wcfg = WanConfig.for_mode(args.quick)
+        wcfg.command = "python -m bench " + shlex.join(sys.argv[1:])
+        if args.wan_profiles:
+            wanted = tuple(w.strip() for w in args.wan_profiles.split(",") if w.strip())
+            unknown = sorted(set(wanted) - set(PROFILES))
+            if unknown:
+                ap.error(f"unknown WAN profiles {unknown}; choose from {list(PROFILES)}")
+            wcfg.profiles = wanted
+        if args.reps:
+            wcfg.reps = max(1, args.reps)
+        if args.wan_size:
+            wcfg.size = args.wan_size
+        if args.wan_timeout:
+            wcfg.sample_timeout = args.wan_timeout
+        if args.workdir:
+            wcfg.workdir = args.workdir
+        if args.out:
+            wcfg.out_dir = args.out
+        wcfg.install = not args.no_install
+        try:
+            run_wan(wcfg)
+        except KeyboardInterrupt as exc:
+            print(f"\ninterrupted ({exc or 'Ctrl-C'}): testbed torn down", file=sys.stderr)
+            return 130
+        return 0
     cfg = Config.for_mode(args.quick)
     cfg.command = "python -m bench" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
     if args.reps:
@@ -75,15 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         cfg.out_dir = args.out
     cfg.install = not args.no_install
-    if args.baseline:
-        os.environ[BASELINE_ENV] = str(args.baseline.resolve())
     cfg.chart = not args.no_chart
-
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")  # so every finally runs: nginx, temp dirs
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
     run_suite(cfg)
     return 0
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PARALLEL", "Client", "ListFiles", "write_lists"]
+__all__ = ["PARALLEL", "Client", "ListFiles", "wan_clients", "write_lists"]
 
 PARALLEL = 16
 """Files at once for the parallel references, and bitsnb's many-jobs policy limits."""
@@ -58,8 +58,22 @@ class Client:
 # ``--baseline DIR``: every bitsnb client also runs from that checkout (say, the commit before a
 # change), interleaved with the others, and its figures are a reference like curl's
 BASELINE_ENV = "BITSNB_BENCH_BASELINE"
+# The baseline's own runner is run; ``--policy K=V`` (bench/_run_bitsnb.py) is applied here, by
+# giving the checkout's ``bitsnb.Policy`` those defaults, so that a checkout older than that flag
+# runs the same policy (a field the baseline lacks fails the run, which is then reported)
 _BOOT = (
-    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); a = sys.argv; kv = []\n"
+    "while '--policy' in a:\n"
+    "    i = a.index('--policy'); kv.append(a[i + 1]); del a[i:i + 2]\n"
+    "if kv:\n"
+    "    import functools, bitsnb\n"
+    "    ch = {}\n"
+    "    for item in kv:\n"
+    "        k, _, v = item.partition('=')\n"
+    "        lv = v.strip().lower()\n"
+    "        ch[k] = None if lv == 'none' else (lv == 'true') if lv in ('true', 'false') else "
+    "int(v) if v.lstrip('-').isdigit() else float(v) if v.replace('.', '', 1).isdigit() else v\n"
+    "    bitsnb.Policy = functools.partial(bitsnb.Policy, **ch)\n"
     "runpy.run_module('bench._run_bitsnb', run_name='__main__', alter_sys=True)"
 )
 
@@ -247,3 +261,44 @@ def many_file_clients(paths: dict[str, str], jobs: int, *, one_job: bool) -> lis
         ),
     ]
     return with_baseline(out)
+
+
+def wan_clients(paths: dict[str, str]) -> list[Client]:
+    """Clients of the WAN testbed (``--wan``): bitsnb with the default ``Policy()`` and with
+    ``Policy(receive_buffer=None)`` (kernel autotuning), curl, aria2c with one connection and
+    with 16 segments of at least 1 MiB."""
+
+    def bitsnb(*extra: str) -> Argv:
+        return lambda u, d, _l: [_py(), "-m", "bench._run_bitsnb", *extra, *u, str(d)]
+
+    def aria2(*flags: str) -> Argv:
+        return lambda u, d, _l: [
+            paths["aria2c"],
+            *ARIA2_COMMON,
+            *flags,
+            "-d",
+            str(d),
+            "-o",
+            _name(u[0]),
+            u[0],
+        ]
+
+    return with_baseline(
+        [
+            Client("bitsnb", "python", bitsnb(), is_bitsnb=True, note="one job, default Policy()"),
+            Client(
+                "bitsnb rcvbuf=None",
+                "python",
+                bitsnb("--policy", "receive_buffer=none"),
+                is_bitsnb=True,
+                note="Policy(receive_buffer=None): kernel autotuning",
+            ),
+            Client(
+                "curl",
+                "curl",
+                lambda u, d, _l: [paths["curl"], "-s", "-o", str(d / _name(u[0])), u[0]],
+            ),
+            Client("aria2c -x1", "aria2c", aria2("-x1")),
+            Client("aria2c -x16 -s16 -k1M", "aria2c", aria2("-x16", "-s16", "-k1M")),
+        ]
+    )

@@ -3,6 +3,12 @@
 The config, pid file, logs and temp folders live in a temp dir; nginx runs with ``daemon off``
 under a subprocess that ``stop()`` kills (always call it, e.g. in ``finally`` or via ``with``).
 The access log records ``$body_bytes_sent`` per request, which the resume workload sums.
+
+The WAN testbed (``bench/_wan.py``) runs the same nginx inside a network namespace: ``host`` and
+a fixed ``port`` to listen on, ``prefix`` (``ip netns exec NS``) before the command line,
+``ready`` (a connect made from inside that namespace) and ``limit_rate`` (nginx's per-connection
+cap, e.g. ``"10m"``; the same files stay reachable without the cap under ``/nolimit/``, which
+the testbed's ceiling check uses).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -47,10 +54,10 @@ http {{
     gzip off;
     open_file_cache max=10000 inactive=60s;
     server {{
-        listen 127.0.0.1:{port};
+        listen {host}:{port};
         server_name localhost;
         root {root};
-        location / {{ }}
+        location / {{ {limit} }}
     }}
 }}
 """
@@ -67,6 +74,15 @@ def _die_with_parent() -> None:
         pass
 
 
+def _can_connect(host: str, port: int) -> bool:
+    """Whether a TCP connection to (host, port) from here succeeds within half a second."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 class NginxError(RuntimeError):
     """nginx could not be started."""
 
@@ -81,12 +97,33 @@ def free_port() -> int:
 class Nginx:
     """nginx serving *root* on a free 127.0.0.1 port, configured and logged under *run_dir*."""
 
-    def __init__(self, binary: str, root: Path, run_dir: Path) -> None:
+    def __init__(
+        self,
+        binary: str,
+        root: Path,
+        run_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        prefix: Sequence[str] = (),
+        ready: Callable[[str, int], bool] | None = None,
+        limit_rate: str | None = None,
+    ) -> None:
         self.binary = binary
         self.root = root
         self.run_dir = run_dir
+        self.host = host
+        self.fixed_port = port
+        self.prefix = list(prefix)
+        self.ready = ready or _can_connect
+        self.limit_rate = limit_rate
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The nginx process's pid while it runs (None before start and after stop)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def access_log(self) -> Path:
@@ -100,7 +137,7 @@ class Nginx:
 
     def url(self, rel: str) -> str:
         """The URL of a file under the served root."""
-        return f"http://127.0.0.1:{self.port}/{rel.lstrip('/')}"
+        return f"http://{self.host}:{self.port}/{rel.lstrip('/')}"
 
     def start(self, timeout: float = 15.0) -> Self:
         """Write the config and start nginx; returns once it accepts connections."""
@@ -110,18 +147,33 @@ class Nginx:
         is_root = hasattr(os, "geteuid") and os.geteuid() == 0
         last_error = ""
         for _attempt in range(3):  # another process may take the free port first
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             conf = self.run_dir / "nginx.conf"
             conf.write_text(
                 _CONF.format(
                     user="user root;\n" if is_root else "",
                     run=self.run_dir,
+                    host=self.host,
                     port=self.port,
                     root=self.root,
+                    limit=(
+                        f"limit_rate {self.limit_rate}; }}\n        location /nolimit/ {{ alias {self.root}/;"
+                        if self.limit_rate
+                        else ""
+                    ),
                 )
             )
             self._proc = subprocess.Popen(
-                [self.binary, "-p", str(self.run_dir), "-e", str(self.error_log), "-c", str(conf)],
+                [
+                    *self.prefix,
+                    self.binary,
+                    "-p",
+                    str(self.run_dir),
+                    "-e",
+                    str(self.error_log),
+                    "-c",
+                    str(conf),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -132,10 +184,7 @@ class Nginx:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
                     break
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
-                ):
+                if self.ready(self.host, self.port):
                     return self
                 time.sleep(0.05)
             last_error = self._failure_text()

@@ -1,13 +1,15 @@
 """Benchmark runner: download URLs with ``bitsnb.Manager`` and print JSON timings.
 
-``python -m bench._run_bitsnb [--jobs N] [--many] [--store DB] [--existing] URL... DEST``
+``python -m bench._run_bitsnb [--jobs N] [--many] [--store DB] [--existing] [--policy K=V] URL... DEST``
 
 Uses the library path only (pandas and ipywidgets are never imported; the JSON says so).
 Stamps are ``time.monotonic()`` values, comparable with the parent's clock on Linux.
 ``created``: jobs created, files added, resumed; ``transferred``: every job TRANSFERRED
 (bitsnb fsyncs before that); ``complete``: every ``complete()`` returned (files renamed, folders
 fsynced): the durable point. With ``--existing`` the jobs already in the store are finished
-instead of creating new ones (the resume workload's second run).
+instead of creating new ones (the resume workload's second run). ``--policy K=V`` (repeatable)
+changes one field of the policy, e.g. ``--policy receive_buffer=none`` (values: ``none``,
+``true``/``false``, integers, floats, else text); the JSON's ``policy`` lists the changes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 T_START = time.monotonic()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -32,6 +35,31 @@ T_IMPORTED = time.monotonic()
 def many_policy() -> bitsnb.Policy:
     """The policy the suite uses for many-job runs: 16 active jobs, 16 connections per host."""
     return bitsnb.Policy(max_active_jobs=16, max_connections_per_host=16)
+
+
+def parse_policy(items: list[str]) -> dict[str, object]:
+    """``["receive_buffer=none", "max_connections_per_host=8"]`` → the policy fields to change."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--policy wants KEY=VALUE, got {item!r}")
+        low = text.strip().lower()
+        value: object
+        if low == "none":
+            value = None
+        elif low in ("true", "false"):
+            value = low == "true"
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        out[key.strip()] = value
+    return out
 
 
 def _split(items: list[str], parts: int) -> list[list[str]]:
@@ -56,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", help="jobs.db to use (default: a temp dir, removed at exit)")
     ap.add_argument("--existing", action="store_true", help="finish the jobs already stored")
     ap.add_argument("--timeout", type=float, default=600.0, help="bound on the whole wait")
+    ap.add_argument(
+        "--policy", action="append", default=[], help="KEY=VALUE: change one Policy field"
+    )
     args = ap.parse_args(argv)
     if not args.items:
         ap.error("DEST is required")
@@ -71,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.mkdtemp(prefix="bitsnb-bench-store-")
         store = Path(tmp) / "jobs.db"
     policy = many_policy() if args.many else bitsnb.Policy()
+    try:
+        changes = parse_policy(args.policy)
+        policy = dataclasses.replace(policy, **changes)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        ap.error(f"--policy: {exc}")
     result: dict[str, object] = {"t_start": T_START, "t_imported": T_IMPORTED}
+    if changes:
+        result["policy"] = changes
     deadline = time.monotonic() + args.timeout
     jobs: list[bitsnb.Job] = []
     states: dict[str, int] = {}

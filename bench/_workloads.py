@@ -55,6 +55,8 @@ class Bench:
     repo: Path
     say: Callable[[str], None] = print
     notes: list[str] = field(default_factory=list)
+    # the WAN testbed runs every client in its client namespace: argv -> ``ip netns exec NS argv``
+    wrap: Callable[[list[str]], list[str]] | None = None
 
     def available(self, clients: Sequence[Client]) -> list[Client]:
         """The clients whose program exists (Python clients always do)."""
@@ -131,6 +133,8 @@ def run_sample(
     os.sync()  # start with no dirty pages from an earlier run (not timed)
     load = machine_load()
     argv = client.argv(urls, dest, lists)
+    if b.wrap is not None:
+        argv = b.wrap(argv)
     p = run(argv, timeout=timeout, env=b.env(), cwd=str(b.repo))
     sync_s = timed_sync()
     got_count, got_bytes = _visible(dest)
