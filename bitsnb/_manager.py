@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import enum
 import os
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,13 +44,32 @@ __all__ = ["AsyncManager", "JobEvent", "control_of", "default_store_path"]
 
 
 def default_store_path() -> Path:
-    """``$BITSNB_HOME/jobs.db``, else ``jobs.db`` in the user data folder."""
+    """``$BITSNB_STORE``, else ``$BITSNB_HOME/jobs.db``, else ``jobs.db`` in the user data folder."""
+    override = os.environ.get("BITSNB_STORE")
+    if override:
+        return store_path(override)
     home = os.environ.get("BITSNB_HOME")
     if home:
         return Path(home).expanduser() / "jobs.db"
     import platformdirs
 
     return Path(platformdirs.user_data_dir("bitsnb", appauthor=False)) / "jobs.db"
+
+
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def store_path(store: str | os.PathLike[str]) -> Path:
+    """The SQLite file a store argument names; a URL (``postgresql://…``, ``sqlite://``…) is
+    refused rather than taken for a folder name: bitsnb's stores are SQLite files."""
+    text = os.fspath(store)
+    if isinstance(text, str) and _URL_LIKE.match(text):
+        scheme = text.split(":", 1)[0]
+        raise BitsError(
+            _codes.E_INVALIDARG,
+            f"unknown store scheme {scheme!r}: give the path of a SQLite file",
+        )
+    return Path(text)
 
 
 class _Life(enum.Enum):
@@ -72,7 +92,7 @@ class AsyncManager:
         policy: Policy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.store_path = Path(store) if store is not None else default_store_path()
+        self.store_path = store_path(store) if store is not None else default_store_path()
         self.policy = policy or Policy()
         self._transport = transport
         self._life = _Life.UNOPENED

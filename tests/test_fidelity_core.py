@@ -328,3 +328,26 @@ def test_only_root_may_act_under_another_owner(tmp_path: Path) -> None:
     )
     assert out.stdout.startswith("0x80070005"), out.stdout + out.stderr
     assert "only root" in out.stdout
+
+
+@pytest.mark.parametrize("url", ["postgresql://user@host/db", "sqlite:///tmp/x.db", "s3://b/k"])
+def test_a_store_url_is_refused_not_taken_for_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BitsError) as info:
+        bitsnb.Manager(store=url)
+    assert info.value.code == E_INVALIDARG
+    monkeypatch.setenv("BITSNB_STORE", url)
+    with pytest.raises(BitsError):
+        bitsnb.Manager()
+    assert os.listdir(tmp_path) == []  # no "postgresql:" folder
+
+
+def test_bitsnb_store_overrides_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BITSNB_STORE", str(tmp_path / "elsewhere.db"))
+    with bitsnb.Manager() as mgr:
+        mgr.create_job("x")
+    assert (tmp_path / "elsewhere.db").exists()
