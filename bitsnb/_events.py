@@ -152,6 +152,8 @@ class Events:
         self._spawn(call())
 
     def _notify_modification(self, rec: JobRecord) -> None:
+        if rec.id not in self._targets:
+            return  # the usual case: no notify interface, nothing to deliver
         flags = NotifyFlags(rec.settings.notify_flags)
         if NotifyFlags.DISABLE in flags or NotifyFlags.JOB_MODIFICATION not in flags:
             return

@@ -212,9 +212,8 @@ class Runner:
 
         def on_connected() -> None:
             if rec.state is JobState.CONNECTING:
-                # BITS keeps the error until the job transfers again
-                with contextlib.suppress(BitsError):  # busy: recorded by a later write
-                    records.set_state(rec, Event.CONNECTED, also=lambda: _clear_error(rec))
+                rec.error = None  # BITS keeps the error until the job transfers again
+                records.move_in_memory(rec, Event.CONNECTED)  # recorded by the next write
 
         def on_checkpoint(f: FileRecord, durable: int) -> None:
             rec.touch()
@@ -470,10 +469,6 @@ class Runner:
         await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, [last], also=record)
         self._events.notify_file(rec, last)
         self._events.notify_final(rec)
-
-
-def _clear_error(rec: JobRecord) -> None:
-    rec.error = None
 
 
 def _clear_retry(rec: JobRecord) -> Callable[[], None]:
