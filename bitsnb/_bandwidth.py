@@ -172,7 +172,7 @@ class BandwidthWindow:
             raise _invalid("a window's limit must be a number of bytes per second (0 blocks)")
         start = _parse_time(self.start, "start")
         end = _parse_time(self.end, "end", allow_24=True)
-        if start == end % _DAY_MINUTES:
+        if start == end:
             raise _invalid(f"a window's start and end must differ ({self.start!r})")
         object.__setattr__(self, "_days", _parse_days(self.days))
         object.__setattr__(self, "_start", start)

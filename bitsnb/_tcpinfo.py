@@ -93,7 +93,9 @@ def unpack_tcp_info(raw: bytes) -> TcpInfo | None:
     u32 = f[8:]  # rto is u32[0]
     rcv_rtt = u32[21]
     min_rtt = _U32.unpack_from(raw, _MIN_RTT)[0] if len(raw) >= _MIN_RTT + 4 else 0
-    received = _U64.unpack_from(raw, _BYTES_RECEIVED)[0] if len(raw) >= _BYTES_RECEIVED + 8 else None
+    received = (
+        _U64.unpack_from(raw, _BYTES_RECEIVED)[0] if len(raw) >= _BYTES_RECEIVED + 8 else None
+    )
     return TcpInfo(
         state=f[0],
         rtt=u32[15] / 1e6,
