@@ -92,7 +92,7 @@ class YieldController:
         *,
         target: float = TARGET,
         min_rate: float = 16_000.0,
-        max_rate: float | None = None,
+        max_rate: float | None = 10e9,
         initial_rate: float = 64_000.0,
         max_connections: int = 4,
         base_minutes: int = 10,
@@ -164,7 +164,10 @@ class YieldController:
         delay = max(p.queueing_delay for p in self._paths.values())
         self.queueing_delay = delay
         rtt = self._rtt()
-        used = received >= 0.5 * self.rate
+        # what the path delivered, the anchor of every change: a rate far above it is not
+        # tested by the path (the server or the disk limits), and one step above it is all
+        # the queue can grow by in a round trip
+        delivered = max(received, self.min_rate)
 
         if self.phase == "slowdown":
             if now < self._slowdown_end:
@@ -172,7 +175,8 @@ class YieldController:
             self.phase = "ramp"
         if self.phase == "ramp":
             if delay > self.target or self.rate * 2 >= self._resume_rate:
-                self.rate = self._clamp(min(self.rate * 2, self._resume_rate))
+                if delay <= self.target:
+                    self.rate = self._clamp(min(self.rate * 2, self._resume_rate))
                 self.phase = "avoidance"
                 length = now - self._slowdown_start
                 self._next_slowdown = now + 9 * length
@@ -184,24 +188,23 @@ class YieldController:
             return
 
         if self.phase == "slow start":
-            if delay >= 0.75 * self.target:
-                self.phase = "avoidance"
-                self._next_slowdown = now + 2 * rtt  # LEDBAT++'s initial slow-down
-            elif used:
-                self.rate = self._clamp(self.rate * 2)
+            if delay < 0.75 * self.target:
+                self.rate = self._clamp(min(self.rate * 2, 2 * delivered))
                 return
-            else:
-                return
+            self.phase = "avoidance"
+            self._next_slowdown = now + 2 * rtt  # LEDBAT++'s initial slow-down
         base = self.base_delay or rtt
         off = (self.target - delay) / self.target
         if off >= 0:
-            if used:
-                gain = 1.0 / min(16, math.ceil(2 * self.target / max(base, 1e-6)))
-                self.rate = self._clamp(self.rate * (1 + gain * off))
+            gain = 1.0 / min(16, math.ceil(2 * self.target / max(base, 1e-6)))
+            step = 1 + gain * off
+            self.rate = self._clamp(min(self.rate * step, delivered * step))
             if off > 0.5:
                 self.connections = min(self.max_connections, self.connections + 1)
         else:
-            self.rate = self._clamp(self.rate * max(0.5, 1 + off))
+            # LEDBAT++'s multiplicative decrease, from what the path delivers (at most halved)
+            cut = max(0.5, 1 + off)
+            self.rate = self._clamp(min(self.rate, delivered) * cut)
             self.connections = max(1, self.connections // 2)
 
     def _start_slowdown(self, now: float, rtt: float) -> None:

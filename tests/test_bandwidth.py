@@ -629,29 +629,29 @@ def feed(
     *,
     step: float = 0.01,
     conns: int = 1,
-) -> list[tuple[float, float]]:
-    """Samples every *step* s for *seconds*, the bytes being what the rate allows; → (t, rate)."""
+) -> list[tuple[float, float, str]]:
+    """Samples every *step* s for *seconds*, the bytes being what the rate allows (an open
+    loop: the trace decides the round trips) → (t, rate, phase) after each step."""
     out = []
     for i in range(int(seconds / step)):
         t = start + i * step
         for c in range(conns):
             ctl.on_sample(t, c, rtt(t), int(ctl.rate * step / conns))
-        out.append((t, ctl.rate))
+        out.append((t, ctl.rate, ctl.phase))
     return out
 
 
 def test_queue_builds_rate_drops_and_fewer_connections() -> None:
     ctl = YieldController(initial_rate=1_000_000, max_connections=8)
-    feed(ctl, 0, 2, lambda t: 0.050, conns=4)  # no queue: slow start doubles the rate
+    feed(ctl, 0, 1, lambda t: 0.050, conns=4)  # no queue: slow start doubles the rate
     grown = ctl.rate
     assert grown >= 8 * 1_000_000 and ctl.phase == "slow start"
     assert ctl.base_delay == pytest.approx(0.050)
-    # a queue builds: 150 ms above the base, well over the 60 ms target
-    trace = feed(ctl, 2, 1, lambda t: 0.050 + min(0.150, (t - 2) * 0.5), conns=4)
+    # a queue builds: up to 150 ms above the base, well over the 60 ms target
+    feed(ctl, 1, 2, lambda t: 0.050 + min(0.150, (t - 1) * 0.5), conns=4)
     assert ctl.rate <= ctl.min_rate * 1.01
     assert ctl.connections == 1
     assert ctl.queueing_delay == pytest.approx(0.150, abs=0.01)
-    assert trace[-1][1] < grown / 100
 
 
 def test_queue_drains_rate_rises() -> None:
@@ -659,29 +659,33 @@ def test_queue_drains_rate_rises() -> None:
     feed(ctl, 0, 1, lambda t: 0.050)
     feed(ctl, 1, 2, lambda t: 0.200)  # a queue: the rate falls to the floor
     low = ctl.rate
+    assert low == ctl.min_rate and ctl.connections == 1
     trace = feed(ctl, 3, 3, lambda t: 0.060)  # 10 ms of queue: below the target
-    rates = [r for _, r in trace]
-    assert rates[-1] > 20 * low
-    assert all(b >= a for a, b in itertools.pairwise(rates) if True) or ctl.slowdowns
+    assert max(r for _, r, _ in trace) > 1000 * low
+    steady = [r for _, r, phase in trace if phase == "avoidance"]
+    assert steady[-1] > steady[0]
     assert ctl.connections == ctl.max_connections
 
 
 def test_at_the_target_the_rate_holds() -> None:
     ctl = YieldController(initial_rate=1_000_000)
-    feed(ctl, 0, 1, lambda t: 0.050)
-    ctl.max_rate = None
-    before = ctl.rate
-    feed(ctl, 1, 0.02, lambda t: 0.110)  # exactly 60 ms of queue
-    assert ctl.rate == pytest.approx(before)
+    ctl.on_sample(0.0, 0, 0.050, 0)  # the base
+    trace = feed(ctl, 0.01, 2, lambda t: 0.110)  # exactly 60 ms of queue from then on
+    first = next(i for i, (_, _, phase) in enumerate(trace) if phase == "slowdown")
+    steady = [r for _, r, phase in trace[:first] if phase == "avoidance"]
+    assert steady and all(r == pytest.approx(1_000_000) for r in steady)
+    assert max(r for _, r, _ in trace[first:]) == pytest.approx(1_000_000)  # and back
 
 
 def test_a_rate_not_used_does_not_grow() -> None:
-    """The server (or the disk) is the limit, not the path: receiving under half the rate,
-    the allowance stays where it is instead of growing without bound."""
-    ctl = YieldController(initial_rate=1_000_000)
+    """The server (or the disk) is the limit, not the path: the allowance follows what is
+    delivered (at most twice it) instead of growing without bound while the path is idle."""
+    ctl = YieldController(initial_rate=50_000)
+    rates = []
     for i in range(300):
-        ctl.on_sample(i * 0.01, 0, 0.050, 1000)  # 100 kB/s received
-    assert ctl.rate == 1_000_000
+        rates.append(ctl.on_sample(i * 0.01, 0, 0.050, 1000))  # 100 kB/s received
+    assert max(rates) <= 2 * 100_000 * 1.01
+    assert rates[-1] >= 100_000
 
 
 def test_base_history_forgets_a_base_that_rose() -> None:
