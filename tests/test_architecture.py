@@ -74,6 +74,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._client_options",
         "bitsnb._files",
         "bitsnb._store_rows",
+        "bitsnb._tcpinfo",
     ),
     "rules without IO": (
         "bitsnb._http_rules",
@@ -81,6 +82,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._planning",
         "bitsnb._net",
         "bitsnb._progress",
+        "bitsnb._bandwidth",
+        "bitsnb._buckets",
+        "bitsnb._yielding",
     ),
     "vocabulary": (
         "bitsnb._enums",
