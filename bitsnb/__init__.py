@@ -6,6 +6,7 @@ transfer jobs in SQLite; jobs move through BITS's states and survive restarts.
 
 from __future__ import annotations
 
+from ._bandwidth import BandwidthWindow
 from ._enumerator import Enumerator
 from ._enums import (
     AuthScheme,
@@ -96,6 +97,7 @@ __all__ = [
     "AsyncManager",
     "AuthScheme",
     "AuthTarget",
+    "BandwidthWindow",
     "BitsError",
     "Enumerator",
     "ErrorContext",

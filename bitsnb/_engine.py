@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from . import _codes
+from ._buckets import Throttle
 from ._enums import ErrorContext
 from ._failures import TransferFailure, local_failure, network_failure
 from ._files import create_private, open_private, private_size, truncate_private
@@ -68,6 +69,7 @@ class FileContext:
     on_validators: Callable[[FileRecord], None] = lambda f: None
     should_yield: Callable[[], bool] = lambda: False
     foreground: bool = False  # a FOREGROUND job: it does not wait for a per-host slot
+    throttle: Throttle | None = None  # the bandwidth budgets the body's bytes are taken from
 
 
 def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
@@ -440,9 +442,14 @@ class Engine:
             try:
                 # a lean response's body comes as views of its connection's buffer (no copy)
                 chunks = body_views(resp) or resp.aiter_raw()
+                throttle = ctx.throttle
                 async for chunk in chunks:
                     fh.write(chunk)
                     f.bytes_transferred += len(chunk)
+                    if throttle is not None and throttle.limited:
+                        await throttle.take(
+                            len(chunk)
+                        )  # before the next read: TCP slows the sender
                     ctx.on_progress(f)
                     if (syncing is None or syncing.done()) and (
                         f.bytes_transferred - last_checkpoint_bytes >= policy.checkpoint_bytes

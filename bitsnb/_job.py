@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import _codes
+from ._bandwidth import check_rate
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import BitsError, InvalidStateError
@@ -84,6 +85,7 @@ class JobHost(Protocol):
     def secrets(self, job_id: uuid.UUID) -> JobSecrets | None: ...
     def secrets_for(self, rec: JobRecord) -> JobSecrets: ...
     def drop_secrets(self, job_id: uuid.UUID) -> None: ...
+    def bandwidth_changed(self, rec: JobRecord) -> None: ...
 
 
 _ALL_NOTIFY = int(
@@ -345,6 +347,18 @@ class AsyncJob:
         """SetPriority (E_NOTIMPL for a value outside BG_JOB_PRIORITY)."""
         prio = self._host.check_priority(priority)
         await self._update(lambda r: setattr(r, "priority", prio))
+
+    @property
+    def max_bandwidth(self) -> float | None:
+        """This job's own cap in bytes/s (None: none), whatever its priority; kept in the store."""
+        return self._rec.settings.max_bandwidth
+
+    async def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
+        """Cap this job (bytes/s; None removes the cap); E_INVALIDARG for a negative, NaN or
+        non-numeric value. Applies at once to its open connections."""
+        value = check_rate(bytes_per_second, "max_bandwidth")
+        await self._update(lambda r: setattr(r.settings, "max_bandwidth", value))
+        self._host.bandwidth_changed(self._rec)
 
     async def set_minimum_retry_delay(self, seconds: float) -> None:
         """SetMinimumRetryDelay; values under the policy's floor (BITS: 5 s) are raised to it."""

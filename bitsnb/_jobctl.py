@@ -175,6 +175,19 @@ class JobControl:
             self._posted.append(rec)
         return job
 
+    def housekeeping_tick(self) -> None:
+        """Each housekeeping round: admit other threads' new jobs, follow the bandwidth schedule."""
+        self.admit_posted()
+        self._runner.apply_schedule()
+
+    def bandwidth_changed(self, rec: JobRecord) -> None:
+        """The job's own cap changed: its connections take the new rate at once."""
+        self._runner.budgets.set_job_rate(rec.id, rec.settings.max_bandwidth)
+
+    def bandwidth_policy_changed(self) -> None:
+        """``Policy.max_bandwidth`` changed: the manager-wide cap follows at once."""
+        self._runner.apply_schedule()
+
     def admit_posted(self) -> None:
         """On the loop: the jobs other threads created join the queue, and listeners hear."""
         while self._posted:
@@ -235,6 +248,7 @@ class JobControl:
         self._scheduler.dequeue(rec.id)
         self._runner.cancel_retry(rec.id)
         self._runner.foreign.discard(rec.id)
+        self._runner.budgets.forget_job(rec.id)
         self._secrets.pop(rec.id, None)
         self._events.forget(rec.id)
         self._events.emit(rec, "removed")

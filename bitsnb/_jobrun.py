@@ -16,8 +16,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from . import _codes
+from ._bandwidth import BandwidthSchedule
+from ._buckets import Budgets
 from ._client_options import request_options
 from ._engine import Engine, FileContext, TransferFailure, YieldSlice
 from ._enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
@@ -64,6 +67,10 @@ class Runner:
         self.foreign: set[uuid.UUID] = set()  # queued jobs another process holds the lease of
         self.accepting = True  # False once the manager closes: nothing new starts
         self.forget: Callable[[JobRecord], None] = lambda rec: None  # set by the manager
+        self.budgets = Budgets(policy.max_bandwidth)
+        self._blocked = False  # a limit of 0 is in force: background jobs wait
+        self._schedule_key: tuple[object, ...] | None = None
+        self._schedule: BandwidthSchedule | None = None
 
     # -- what runs ------------------------------------------------------------------------------
     def is_running(self, job_id: uuid.UUID) -> bool:
@@ -95,6 +102,9 @@ class Runner:
         for job_id in self._scheduler.next_to_start():
             rec = self._records.jobs.get(job_id)
             if rec is None or rec.state not in STARTABLE:
+                continue
+            if self._blocked and rec.priority is not JobPriority.FOREGROUND:
+                self._block(rec)
                 continue
             try:
                 if self._records.start(rec, self._policy.lease_seconds):
@@ -143,6 +153,61 @@ class Runner:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    # -- bandwidth policy -----------------------------------------------------------------------
+    def apply_schedule(self) -> None:
+        """Follow the bandwidth schedule (each housekeeping round, and when the cap changes):
+        the manager-wide cap in force now; a limit of 0 stops background jobs
+        (BG_E_BLOCKED_BY_POLICY, not counted as an error) until it ends, then they continue."""
+        p = self._policy
+        key = (p.bandwidth_schedule, p.max_bandwidth)
+        if self._schedule is None or key != self._schedule_key:
+            self._schedule, self._schedule_key = p.schedule(), key
+        limit = self._schedule.limit_at(p.local_time())
+        self.budgets.set_max_bandwidth(limit)
+        blocked = limit == 0
+        if blocked == self._blocked:
+            return
+        self._blocked = blocked
+        if blocked:
+            for job_id in self.running:
+                rec = self._records.jobs.get(job_id)
+                if rec is not None and rec.priority is not JobPriority.FOREGROUND:
+                    task = asyncio.ensure_future(self._stop_and_block(rec))
+                    task.add_done_callback(_retrieve)
+            return
+        for rec in list(self._records.jobs.values()):
+            if rec.state is JobState.TRANSIENT_ERROR and _blocked_by_policy(rec):
+                self.cancel_retry(rec.id)
+                with contextlib.suppress(BitsError):  # busy: its retry timer picks it up
+                    self._records.set_state(rec, Event.RETRY, also=_clear_retry(rec))
+                    self.queue(rec)
+
+    def _block(self, rec: JobRecord) -> None:
+        """TRANSIENT_ERROR with BG_E_BLOCKED_BY_POLICY, not counted in ``error_count``."""
+
+        def record() -> None:
+            rec.error = ErrorRecord(
+                _codes.BG_E_BLOCKED_BY_POLICY,
+                ErrorContext.GENERAL_QUEUE_MANAGER,
+                None,
+                None,
+                "a bandwidth limit of 0 is in force for background jobs; the job continues "
+                "by itself when it ends",
+            )
+            rec.retry_at = None
+
+        try:
+            self._records.set_state(rec, Event.TRANSIENT_FAILURE, also=record)
+        except BitsError:
+            self._later(_RERUN_DELAY, rec)
+
+    async def _stop_and_block(self, rec: JobRecord) -> None:
+        await self.stop(rec.id)
+        if rec.state in RUNNING and self._blocked:
+            with contextlib.suppress(BitsError):
+                await self._records.set_state_patiently(rec, Event.STOP)
+            self._block(rec)
 
     # -- retry timers ---------------------------------------------------------------------------
     def arm_retry(self, rec: JobRecord, delay: float) -> None:
@@ -227,6 +292,9 @@ class Runner:
             records.try_save(rec, [f])
             events.emit(rec, "progress")
 
+        self.budgets.set_job_rate(rec.id, s.max_bandwidth)  # kept in the store: survives restarts
+        host = urlsplit(rec.files[0].remote_name).netloc if rec.files else ""
+        foreground = rec.priority is JobPriority.FOREGROUND
         return FileContext(
             headers=opts.headers,
             auth=opts.auth,
@@ -239,7 +307,8 @@ class Runner:
             on_restart=on_restart,
             on_validators=on_validators,
             should_yield=lambda: self._scheduler.should_yield(rec.id, rec.priority),
-            foreground=rec.priority is JobPriority.FOREGROUND,
+            foreground=foreground,
+            throttle=self.budgets.throttle(rec.id, host, foreground=foreground),
         )
 
     async def _run(self, rec: JobRecord, *, started: bool) -> None:
@@ -469,6 +538,15 @@ class Runner:
         await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, [last], also=record)
         self._events.notify_file(rec, last)
         self._events.notify_final(rec)
+
+
+def _blocked_by_policy(rec: JobRecord) -> bool:
+    return rec.error is not None and rec.error.code == _codes.BG_E_BLOCKED_BY_POLICY
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
 
 
 def _clear_retry(rec: JobRecord) -> Callable[[], None]:

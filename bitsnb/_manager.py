@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from . import _codes
+from ._bandwidth import check_rate
 from ._completion import FolderSync
 from ._engine import Engine
 from ._enumerator import Enumerator
@@ -142,7 +143,7 @@ class AsyncManager:
             runner.admit(rec)
         runner.pump()
         self._parts.housekeeper = asyncio.create_task(
-            replication.run(self._ctl.admit_posted), name="bitsnb-housekeeping"
+            replication.run(self._ctl.housekeeping_tick), name="bitsnb-housekeeping"
         )
         return self
 
@@ -235,6 +236,14 @@ class AsyncManager:
     async def get_error_description(self, code: int, language: str | int | None = "en") -> str:
         """GetErrorDescription: the sentence for an HRESULT."""
         return get_error_description(code, language)
+
+    async def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
+        """The cap of background jobs together (bytes/s; None removes it), live; the schedule's
+        windows keep their own limits."""
+        value = check_rate(bytes_per_second, "max_bandwidth")
+        ctl = self._control()
+        self.policy.max_bandwidth = value
+        ctl.bandwidth_policy_changed()
 
     def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
         """Call *listener* (on the manager's loop) for every job event; returns an unsubscribe."""

@@ -5,8 +5,16 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._bandwidth import (
+    BackgroundMode,
+    BandwidthSchedule,
+    BandwidthWindow,
+    check_background,
+    check_rate,
+)
 from ._enums import ErrorContext
 from ._errors import context_description, lookup_error
 from ._validate import os_user
@@ -133,6 +141,10 @@ class Policy:
     autotuning, which grows it with the path (throughput ≤ window / round trip: a fixed 2 MiB
     held one connection to ~75 MB/s at 50 ms); a number fixes it (the kernel doubles it),
     bounding the bytes in flight that a killed process loses.
+    ``max_bandwidth`` caps background jobs together (bytes/s, None = off); ``bandwidth_schedule``
+    (``BandwidthWindow``s, local time) sets other caps at times, ``max_bandwidth`` applying
+    outside them, and a limit of 0 blocks background jobs (BG_E_BLOCKED_BY_POLICY until the window
+    ends). FOREGROUND jobs are never capped by either (only by their own ``job.max_bandwidth``).
     ``min_retry_delay_floor`` is BITS's 5 s floor for ``minimum_retry_delay``; tests lower it
     (also through the ``BITSNB_MIN_RETRY_DELAY_FLOOR`` environment variable).
     """
@@ -164,7 +176,21 @@ class Policy:
     verify: bool | str | ssl.SSLContext = True
     lean_transport: bool = True
     receive_buffer: int | None = None
+    max_bandwidth: float | None = None
+    bandwidth_schedule: tuple[BandwidthWindow, ...] = ()
+    background: BackgroundMode = "yield"
+    local_time: Callable[[], _dt.datetime] = _dt.datetime.now  # the schedule's clock (tests)
     owner: str = field(default_factory=os_user)
+
+    def __post_init__(self) -> None:
+        self.max_bandwidth = check_rate(self.max_bandwidth)
+        # overlapping windows and bad values are E_INVALIDARG here, at construction
+        self.bandwidth_schedule = BandwidthSchedule(self.bandwidth_schedule).windows
+        self.background = check_background(self.background)
+
+    def schedule(self) -> BandwidthSchedule:
+        """The bandwidth schedule, with ``max_bandwidth`` applying outside its windows."""
+        return BandwidthSchedule(self.bandwidth_schedule, self.max_bandwidth)
 
     @classmethod
     def windows_defaults(cls) -> Policy:

@@ -79,6 +79,7 @@ class JobSettings:
     reply_bytes_total: int | None = None
     reply_bytes_transferred: int = 0
     reply_done: bool = False
+    max_bandwidth: float | None = None  # this job's own cap, bytes/s (None: none)
 
 
 @dataclass

@@ -169,6 +169,10 @@ class Manager:
         """GetErrorDescription: the sentence for an HRESULT."""
         return get_error_description(code, language)
 
+    def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
+        """The cap of background jobs together (bytes/s; None removes it), live."""
+        self._runtime.run(self._amgr.set_max_bandwidth(bytes_per_second))
+
     def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
         """Call *listener(event)* on the loop thread for each job event; returns unsubscribe."""
         return self._runtime.run(_subscribe(self._amgr, listener))
@@ -361,6 +365,19 @@ class Job:
     @priority.setter
     def priority(self, value: JobPriority | int) -> None:
         self._run(self._ajob.set_priority(value))
+
+    @property
+    def max_bandwidth(self) -> float | None:
+        """This job's own cap in bytes/s (None: none)."""
+        return self._ajob.max_bandwidth
+
+    @max_bandwidth.setter
+    def max_bandwidth(self, value: float | None) -> None:
+        self._run(self._ajob.set_max_bandwidth(value))
+
+    def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
+        """Cap this job (bytes/s; None removes the cap)."""
+        self._run(self._ajob.set_max_bandwidth(bytes_per_second))
 
     @property
     def minimum_retry_delay(self) -> float:

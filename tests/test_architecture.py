@@ -82,7 +82,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._planning",
         "bitsnb._net",
         "bitsnb._progress",
-        "bitsnb._bandwidth",
         "bitsnb._buckets",
         "bitsnb._yielding",
     ),
@@ -96,6 +95,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._validate",
         "bitsnb._enumerator",
         "bitsnb._protocols",
+        "bitsnb._bandwidth",  # BandwidthWindow and rate checks: Policy's own vocabulary
     ),
 }
 
