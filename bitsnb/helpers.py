@@ -649,12 +649,22 @@ def errors_frame() -> pd.DataFrame:
 
 
 def jobs_frame(
-    manager: Manager | None = None, all_users: bool = False, include_finished: bool = False
-) -> pd.DataFrame:
-    """The queue as a DataFrame, one row per job (``default_manager()`` when *manager* is None)."""
-    from .frames import jobs_frame as frame
+    manager: Manager | None = None,
+    all_users: bool = False,
+    include_finished: bool = False,
+    *,
+    styled: bool = False,
+) -> Any:
+    """The queue as a DataFrame, one row per job (``default_manager()`` when *manager* is None).
 
-    return frame(manager if manager is not None else default_manager(), all_users, include_finished)
+    ``styled=True`` returns it for reading instead (``bitsnb.frames.styled_jobs``: short ids,
+    sizes in units, percentages rounded); the plain frame is the one to analyse.
+    """
+    from .frames import jobs_frame as frame
+    from .frames import styled_jobs
+
+    df = frame(manager if manager is not None else default_manager(), all_users, include_finished)
+    return styled_jobs(df) if styled else df
 
 
 # -- run --------------------------------------------------------------------------------------
