@@ -609,3 +609,116 @@ q.close(); panel.close(); mgr.close(); srv.stop()
     state = nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     assert state[model]["state"]["value"] == 100.0
     assert state[model]["state"]["bar_style"] == "success"
+
+
+# -- issue 17: confirmation, hints, compact, scope, sort, actions --------------------------------
+def test_cancel_with_data_asks_first(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    url = server.add_random_file("big.bin", 400_000, seed=1)
+    server.inject("big.bin", Fault.stall_after(100_000, 30.0))
+    job = manager.create_job("big")
+    job.add_file(url, str(dest / "big.bin"))
+    panel = job_panel(job)
+    panels.append(panel)
+    job.resume()
+    wait_for(lambda: job.progress.bytes_transferred > 0, what="some data")
+    panel.buttons["cancel"].click()
+    assert job.state is not JobState.CANCELLED  # asked, not done
+    assert panel.armed == "cancel" and panel.buttons["cancel"].description == "Confirm cancel"
+    assert "Cancel deletes the" in panel.message_label.value
+    panel.buttons["suspend"].click()  # another button disarms
+    assert panel.armed is None and panel.buttons["cancel"].description == "Cancel"
+    assert job.state is JobState.SUSPENDED
+    panel.buttons["cancel"].click()
+    panel.buttons["cancel"].click()  # confirmed
+    assert job.state is JobState.CANCELLED
+
+
+def test_partial_complete_asks_and_complete_is_neutral_on_error(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    job = manager.create_job("half")
+    job.add_file_set(
+        [
+            (server.add_file("a.txt", b"a"), str(dest / "a.txt")),
+            (f"{server.base_url}/nope.txt", str(dest / "nope.txt")),
+        ]
+    )
+    panel = job_panel(job)
+    panels.append(panel)
+    job.resume()
+    assert job.wait(TIMEOUT) is JobState.ERROR
+    panel.refresh()
+    assert panel.buttons["complete"].button_style == ""
+    panel.buttons["complete"].click()
+    assert job.state is JobState.ERROR and panel.armed == "complete"
+    assert "keeps only the 1 of 2 files" in panel.message_label.value
+    panel.buttons["complete"].click()
+    assert job.state is JobState.ACKNOWLEDGED
+    assert (dest / "a.txt").exists()
+
+
+def test_transferred_panel_says_what_complete_does(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    job = make_job(manager, server, dest, "t", n=2)
+    panel = job_panel(job)
+    panels.append(panel)
+    job.resume()
+    assert job.wait(TIMEOUT) is JobState.TRANSFERRED
+    panel.refresh()
+    assert "Complete moves the 2/2 files into" in panel.message_label.value
+    assert panel.buttons["complete"].button_style == "success"
+    assert re.search(r"100%  128\.0 kB in \d+ s \(", panel.stats_label.value)  # time, speed
+
+
+def test_compact_panel_is_one_line(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    job = make_job(manager, server, dest, "c", n=1)
+    panel = job_panel(job, compact=True)
+    panels.append(panel)
+    (row, error, message) = panel.children
+    assert panel.bar in row.children and panel.buttons["cancel"] in row.children
+    assert all(b.description == "" and b.icon for b in panel.buttons.values())  # icons only
+    assert error.layout.display == "none" and message.layout.display == "none"
+
+
+def test_queue_panel_scope_sort_and_actions(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    import datetime as dt
+
+    old = manager.create_job("old run")
+    since = dt.datetime.now(dt.UTC)
+    mine = [make_job(manager, server, dest, f"r{i}", n=1) for i in range(3)]
+    scoped = queue_panel(manager, jobs=mine)
+    panels.append(scoped)
+    assert {s.display_name for s in scoped.jobs} == {"r0", "r1", "r2"}
+    recent = queue_panel(manager, since=since)
+    panels.append(recent)
+    assert {s.display_name for s in recent.jobs} == {"r0", "r1", "r2"}
+    everything = queue_panel(manager)
+    panels.append(everything)
+    assert "old run" in {s.display_name for s in everything.jobs}
+    assert old.id not in {s.id for s in scoped.jobs}
+
+    scoped.sort.value = "name"
+    assert [s.display_name for s in scoped.rows] == ["r0", "r1", "r2"]
+    for header in ("id", "created", "speed", "ETA", "error"):
+        assert f"<th>{header}</th>" in scoped.table.value
+    assert "max-height:22em;overflow:auto" in scoped.table.value  # bounded, scrolls
+
+    scoped.select.value = str(mine[1].id)
+    assert not scoped.buttons["resume"].disabled and scoped.buttons["suspend"].disabled
+    scoped.buttons["resume"].click()
+    assert mine[1].wait(TIMEOUT) is JobState.TRANSFERRED
+    scoped.refresh()
+    scoped.buttons["complete"].click()
+    assert mine[1].state is JobState.ACKNOWLEDGED
+    wait_for(
+        lambda: any(s.state is JobState.ACKNOWLEDGED for s in scoped.jobs),
+        what="a scoped panel keeps its finished jobs",
+    )
+    assert "1 finished" in scoped.totals.value

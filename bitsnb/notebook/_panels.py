@@ -81,7 +81,7 @@ class JobSnapshot:
     """What a panel last read from a job (what it shows; also its text fallback).
 
     ``files`` holds the files' progress only while some size is unknown (to estimate the
-    total); ``folder`` is where Complete moves the files (read while TRANSFERRED);
+    total); ``folder`` is where Complete moves the files (read while TRANSFERRED or ERROR);
     ``retry_at`` is when a TRANSIENT_ERROR job retries by itself (epoch seconds).
     """
 
@@ -108,11 +108,12 @@ class JobSnapshot:
         files: tuple[FileProgress, ...] | None = None
         folder = None
         need_files = detail and p.bytes_total is None and p.files_total > 1
-        if need_files or (detail and state is JobState.TRANSFERRED):
+        wants_folder = state in (JobState.TRANSFERRED, JobState.ERROR)
+        if need_files or (detail and wants_folder):
             infos = job.files
             if need_files:
                 files = tuple(f.progress for f in infos)
-            if state is JobState.TRANSFERRED and infos:
+            if wants_folder and infos:
                 folder = _common_folder([f.local_name for f in infos])
         attempts = int(getattr(job, "error_count", 0) or 0)
         retry_at = None
@@ -193,8 +194,8 @@ def confirm_text(method: str, snap: JobSnapshot) -> str | None:
         if p.files_transferred == 0:
             return f"Complete now ends the job without any of its {files_text(p)}."
         return (
-            f"Complete now keeps only the {p.files_transferred} of {files_text(p)} transferred "
-            f"(moved into {_folder_text(snap.folder)}) and drops the rest."
+            f"Complete now keeps only the {p.files_transferred} of {p.files_total} files "
+            f"transferred (moved into {_folder_text(snap.folder)}) and drops the rest."
         )
     return None
 
