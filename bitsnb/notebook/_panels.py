@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import os
 import threading
 import time
@@ -135,9 +136,9 @@ class JobSnapshot:
             folder,
         )
 
-    @property
+    @functools.cached_property
     def estimate(self) -> Estimate:
-        """The share done, exact or estimated (see ``_text.estimate``)."""
+        """The share done, exact or estimated (see ``_text.estimate``); computed once."""
         return estimate(self.progress, self.files)
 
     def error_line(self, now: float | None = None) -> str:
@@ -847,6 +848,8 @@ _SORTS: dict[str, tuple[Callable[[JobSnapshot], Any], bool]] = {
 }
 """Queue panel sort orders: name → (key, descending)."""
 
+_STABLE_SORTS = frozenset({"newest", "oldest", "name"})
+
 _COLUMNS = (
     # (header, width) — fixed, so that columns stay put when the filter or the rows change
     ("id", "5.5em"),
@@ -951,6 +954,9 @@ class QueuePanel(_Panel):
             self._scope = frozenset(j.id for j in given)
             self._handles = {j.id: j for j in given}
         self._snaps: dict[uuid.UUID, JobSnapshot] = {}
+        self._members = 0  # bumped when jobs come or go (the cached sort order is stale)
+        self._order: list[uuid.UUID] = []
+        self._order_stamp: tuple[object, ...] | None = None
         self._rows_cache: list[JobSnapshot] = []
         self._seen_bytes: dict[uuid.UUID, int] = {}
         self._rates: dict[uuid.UUID, RateEstimator] = {}
@@ -985,7 +991,19 @@ class QueuePanel(_Panel):
     def rows(self) -> list[JobSnapshot]:
         """The jobs shown under the current filter, in the current sort order."""
         states = FILTERS.get(str(self.filter.value))
-        key, reverse = _SORTS[str(self.sort.value)]
+        sort = str(self.sort.value)
+        key, reverse = _SORTS[sort]
+        if sort in _STABLE_SORTS:
+            # the order depends on what never changes (creation, name): sort once per
+            # membership, then only filter (10,000 jobs: no sort per tick)
+            stamp = (sort, self._members)
+            if self._order_stamp != stamp:
+                ordered = sorted(self._snaps.values(), key=key, reverse=reverse)
+                self._order = [s.id for s in ordered]
+                self._order_stamp = stamp
+            snaps = self._snaps
+            picked = (snaps.get(i) for i in self._order)
+            return [s for s in picked if s is not None and (states is None or s.state in states)]
         rows = [s for s in self._snaps.values() if states is None or s.state in states]
         rows.sort(key=key, reverse=reverse)
         return rows
@@ -1029,6 +1047,7 @@ class QueuePanel(_Panel):
         self._handles = handles
         for gone in [k for k in self._snaps if k not in handles]:
             del self._snaps[gone]
+        self._members += 1
         self._read(new)
         self._need_enum = False
         return True
@@ -1044,6 +1063,8 @@ class QueuePanel(_Panel):
                 s = JobSnapshot.of(handle, detail=handle.state in ACTIVE_STATES)
             except _CALL_ERRORS:  # gone meanwhile
                 continue
+            if job_id not in self._snaps:
+                self._members += 1
             self._snaps[job_id] = s
             done = s.progress.bytes_transferred
             self._moved += max(0, done - seen.get(job_id, done))
@@ -1057,6 +1078,7 @@ class QueuePanel(_Panel):
         handles = self._handles
         if changes.removed:
             self._handles = handles = {k: v for k, v in handles.items() if k not in changes.removed}
+            self._members += 1
             for k in changes.removed:
                 self._snaps.pop(k, None)
                 self._seen_bytes.pop(k, None)
@@ -1094,7 +1116,7 @@ class QueuePanel(_Panel):
         rows = self.rows
         self._rows_cache = rows
         table = self._table_html(rows)
-        totals = escape(self._totals_text())
+        totals = escape(self._totals_text(len(rows)))
         with self._hold():
             self.table.value = table
             self.totals.value = f"<b>{totals}</b>" if totals else ""
@@ -1175,7 +1197,7 @@ class QueuePanel(_Panel):
         self.message.value = text
         self.refresh()
 
-    def _totals_text(self) -> str:
+    def _totals_text(self, shown: int | None = None) -> str:
         snaps = list(self._snaps.values())
         counts = state_counts([s.state for s in snaps])
         done = 0
@@ -1183,13 +1205,17 @@ class QueuePanel(_Panel):
         unknown = False
         estimated = False
         for s in snaps:
-            done += s.progress.bytes_transferred
+            p = s.progress
+            done += p.bytes_transferred
+            if p.bytes_total is not None:  # exact: no estimate needed (most jobs)
+                total += p.bytes_total
+                continue
             e = s.estimate
             if e.total is None:
-                unknown = unknown or s.progress.files_total > 0
+                unknown = unknown or p.files_total > 0
             else:
                 total += e.total
-                estimated = estimated or e.estimated
+                estimated = True
         total_text = (
             "?"
             if unknown and not total
@@ -1204,9 +1230,8 @@ class QueuePanel(_Panel):
         speed = format_rate(self._rate.rate)
         if speed:
             parts.append(speed)
-        shown = sum(
-            1 for s in snaps if (st := FILTERS.get(str(self.filter.value))) is None or s.state in st
-        )
+        if shown is None:
+            shown = len(self.rows)
         if shown != n:
             parts.append(f"showing {shown} ({self.filter.value})")
         if shown > self.max_rows:
