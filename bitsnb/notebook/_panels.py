@@ -8,10 +8,12 @@ main thread. A per-panel lock keeps the two writers apart. The manager stays the
 truth: a panel only shows what it reads from jobs, so a new panel shows the live queue.
 
 Saved notebooks: a panel shown with ``show()`` is displayed with a display id, and its
-``text/plain`` and ``text/html`` are re-published on every state change, at the end, and after
-every cell (an IPython ``post_run_cell`` hook), so a notebook saved or executed without a live
-widget front end (nbclient, nbviewer, GitHub) shows the job's final state, not the state at
-display time.
+``text/plain`` and ``text/html`` are re-published at the end, after every cell (an IPython
+``post_run_cell`` hook) and, for a job panel, when it reaches a settled state (SUSPENDED,
+ERROR, TRANSFERRED, ACKNOWLEDGED, CANCELLED), so a notebook saved or
+executed without a live widget front end (nbclient, nbviewer, GitHub) shows the job's final
+state, not the state at display time. (A front end re-creates the widget's view on each
+update, so the queue panel, whose jobs change state all the time, waits for the cell's end.)
 
 Destructive buttons ask first: Cancel on a job that holds data and Complete on a job whose files
 are not all transferred turn into "Confirm …" and say what they will do; the second click does it.
@@ -72,6 +74,15 @@ _LABEL = {method: label for method, label, _ in _BUTTONS}
 _STALE_NOTE = (
     "Live while this kernel runs. After a kernel restart this panel stops updating; the jobs "
     "wait in the queue and go on as soon as bitsnb is imported again (re-run the cell)."
+)
+_SETTLED = frozenset(
+    {
+        JobState.SUSPENDED,
+        JobState.ERROR,
+        JobState.TRANSFERRED,
+        JobState.ACKNOWLEDGED,
+        JobState.CANCELLED,
+    }
 )
 BIG_QUEUE = 1000
 """Above this many jobs the queue panel refreshes once a second (state changes after 0.5 s)."""
@@ -672,9 +683,15 @@ class JobPanel(_Panel):
         state, p = snap.state, snap.progress
         previous = self._snapshot.state if self.renders else None
         if previous is not None and previous is not state:
-            self._publish_due = True
+            # re-publish (display update) only on a settled state: a front end re-creates the
+            # view on each update, so the churn of CONNECTING/TRANSFERRING/TRANSIENT_ERROR
+            # while retrying would make the buttons unclickable
+            self._publish_due = state in _SETTLED
             self._click_html = ""
-            if self._armed is not None:
+            # a confirmation stays through the churn of a retrying job, not past a settled
+            # state (the question may no longer be the same) or once it no longer applies
+            armed = self._armed
+            if armed is not None and (state in _SETTLED or confirm_text(armed, snap) is None):
                 self._disarm()
         style = bar_style(state, self._style)
         colour = STATE_COLOUR[state]
@@ -851,18 +868,19 @@ _SORTS: dict[str, tuple[Callable[[JobSnapshot], Any], bool]] = {
 _STABLE_SORTS = frozenset({"newest", "oldest", "name"})
 
 _COLUMNS = (
-    # (header, width) — fixed, so that columns stay put when the filter or the rows change
-    ("id", "5.5em"),
-    ("job", "16em"),
-    ("state", "9.5em"),
-    ("progress", "90px"),
+    # (header, width) — fixed, so that columns stay put when the filter or the rows change;
+    # the error column takes what is left
+    ("id", "6.5em"),
+    ("job", "13em"),
+    ("state", "9em"),
+    ("progress", "80px"),
     ("%", "3.5em"),
-    ("bytes", "11em"),
-    ("files", "4.5em"),
+    ("bytes", "10em"),
+    ("files", "4em"),
     ("speed", "6.5em"),
-    ("ETA", "4em"),
-    ("created", "8.5em"),
-    ("error", "18em"),
+    ("ETA", "3.5em"),
+    ("created", "8em"),
+    ("error", ""),
 )
 
 
@@ -1094,10 +1112,11 @@ class QueuePanel(_Panel):
         with self._ui_lock:
             if not self.live:
                 return False
-            before = {k: self._snaps[k].state for k in changes.changed if k in self._snaps}
+            # No re-publishing from here: a front end re-creates the widget's view on every
+            # display update (JupyterLab loses the scroll position and the dropdowns), and a
+            # queue changes state all the time. The queue's saved text follows after each
+            # cell (post_run_cell) and at the end instead.
             self._read((changes.changed & set(self._handles)) | active)
-            if any(self._snaps[k].state is not st for k, st in before.items() if k in self._snaps):
-                self._publish_due = True
             self._render()
         return True
 
@@ -1249,7 +1268,7 @@ class QueuePanel(_Panel):
         eta = ""
         if rate is not None and rate.rate and est.total is not None:
             eta = format_eta(rate.eta(est.total - p.bytes_transferred))
-        created = s.times.creation.astimezone().strftime("%m-%d %H:%M:%S") if s.times else ""
+        created = s.times.creation.astimezone().strftime("%d %b %H:%M") if s.times else ""
         err = s.error_line()
         err_short = f"{s.error.name}" if s.error is not None else ""
         if s.error is not None and s.state is JobState.TRANSIENT_ERROR:
@@ -1270,16 +1289,16 @@ class QueuePanel(_Panel):
     def _table_html(self, rows: list[JobSnapshot]) -> str:
         css = (
             "<style>.bitsnb-q{border-collapse:collapse;font-size:12px;table-layout:fixed;"
-            "width:100%;min-width:62em;color:var(--jp-ui-font-color1, #222)}"
+            "width:100%;min-width:72em;line-height:1.5;color:var(--jp-ui-font-color1, #222)}"
             ".bitsnb-q td,.bitsnb-q th{padding:1px 6px;text-align:left;white-space:nowrap;"
             "overflow:hidden;text-overflow:ellipsis}"
             ".bitsnb-q th{position:sticky;top:0;z-index:1;"
             "background:var(--jp-layout-color1, #fff);"
             "border-bottom:1px solid var(--jp-border-color1, #bdbdbd)}"
-            ".bitsnb-q tr:nth-child(even) td{background:var(--jp-layout-color2, #f5f5f5)}"
+            ".bitsnb-q tbody tr:nth-child(even) td{background:var(--jp-layout-color2, #eee)}"
             "</style>"
         )
-        cols = "".join(f'<col style="width:{w}">' for _, w in _COLUMNS)
+        cols = "".join(f'<col style="width:{w}">' if w else "<col>" for _, w in _COLUMNS)
         head = "".join(f"<th>{h}</th>" for h, _ in _COLUMNS)
         body = (
             "".join(self._row_html(s) for s in rows[: self.max_rows])

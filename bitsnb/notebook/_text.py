@@ -90,8 +90,9 @@ blues while queued → connecting → transferring, cyan only for SUSPENDED, ora
 red for ERROR, light green when transferred (waiting for Complete), green when acknowledged,
 grey when cancelled."""
 
-TRACK_COLOUR = "var(--jp-layout-color2, #eee)"
-"""The empty part of a bar: the theme's second layout colour (dark in the dark theme)."""
+TRACK_COLOUR = "var(--jp-layout-color3, #bdbdbd)"
+"""The empty part of a bar: the theme's third layout colour (a mid grey in both themes, so it
+shows on the table's striped rows too; never a fixed light grey that glows in the dark theme)."""
 
 ACTIVE_STATES = frozenset(
     {JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.TRANSIENT_ERROR}
