@@ -301,7 +301,7 @@ def download(
     priority: JobPriority | int = JobPriority.NORMAL,
     wait: bool = False,
     timeout: float | None = None,
-    complete: bool = True,
+    complete: bool | None = None,
     manager: Manager | None = None,
     display: bool | None = None,
 ) -> Job:
@@ -317,10 +317,11 @@ def download(
     *priority* defaults to NORMAL, as ``bitsadmin /transfer`` does (FOREGROUND would pre-empt
     every other job).
 
-    *complete* (default True) completes the job as soon as it is TRANSFERRED, so the files
-    appear under their names (until then they are hidden ``.BIT*.tmp`` files); in the
-    background while this process runs, or before returning with ``wait=True``.
-    ``complete=False`` keeps BITS's two steps (call ``job.complete()`` yourself).
+    By default the job is completed as soon as it is TRANSFERRED, so the files appear under
+    their names (until then they are hidden ``.BIT*.tmp`` files): in the background while this
+    process runs, or before returning with ``wait=True``. ``complete=True`` waits for that
+    before returning (as ``wait=True``); ``complete=False`` keeps BITS's two steps (call
+    ``job.complete()`` yourself).
     ``wait=True`` blocks until the files are in place (or the job is TRANSFERRED, with
     ``complete=False``); ``TimeoutError`` after *timeout* seconds (the job keeps going), and
     ``BitsError`` when the job ends in ERROR (it stays in the queue for ``resume``/``cancel``).
@@ -338,8 +339,10 @@ def download(
     mgr = manager if manager is not None else default_manager()
     make_folder(plan)
     job = _create(mgr, _display_name(name, pairs), pairs, prio)
-    panels = _show([job], mgr, display, complete)
-    _finish([job], wait, timeout, complete, _script_progress(wait, display, panels), panels)
+    completes = complete is not False
+    wait = wait or complete is True  # complete=True has always meant "wait, then complete"
+    panels = _show([job], mgr, display, completes)
+    _finish([job], wait, timeout, completes, _script_progress(wait, display, panels), panels)
     return job
 
 
@@ -352,7 +355,7 @@ def download_many(
     priority: JobPriority | int = JobPriority.NORMAL,
     wait: bool = False,
     timeout: float | None = None,
-    complete: bool = True,
+    complete: bool | None = None,
     manager: Manager | None = None,
     display: bool | None = None,
 ) -> list[Job]:
@@ -392,8 +395,10 @@ def download_many(
             except Exception:
                 pass
         raise
-    panels = _show(jobs, mgr, display, complete)
-    _finish(jobs, wait, timeout, complete, _script_progress(wait, display, panels), panels)
+    completes = complete is not False
+    wait = wait or complete is True
+    panels = _show(jobs, mgr, display, completes)
+    _finish(jobs, wait, timeout, completes, _script_progress(wait, display, panels), panels)
     return jobs
 
 
