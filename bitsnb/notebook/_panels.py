@@ -275,7 +275,8 @@ class _Panel(widgets.VBox):  # type: ignore[misc]
         self._last_tick = 0.0
         self._held: list[Any] = []
         self._display: Any = None
-        self._published: tuple[str, str] | None = None
+        self._published: tuple[str, str] | None = None  # last sent from any thread
+        self._published_cell: tuple[str, str] | None = None  # last sent from a running cell
         self._publish_due = False
         self.renders = 0
         self.publishes = 0
@@ -384,19 +385,26 @@ class _Panel(widgets.VBox):  # type: ignore[misc]
     def attach_display(self, handle: Any) -> None:
         """Remember the ``DisplayHandle`` this panel was shown with (``show()``)."""
         self._display = handle
-        self._published = (self.text(), self.html())
+        self._published = self._published_cell = (self.text(), self.html())
 
-    def publish(self) -> bool:
+    def publish(self, *, from_cell: bool = False) -> bool:
         """Re-publish the panel's text and HTML under its display id when they changed;
-        True when an update was sent. Any thread: the kernel routes it to the running cell."""
+        True when an update was sent. Any thread: the kernel routes it to the running cell.
+
+        An update sent from the pump thread while no cell runs is dropped by the front end,
+        so what a cell last published is tracked apart (*from_cell*): the next cell's
+        after-hook sends again whatever differs from that.
+        """
         self._publish_due = False
         handle = self._display
         if handle is None or self.closed:
             return False
         shown = (self.text(), self.html())
-        if shown == self._published:
+        if shown == (self._published_cell if from_cell else self._published):
             return False
         self._published = shown
+        if from_cell:
+            self._published_cell = shown
         try:
             handle.update(self)
         except Exception:  # no kernel any more (interpreter exit)
@@ -405,10 +413,11 @@ class _Panel(widgets.VBox):  # type: ignore[misc]
         return True
 
     def sync_display(self) -> None:
-        """Read the job(s) now and re-publish: after a cell, and when a helper stops waiting."""
+        """Read the job(s) now and re-publish: after a cell, and when a helper stops waiting
+        (both on the kernel's main thread, inside the running cell)."""
         if self.live:
             self.refresh()
-        self.publish()
+        self.publish(from_cell=True)
 
     def refresh(self) -> None:
         raise NotImplementedError
