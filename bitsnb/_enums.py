@@ -1,4 +1,8 @@
-"""BITS enumerations, carrying the numbers BITS gives them (spec §2)."""
+"""BITS enumerations, carrying the numbers BITS gives them (spec §2).
+
+They are ``IntEnum``s (BITS passes numbers), but they print as their names: ``print(job.state)``
+shows ``ERROR``, not ``4`` (``int(state)`` and ``f"{state:d}"`` still give the number).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,14 @@ __all__ = [
 ]
 
 
-class JobState(enum.IntEnum):
+class _Named(enum.IntEnum):
+    """An ``IntEnum`` whose ``str()`` is its name (``IntEnum``'s own is the number)."""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class JobState(_Named):
     """BG_JOB_STATE: where a job is in its life cycle."""
 
     QUEUED = 0  # waiting for the scheduler
@@ -45,7 +56,7 @@ _ACTIVE = frozenset(
 )
 
 
-class JobType(enum.IntEnum):
+class JobType(_Named):
     """BG_JOB_TYPE."""
 
     DOWNLOAD = 0
@@ -53,7 +64,7 @@ class JobType(enum.IntEnum):
     UPLOAD_REPLY = 2
 
 
-class JobPriority(enum.IntEnum):
+class JobPriority(_Named):
     """BG_JOB_PRIORITY: lower numbers run first."""
 
     FOREGROUND = 0
@@ -62,7 +73,7 @@ class JobPriority(enum.IntEnum):
     LOW = 3
 
 
-class ErrorContext(enum.IntEnum):
+class ErrorContext(_Named):
     """BG_ERROR_CONTEXT: where an error happened."""
 
     NONE = 0
@@ -79,6 +90,9 @@ class ErrorContext(enum.IntEnum):
 class NotifyFlags(enum.IntFlag):
     """BG_NOTIFY_*: which events a job reports."""
 
+    def __str__(self) -> str:
+        return self.name or "0"  # JOB_TRANSFERRED|JOB_ERROR for a combination
+
     JOB_TRANSFERRED = 0x0001
     JOB_ERROR = 0x0002
     DISABLE = 0x0004
@@ -87,7 +101,7 @@ class NotifyFlags(enum.IntFlag):
     FILE_RANGES_TRANSFERRED = 0x0020
 
 
-class ProxyUsage(enum.IntEnum):
+class ProxyUsage(_Named):
     """BG_JOB_PROXY_USAGE."""
 
     PRECONFIG = 0  # the environment's proxy settings (HTTP_PROXY, ...)
@@ -96,14 +110,14 @@ class ProxyUsage(enum.IntEnum):
     AUTODETECT = 3  # treated as PRECONFIG off Windows
 
 
-class AuthTarget(enum.IntEnum):
+class AuthTarget(_Named):
     """BG_AUTH_TARGET."""
 
     SERVER = 1
     PROXY = 2
 
 
-class AuthScheme(enum.IntEnum):
+class AuthScheme(_Named):
     """BG_AUTH_SCHEME; bitsnb speaks BASIC and DIGEST."""
 
     BASIC = 1

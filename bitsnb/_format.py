@@ -16,7 +16,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["RateEstimator", "format_bytes", "format_eta", "format_progress", "format_rate"]
+__all__ = [
+    "RateEstimator",
+    "format_bytes",
+    "format_duration",
+    "format_eta",
+    "format_progress",
+    "format_rate",
+    "shorten_middle",
+]
 
 _UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB")
 _STEP = 1000.0
@@ -50,6 +58,34 @@ def format_eta(seconds: float | None) -> str:
     hours, rest = divmod(s, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """How long something took: ``0.4`` → ``'0 s'``, ``25`` → ``'25 s'``, ``65`` → ``'1:05'``,
+    ``3725`` → ``'1:02:05'``; ``''`` when unknown. Short spans read as seconds ("in 25 s"),
+    longer ones as a clock, like ``format_eta``."""
+    if seconds is None:
+        return ""
+    if seconds < 59.5:
+        return f"{max(0.0, seconds):.0f} s"
+    return format_eta(seconds)
+
+
+def shorten_middle(text: str, width: int = 60, *, ellipsis: str = "…") -> str:
+    """*text* cut to *width* characters by dropping its middle (``http://host/…/file.csv``).
+
+    For URLs and paths both ends matter: where it is and which file. The end keeps the last
+    path segment whole when it fits in about two thirds of *width*; the rest goes to the start.
+    """
+    if len(text) <= width:
+        return text
+    if width <= len(ellipsis) + 1:
+        return text[:width]
+    room = width - len(ellipsis)
+    last = text.rstrip("/").rsplit("/", 1)[-1]
+    tail = len(last) + 1 if len(last) + 1 <= room * 2 // 3 else room // 2
+    head = room - tail
+    return f"{text[:head]}{ellipsis}{text[len(text) - tail :]}"
 
 
 def format_progress(done: int, total: int | None) -> str:

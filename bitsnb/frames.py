@@ -6,17 +6,23 @@ The blocking API finds this module by name when asked (``JobEnumerator.to_frame(
 ``<NA>`` (never BITS's ``0xFFFFFFFFFFFFFFFF``), states and priorities are ordered categoricals,
 times are tz-aware UTC and text is the nullable ``string`` dtype. Credentials never appear: URLs carrying them are refused by the core,
 and remote names are passed through ``redact_url`` anyway.
+
+The raw frames are for analysis and stay as they are (full ids, bytes as integers). For reading,
+``styled_jobs(frame)`` and ``styled_files(frame)`` return pandas ``Styler``s: short ids as the
+index (the full id kept in a column), sizes in units (``20.0 MB``), percentages rounded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ._enums import JobPriority, JobState, JobType
 from ._errors import all_errors, lookup_error
+from ._format import format_bytes
 from ._protocols import JobView, ManagerView
 from ._validate import redact_url
 
@@ -28,7 +34,12 @@ __all__ = [
     "files_to_frame",
     "jobs_frame",
     "jobs_to_frame",
+    "styled_files",
+    "styled_jobs",
 ]
+
+if TYPE_CHECKING:
+    from pandas.io.formats.style import Styler
 
 STATE_DTYPE = pd.CategoricalDtype([s.name for s in sorted(JobState)], ordered=True)
 """Job states in BITS order (QUEUED … CANCELLED), so sorting and ``<`` follow the enum."""
@@ -206,3 +217,39 @@ def errors_frame() -> pd.DataFrame:
             "description": pd.array([r.description for r in rows], dtype="string"),
         }
     )
+
+
+_BYTE_COLUMNS = ("bytes_total", "bytes_transferred")
+
+
+def _size(value: Any) -> str:
+    return "?" if value is None or value is pd.NA or pd.isna(value) else format_bytes(int(value))
+
+
+def _percent(value: Any) -> str:
+    return "?" if value is None or value is pd.NA or pd.isna(value) else f"{float(value):.0f}%"
+
+
+def _time(value: Any) -> str:
+    if value is None or value is pd.NaT or pd.isna(value):
+        return ""
+    return str(value.tz_convert(None).strftime("%Y-%m-%d %H:%M:%S")) + " UTC"
+
+
+def styled_jobs(frame: pd.DataFrame) -> Styler:
+    """*frame* (``jobs_to_frame``) for reading: indexed by the first 8 characters of the id
+    (unique enough to tell jobs apart, as ``bitsnb list`` shows them) with the full ``job_id``
+    as the last column, sizes in units, percentages rounded, times to the second.
+    The frame itself is not changed."""
+    view = frame.reset_index()
+    view.index = pd.Index(view["job_id"].str.slice(0, 8), name="id")
+    view = view[[c for c in view.columns if c != "job_id"] + ["job_id"]]
+    formats: dict[str, Any] = dict.fromkeys(_BYTE_COLUMNS, _size)
+    formats["percent"] = _percent
+    formats.update(dict.fromkeys(("created", "modified", "transfer_completed"), _time))
+    return view.style.format(formats, na_rep="")
+
+
+def styled_files(frame: pd.DataFrame) -> Styler:
+    """*frame* (``files_to_frame``) for reading: sizes in units. The frame is not changed."""
+    return frame.style.format(dict.fromkeys(_BYTE_COLUMNS, _size), na_rep="")

@@ -1,4 +1,11 @@
-"""One-line helpers for notebooks and scripts: ``download``, ``download_many``, ``explain``, ``run``.
+"""One-line helpers for notebooks and scripts: ``download``, ``download_many``, ``paths``,
+``cleanup``, ``explain``, ``run``.
+
+The helpers put files where a data scientist expects them: ``download`` completes the job once it
+is TRANSFERRED (``complete=False`` keeps BITS's two steps), ``wait=True`` returns when the files
+are in place and raises ``BitsError`` when the job ends in ERROR (as pooch raises), and
+``cleanup()`` removes the hidden temporary files that abandoned jobs leave behind. The BITS API
+itself (``Manager``, ``Job``) stays as BITS has it.
 
 ``bitsnb/__init__.py`` imports this module eagerly, so it must stay light: pandas, IPython and
 ipywidgets are imported only inside the functions that need them, and nothing here patches an
@@ -8,20 +15,26 @@ event loop at import time.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
+import glob
 import html
 import importlib
+import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._codes import E_INVALIDARG, E_NOTIMPL
+from ._codes import E_INVALIDARG, E_NOTIMPL, S_OK, from_user
 from ._enums import ErrorContext, JobPriority, JobState, JobType
 from ._errors import BitsError, all_errors, context_description, lookup_error
+from ._format import format_bytes
 from ._job import AsyncJob
 from ._models import ErrorInfo
 from ._planning import default_display_name, make_folder, plan_downloads
@@ -33,15 +46,20 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "CleanupReport",
     "Explanation",
+    "cleanup",
     "default_manager",
     "download",
     "download_many",
     "errors_frame",
     "explain",
     "jobs_frame",
+    "paths",
     "run",
 ]
+
+log = logging.getLogger("bitsnb.helpers")
 
 T = TypeVar("T")
 
@@ -100,21 +118,28 @@ def _display_name(name: str | None, pairs: Sequence[tuple[str, str]]) -> str:
     return default_display_name(pairs) if name is None else name[:MAX_DISPLAY_NAME]
 
 
-def _show(jobs: Sequence[Job], manager: Manager, display: bool | None) -> None:
-    """Show the job's panel (the queue panel for several jobs) in a notebook; *display*
-    True forces it (elsewhere: one text line per job), False turns it off."""
+def _show(
+    jobs: Sequence[Job], manager: Manager, display: bool | None, completes: bool
+) -> list[Any]:
+    """Show the job's panel (a queue panel of just these jobs for several) in a notebook and
+    return the panels; *display* True forces it (elsewhere: one text line per job), False turns
+    it off. The panels carry display ids, so the saved notebook shows their final state."""
     if display is False or (display is None and not in_kernel()):
-        return
+        return []
     try:
         notebook = importlib.import_module("bitsnb.notebook")
     except ImportError:  # no widgets layer (or no ipywidgets): no panel, still a download
-        return
+        return []
     if len(jobs) > 1 and in_kernel():
-        ipy_display: Any = importlib.import_module("IPython.display").display
-        ipy_display(notebook.queue_panel(manager))
-    else:  # outside a kernel display_job prints a one-line summary
-        for job in jobs:
-            notebook.display_job(job)
+        panel = notebook.queue_panel(manager, jobs=jobs)
+        notebook.show_panel(panel)
+        return [panel]
+    shown = []
+    for job in jobs:  # outside a kernel display_job prints a one-line summary
+        panel = notebook.display_job(job, completes=completes)
+        if panel is not None:
+            shown.append(panel)
+    return shown
 
 
 def _create(
@@ -134,16 +159,138 @@ def _create(
     return job
 
 
-def _finish(jobs: Sequence[Job], wait: bool, timeout: float | None, complete: bool) -> None:
-    """Wait for every job (one deadline for all); complete the TRANSFERRED ones if asked."""
-    if not (wait or complete):
+_completer: concurrent.futures.ThreadPoolExecutor | None = None
+_completer_lock = threading.Lock()
+
+
+def _complete_soon(job: Job) -> None:
+    """Complete *job* on the helpers' one worker thread (never on the manager's loop thread,
+    which a listener runs on, and never twice)."""
+    global _completer
+    with _completer_lock:
+        if _completer is None:
+            _completer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="bitsnb-complete"
+            )
+        pool = _completer
+
+    def run() -> None:
+        try:
+            if job.state is JobState.TRANSFERRED:
+                job.complete()
+        except (BitsError, RuntimeError):  # completed or cancelled meanwhile, or closed
+            log.debug("auto-complete of %s skipped", job.id, exc_info=True)
+
+    pool.submit(run)
+
+
+def _auto_complete(manager: Manager, jobs: Sequence[Job]) -> None:
+    """Complete each of *jobs* as soon as it is TRANSFERRED, while this process runs.
+
+    A listener on the manager notes the state changes; the completing happens on a worker
+    thread. It stops listening once every job is done (or the manager closes). A job that is
+    TRANSFERRED when the process ends waits for ``job.complete()`` as any BITS job does.
+    """
+    pending = {j.id: j for j in jobs}
+    lock = threading.Lock()
+    unsubscribe: list[Any] = []
+
+    def done(job_id: Any) -> None:
+        with lock:
+            pending.pop(job_id, None)
+            last = not pending
+        if last and unsubscribe:
+            unsubscribe[0]()
+
+    def listener(event: Any) -> None:  # on the manager's loop thread: note, never block
+        job = pending.get(event.job_id)
+        if job is None or event.kind not in ("state", "removed"):
+            return
+        state = event.state
+        if event.kind == "removed" or state.is_final:
+            done(event.job_id)
+        elif state is JobState.TRANSFERRED:
+            done(event.job_id)
+            _complete_soon(job)
+
+    try:
+        unsubscribe.append(manager.subscribe(listener))
+    except RuntimeError:  # the manager is closed: nothing will transfer here
+        return
+    for job in list(pending.values()):  # states reached before the listener was there
+        if job.state is JobState.TRANSFERRED:
+            done(job.id)
+            _complete_soon(job)
+        elif job.state.is_final:
+            done(job.id)
+
+
+def _failure(jobs: Sequence[Job]) -> BitsError | None:
+    """A ``BitsError`` for the first job that ended in ERROR (None when none did)."""
+    failed = [j for j in jobs if j.state is JobState.ERROR]
+    if not failed:
+        return None
+    job = failed[0]
+    err = job.error
+    others = f" ({len(failed) - 1} more jobs failed too)" if len(failed) > 1 else ""
+    if err is None:
+        return BitsError(E_INVALIDARG, f"job {job.display_name!r} ended in ERROR{others}")
+    where = f" for {err.file.remote_name}" if err.file is not None else ""
+    detail = err.message or f"{err.description}{where}"
+    return BitsError(
+        err.code,
+        f"job {job.display_name!r} ({str(job.id)[:8]}) ended in ERROR: {detail}{others}. "
+        "It stays in the queue: job.resume() retries, job.cancel() removes it and its "
+        "temporary files",
+        context=err.context,
+    )
+
+
+def _wait_one(job: Job, remaining: float | None, progress: bool) -> JobState:
+    """Wait for *job*; on a terminal (or in a log) show its progress as the CLI does."""
+    if not progress:
+        return job.wait(remaining)
+    from ._cli_render import Output, Watcher, watch_job
+
+    with Watcher(Output(), job, explain_errors=False) as watcher:
+        return watch_job(job.manager, job, watcher, timeout=remaining)
+
+
+def _finish(
+    jobs: Sequence[Job],
+    wait: bool,
+    timeout: float | None,
+    complete: bool,
+    progress: bool,
+    panels: Sequence[Any],
+) -> None:
+    """Wait for every job (one deadline for all), complete the TRANSFERRED ones if asked, and
+    raise for a job that ended in ERROR. Without *wait*, completing happens in the background."""
+    if not wait:
+        if complete:
+            _auto_complete(jobs[0].manager, jobs)
         return
     deadline = None if timeout is None else time.monotonic() + timeout
-    for job in jobs:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        state = job.wait(remaining)
-        if complete and state is JobState.TRANSFERRED:
-            job.complete()
+    try:
+        for i, job in enumerate(jobs):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                state = _wait_one(job, remaining, progress)
+            except TimeoutError:
+                if complete:  # the jobs go on; their files still land once transferred
+                    _auto_complete(job.manager, jobs[i:])
+                raise
+            if complete and state is JobState.TRANSFERRED:
+                job.complete()
+                if progress:
+                    n = job.progress.files_total
+                    print(f"{job.display_name}: {n} file{'s' if n != 1 else ''} in place")
+    finally:
+        for panel in panels:  # the final state, published from this cell
+            panel.sync_display()
+    failure = _failure(jobs)
+    if failure is not None:
+        raise failure
 
 
 def download(
@@ -154,7 +301,7 @@ def download(
     priority: JobPriority | int = JobPriority.NORMAL,
     wait: bool = False,
     timeout: float | None = None,
-    complete: bool = False,
+    complete: bool | None = None,
     manager: Manager | None = None,
     display: bool | None = None,
 ) -> Job:
@@ -168,12 +315,23 @@ def download(
     The job is then resumed.
 
     *priority* defaults to NORMAL, as ``bitsadmin /transfer`` does (FOREGROUND would pre-empt
-    every other job). ``wait=True`` blocks until the job is TRANSFERRED or in ERROR
-    (``TimeoutError`` after *timeout* seconds; the job keeps going); ``complete=True`` also
-    waits, then calls ``job.complete()`` if the job was TRANSFERRED, so the files are in place.
+    every other job).
+
+    By default the job is completed as soon as it is TRANSFERRED, so the files appear under
+    their names (until then they are hidden ``.BIT*.tmp`` files): in the background while this
+    process runs, or before returning with ``wait=True``. ``complete=True`` waits for that
+    before returning (as ``wait=True``); ``complete=False`` keeps BITS's two steps (call
+    ``job.complete()`` yourself).
+    ``wait=True`` blocks until the files are in place (or the job is TRANSFERRED, with
+    ``complete=False``); ``TimeoutError`` after *timeout* seconds (the job keeps going), and
+    ``BitsError`` when the job ends in ERROR (it stays in the queue for ``resume``/``cancel``).
+    ``paths(job)`` lists the files.
+
     In a Jupyter kernel the job's live panel is shown (``display=False`` turns it off), so
     assign the result (``job = bitsnb.download(...)``) rather than leaving it as the cell's
-    last expression. *manager* defaults to ``default_manager()``.
+    last expression. In a script ``wait=True`` shows the progress as ``bitsnb transfer`` does:
+    a live bar on a terminal, a line per change otherwise (``display=False``: silent).
+    *manager* defaults to ``default_manager()``.
     """
     prio = _priority(priority)
     plan = plan_downloads(_url_list(urls_or_url), dest)
@@ -181,8 +339,10 @@ def download(
     mgr = manager if manager is not None else default_manager()
     make_folder(plan)
     job = _create(mgr, _display_name(name, pairs), pairs, prio)
-    _show([job], mgr, display)
-    _finish([job], wait, timeout, complete)
+    completes = complete is not False
+    wait = wait or complete is True  # complete=True has always meant "wait, then complete"
+    panels = _show([job], mgr, display, completes)
+    _finish([job], wait, timeout, completes, _script_progress(wait, display, panels), panels)
     return job
 
 
@@ -195,7 +355,7 @@ def download_many(
     priority: JobPriority | int = JobPriority.NORMAL,
     wait: bool = False,
     timeout: float | None = None,
-    complete: bool = False,
+    complete: bool | None = None,
     manager: Manager | None = None,
     display: bool | None = None,
 ) -> list[Job]:
@@ -207,7 +367,8 @@ def download_many(
     unique across all the jobs, since they share *dest*); if creating a later job fails, the
     jobs already created are cancelled. Jobs are named *name* (default: from the first file)
     with `` (i/n)`` appended when there are several. Other arguments as in ``download``;
-    *timeout* bounds the whole wait.
+    *timeout* bounds the whole wait, and ``wait=True`` raises ``BitsError`` when any job ended
+    in ERROR (after waiting for all). In a notebook the queue panel shows these jobs only.
     """
     prio = _priority(priority)
     url_list = _url_list(urls)
@@ -234,9 +395,118 @@ def download_many(
             except Exception:
                 pass
         raise
-    _show(jobs, mgr, display)
-    _finish(jobs, wait, timeout, complete)
+    completes = complete is not False
+    wait = wait or complete is True
+    panels = _show(jobs, mgr, display, completes)
+    _finish(jobs, wait, timeout, completes, _script_progress(wait, display, panels), panels)
     return jobs
+
+
+def _script_progress(wait: bool, display: bool | None, panels: Sequence[Any]) -> bool:
+    """Show the CLI's progress while waiting: outside a kernel, unless *display* is False."""
+    return wait and display is not False and not panels and not in_kernel()
+
+
+# -- where the files are, and what is left behind ---------------------------------------------
+
+
+def paths(job: Job) -> list[Path]:
+    """The local paths of *job*'s files, in the order they were added (where they are once the
+    job is complete)."""
+    return [Path(f.local_name) for f in job.files]
+
+
+_TEMP_NAME = re.compile(r"^\.BIT[0-9A-F]{12}\.tmp$")
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What ``cleanup()`` found: the orphaned temporary files, their size, whether they were
+    removed (False for ``dry_run``), and the ones that could not be removed."""
+
+    paths: list[Path]
+    bytes: int
+    removed: bool
+    failed: list[Path] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        verb = "removed" if self.removed else "would remove"
+        n = len(self.paths)
+        if not n:
+            return "no orphaned temporary files"
+        head = f"{verb} {n} temporary file{'s' if n != 1 else ''} ({format_bytes(self.bytes)})"
+        lines = [head, *(f"  {p}" for p in self.paths[:20])]
+        if n > 20:
+            lines.append(f"  … and {n - 20} more")
+        if self.failed:
+            lines.append(f"could not remove {len(self.failed)}: {self.failed[0]} …")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def cleanup(
+    folders: Iterable[str | os.PathLike[str]] | None = None,
+    *,
+    manager: Manager | None = None,
+    dry_run: bool = False,
+    min_age: float = 60.0,
+) -> CleanupReport:
+    """Remove the hidden temporary files (``.BIT<hex>.tmp``) that no live job owns.
+
+    A download writes into a temporary file beside its destination; Complete renames it and
+    Cancel deletes it, but a job that was forgotten (its store deleted, a crash before
+    cancelling, a job removed from another machine) leaves it behind. A temporary file is
+    orphaned when no job of *manager*'s store that is still in the queue (not ACKNOWLEDGED or
+    CANCELLED) names it. *folders* defaults to every folder the store's jobs (finished ones
+    too) write to. Files changed in the last *min_age* seconds are kept: they may belong to a
+    job being set up elsewhere. ``dry_run=True`` only lists them.
+    """
+    mgr = manager if manager is not None else default_manager()
+    try:
+        jobs = list(mgr.enum_jobs(all_users=True, include_finished=True))
+    except BitsError:  # not allowed to see the other users' jobs
+        jobs = list(mgr.enum_jobs(include_finished=True))
+    claimed: set[str] = set()
+    seen_folders: set[str] = set()
+    for job in jobs:
+        live = not job.state.is_final
+        for f in job.files:
+            seen_folders.add(os.path.dirname(os.path.abspath(f.local_name)))
+            if live:
+                claimed.add(os.path.abspath(f.temporary_name))
+    wanted = (
+        sorted(seen_folders)
+        if folders is None
+        else [os.path.abspath(os.fspath(f)) for f in folders]
+    )
+    now = time.time()
+    found: list[Path] = []
+    size = 0
+    failed: list[Path] = []
+    for folder in wanted:
+        for name in sorted(glob.glob(os.path.join(glob.escape(folder), ".BIT*.tmp"))):
+            if not _TEMP_NAME.match(os.path.basename(name)) or name in claimed:
+                continue
+            try:
+                st = os.stat(name)
+            except OSError:
+                continue
+            if now - st.st_mtime < min_age:
+                continue
+            if not dry_run:
+                try:
+                    os.remove(name)
+                except OSError:
+                    failed.append(Path(name))
+                    continue
+            found.append(Path(name))
+            size += st.st_size
+    return CleanupReport(found, size, not dry_run, failed)
 
 
 # -- explain ----------------------------------------------------------------------------------
@@ -296,7 +566,7 @@ def _known_codes() -> frozenset[int]:
 def _code_from_text(text: str) -> int:
     stripped = text.strip()
     try:
-        return int(stripped, 0)
+        return from_user(int(stripped, 0))
     except ValueError:
         pass
     try:
@@ -310,19 +580,40 @@ def _code_from_text(text: str) -> int:
     raise _invalid(f"{text!r} is neither an error code nor a known error name")
 
 
+def _no_error(job: Job | AsyncJob) -> Explanation:
+    state = job.state
+    later = (
+        " If it fails, explain(job) will say why."
+        if state not in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED, JobState.CANCELLED)
+        else ""
+    )
+    return Explanation(
+        name="no error",
+        code=S_OK,
+        hex=f"0x{S_OK:08X}",
+        description=f"The job {job.display_name!r} is {state.name} and has no error.{later}",
+        known=True,
+    )
+
+
 def explain(code_or_error: int | str | BitsError | ErrorInfo | Job | AsyncJob) -> Explanation:
     """Explain an HRESULT: an int, hex text or name, a ``BitsError``, an ``ErrorInfo``, or a job.
 
-    For a job, its current error is explained (``BitsError(BG_E_ERROR_INFORMATION_UNAVAILABLE)``
-    when it is not in ERROR or TRANSIENT_ERROR, as ``job.get_error()``). Unknown codes still
-    get an explanation, with ``known=False``.
+    For a job, its current error is explained; a job without one (still CONNECTING, say) gets
+    an explanation that says so with its state, so a Run All does not stop on it. A bare HTTP
+    status (``explain(404)``, ``explain("503")``) means its ``BG_E_HTTP_ERROR_nnn`` code.
+    Unknown codes still get an explanation, with ``known=False``.
     """
     context: ErrorContext | None = None
     message: str | None = None
     file: str | None = None
     protocol: str | None = None
     if isinstance(code_or_error, Job | AsyncJob):
-        code_or_error = code_or_error.get_error()
+        job = code_or_error
+        err = job.error
+        if err is None:
+            return _no_error(job)
+        code_or_error = err
     if isinstance(code_or_error, ErrorInfo):
         code = code_or_error.code
         context = code_or_error.context
@@ -336,7 +627,7 @@ def explain(code_or_error: int | str | BitsError | ErrorInfo | Job | AsyncJob) -
     elif isinstance(code_or_error, str):
         code = _code_from_text(code_or_error)
     elif isinstance(code_or_error, int) and not isinstance(code_or_error, bool):
-        code = code_or_error
+        code = from_user(code_or_error)
     else:
         raise _invalid(f"cannot explain a {type(code_or_error).__name__}")
     code &= 0xFFFFFFFF
@@ -363,12 +654,22 @@ def errors_frame() -> pd.DataFrame:
 
 
 def jobs_frame(
-    manager: Manager | None = None, all_users: bool = False, include_finished: bool = False
-) -> pd.DataFrame:
-    """The queue as a DataFrame, one row per job (``default_manager()`` when *manager* is None)."""
-    from .frames import jobs_frame as frame
+    manager: Manager | None = None,
+    all_users: bool = False,
+    include_finished: bool = False,
+    *,
+    styled: bool = False,
+) -> Any:
+    """The queue as a DataFrame, one row per job (``default_manager()`` when *manager* is None).
 
-    return frame(manager if manager is not None else default_manager(), all_users, include_finished)
+    ``styled=True`` returns it for reading instead (``bitsnb.frames.styled_jobs``: short ids,
+    sizes in units, percentages rounded); the plain frame is the one to analyse.
+    """
+    from .frames import jobs_frame as frame
+    from .frames import styled_jobs
+
+    df = frame(manager if manager is not None else default_manager(), all_users, include_finished)
+    return styled_jobs(df) if styled else df
 
 
 # -- run --------------------------------------------------------------------------------------

@@ -218,3 +218,26 @@ def test_ten_thousand_jobs(store: Path) -> None:
         "NORMAL": 2500,
         "LOW": 2500,
     }
+
+
+def test_styled_jobs_reads_and_leaves_the_frame_alone(
+    manager: bitsnb.Manager, server: FileServer, dest: Path
+) -> None:
+    from bitsnb.frames import jobs_to_frame, styled_files, styled_jobs
+
+    job = manager.create_job("styled")
+    job.add_file(server.add_random_file("st.bin", 2_500_000, seed=1), str(dest / "st.bin"))
+    job.resume()
+    assert job.wait(20) is bitsnb.JobState.TRANSFERRED
+    frame = jobs_to_frame([job])
+    before = frame.copy()
+    styler = styled_jobs(frame)
+    html = styler.to_html()
+    assert str(job.id)[:8] in html and str(job.id) in html  # short index, full id in a column
+    assert list(styler.data.index) == [str(job.id)[:8]]
+    assert styler.data.columns[-1] == "job_id"
+    assert "2.5 MB" in html and "100%" in html and "2500000" not in html
+    pd.testing.assert_frame_equal(frame, before)  # the raw typed frame is unchanged
+    assert frame["bytes_total"].dtype == "Int64"
+    files_html = styled_files(job.files_frame()).to_html()
+    assert "2.5 MB" in files_html

@@ -59,7 +59,7 @@ def test_download_single_url_to_folder(
     manager: bitsnb.Manager, server: FileServer, dest: Path
 ) -> None:
     url = server.add_random_file("data/report 2024.bin", 30_000, seed=1)
-    job = download(url, dest, manager=manager)
+    job = download(url, dest, manager=manager, complete=False)  # BITS's two steps
     assert isinstance(job, bitsnb.Job)
     assert job.display_name == "report 2024.bin"
     assert job.priority is JobPriority.NORMAL
@@ -77,7 +77,7 @@ def test_download_single_url_to_file_path(
     url = server.add_file("x.csv", b"a,b\n1,2\n")
     job = download(
         url, dest / "renamed.csv", name="my csv", priority=JobPriority.HIGH, manager=manager,
-        complete=True,
+        wait=True,
     )  # fmt: skip
     assert job.state is JobState.ACKNOWLEDGED
     assert job.display_name == "my csv" and job.priority is JobPriority.HIGH
@@ -89,7 +89,7 @@ def test_download_relative_destination(
     manager: bitsnb.Manager, server: FileServer, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(dest)
-    job = download(server.add_file("r.txt", b"r"), ".", manager=manager, complete=True)
+    job = download(server.add_file("r.txt", b"r"), ".", manager=manager, wait=True)
     assert job.files[0].local_name == str(dest / "r.txt")
     assert (dest / "r.txt").read_bytes() == b"r"
 
@@ -99,11 +99,52 @@ def test_download_list_of_urls_wait(
 ) -> None:
     urls = [server.add_random_file(f"d/{n}.bin", 5000 + n, seed=n) for n in range(3)]
     job = download(urls, dest, manager=manager, wait=True)
-    assert job.state is JobState.TRANSFERRED
+    assert job.state is JobState.ACKNOWLEDGED  # wait=True returns when the files are there
     assert job.display_name == "0.bin and 2 more"
     assert job.progress.files_total == 3 and job.progress.bytes_transferred == 15_003
-    job.complete()
-    assert visible_files(dest) == ["0.bin", "1.bin", "2.bin"]
+    assert visible_files(dest) == ["0.bin", "1.bin", "2.bin"] and temp_files(dest) == []
+    assert helpers.paths(job) == [dest / "0.bin", dest / "1.bin", dest / "2.bin"]
+    assert all(p.exists() for p in helpers.paths(job))
+
+
+def test_download_completes_in_the_background_by_default(
+    manager: bitsnb.Manager, server: FileServer, dest: Path
+) -> None:
+    """The one-liner returns at once; the files appear under their names without a Complete."""
+    url = server.add_random_file("bg.csv", 20_000, seed=3)
+    server.inject("bg.csv", Fault.stall(0.2))
+    job = download(url, f"{dest / 'new' / 'folder'}/", manager=manager)  # folder created
+    assert job.state is not JobState.ACKNOWLEDGED  # returned before the transfer
+    wait_until(lambda: job.state is JobState.ACKNOWLEDGED)
+    assert helpers.paths(job) == [dest / "new" / "folder" / "bg.csv"]
+    assert helpers.paths(job)[0].read_bytes() == server.path("bg.csv").read_bytes()
+    assert temp_files(dest / "new" / "folder") == []
+
+
+def test_wait_raises_when_the_job_ends_in_error(
+    manager: bitsnb.Manager, server: FileServer, dest: Path
+) -> None:
+    """As pooch raises: a 404 with wait=True is a BitsError naming the job; the job stays."""
+    with pytest.raises(bitsnb.BitsError) as info:
+        download(f"{server.base_url}/missing.csv", dest, manager=manager, wait=True)
+    assert info.value.code == 0x80190194
+    assert "missing.csv" in str(info.value) and "job.resume()" in str(info.value)
+    (job,) = manager.enum_jobs()
+    assert job.state is JobState.ERROR
+
+
+def test_download_many_wait_raises_after_waiting_for_all(
+    manager: bitsnb.Manager, server: FileServer, dest: Path
+) -> None:
+    ok = server.add_file("fine.txt", b"fine")
+    with pytest.raises(bitsnb.BitsError) as info:
+        download_many(
+            [f"{server.base_url}/gone.txt", ok], dest, per_job=1, manager=manager, wait=True
+        )
+    assert info.value.code == 0x80190194
+    states = sorted(j.state.name for j in manager.enum_jobs(include_finished=True))
+    assert states == ["ACKNOWLEDGED", "ERROR"]
+    assert (dest / "fine.txt").read_bytes() == b"fine"
 
 
 @pytest.mark.parametrize(
@@ -158,7 +199,7 @@ def test_download_refusals_leave_queue_unchanged(
 
 def test_download_uses_default_manager(server: FileServer, dest: Path) -> None:
     try:
-        job = download(server.add_file("d.txt", b"d"), dest, complete=True, timeout=TIMEOUT)
+        job = download(server.add_file("d.txt", b"d"), dest, wait=True, timeout=TIMEOUT)
         mgr = helpers.default_manager()
         assert job.manager is mgr
         assert Path(mgr.store_path) == Path(os.environ["BITSNB_HOME"]) / "jobs.db"
@@ -198,7 +239,8 @@ def test_wait_timeout_raises_and_job_continues(
     with pytest.raises(TimeoutError):
         download(url, dest, manager=manager, wait=True, timeout=0.1)
     (job,) = manager.enum_jobs()
-    assert job.wait(TIMEOUT) is JobState.TRANSFERRED
+    assert job.wait(TIMEOUT) in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED)
+    wait_until(lambda: job.state is JobState.ACKNOWLEDGED)
 
 
 # -- download_many ----------------------------------------------------------------------------
@@ -208,7 +250,7 @@ def test_download_many_series_one_job(
     manager: bitsnb.Manager, server: FileServer, dest: Path
 ) -> None:
     frame = pd.DataFrame({"url": [server.add_file(f"s{i}.txt", b"x" * i) for i in range(4)]})
-    jobs = download_many(frame["url"], dest, manager=manager, name="series", complete=True)
+    jobs = download_many(frame["url"], dest, manager=manager, name="series", wait=True)
     assert len(jobs) == 1 and jobs[0].display_name == "series"
     assert jobs[0].state is JobState.ACKNOWLEDGED
     assert visible_files(dest) == ["s0.txt", "s1.txt", "s2.txt", "s3.txt"]
@@ -217,7 +259,9 @@ def test_download_many_series_one_job(
 
 def test_download_many_per_job(manager: bitsnb.Manager, server: FileServer, dest: Path) -> None:
     urls = (server.add_file(f"p{i}.txt", b"%d" % i) for i in range(5))  # any iterable
-    jobs = download_many(urls, dest, per_job=2, priority=JobPriority.LOW, manager=manager)
+    jobs = download_many(
+        urls, dest, per_job=2, priority=JobPriority.LOW, manager=manager, complete=False
+    )
     assert [j.progress.files_total for j in jobs] == [2, 2, 1]
     assert [j.display_name for j in jobs] == [
         "p0.txt and 4 more (1/3)",
@@ -237,7 +281,7 @@ def test_download_many_one_column_frame_and_refusals(
 ) -> None:
     urls = [server.add_file(f"f{i}.txt", b"f") for i in range(2)]
     jobs = download_many(pd.DataFrame({"u": urls}), dest, manager=manager, wait=True)
-    assert jobs[0].state is JobState.TRANSFERRED
+    assert jobs[0].state is JobState.ACKNOWLEDGED
     before = queue_ids(manager)
     with pytest.raises(bitsnb.BitsError) as info:
         download_many(pd.DataFrame({"u": urls, "v": urls}), dest, manager=manager)
@@ -307,9 +351,18 @@ def test_explain_job_and_error_info(
     assert "REMOTE_FILE" in e._repr_html_()
     job.cancel()
     ok = manager.create_job("fine")
+    none = explain(ok)  # no error yet: said, not raised (a Run All goes on)
+    assert none.name == "no error" and "SUSPENDED" in none.description
     with pytest.raises(bitsnb.BitsError) as info:
-        explain(ok)
+        ok.get_error()  # the BITS call still answers as BITS does
     assert info.value.code == BG_E_ERROR_INFORMATION_UNAVAILABLE
+
+
+def test_explain_a_bare_http_status() -> None:
+    for value in (404, "404"):
+        e = explain(value)
+        assert e.name == "BG_E_HTTP_ERROR_404" and e.hex == "0x80190194" and e.known
+    assert explain(503).name == "BG_E_HTTP_ERROR_503"
 
 
 def test_explain_html_is_escaped() -> None:
@@ -444,7 +497,7 @@ def test_partial_complete_keeps_the_files_before_the_failure(
 
 
 def test_jobs_frame_helper(manager: bitsnb.Manager, server: FileServer, dest: Path) -> None:
-    job = download(server.add_file("j.txt", b"j"), dest, manager=manager, wait=True)
+    job = download(server.add_file("j.txt", b"j"), dest, manager=manager, wait=True, complete=False)
     frame = helpers.jobs_frame(manager)
     assert list(frame.index) == [str(job.id)]
     assert frame.loc[str(job.id), "state"] == "TRANSFERRED"
@@ -501,3 +554,48 @@ def test_run_refuses_a_managers_loop_thread(manager: bitsnb.Manager) -> None:
 
     fut = asyncio.run_coroutine_threadsafe(call_run_there(), manager.loop)
     assert "own loop thread" in fut.result(TIMEOUT)
+
+
+def test_wait_in_a_script_prints_a_line_per_change(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a terminal: the CLI's renderer writes plain lines (a live bar on a terminal)."""
+    url = server.add_random_file("s.bin", 50_000, seed=5)
+    download(url, dest, name="scripted", manager=manager, wait=True)
+    out = capsys.readouterr().out.splitlines()
+    assert any("scripted" in ln and "TRANSFERRED" in ln for ln in out), out
+    assert out[-1] == "scripted: 1 file in place"
+    download(url.replace("s.bin", "s.bin?x"), dest / "quiet", manager=manager, wait=True,
+             display=False)  # fmt: skip
+    assert capsys.readouterr().out == ""
+
+
+def test_cleanup_removes_orphaned_temporary_files_only(
+    manager: bitsnb.Manager, server: FileServer, dest: Path
+) -> None:
+    """A temporary file no live job owns goes; a suspended job's partial data stays."""
+    url = server.add_random_file("part.bin", 400_000, seed=7)
+    server.inject("part.bin", Fault.stall_after(100_000, 30.0))
+    job = download(url, dest, manager=manager)
+    wait_until(lambda: job.progress.bytes_transferred > 0)
+    job.suspend()
+    claimed = Path(job.files[0].temporary_name)
+    assert claimed.exists()
+    orphan = dest / ".BIT0123456789AB.tmp"  # left by a job whose store is gone
+    orphan.write_bytes(b"x" * 1000)
+    fresh = dest / ".BITFFFFFFFFFFFF.tmp"  # just written: may belong to a job being set up
+    fresh.write_bytes(b"y")
+    old = time.time() - 3600
+    for p in (orphan, claimed):
+        os.utime(p, (old, old))
+
+    listed = helpers.cleanup(manager=manager, dry_run=True)
+    assert listed.paths == [orphan] and listed.bytes == 1000 and not listed.removed
+    assert "would remove 1 temporary file (1.0 kB)" in str(listed)
+    assert orphan.exists()
+    report = helpers.cleanup(manager=manager)
+    assert report.paths == [orphan] and report.removed
+    assert not orphan.exists() and claimed.exists() and fresh.exists()
+    job.cancel()  # cancelled: BITS deletes its temporary files itself
+    assert not claimed.exists()
+    assert len(helpers.cleanup([dest], manager=manager)) == 0

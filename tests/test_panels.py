@@ -4,6 +4,7 @@ fallback, threading, message rate; and once on a real ipykernel through nbclient
 from __future__ import annotations
 
 import gc
+import re
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 import bitsnb
-from bitsnb import JobState
+from bitsnb import FileProgress, JobState
 from bitsnb._format import format_bytes, format_eta
 from bitsnb.notebook import (
     JobPanel,
@@ -30,7 +31,7 @@ from bitsnb.notebook import (
 )
 from bitsnb.notebook._commlog import CommLog, counting_comms, model_ids
 from bitsnb.notebook._pump import Pump
-from bitsnb.notebook._text import bar_style
+from bitsnb.notebook._text import STATE_COLOUR, bar_style
 from bitsnb.testing import Fault, FileServer
 
 TIMEOUT = 15.0  # bound on every wait in this file
@@ -116,9 +117,9 @@ def test_bar_style_follows_state_and_success_never_overwrites_danger() -> None:
     assert bar_style(JobState.ERROR) == "danger"
     assert bar_style(JobState.CANCELLED) == "danger"
     assert bar_style(JobState.SUSPENDED) == "info"
-    assert bar_style(JobState.QUEUED) == "info"
+    assert bar_style(JobState.QUEUED) == ""  # info (cyan) is SUSPENDED only
     assert bar_style(JobState.ACKNOWLEDGED, previous="danger") == "danger"  # completed from ERROR
-    assert bar_style(JobState.QUEUED, previous="danger") == "info"  # resumed after an error
+    assert bar_style(JobState.QUEUED, previous="danger") == ""  # resumed after an error
 
 
 # -- job panel --------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_job_panel_after_a_transfer(
     wait_for(lambda: panel.state_label.value == "TRANSFERRED", what="panel shows TRANSFERRED")
     assert panel.bar.value == 100.0
     assert panel.bar.bar_style == "success" == panel.state_style
-    assert panel.files_label.value == "3/3"
+    assert panel.files_label.value == "3/3 files"
     assert "100%" in panel.stats_label.value
     assert panel.error_label.value == ""
     assert not panel.buttons["complete"].disabled
@@ -151,14 +152,14 @@ def test_job_panel_buttons_when_suspended(
     panels.append(panel)
     assert panel.state_label.value == "SUSPENDED"
     assert panel.bar.bar_style == "info"
-    assert panel.files_label.value == "0/0"
+    assert panel.files_label.value == "0/0 files"
     assert panel.buttons["suspend"].disabled
     assert panel.buttons["resume"].disabled  # no files yet: resume would fail (BG_E_EMPTY)
     assert not panel.buttons["cancel"].disabled
     job.add_file(server.add_random_file("a.bin", 1000), str(dest / "a.bin"))
     wait_for(lambda: not panel.buttons["resume"].disabled, what="resume enabled")
     assert panel.buttons["suspend"].disabled
-    assert panel.files_label.value == "0/1"
+    assert panel.files_label.value == "0/1 file"
 
 
 def test_job_panel_shows_the_error(
@@ -176,9 +177,14 @@ def test_job_panel_shows_the_error(
     code = f"0x{err.code:08X}"
     assert code in panel.error_label.value
     assert err.name in panel.error_label.value
-    assert err.description in panel.error_text
+    # said once: the upload-only remark of the table is gone on a download, the URL once
+    assert panel.error_text.startswith(f"{err.name} ({code}): Not found — HTTP 404 for http://")
+    assert "IIS7" not in panel.error_text
+    assert panel.error_text.count("x-0.bin") == 1
     assert code in repr(panel)
     assert panel.bar.bar_style == "danger"
+    assert panel.bar.style.bar_color == STATE_COLOUR[JobState.ERROR]  # red at 0 % too
+    assert panel.buttons["complete"].button_style == ""  # neutral: nothing to complete
     assert not panel.buttons["resume"].disabled
     assert not panel.buttons["cancel"].disabled
 
@@ -236,24 +242,42 @@ def test_a_failing_button_shows_the_bits_error(manager: bitsnb.Manager, panels: 
     assert job.state is JobState.SUSPENDED and panel.live
 
 
-def test_unknown_total_shows_files_done(manager: bitsnb.Manager, panels: list[Any]) -> None:
-    """While some file's size is unknown the bar shows the share of files done, pale."""
+def test_unknown_total_is_estimated(manager: bitsnb.Manager, panels: list[Any]) -> None:
+    """While some file's size is unknown the total is estimated from the known ones (their
+    mean for the rest), or by file count before any size is known; never a full bar."""
     job = manager.create_job("unknown")
     panel = job_panel(job)
     panels.append(panel)
+    files = (
+        FileProgress(1000, 1000, True),
+        FileProgress(1000, 500, False),
+        FileProgress(None, 0, False),
+        FileProgress(None, 0, False),
+    )
     snap = JobSnapshot(
-        job.id, "unknown", JobState.TRANSFERRING, bitsnb.JobProgress(None, 10, 4, 1), None
+        job.id,
+        "unknown",
+        JobState.TRANSFERRING,
+        bitsnb.JobProgress(None, 1500, 4, 1),
+        None,
+        files=files,
     )
     with panel._ui_lock:
         panel._render(snap, frozenset({"suspend"}))
-    assert panel.bar.value == 25.0 and panel.bar.bar_style == "info"
-    assert panel.stats_label.value.startswith("? 10 B / ?")
-    empty = JobSnapshot(
-        job.id, "unknown", JobState.TRANSFERRING, bitsnb.JobProgress(None, 0, 0, 0), None
+    assert panel.bar.value == pytest.approx(37.5)  # 1500 of ~4000
+    assert panel.bar.bar_style == ""  # blue like any transfer: cyan is SUSPENDED only
+    assert panel.stats_label.value.startswith("~38% 1.5 kB / ~4.0 kB")
+    by_count = JobSnapshot(
+        job.id, "unknown", JobState.TRANSFERRING, bitsnb.JobProgress(None, 10, 4, 1), None
     )
     with panel._ui_lock:
-        panel._render(empty, frozenset({"suspend"}))
-    assert panel.bar.value == 100.0  # nothing to count: indeterminate, as tqdm draws it
+        panel._render(by_count, frozenset({"suspend"}))
+    assert panel.bar.value == 25.0 and panel.stats_label.value.startswith("~25% 10 B / ?")
+    empty = JobSnapshot(job.id, "unknown", JobState.ERROR, bitsnb.JobProgress(None, 0, 0, 0), None)
+    with panel._ui_lock:
+        panel._render(empty, frozenset({"resume"}))
+    assert panel.bar.value == 0.0  # nothing known: an empty bar, not a full one
+    assert panel.bar.style.bar_color == STATE_COLOUR[JobState.ERROR]
 
 
 # -- queue panel ------------------------------------------------------------------------------
@@ -280,12 +304,21 @@ def test_queue_panel_rows_filter_and_removal(
     want = {"ok": JobState.TRANSFERRED, "bad": JobState.ERROR, "idle": JobState.SUSPENDED}
     wait_for(lambda: states() == want, what="rows show final states")
     for name in ("ok", "bad", "idle"):
-        assert f"<td>{name}</td>" in queue.table.value
-    assert "3 jobs" in queue.totals.value
+        assert f'<td title="{name}">{name}</td>' in queue.table.value
+    assert "3 jobs: 1 suspended, 1 transferred, 1 error" in queue.totals.value
+    assert queue.counts == {
+        "active": 0,
+        "suspended": 1,
+        "transferred": 1,
+        "error": 1,
+        "finished": 0,
+    }
+    assert "BG_E_HTTP_ERROR_404" in queue.table.value  # the error column
+    assert queue.totals.value.find("jobs") < 40  # totals first
 
     queue.filter.value = "error"
     assert [s.display_name for s in queue.rows] == ["bad"]
-    assert "<td>ok</td>" not in queue.table.value and "<td>bad</td>" in queue.table.value
+    assert '<td title="ok">' not in queue.table.value and '<td title="bad">' in queue.table.value
     assert "showing 1" in queue.totals.value
     queue.filter.value = "transferred"
     assert [s.display_name for s in queue.rows] == ["ok"]
@@ -305,7 +338,7 @@ def test_queue_panel_rows_filter_and_removal(
     ok.complete()
     wait_for(lambda: [s.display_name for s in queue.rows] == ["bad"], what="rows disappear")
     wait_for(lambda: [s.display_name for s in again.rows] == ["bad"], what="rows disappear too")
-    assert "<td>idle</td>" not in queue.table.value
+    assert '<td title="idle">' not in queue.table.value
     assert (dest / "ok-0.bin").exists()
 
 
@@ -322,29 +355,33 @@ def test_text_fallback_without_a_kernel(
     job = make_job(manager, server, dest, "plain", n=2, size=1000)
     display_job(job)
     out = capsys.readouterr().out
-    assert out.startswith("plain  SUSPENDED") and "files 0/2" in out
+    assert out.startswith("plain  SUSPENDED") and "0/2 files" in out
     job.resume()
     assert job.wait(TIMEOUT) is JobState.TRANSFERRED
     display_job(job)
-    assert capsys.readouterr().out.strip() == "plain  TRANSFERRED  100% 2.0 kB / 2.0 kB  files 2/2"
+    assert re.fullmatch(
+        r"plain  TRANSFERRED  100% 2\.0 kB / 2\.0 kB  2/2 files  2\.0 kB in \d+ s \(.*/s\)",
+        capsys.readouterr().out.strip(),
+    )
 
     queue = queue_panel(manager)
     panels.append(queue)
     panel = job_panel(job)
     panels.append(panel)
-    assert pretty(panel) == repr(panel) == "plain  TRANSFERRED  100% 2.0 kB / 2.0 kB  files 2/2"
-    lines = pretty(queue).splitlines()  # the queue is a rich table, as the CLI draws it
-    assert lines[0].split() == ["JOB", "STATE", "PROGRESS", "BYTES", "FILES"]
-    assert lines[1].split()[:2] == ["plain", "TRANSFERRED"]
-    assert "100% 2.0 kB / 2.0 kB" in lines[1] and lines[1].endswith("2/2")
-    assert "━" in lines[1]  # rich's progress bar
-    assert lines[2].startswith("1 job: 1 transferred")
+    assert pretty(panel) == repr(panel)
+    assert repr(panel).startswith("plain  TRANSFERRED  100% 2.0 kB / 2.0 kB  2/2 files  2.0 kB in")
+    lines = pretty(queue).splitlines()  # totals, then a rich table as the CLI draws it
+    assert lines[0].startswith("1 job: 1 transferred")
+    assert lines[1].split() == ["ID", "JOB", "STATE", "PROGRESS", "BYTES", "FILES"]
+    assert lines[2].split()[:3] == [str(job.id)[:8], "plain", "TRANSFERRED"]
+    assert "100% 2.0 kB / 2.0 kB" in lines[2] and lines[2].endswith("2/2")
+    assert "━" in lines[2]  # rich's progress bar
     bundle = queue._repr_mimebundle_()
     assert bundle["text/plain"] == repr(queue)  # not cut at 110 characters
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == queue.model_id
     queue.close()
     assert queue._repr_mimebundle_ is None  # closed: front ends fall back to the text
-    assert pretty(queue).splitlines()[1].split()[:2] == ["plain", "TRANSFERRED"]
+    assert pretty(queue).splitlines()[2].split()[1:3] == ["plain", "TRANSFERRED"]
 
 
 def test_panels_take_the_blocking_api(manager: bitsnb.Manager) -> None:
@@ -572,3 +609,116 @@ q.close(); panel.close(); mgr.close(); srv.stop()
     state = nb.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
     assert state[model]["state"]["value"] == 100.0
     assert state[model]["state"]["bar_style"] == "success"
+
+
+# -- issue 17: confirmation, hints, compact, scope, sort, actions --------------------------------
+def test_cancel_with_data_asks_first(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    url = server.add_random_file("big.bin", 400_000, seed=1)
+    server.inject("big.bin", Fault.stall_after(100_000, 30.0))
+    job = manager.create_job("big")
+    job.add_file(url, str(dest / "big.bin"))
+    panel = job_panel(job)
+    panels.append(panel)
+    job.resume()
+    wait_for(lambda: job.progress.bytes_transferred > 0, what="some data")
+    panel.buttons["cancel"].click()
+    assert job.state is not JobState.CANCELLED  # asked, not done
+    assert panel.armed == "cancel" and panel.buttons["cancel"].description == "Confirm cancel"
+    assert "Cancel deletes the" in panel.message_label.value
+    panel.buttons["suspend"].click()  # another button disarms
+    assert panel.armed is None and panel.buttons["cancel"].description == "Cancel"
+    assert job.state is JobState.SUSPENDED
+    panel.buttons["cancel"].click()
+    panel.buttons["cancel"].click()  # confirmed
+    assert job.state is JobState.CANCELLED
+
+
+def test_partial_complete_asks_and_complete_is_neutral_on_error(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    job = manager.create_job("half")
+    job.add_file_set(
+        [
+            (server.add_file("a.txt", b"a"), str(dest / "a.txt")),
+            (f"{server.base_url}/nope.txt", str(dest / "nope.txt")),
+        ]
+    )
+    panel = job_panel(job)
+    panels.append(panel)
+    job.resume()
+    assert job.wait(TIMEOUT) is JobState.ERROR
+    panel.refresh()
+    assert panel.buttons["complete"].button_style == ""
+    panel.buttons["complete"].click()
+    assert job.state is JobState.ERROR and panel.armed == "complete"
+    assert "keeps only the 1 of 2 files" in panel.message_label.value
+    panel.buttons["complete"].click()
+    assert job.state is JobState.ACKNOWLEDGED
+    assert (dest / "a.txt").exists()
+
+
+def test_transferred_panel_says_what_complete_does(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    job = make_job(manager, server, dest, "t", n=2)
+    panel = job_panel(job)
+    panels.append(panel)
+    job.resume()
+    assert job.wait(TIMEOUT) is JobState.TRANSFERRED
+    panel.refresh()
+    assert "Complete moves the 2/2 files into" in panel.message_label.value
+    assert panel.buttons["complete"].button_style == "success"
+    assert re.search(r"100%  128\.0 kB in \d+ s \(", panel.stats_label.value)  # time, speed
+
+
+def test_compact_panel_is_one_line(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    job = make_job(manager, server, dest, "c", n=1)
+    panel = job_panel(job, compact=True)
+    panels.append(panel)
+    (row, error, message) = panel.children
+    assert panel.bar in row.children and panel.buttons["cancel"] in row.children
+    assert all(b.description == "" and b.icon for b in panel.buttons.values())  # icons only
+    assert error.layout.display == "none" and message.layout.display == "none"
+
+
+def test_queue_panel_scope_sort_and_actions(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    import datetime as dt
+
+    old = manager.create_job("old run")
+    since = dt.datetime.now(dt.UTC)
+    mine = [make_job(manager, server, dest, f"r{i}", n=1) for i in range(3)]
+    scoped = queue_panel(manager, jobs=mine)
+    panels.append(scoped)
+    assert {s.display_name for s in scoped.jobs} == {"r0", "r1", "r2"}
+    recent = queue_panel(manager, since=since)
+    panels.append(recent)
+    assert {s.display_name for s in recent.jobs} == {"r0", "r1", "r2"}
+    everything = queue_panel(manager)
+    panels.append(everything)
+    assert "old run" in {s.display_name for s in everything.jobs}
+    assert old.id not in {s.id for s in scoped.jobs}
+
+    scoped.sort.value = "name"
+    assert [s.display_name for s in scoped.rows] == ["r0", "r1", "r2"]
+    for header in ("id", "created", "speed", "ETA", "error"):
+        assert f"<th>{header}</th>" in scoped.table.value
+    assert "max-height:22em;overflow:auto" in scoped.table.value  # bounded, scrolls
+
+    scoped.select.value = str(mine[1].id)
+    assert not scoped.buttons["resume"].disabled and scoped.buttons["suspend"].disabled
+    scoped.buttons["resume"].click()
+    assert mine[1].wait(TIMEOUT) is JobState.TRANSFERRED
+    scoped.refresh()
+    scoped.buttons["complete"].click()
+    assert mine[1].state is JobState.ACKNOWLEDGED
+    wait_for(
+        lambda: any(s.state is JobState.ACKNOWLEDGED for s in scoped.jobs),
+        what="a scoped panel keeps its finished jobs",
+    )
+    assert "1 finished" in scoped.totals.value

@@ -1,15 +1,23 @@
 """Notebook front end: live ipywidgets panels for a job and for the queue, with a text fallback.
 
 ``job.panel()`` / ``bitsnb.notebook.job_panel(job)`` and ``mgr.panel()`` /
-``bitsnb.notebook.queue_panel(mgr)`` return widgets to display; displaying a ``Job`` in a
-notebook shows its panel (``display_job``). Panels update from a background pump thread, a few
-times a second at most, and stop on ``close()`` or when the manager closes. Importing this
-package is cheap: ipywidgets is only imported when a panel is built.
+``bitsnb.notebook.queue_panel(mgr, jobs=..., since=...)`` return widgets to display; displaying
+a ``Job`` in a notebook shows its panel (``display_job``). Panels update from a background pump
+thread, a few times a second at most, and stop on ``close()`` or when the manager closes.
+A panel shown by bitsnb (``display_job``, ``show_panel``, the helpers) carries a display id: its
+saved ``text/plain`` and ``text/html`` follow the job, so a saved notebook shows the final state.
+
+``settings.compact = True`` (or ``job_panel(job, compact=True)``) draws job panels on one line,
+as tqdm does; the default is the detailed panel. Importing this package is cheap: ipywidgets is
+only imported when a panel is built.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +37,21 @@ __all__ = [
     "in_kernel",
     "job_panel",
     "queue_panel",
+    "settings",
+    "show_panel",
 ]
+
+
+@dataclass
+class Settings:
+    """Process-wide panel settings: ``bitsnb.notebook.settings.compact = True``."""
+
+    compact: bool = False
+    """Job panels on one line (name, state, bar, numbers, icon buttons) instead of the
+    detailed panel."""
+
+
+settings = Settings()
 
 _LAZY = frozenset({"JobPanel", "JobSnapshot", "QueuePanel"})
 
@@ -44,24 +66,46 @@ def _load_panels() -> ModuleType:
     return _panels
 
 
-def job_panel(job: JobControl) -> JobPanel:
-    """A live panel for *job* (name, state, bar, files, speed, ETA, error, buttons)."""
+def job_panel(job: JobControl, *, compact: bool | None = None, completes: bool = False) -> JobPanel:
+    """A live panel for *job* (name, state, bar, files, speed, ETA, error, buttons).
+
+    *compact* (default ``settings.compact``) draws it on one line. *completes* tells the panel
+    that the caller completes the job once it is TRANSFERRED (as ``bitsnb.download`` does).
+    """
     if not is_blocking(job.suspend, job.resume, job.cancel, job.complete):
         raise TypeError(
             f"job_panel() takes a bitsnb.Job (the blocking API), not {type(job).__name__}"
         )
-    panel: JobPanel = _load_panels().JobPanel(job)
+    flag = settings.compact if compact is None else compact
+    panel: JobPanel = _load_panels().JobPanel(job, compact=flag, completes=completes)
     return panel
 
 
-def queue_panel(mgr: ManagerView) -> QueuePanel:
-    """A live table of *mgr*'s jobs with totals and a state filter."""
+def queue_panel(
+    mgr: ManagerView,
+    *,
+    jobs: Iterable[JobControl] | None = None,
+    since: _dt.datetime | None = None,
+) -> QueuePanel:
+    """A live table of *mgr*'s jobs: totals, filter, sort, actions.
+
+    *jobs* limits it to those jobs (a run's own); *since* (an aware datetime, or naive local
+    time) to the jobs created from then on.
+    """
     if not is_blocking(mgr.enum_jobs):
         raise TypeError(
             f"queue_panel() takes a bitsnb.Manager (the blocking API), not {type(mgr).__name__}"
         )
-    panel: QueuePanel = _load_panels().QueuePanel(mgr)
+    if since is not None and since.tzinfo is None:
+        since = since.astimezone()
+    panel: QueuePanel = _load_panels().QueuePanel(mgr, jobs=jobs, since=since)
     return panel
+
+
+def show_panel(panel: JobPanel | QueuePanel) -> None:
+    """Display *panel* in the running kernel with a display id, so that the saved notebook's
+    text and HTML of it follow the job(s) to their final state."""
+    _load_panels().show(panel)
 
 
 def in_kernel() -> bool:
@@ -83,24 +127,25 @@ def in_kernel() -> bool:
 _shown: set[tuple[object, int]] = set()  # (job id, cell execution count) already displayed
 
 
-def display_job(job: JobControl) -> None:
-    """Display *job*'s live panel in a notebook; elsewhere print its one-line summary.
+def display_job(job: JobControl, *, completes: bool = False) -> JobPanel | None:
+    """Display *job*'s live panel in a notebook (returned); elsewhere print its summary line.
 
     A job already shown by the same cell (``bitsnb.download(...)`` shows its panel, and the
     returned job, as the cell's last value, would show it again) is shown once.
     """
     if in_kernel():
         from IPython import get_ipython
-        from IPython.display import display
 
         shell = get_ipython()
         key = (job.id, int(getattr(shell, "execution_count", 0) or 0))
         if key in _shown:
-            return
+            return None
         _shown.add(key)
-        display(job_panel(job))  # type: ignore[no-untyped-call]
-    else:
-        print(job_line(job))
+        panel = job_panel(job, completes=completes)
+        show_panel(panel)
+        return panel
+    print(job_line(job, times=job.times))
+    return None
 
 
 def __getattr__(name: str) -> Any:

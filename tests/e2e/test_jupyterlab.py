@@ -94,9 +94,12 @@ mgr = bitsnb.Manager(store=here / "jobs.db", policy=policy)"""
 
 CELLS = {
     "setup": SETUP,
-    "quick": 'job = download(quick, here / "quick", name="e2e-quick", manager=mgr)',
+    "quick": (
+        "# complete=False: BITS's two steps, so the panel's Complete button is tested\n"
+        'job = download(quick, here / "quick", name="e2e-quick", manager=mgr, complete=False)'
+    ),
     "slow": (
-        'big = download(slow_url, here / "slow", name="e2e-slow", manager=mgr)\n'
+        'big = download(slow_url, here / "slow", name="e2e-slow", manager=mgr, complete=False)\n'
         "big.minimum_retry_delay = 0.05  # retry each dropped connection at once"
     ),
     "queue": "mgr.panel()",
