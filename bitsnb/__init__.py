@@ -6,6 +6,8 @@ transfer jobs in SQLite; jobs move through BITS's states and survive restarts.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._bandwidth import BandwidthWindow
 from ._enumerator import Enumerator
 from ._enums import (
@@ -39,13 +41,16 @@ from ._models import (
 )
 from ._sync import Job, JobEnumerator, Manager, views
 from .helpers import (
+    CleanupReport,
     Explanation,
+    cleanup,
     default_manager,
     download,
     download_many,
     errors_frame,
     explain,
     jobs_frame,
+    paths,
     run,
 )
 
@@ -65,16 +70,16 @@ def _files_frame(job: object) -> object:
     return files_to_frame(job)  # type: ignore[arg-type]
 
 
-def _job_panel(job: object) -> object:
+def _job_panel(job: object, **options: Any) -> object:
     from .notebook import job_panel
 
-    return job_panel(job)  # type: ignore[arg-type]
+    return job_panel(job, **options)  # type: ignore[arg-type]
 
 
-def _queue_panel(mgr: object) -> object:
+def _queue_panel(mgr: object, **options: Any) -> object:
     from .notebook import queue_panel
 
-    return queue_panel(mgr)  # type: ignore[arg-type]
+    return queue_panel(mgr, **options)  # type: ignore[arg-type]
 
 
 def _display_job(job: object) -> None:
@@ -99,6 +104,7 @@ __all__ = [
     "AuthTarget",
     "BandwidthWindow",
     "BitsError",
+    "CleanupReport",
     "Enumerator",
     "ErrorContext",
     "ErrorDescription",
@@ -122,6 +128,7 @@ __all__ = [
     "Policy",
     "ProxyUsage",
     "__version__",
+    "cleanup",
     "default_manager",
     "default_store_path",
     "download",
@@ -130,6 +137,7 @@ __all__ = [
     "explain",
     "get_error_description",
     "jobs_frame",
+    "paths",
     "run",
 ]
 

@@ -275,6 +275,11 @@ class AsyncJob:
             calls.discard("resume")
         return frozenset(calls)
 
+    @property
+    def paths(self) -> list[Path]:
+        """The files' local names (where they appear once the job is complete)."""
+        return [Path(f.local_name) for f in self._rec.files]
+
     def enum_files(self) -> Enumerator[FileInfo]:
         """EnumFiles: a snapshot of the job's files."""
         return Enumerator([file_info(f) for f in self._rec.files])

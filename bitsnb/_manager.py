@@ -138,6 +138,7 @@ class AsyncManager:
         )
         self._parts = _Parts(store, records, events, runner, replication, engine)
         self._life = _Life.OPEN
+        runner.apply_schedule()  # the bandwidth limit in force before anything starts
         for rec in loaded:
             records.jobs[rec.id] = rec
             runner.admit(rec)

@@ -13,6 +13,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -21,6 +22,7 @@ from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import get_error_description
 from ._events import WAIT_DONE, JobEvent
+from ._format import format_bytes
 from ._job import AsyncJob, record_of
 from ._manager import AsyncManager, control_of
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
@@ -43,8 +45,8 @@ class ViewHooks:
 
     jobs_frame: Callable[[Sequence[Any]], Any] = _no_views
     files_frame: Callable[[Any], Any] = _no_views
-    job_panel: Callable[[Any], Any] = _no_views
-    queue_panel: Callable[[Any], Any] = _no_views
+    job_panel: Callable[..., Any] = _no_views
+    queue_panel: Callable[..., Any] = _no_views
     display_job: Callable[[Any], None] = _no_views
 
 
@@ -198,9 +200,10 @@ class Manager:
         state = "closed" if self.closed else f"{control_of(self._amgr).count()} jobs"
         return f"<bitsnb.Manager {str(self.store_path)!r} {state}>"
 
-    def panel(self) -> Any:
-        """A live ipywidgets panel of the whole queue (see ``bitsnb.notebook``)."""
-        return views.queue_panel(self)
+    def panel(self, *, jobs: Iterable[Job] | None = None, since: Any = None) -> Any:
+        """A live ipywidgets panel of the queue (see ``bitsnb.notebook``); *jobs* or *since* (a
+        datetime) narrow it to a run's own jobs."""
+        return views.queue_panel(self, jobs=jobs, since=since)
 
 
 def _nothing() -> None:
@@ -571,9 +574,14 @@ class Job:
         """One row per file: a pandas DataFrame (needs pandas)."""
         return views.files_frame(self)
 
-    def panel(self) -> Any:
-        """A live ipywidgets panel of this job (see ``bitsnb.notebook``)."""
-        return views.job_panel(self)
+    def panel(self, *, compact: bool | None = None) -> Any:
+        """A live ipywidgets panel of this job (see ``bitsnb.notebook``); *compact*: one line."""
+        return views.job_panel(self, compact=compact)
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files' local names (where they appear once the job is complete)."""
+        return self._ajob.paths
 
     def _ipython_display_(self) -> None:
         """In a notebook, displaying a job shows its live panel."""
@@ -586,4 +594,11 @@ class Job:
         return hash(self.id)
 
     def __repr__(self) -> str:
-        return repr(self._ajob).replace("AsyncJob", "bitsnb.Job", 1)
+        p = self.progress
+        size = format_bytes(p.bytes_total if p.bytes_total is not None else p.bytes_transferred)
+        return (
+            f"<bitsnb.Job {self.display_name!r} {self.id.hex[:8]} {self.state.name} "
+            f"{p.files_transferred}/{p.files_total} files {size}>"
+        )
+
+    __str__ = __repr__

@@ -41,6 +41,7 @@ from .._errors import BitsError
 from .._format import RateEstimator, format_bytes, format_eta, format_rate
 from .._models import ErrorInfo, FileProgress, JobProgress, JobTimes
 from .._protocols import JobControl, JobView, ManagerView
+from .._states import useful_calls
 from ._pump import INTERVAL, MIN_GAP, Changes, Inbox, Pump, default_pump
 from ._text import (
     ACTIVE_STATES,
@@ -258,6 +259,12 @@ def show(panel: _Panel) -> None:
         if shell is not None and shell not in _hooked:
             shell.events.register("post_run_cell", _after_cell)
             _hooked.append(shell)
+
+
+def _offered(job: JobControl) -> frozenset[str]:
+    """The calls a panel offers as buttons: valid ones (``allowed_calls``) that change
+    something (no Suspend on a SUSPENDED job, no Resume on a running one)."""
+    return job.allowed_calls & useful_calls(job.state, job.type)
 
 
 class _Panel(widgets.VBox):  # type: ignore[misc]
@@ -575,7 +582,7 @@ class JobPanel(_Panel):
             button.on_click(lambda _button, method=method: self._on_click(method))
         subscribed = self._subscribe()
         with self._ui_lock:
-            self._render(self._snapshot, job.allowed_calls)
+            self._render(self._snapshot, _offered(job))
         if not subscribed:
             self._finish("The manager is closed; this panel no longer updates.")
         elif self._snapshot.state.is_final:
@@ -669,7 +676,7 @@ class JobPanel(_Panel):
             if not self.live:
                 return False
             snap = JobSnapshot.of(job)
-            self._render(snap, job.allowed_calls)
+            self._render(snap, _offered(job))
         if snap.state.is_final:
             self._finish(None)
             return False
@@ -856,7 +863,7 @@ class JobPanel(_Panel):
             if message:
                 self._click_html = message
             snap = JobSnapshot.of(job)
-            self._render(snap, job.allowed_calls)
+            self._render(snap, _offered(job))
             if message:
                 self._click_html = message  # a state change in this render cleared it
                 self._show_message()
@@ -1172,7 +1179,7 @@ class QueuePanel(_Panel):
         allowed: frozenset[str] = frozenset()
         if job is not None and self.live:
             try:
-                allowed = job.allowed_calls
+                allowed = _offered(job)
             except _CALL_ERRORS:
                 allowed = frozenset()
         for method, button in self.buttons.items():
