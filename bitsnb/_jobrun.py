@@ -19,7 +19,14 @@ from collections.abc import Callable
 
 from . import _codes
 from ._client_options import request_options
-from ._engine import Engine, FileContext, TransferFailure, YieldSlice
+from ._engine import (
+    Engine,
+    FileContext,
+    TransferFailure,
+    YieldSlice,
+    discard_file,
+    validation_failure,
+)
 from ._enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, StoreBusyError
 from ._events import Events
@@ -27,7 +34,7 @@ from ._models import Policy
 from ._persist import STARTABLE, Records, copy_record
 from ._records import ErrorRecord, FileRecord, JobRecord, JobSecrets
 from ._scheduler import Scheduler
-from ._states import Event
+from ._states import Event, allowed
 from ._uploadrun import UploadRun
 from ._validate import check_proxy_list
 
@@ -143,6 +150,44 @@ class Runner:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    async def invalidate(self, rec: JobRecord, f: FileRecord) -> None:
+        """SetValidationState(FALSE) on a transferred file: the job stops and goes to ERROR
+        with BG_E_VALIDATION_FAILED, the file back to 0 bytes (resume() fetches it again).
+
+        The state moves by the table: to ERROR by a fatal failure, through QUEUED (resume,
+        the file's reset in that write) from a state that has no such move (TRANSFERRED,
+        SUSPENDED, ERROR).
+        """
+        await self.stop(rec.id)
+        self._scheduler.dequeue(rec.id)
+        self.cancel_retry(rec.id)
+        failure = validation_failure(f, "the application declared it invalid")
+
+        def reset() -> None:
+            f.bytes_transferred = 0
+            f.transferred = False
+            f.hash = None
+            f.validation_state = False
+            f.etag = f.last_modified = None
+            if f.ranges is None:
+                f.bytes_total = None
+            rec.transfer_completed = None
+
+        def record() -> None:
+            reset()
+            rec.error = ErrorRecord(
+                failure.code, failure.context, f.index, failure.protocol, failure.message
+            )
+            rec.error_count += 1
+            rec.retry_at = None
+
+        if not allowed(rec.state, Event.FATAL_FAILURE, rec.type):
+            await self._records.set_state_patiently(rec, Event.RESUME, [f], also=reset)
+        await self._records.set_state_patiently(rec, Event.FATAL_FAILURE, [f], also=record)
+        with contextlib.suppress(TransferFailure):  # it restarts from 0 when it runs anyway
+            discard_file(f)  # after the store says so: a crash in between restarts it too
+        self._events.notify_final(rec)
 
     # -- retry timers ---------------------------------------------------------------------------
     def arm_retry(self, rec: JobRecord, delay: float) -> None:

@@ -81,6 +81,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._planning",
         "bitsnb._net",
         "bitsnb._progress",
+        "bitsnb._integrity",
     ),
     "vocabulary": (
         "bitsnb._enums",
