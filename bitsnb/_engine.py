@@ -646,22 +646,24 @@ class Engine:
                 if check is not None:
                     await self._begin_hashes(fh, check, resp.headers, offset)
                     hashers = check.hashers()
-                    check.sound = False  # until the body's end: a hasher may miss a view
                 # a lean response's body comes as views of its connection's buffer (no copy)
                 chunks = body_views(resp) or resp.aiter_raw()
                 async for chunk in chunks:
                     if hashers and len(chunk) >= HASH_IN_THREAD_BYTES:
                         # hashed in a thread while the loop writes it; the view stays lent
                         # (and unchanged) until the next one is asked for
+                        assert check is not None
+                        check.sound = False  # (a failure meanwhile: the hash is not kept)
                         hashing = loop.run_in_executor(
                             self._pool(), _update_all, hashers, memoryview(chunk)
                         )
                         fh.write(chunk)
                         await hashing
+                        check.sound = True
                     else:
+                        fh.write(chunk)
                         if hashers:
                             _update_all(hashers, memoryview(chunk))
-                        fh.write(chunk)
                     if check is not None and check.whole is not None:
                         check.whole.hashed += len(chunk)
                     f.bytes_transferred += len(chunk)

@@ -547,7 +547,7 @@ class AsyncJob:
         file (E_PENDING before it is). False: the job goes to ERROR with BG_E_VALIDATION_FAILED,
         the file back to 0 bytes, and resume() fetches it again; True is the default."""
         index = file.index if isinstance(file, FileInfo) else int(file)
-        await self._change(self._host.set_validation_state, self._rec, index, bool(valid))
+        await self._host.set_validation_state(self._rec, index, bool(valid))
 
     async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> bool:
         """ReplaceRemotePrefix: swap a URL prefix on every file; False (S_FALSE) if none matched."""
