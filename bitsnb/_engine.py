@@ -4,16 +4,26 @@
 already on disk with a Range request (validated with If-Range), and raises ``TransferFailure``
 with the BITS code, context and transient/fatal verdict when something goes wrong. Plain GETs
 go through ``LeanTransport`` under httpx, whose bodies are written from the connection's buffer.
+
+Integrity: the bytes are hashed as they stream in, from the views the transport lends (no
+copy), right after the loop writes each view to the file, so that verifying a clean transfer
+reads nothing back (a worker thread per view was measured slower: 3.2x against 1.7x plain on
+loopback, the hop and GIL hand-over costing more than the overlap wins on two cores). The whole file is checked
+against the known hash or, without one, the strongest digest of the representation the server
+sent; a response's own Content-Digest against that response's bytes. A resumed file's prefix is
+hashed from disk once (the partial hash of a file that only paused in this process is kept). A
+mismatch empties the temporary file and fails the file with BG_E_VALIDATION_FAILED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -33,16 +43,35 @@ from ._http_rules import (
     parse_content_range,
     retry_after,
 )
+from ._integrity import (
+    Digest,
+    Hasher,
+    content_digest,
+    digest_request_headers,
+    known_digest,
+    new_hasher,
+    representation_digest,
+)
 from ._models import Policy
 from ._records import FileRecord
 from ._transport import LeanTransport, body_views, fallback_transport
 from ._validate import redact_url
 
-__all__ = ["Engine", "FileContext", "TransferFailure", "YieldSlice", "is_transient_status"]
+__all__ = [
+    "Engine",
+    "FileContext",
+    "TransferFailure",
+    "YieldSlice",
+    "discard_file",
+    "is_transient_status",
+    "validation_failure",
+]
 
 USER_AGENT = "bitsnb/0.1 (Microsoft BITS compatible)"
 
 YIELD_MID_FILE_BYTES = 16 * 1024 * 1024
+_PREFIX_BLOCK = 1024 * 1024  # a resumed file's prefix is re-hashed in blocks of this size
+_MAX_PARTIALS = 256  # partial hashes kept for files that paused mid-way
 
 
 class YieldSlice(Exception):
@@ -92,6 +121,66 @@ def _invalid_response(message: str, *, transient: bool) -> TransferFailure:
     )
 
 
+def validation_failure(f: FileRecord, message: str) -> TransferFailure:
+    """BG_E_VALIDATION_FAILED for *f* (fatal: the job goes to ERROR; resume() fetches it again)."""
+    return TransferFailure(
+        _codes.BG_E_VALIDATION_FAILED,
+        ErrorContext.REMOTE_FILE,
+        transient=False,
+        message=f"{f.local_name}: {message}",
+        protocol="http",
+    )
+
+
+def discard_file(f: FileRecord) -> None:
+    """The file back to 0 bytes, its temporary file emptied (OSError as a TransferFailure)."""
+    _truncate(f)
+
+
+@dataclass
+class _Partial:
+    """A hash of a file's first *hashed* bytes, as they are on disk."""
+
+    algorithm: str
+    hasher: Hasher
+    hashed: int
+
+
+class _Check:
+    """The hashes one file's transfer keeps: the whole file's and the current response's."""
+
+    def __init__(self, expected: Digest | None, partial: _Partial | None) -> None:
+        self.expected = expected  # the whole file's digest (a known hash or the server's)
+        self.whole = partial  # the whole file's hash so far (None until a body starts)
+        self.content: Digest | None = None  # the current response's Content-Digest
+        self.content_hasher: Hasher | None = None
+        self.sound = True  # False once a hasher may have missed bytes (not kept for later)
+
+    def hashers(self) -> list[Hasher]:
+        out = [self.whole.hasher] if self.whole is not None else []
+        if self.content_hasher is not None:
+            out.append(self.content_hasher)
+        return out
+
+
+def _update_all(hashers: list[Hasher], view: memoryview) -> None:
+    for h in hashers:
+        h.update(view)
+
+
+def _hash_prefix(fd: int, hasher: Hasher, start: int, end: int) -> int:
+    """Hash bytes [start, end) of *fd* (a worker thread's job); returns the bytes read."""
+    buf = memoryview(bytearray(min(_PREFIX_BLOCK, max(1, end - start))))
+    pos = start
+    while pos < end:  # bounded: every pass reads ≥ 1 byte or raises
+        n = os.preadv(fd, [buf[: min(len(buf), end - pos)]], pos)
+        if n <= 0:
+            raise OSError(5, "the temporary file is shorter than recorded")
+        hasher.update(buf[:n])
+        pos += n
+    return pos - start
+
+
 def _strong(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/")  # type: ignore[union-attr]
 
@@ -130,6 +219,9 @@ class Engine:
         self._transport = transport
         self._clients: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
         self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._partials: dict[str, _Partial] = {}  # by temp name: files that paused mid-way
+        self._hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.bytes_rehashed = 0  # bytes read back from temporary files to hash their prefix
 
     def client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient:
         """The shared client for one proxy setting (made on first use, closed by ``aclose``)."""
@@ -218,6 +310,9 @@ class Engine:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
+        pool, self._hash_pool = self._hash_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     async def download(self, f: FileRecord, ctx: FileContext) -> None:
         """Bring *f*'s temporary file to the whole remote content, durably."""
@@ -231,6 +326,7 @@ class Engine:
                         await self._fetch(f, ctx)
                 return
             except _Restart:
+                self._partials.pop(f.temp_name, None)
                 _truncate(f)
                 ctx.on_restart(f)
             except httpx.HTTPError as exc:
@@ -243,7 +339,7 @@ class Engine:
         )
 
     def _request_headers(self, f: FileRecord, ctx: FileContext, offset: int) -> dict[str, str]:
-        headers = dict(ctx.headers)
+        headers = self._digest_headers(f, ctx)
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
             if _strong(f.etag):
@@ -252,10 +348,64 @@ class Engine:
                 headers["If-Range"] = f.last_modified
         return headers
 
+    def _digest_headers(self, f: FileRecord, ctx: FileContext) -> dict[str, str]:
+        """The job's headers, and those asking for digests when no known hash is given (the
+        job's own headers win)."""
+        if f.known_hash is not None:
+            return dict(ctx.headers)
+        headers = digest_request_headers(f.remote_name)
+        mine = {k.lower() for k in ctx.headers}
+        headers = {k: v for k, v in headers.items() if k.lower() not in mine}
+        headers.update(ctx.headers)
+        return headers
+
+    def _check_for(self, f: FileRecord) -> _Check:
+        expected = known_digest(f.known_hash) if f.known_hash is not None else None
+        return _Check(expected, self._partials.pop(f.temp_name, None))
+
+    def _keep_partial(self, f: FileRecord, check: _Check) -> None:
+        """Keep the hash of a file that stopped mid-way, for when it continues in this process."""
+        if check.sound and check.whole is not None and check.whole.hashed > 0:
+            while len(self._partials) >= _MAX_PARTIALS:  # bounded: one removed per pass
+                del self._partials[next(iter(self._partials))]
+            self._partials[f.temp_name] = check.whole
+
+    def _verify(self, f: FileRecord, check: _Check) -> None:
+        """Every byte is in: the whole file's hash against what it should be (a mismatch
+        empties the temporary file and raises BG_E_VALIDATION_FAILED)."""
+        whole, expected = check.whole, check.expected
+        if whole is None or whole.hashed != f.bytes_transferred:
+            if expected is not None and f.bytes_transferred == 0:
+                whole = _Partial(expected.algorithm, new_hasher(expected.algorithm), 0)
+            else:
+                return  # nothing was asked for
+        got = whole.hasher.digest()
+        f.hash = f"{whole.algorithm}:{got.hex()}"
+        if expected is not None and got != expected.value:
+            _truncate(f)
+            f.validation_state = False
+            raise validation_failure(
+                f,
+                f"{expected.algorithm} mismatch: expected {expected.value.hex()} "
+                f"({expected.source}), got {got.hex()}",
+            )
+        f.validation_state = True
+
     async def _fetch(self, f: FileRecord, ctx: FileContext) -> None:
         offset = _temp_size(f)
         if f.transferred and f.bytes_total is not None and offset == f.bytes_total:
             return
+        check = self._check_for(f)
+        try:
+            await self._fetch_checked(f, ctx, offset, check)
+        except BaseException:
+            self._keep_partial(f, check)
+            raise
+        self._verify(f, check)
+
+    async def _fetch_checked(
+        self, f: FileRecord, ctx: FileContext, offset: int, check: _Check
+    ) -> None:
         if f.bytes_total is not None and offset > f.bytes_total:
             raise _Restart
         if offset > 0 and f.etag is None and f.last_modified is None:
@@ -329,7 +479,9 @@ class Engine:
                     retry_after=_retry_after(resp),
                 )
             ctx.on_connected()
-            await self._write_body(f, ctx, resp, offset)
+            if check.expected is None:  # no known hash: the server's digest of the whole file
+                check.expected = representation_digest(resp.headers)
+            await self._write_body(f, ctx, resp, offset, check)
         if f.bytes_total is None:
             f.bytes_total = f.bytes_transferred
         elif f.bytes_transferred != f.bytes_total:
@@ -341,6 +493,17 @@ class Engine:
             )
 
     async def _fetch_ranges(self, f: FileRecord, ctx: FileContext) -> None:
+        # a server's digest is of the whole remote file, not of these ranges: only a known
+        # hash (of the ranges back to back) and each response's Content-Digest are checked
+        check = self._check_for(f)
+        try:
+            await self._fetch_ranges_checked(f, ctx, check)
+        except BaseException:
+            self._keep_partial(f, check)
+            raise
+        self._verify(f, check)
+
+    async def _fetch_ranges_checked(self, f: FileRecord, ctx: FileContext, check: _Check) -> None:
         assert f.ranges is not None
         offset = _temp_size(f)
         done_before = 0
@@ -352,7 +515,7 @@ class Engine:
             skip = offset - done_before
             first = start + skip
             last = "" if length is None else str(start + length - 1)
-            headers = dict(ctx.headers)
+            headers = self._digest_headers(f, ctx)
             headers["Range"] = f"bytes={first}-{last}"
             async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
                 if resp.status_code == 200:
@@ -399,7 +562,7 @@ class Engine:
                     f.ranges[i] = (start, length)
                 f.bytes_total = sum(n or 0 for _, n in f.ranges)
                 ctx.on_connected()
-                await self._write_body(f, ctx, resp, offset)
+                await self._write_body(f, ctx, resp, offset, check)
             offset = _temp_size(f)
             if offset < done_before + length:
                 raise TransferFailure(
@@ -410,14 +573,54 @@ class Engine:
                 )
             done_before += length
 
+    async def _begin_hashes(
+        self, fh: IO[bytes], check: _Check, headers: Mapping[str, str], offset: int
+    ) -> None:
+        """Ready the hashers for a body written from *offset*: the whole file's (its prefix
+        on disk re-hashed, once, unless this process hashed it already) and the response's."""
+        check.content = check.content_hasher = None
+        if not (check.expected is not None and check.expected.source == "known hash"):
+            check.content = content_digest(headers)  # the user's known hash wins
+            if check.content is not None:
+                check.content_hasher = new_hasher(check.content.algorithm)
+        whole = check.whole
+        if check.expected is None:
+            check.whole = None
+            return
+        alg = check.expected.algorithm
+        if whole is None or whole.algorithm != alg or whole.hashed > offset:
+            whole = check.whole = _Partial(alg, new_hasher(alg), 0)
+        if whole.hashed < offset:
+            check.sound = False
+            read = await asyncio.get_running_loop().run_in_executor(
+                self._pool(), _hash_prefix, fh.fileno(), whole.hasher, whole.hashed, offset
+            )
+            self.bytes_rehashed += read
+            whole.hashed = offset
+            check.sound = True
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._hash_pool is None:
+            self._hash_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, self._policy.files_in_flight), thread_name_prefix="bitsnb-hash"
+            )
+        return self._hash_pool
+
     async def _write_body(
-        self, f: FileRecord, ctx: FileContext, resp: httpx.Response, offset: int
+        self,
+        f: FileRecord,
+        ctx: FileContext,
+        resp: httpx.Response,
+        offset: int,
+        check: _Check | None = None,
     ) -> None:
         """Stream the body into the temporary file from *offset*, checkpointing as it goes.
 
         A checkpoint's fdatasync runs in a thread while the body keeps arriving (one at a
         time); the store records the byte count the sync covered once it is done, so the
         store never claims more than is on disk. The final fsync waits for everything.
+        With *check*, each view is hashed once written, before the next one is taken; the
+        response's Content-Digest is checked at its end.
         """
         policy = self._policy
         try:
@@ -439,12 +642,20 @@ class Engine:
             f.bytes_transferred = offset
             last_checkpoint_at = time.monotonic()
             last_checkpoint_bytes = offset
+            hashers: list[Hasher] = []
             try:
+                if check is not None:
+                    await self._begin_hashes(fh, check, resp.headers, offset)
+                    hashers = check.hashers()
                 # a lean response's body comes as views of its connection's buffer (no copy)
                 chunks = body_views(resp) or resp.aiter_raw()
                 throttle = ctx.throttle
                 async for chunk in chunks:
                     fh.write(chunk)
+                    if hashers:  # on the loop: measured faster than a thread hop per view
+                        _update_all(hashers, memoryview(chunk))
+                    if check is not None and check.whole is not None:
+                        check.whole.hashed += len(chunk)
                     f.bytes_transferred += len(chunk)
                     if throttle is not None and throttle.limited:
                         await throttle.take(
@@ -464,6 +675,9 @@ class Engine:
                     if ctx.should_yield() and _worth_yielding(f):
                         raise YieldSlice
                 fh.flush()
+                if check is not None:
+                    check.sound = True
+                    _check_content(f, check)
                 if syncing is not None:
                     await syncing
                     syncing = None
@@ -493,6 +707,25 @@ async def _create(path: str) -> IO[bytes]:
         raise
 
 
+def _check_content(f: FileRecord, check: _Check) -> None:
+    """A response's Content-Digest against the bytes it brought (a mismatch: the file again)."""
+    expected, hasher = check.content, check.content_hasher
+    check.content = check.content_hasher = None
+    if expected is None or hasher is None:
+        return
+    got = hasher.digest()
+    if got != expected.value:
+        check.whole = None
+        check.sound = False
+        _truncate(f)
+        f.validation_state = False
+        raise validation_failure(
+            f,
+            f"{expected.algorithm} mismatch in this response's bytes: expected "
+            f"{expected.value.hex()} ({expected.source}), got {got.hex()}",
+        )
+
+
 def _worth_yielding(f: FileRecord) -> bool:
     """Give up a slot mid-file only when much of the file is left; else finish it first."""
     if f.bytes_total is None:
@@ -510,6 +743,7 @@ def _temp_size(f: FileRecord) -> int:
 def _truncate(f: FileRecord) -> None:
     f.bytes_transferred = 0
     f.transferred = False
+    f.hash = None
     f.etag = None
     f.last_modified = None
     if f.ranges is None:

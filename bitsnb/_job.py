@@ -73,9 +73,12 @@ class JobHost(Protocol):
     def add_files(
         self,
         rec: JobRecord,
-        pairs: Sequence[tuple[str, str | os.PathLike[str]]],
+        pairs: Sequence[
+            tuple[str, str | os.PathLike[str]] | tuple[str, str | os.PathLike[str], str | None]
+        ],
         ranges: list[tuple[int, int | None]] | None = None,
     ) -> None: ...
+    async def set_validation_state(self, rec: JobRecord, index: int, valid: bool) -> None: ...
     def resume(self, rec: JobRecord) -> None: ...
     async def suspend(self, rec: JobRecord) -> None: ...
     async def cancel(self, rec: JobRecord) -> int: ...
@@ -290,12 +293,30 @@ class AsyncJob:
         return list(self.enum_files())
 
     # -- state changes -------------------------------------------------------------------------
-    async def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
-        """AddFile: one remote URL → absolute local path."""
-        await self._change(self._host.add_files, self._rec, [(remote_url, local_name)])
+    async def add_file(
+        self,
+        remote_url: str,
+        local_name: str | os.PathLike[str],
+        *,
+        known_hash: str | None = None,
+    ) -> None:
+        """AddFile: one remote URL → absolute local path.
 
-    async def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
-        """AddFileSet: several pairs at once; all or none are added."""
+        *known_hash* (``"sha256:<hex>"``, pooch's format; bare hex is sha256; also sha512, sha1,
+        md5, blake2b, and xxh64/xxh128 with ``xxhash`` installed) is checked as the bytes
+        arrive: a mismatch puts the job in ERROR with BG_E_VALIDATION_FAILED.
+        """
+        entry = (remote_url, local_name, known_hash)
+        await self._change(self._host.add_files, self._rec, [entry])
+
+    async def add_file_set(
+        self,
+        files: Iterable[
+            tuple[str, str | os.PathLike[str]] | tuple[str, str | os.PathLike[str], str | None]
+        ],
+    ) -> None:
+        """AddFileSet: several (url, path) pairs or (url, path, known_hash) triples at once;
+        all or none are added."""
         await self._change(self._host.add_files, self._rec, list(files))
 
     async def add_file_with_ranges(
@@ -539,6 +560,13 @@ class AsyncJob:
 
         f = self._rec.files[index]
         await self._change(self._host.update, self._rec, apply, [f])
+
+    async def set_validation_state(self, file: int | FileInfo, valid: bool) -> None:
+        """IBackgroundCopyFile3::SetValidationState: the application's verdict on a transferred
+        file (E_PENDING before it is). False: the job goes to ERROR with BG_E_VALIDATION_FAILED,
+        the file back to 0 bytes, and resume() fetches it again; True is the default."""
+        index = file.index if isinstance(file, FileInfo) else int(file)
+        await self._host.set_validation_state(self._rec, index, bool(valid))
 
     async def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> bool:
         """ReplaceRemotePrefix: swap a URL prefix on every file; False (S_FALSE) if none matched."""

@@ -28,6 +28,7 @@ from ._enumerator import Enumerator
 from ._enums import JobPriority, JobState, JobType
 from ._errors import BitsError, InvalidStateError, JobNotFoundError
 from ._events import Events
+from ._integrity import parse_known_hash
 from ._job import AsyncJob
 from ._jobrun import Runner
 from ._models import Policy
@@ -46,7 +47,20 @@ from ._validate import (
     is_admin,
 )
 
-__all__ = ["JobControl"]
+__all__ = ["FileSpec", "JobControl"]
+
+FileSpec = tuple[str, str | os.PathLike[str]] | tuple[str, str | os.PathLike[str], str | None]
+"""A file to add: (url, path) or (url, path, known_hash)."""
+
+
+def _known_hash(value: object) -> str | None:
+    """A known hash checked and written as ``alg:hex`` (None stays None)."""
+    if value is None:
+        return None
+    try:
+        return parse_known_hash(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise BitsError(_codes.E_INVALIDARG, f"bad known hash: {exc}") from None
 
 
 class JobControl:
@@ -291,25 +305,36 @@ class JobControl:
     def add_files(
         self,
         rec: JobRecord,
-        pairs: Sequence[tuple[str, str | os.PathLike[str]]],
+        pairs: Sequence[FileSpec],
         ranges: list[tuple[int, int | None]] | None = None,
     ) -> None:
-        """AddFile / AddFileSet / AddFileWithRanges: all or none are added."""
+        """AddFile / AddFileSet / AddFileWithRanges: all or none are added.
+
+        Each entry is ``(url, path)`` or ``(url, path, known_hash)`` (``"alg:hex"``, or None).
+        """
         self.live(rec)
-        checked: list[tuple[str, str]] = []
+        checked: list[tuple[str, str, str | None]] = []
         seen = {f.local_name for f in rec.files}
         upload = rec.type is not JobType.DOWNLOAD
         if upload and len(rec.files) + len(pairs) > 1:
             raise BitsError(_codes.BG_E_TOO_MANY_FILES, "upload jobs hold exactly one file")
-        for remote, local in pairs:
+        for entry in pairs:
+            if not isinstance(entry, tuple | list) or len(entry) not in (2, 3):
+                raise BitsError(
+                    _codes.E_INVALIDARG, f"a file is (url, path[, known_hash]), not {entry!r}"
+                )
+            remote, local = entry[0], entry[1]
             url = check_url(remote)
             path = check_source_file(local) if upload else check_local_name(local)
+            known = _known_hash(entry[2]) if len(entry) == 3 else None
+            if known is not None and upload:
+                raise BitsError(_codes.E_INVALIDARG, "known hashes are for download jobs")
             if path in seen:
                 raise BitsError(
                     _codes.E_INVALIDARG, f"the job already has a file with local name {path!r}"
                 )
             seen.add(path)
-            checked.append((url, path))
+            checked.append((url, path, known))
         if not checked:
             raise BitsError(_codes.E_INVALIDARG, "no files given")
         limit = self.policy.max_files_per_job
@@ -331,8 +356,9 @@ class JobControl:
                     if ranges is not None and all(n is not None for _, n in ranges)
                     else None
                 ),
+                known_hash=known,
             )
-            for i, (url, path) in enumerate(checked)
+            for i, (url, path, known) in enumerate(checked)
         ]
 
         def add() -> None:
@@ -367,6 +393,24 @@ class JobControl:
         self.records.set_state(rec, Event.RESUME, also=reset)
         self._runner.cancel_retry(rec.id)
         self._runner.queue(rec)
+
+    async def set_validation_state(self, rec: JobRecord, index: int, valid: bool) -> None:
+        """IBackgroundCopyFile3::SetValidationState: the application's verdict on a transferred
+        file. False puts the job in ERROR (BG_E_VALIDATION_FAILED), the file back to 0 bytes;
+        True (the default) records the verdict and changes nothing else."""
+        self.live(rec)
+        if rec.type is not JobType.DOWNLOAD:
+            raise BitsError(_codes.E_NOTIMPL, "validation states are for download jobs")
+        if not 0 <= index < len(rec.files):
+            raise BitsError(_codes.E_INVALIDARG, f"the job has no file {index}")
+        f = rec.files[index]
+        if not (f.transferred or f.completed):
+            raise BitsError(_codes.E_PENDING, f"{f.local_name} has not finished transferring")
+        if valid:
+            if not f.validation_state:
+                self.update(rec, lambda r: setattr(f, "validation_state", True), [f])
+            return
+        await self._runner.invalidate(rec, f)
 
     async def suspend(self, rec: JobRecord) -> None:
         """Suspend: stop transferring; data on disk is kept."""

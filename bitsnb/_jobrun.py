@@ -22,7 +22,14 @@ from . import _codes
 from ._bandwidth import BandwidthSchedule
 from ._buckets import Budgets
 from ._client_options import request_options
-from ._engine import Engine, FileContext, TransferFailure, YieldSlice
+from ._engine import (
+    Engine,
+    FileContext,
+    TransferFailure,
+    YieldSlice,
+    discard_file,
+    validation_failure,
+)
 from ._enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, StoreBusyError
 from ._events import Events
@@ -208,6 +215,40 @@ class Runner:
             with contextlib.suppress(BitsError):
                 await self._records.set_state_patiently(rec, Event.STOP)
             self._block(rec)
+
+    async def invalidate(self, rec: JobRecord, f: FileRecord) -> None:
+        """SetValidationState(FALSE) on a transferred file: the job stops and goes to ERROR
+        with BG_E_VALIDATION_FAILED, the file back to 0 bytes (resume() fetches it again).
+
+        One write: the table's INVALIDATED move (any live state → ERROR) with the file's reset.
+        """
+        await self.stop(rec.id)
+        self._scheduler.dequeue(rec.id)
+        self.cancel_retry(rec.id)
+        failure = validation_failure(f, "the application declared it invalid")
+
+        def reset() -> None:
+            f.bytes_transferred = 0
+            f.transferred = False
+            f.hash = None
+            f.validation_state = False
+            f.etag = f.last_modified = None
+            if f.ranges is None:
+                f.bytes_total = None
+            rec.transfer_completed = None
+
+        def record() -> None:
+            reset()
+            rec.error = ErrorRecord(
+                failure.code, failure.context, f.index, failure.protocol, failure.message
+            )
+            rec.error_count += 1
+            rec.retry_at = None
+
+        await self._records.set_state_patiently(rec, Event.INVALIDATED, [f], also=record)
+        with contextlib.suppress(TransferFailure):  # it restarts from 0 when it runs anyway
+            discard_file(f)  # after the store says so: a crash in between restarts it too
+        self._events.notify_final(rec)
 
     # -- retry timers ---------------------------------------------------------------------------
     def arm_retry(self, rec: JobRecord, delay: float) -> None:

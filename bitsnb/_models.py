@@ -81,7 +81,13 @@ class FileRange:
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One file of a job, as IBackgroundCopyFile reports it (a snapshot)."""
+    """One file of a job, as IBackgroundCopyFile reports it (a snapshot).
+
+    ``known_hash`` is what the application said the file hashes to (``"alg:hex"``); ``hash``
+    what bitsnb computed while the bytes streamed in (the known hash's algorithm, or that of
+    the digest the server sent; None when nothing asked for one); ``validation_state`` is
+    IBackgroundCopyFile3's (False once a check failed or the application declared it invalid).
+    """
 
     index: int
     remote_name: str
@@ -90,6 +96,9 @@ class FileInfo:
     progress: FileProgress
     ranges: tuple[FileRange, ...] = ()
     transferred: bool = False
+    known_hash: str | None = None
+    hash: str | None = None
+    validation_state: bool = True
 
 
 @dataclass(frozen=True)

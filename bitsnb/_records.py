@@ -51,6 +51,9 @@ class FileRecord:
     etag: str | None = None
     last_modified: str | None = None
     ranges: list[tuple[int, int | None]] | None = None
+    known_hash: str | None = None  # "alg:hex", checked when the last byte is in
+    hash: str | None = None  # "alg:hex" computed while the bytes streamed in, once complete
+    validation_state: bool = True  # False: declared invalid (a mismatch, or the application)
 
 
 @dataclass
@@ -147,6 +150,9 @@ def file_info(f: FileRecord) -> FileInfo:
         progress=FileProgress(f.bytes_total, f.bytes_transferred, f.completed),
         ranges=tuple(FileRange(o, n) for o, n in (f.ranges or ())),
         transferred=f.transferred,
+        known_hash=f.known_hash,
+        hash=f.hash,
+        validation_state=f.validation_state,
     )
 
 

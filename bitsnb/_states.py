@@ -31,6 +31,7 @@ class Event(enum.Enum):
     SCAVENGE = "scavenge"  # housekeeping: inactive longer than the job lifetime
     TAKE_OVER = "take_over"  # scheduler: a job another process stopped mid-transfer, queued here
     STOP = "stop"  # manager: closing, or a run that ended without recording its end: re-queued
+    INVALIDATED = "invalidated"  # application: set_validation_state(file, False) → ERROR
 
 
 Q, C, T, S = JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING, JobState.SUSPENDED
@@ -73,6 +74,7 @@ _TABLE: dict[tuple[JobState, Event], JobState] = {
     (T, Event.TAKE_OVER): Q,
     (C, Event.STOP): Q,
     (T, Event.STOP): Q,
+    **{(s, Event.INVALIDATED): E for s in _NON_FINAL},
 }
 
 _UPLOAD_COMPLETE = {TD}  # upload jobs may only be completed once TRANSFERRED

@@ -30,6 +30,7 @@ from ._store_rows import (
     FILE_COLUMNS,
     FINAL,
     JOB_COLUMNS,
+    MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     START_JOB,
@@ -144,6 +145,7 @@ class Store:
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
+                    self._migrate(version)
                     self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             statement_ms = int(min(busy_timeout, STATEMENT_BUSY_TIMEOUT) * 1000)
             self._db.execute(f"PRAGMA busy_timeout={statement_ms}")
@@ -151,6 +153,15 @@ class Store:
                 _tighten(Path(f"{self.path}{suffix}"))
         except (sqlite3.Error, OSError) as exc:
             raise _store_error(self.path, exc) from exc
+
+    def _migrate(self, version: int) -> None:
+        """Bring a store of schema *version* up to this one in place (inside the caller's
+        transaction): each later version's columns, those a table lacks."""
+        for step in sorted(v for v in MIGRATIONS if v > version):
+            for table, column, declaration in MIGRATIONS[step]:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def patiently(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Call the store method *fn*, retrying while another process holds the write lock,

@@ -19,6 +19,7 @@ __all__ = [
     "FILE_COLUMNS",
     "FINAL",
     "JOB_COLUMNS",
+    "MIGRATIONS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "START_JOB",
@@ -32,7 +33,7 @@ __all__ = [
     "settings_json",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -77,9 +78,23 @@ CREATE TABLE IF NOT EXISTS files (
     etag TEXT,
     last_modified TEXT,
     ranges TEXT,
+    known_hash TEXT,
+    hash TEXT,
+    validation_state INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 """
+
+# what each version adds to the one before, as (table, column, declaration): a store of an
+# older version gets the columns it lacks, in place (the rows keep their values, the new
+# columns their defaults)
+MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    2: (
+        ("files", "known_hash", "TEXT"),
+        ("files", "hash", "TEXT"),
+        ("files", "validation_state", "INTEGER NOT NULL DEFAULT 1"),
+    ),
+}
 
 JOB_COLUMNS = (
     "id, display_name, type, owner, priority, state, created, modified, transfer_completed,"
@@ -88,7 +103,7 @@ JOB_COLUMNS = (
 )
 FILE_COLUMNS = (
     "job_id, idx, remote_name, local_name, temp_name, bytes_total, bytes_transferred,"
-    " transferred, completed, etag, last_modified, ranges"
+    " transferred, completed, etag, last_modified, ranges, known_hash, hash, validation_state"
 )
 FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
 SET_JOB = (
@@ -111,7 +126,9 @@ START_JOB = (
     SET_JOB + " lease_owner=?, lease_expires=? WHERE id=? AND version=?"
     " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
 )
-UPSERT_FILE = f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+UPSERT_FILE = (
+    f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 def _public_headers(text: str | None) -> str | None:
@@ -192,6 +209,9 @@ def file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
         f.etag,
         f.last_modified,
         json.dumps(f.ranges) if f.ranges is not None else None,
+        f.known_hash,
+        f.hash,
+        int(f.validation_state),
     )
 
 
@@ -267,6 +287,9 @@ def file_from(row: Any) -> FileRecord:
         etag,
         lm,
         ranges,
+        known_hash,
+        hash_,
+        valid,
     ) = row
     return FileRecord(
         index=int(idx),
@@ -280,4 +303,7 @@ def file_from(row: Any) -> FileRecord:
         etag=etag,
         last_modified=lm,
         ranges=[tuple(r) for r in json.loads(str(ranges))] if ranges else None,
+        known_hash=known_hash,
+        hash=hash_,
+        validation_state=bool(valid),
     )

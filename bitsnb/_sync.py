@@ -437,12 +437,23 @@ class Job:
         self._run(self._ajob.set_high_performance(value))
 
     # methods
-    def add_file(self, remote_url: str, local_name: str | os.PathLike[str]) -> None:
-        """AddFile: remote URL → absolute local path."""
-        self._call(self._ctl.add_files, [(remote_url, local_name)])
+    def add_file(
+        self,
+        remote_url: str,
+        local_name: str | os.PathLike[str],
+        *,
+        known_hash: str | None = None,
+    ) -> None:
+        """AddFile: remote URL → absolute local path; *known_hash* ("alg:hex") is checked."""
+        self._call(self._ctl.add_files, [(remote_url, local_name, known_hash)])
 
-    def add_file_set(self, files: Iterable[tuple[str, str | os.PathLike[str]]]) -> None:
-        """AddFileSet: several pairs, all or none."""
+    def add_file_set(
+        self,
+        files: Iterable[
+            tuple[str, str | os.PathLike[str]] | tuple[str, str | os.PathLike[str], str | None]
+        ],
+    ) -> None:
+        """AddFileSet: several (url, path[, known_hash]) entries, all or none."""
         self._call(self._ctl.add_files, list(files))
 
     def add_file_with_ranges(
@@ -526,6 +537,10 @@ class Job:
     def set_remote_name(self, file: int | FileInfo, remote_url: str) -> None:
         """SetRemoteName on one file."""
         self._run(self._ajob.set_remote_name(file, remote_url))
+
+    def set_validation_state(self, file: int | FileInfo, valid: bool) -> None:
+        """SetValidationState (File3): False puts the job in ERROR, the file back to 0."""
+        self._run(self._ajob.set_validation_state(file, valid))
 
     def replace_remote_prefix(self, old_prefix: str, new_prefix: str) -> bool:
         """ReplaceRemotePrefix."""

@@ -84,6 +84,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._progress",
         "bitsnb._buckets",
         "bitsnb._yielding",
+        "bitsnb._integrity",
     ),
     "vocabulary": (
         "bitsnb._enums",

@@ -30,6 +30,7 @@ ROWS = _rows()
 # values translate to (``_codes.hresult_from_errno``)
 ADDED_TO_SPEC = {
     "E_FAIL",
+    "E_PENDING",
     "ERROR_TOO_MANY_OPEN_FILES",
     "ERROR_NOT_ENOUGH_MEMORY",
     "ERROR_NOT_SAME_DEVICE",

@@ -55,6 +55,8 @@ EXPECTED: dict[tuple[JobState, Event], JobState] = {
     (T, Event.TAKE_OVER): Q,
     (C, Event.STOP): Q,
     (T, Event.STOP): Q,
+    # set_validation_state(file, False): the job goes to ERROR from any live state
+    **{(s, Event.INVALIDATED): E for s in NON_FINAL},
 }
 
 PAIRS = list(itertools.product(JobState, Event))

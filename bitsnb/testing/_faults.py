@@ -31,6 +31,7 @@ FaultKind = Literal[
     "bits_error",
     "extra_headers",
     "throttle",
+    "corrupt",
 ]
 """Every misbehaviour a test server can be told to show (see the ``Fault`` constructors)."""
 
@@ -58,6 +59,7 @@ class Fault:
     context: int = 0  # bits_error: the BITS-Error-Context sent
     fmt: CodeFormat = "hex"
     headers: tuple[tuple[str, str], ...] = ()
+    seed: int = 0  # corrupt: which byte, and how
 
     def __post_init__(self) -> None:
         if self.times == 0 or self.times < -1:
@@ -127,6 +129,12 @@ class Fault:
         if bytes_per_second <= 0:
             raise ValueError("bytes_per_second must be > 0")
         return cls("throttle", nbytes=bytes_per_second, times=times)
+
+    @classmethod
+    def corrupt(cls, seed: int = 0, *, times: int = 1) -> Fault:
+        """Send the body with one byte changed (its place and new value drawn from ``seed``):
+        same length, same validators, same digest headers; only a hash can tell."""
+        return cls("corrupt", seed=seed, times=times)
 
     @classmethod
     def change_before(cls, *, times: int = 1) -> Fault:

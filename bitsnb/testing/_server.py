@@ -5,9 +5,12 @@ Standard library only: ``ThreadingHTTPServer`` in a daemon thread, bodies sent w
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import email.utils
+import fnmatch
+import hashlib
 import math
 import os
 import random
@@ -19,19 +22,82 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Self, get_args
+from typing import IO, Any, Literal, Self, get_args
+
+from awscrt import checksums  # type: ignore[import-untyped]
 
 from bitsnb._http_rules import RangeNotSatisfiable, format_content_range, parse_range
 from bitsnb.testing._base import ThreadedServer
 from bitsnb.testing._faults import Fault, FaultKind
 
-__all__ = ["FileServer", "RequestRecord"]
+__all__ = ["DIGEST_KINDS", "DigestKind", "FileServer", "RequestRecord"]
+
+DigestKind = Literal[
+    "repr-sha-256",
+    "repr-sha-512",
+    "digest-sha-256",
+    "amz-sha256",
+    "amz-sha1",
+    "amz-crc32",
+    "amz-crc32c",
+    "amz-crc64nvme",
+    "goog-crc32c",
+    "goog-md5",
+    "content-sha-256",
+    "content-md5",
+]
+"""Digest headers ``FileServer.send_digests`` can add: ``repr-*`` (RFC 9530 Repr-Digest, sent
+when the request has Want-Repr-Digest), ``digest-*`` (RFC 3230 Digest), ``amz-*`` (S3's
+x-amz-checksum-*, sent when the request has ``x-amz-checksum-mode: ENABLED``), ``goog-*``
+(GCS's x-goog-hash) of the whole file; ``content-*`` (RFC 9530 Content-Digest, Content-MD5) of
+the response's own bytes."""
+DIGEST_KINDS: tuple[DigestKind, ...] = get_args(DigestKind)
+
+# kind → (algorithm, scope); the algorithms computed here with hashlib, zlib and awscrt
+_DIGEST_ALGS: dict[str, str] = {
+    "repr-sha-256": "sha256",
+    "repr-sha-512": "sha512",
+    "digest-sha-256": "sha256",
+    "amz-sha256": "sha256",
+    "amz-sha1": "sha1",
+    "amz-crc32": "crc32",
+    "amz-crc32c": "crc32c",
+    "amz-crc64nvme": "crc64nvme",
+    "goog-crc32c": "crc32c",
+    "goog-md5": "md5",
+    "content-sha-256": "sha256",
+    "content-md5": "md5",
+}
+
+
+def _digest_of(alg: str, fh: IO[bytes], start: int, length: int) -> bytes:
+    """The digest of *length* bytes of *fh* from *start* (CRCs big-endian, as S3/GCS send)."""
+    crc = {"crc32": (zlib.crc32, 4), "crc32c": (checksums.crc32c, 4)}
+    crc["crc64nvme"] = (checksums.crc64nvme, 8)
+    h = None if alg in crc else hashlib.new(alg)
+    value = 0
+    fh.seek(start)
+    left = length
+    while left > 0:  # bounded: each pass reads ≥ 1 byte or stops
+        block = fh.read(min(_BLOCK, left))
+        if not block:
+            break
+        left -= len(block)
+        if h is not None:
+            h.update(block)
+        else:
+            value = crc[alg][0](block, value)
+    if h is not None:
+        return h.digest()
+    return int(value).to_bytes(crc[alg][1], "big")
+
 
 _BLOCK = 1 << 20  # random content is generated and written in 1 MiB blocks
 _CHUNK = 1 << 20  # chunk size used by the chunked-encoding fault
@@ -368,12 +434,16 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in ("drop_after", "stall_after", "wrong_length"):
             self.send_header("Connection", "close")
             self.close_connection = True
+        for key, value in self._digest_headers(rec.path, fh, size, start, length):
+            self.send_header(key, value)
         self.end_headers()
         if head:
             return
 
         if fault is not None and kind == "no_length":
             self._send_chunked(rec, fh, start, length)
+        elif fault is not None and kind == "corrupt":
+            self._send_corrupted(rec, fh, start, length, fault.seed)
         elif fault is not None and kind == "throttle":
             self._send_throttled(rec, fh, start, length, fault.nbytes)
         elif fault is not None and kind in ("drop_after", "stall_after"):
@@ -404,6 +474,54 @@ class _Handler(BaseHTTPRequestHandler):
         owner._add_sent(rec, sent - count)
         if sent != count:  # file shrank underneath us: the promised length cannot be met
             self._abort()
+
+    def _digest_headers(
+        self, name: str, fh: IO[bytes], size: int, start: int, length: int
+    ) -> list[tuple[str, str]]:
+        """The digest headers configured for *name* (right, or each one's first byte flipped)."""
+        kinds, wrong = self.server.owner._digests_for(name)
+        asked_repr = self.headers.get("Want-Repr-Digest") is not None
+        asked_amz = (self.headers.get("x-amz-checksum-mode") or "").upper() == "ENABLED"
+        fields: dict[str, list[str]] = {}
+        for kind in kinds:
+            family = kind.split("-", 1)[0]
+            if (family == "repr" and not asked_repr) or (family == "amz" and not asked_amz):
+                continue
+            alg = _DIGEST_ALGS[kind]
+            whole = family != "content"
+            raw = _digest_of(alg, fh, 0 if whole else start, size if whole else length)
+            if wrong:
+                raw = bytes([raw[0] ^ 0xFF]) + raw[1:]
+            b64 = base64.b64encode(raw).decode()
+            if family in ("repr", "content") and kind != "content-md5":
+                header = "Repr-Digest" if family == "repr" else "Content-Digest"
+                fields.setdefault(header, []).append(f"{kind.split('-', 1)[1]}=:{b64}:")
+            elif kind == "content-md5":
+                fields["Content-MD5"] = [b64]
+            elif family == "digest":
+                fields.setdefault("Digest", []).append(f"SHA-256={b64}")
+            elif family == "amz":
+                fields[f"x-amz-checksum-{alg}"] = [b64]
+            else:
+                fields.setdefault("x-goog-hash", []).append(f"{alg}={b64}")
+        return [(k, ", ".join(v)) for k, v in fields.items()]
+
+    def _send_corrupted(
+        self, rec: RequestRecord, fh: IO[bytes], start: int, length: int, seed: int
+    ) -> None:
+        """The body with one byte changed (seeded place and XOR mask), same length."""
+        if length <= 0:
+            return
+        rng = random.Random(seed)
+        at = rng.randrange(length)
+        mask = rng.randrange(1, 256)
+        self._send_body(rec, fh, start, at)
+        fh.seek(start + at)
+        byte = fh.read(1)
+        self.wfile.write(bytes([byte[0] ^ mask]))
+        self.wfile.flush()
+        self.server.owner._add_sent(rec, 1)
+        self._send_body(rec, fh, start + at + 1, length - at - 1)
 
     def _send_throttled(
         self, rec: RequestRecord, fh: IO[bytes], start: int, length: int, rate: int
@@ -468,6 +586,7 @@ class FileServer(ThreadedServer[RequestRecord]):
         self._mtimes: dict[str, int] = {}
         self._seeds: dict[str, int] = {}
         self._handlers: dict[_Handler, threading.Thread] = {}
+        self._digests: list[tuple[str, tuple[DigestKind, ...], bool]] = []
 
     def __repr__(self) -> str:
         return f"FileServer(root={str(self._root)!r}, url={self._base_url!r})"
@@ -593,6 +712,29 @@ class FileServer(ThreadedServer[RequestRecord]):
         with self._lock:
             self._seeds[key] = seed
         return self.url(key)
+
+    def send_digests(
+        self, name_glob: str, kinds: Iterable[DigestKind], *, wrong: bool = False
+    ) -> None:
+        """Answer requests for files matching *name_glob* with these digest headers (see
+        ``DigestKind``), right or, with *wrong*, each with its first byte flipped; a later call
+        for the same glob replaces it, an empty *kinds* stops them."""
+        chosen = tuple(kinds)
+        for kind in chosen:
+            if kind not in _DIGEST_ALGS:
+                raise ValueError(f"unknown digest kind {kind!r}; known: {DIGEST_KINDS}")
+        glob = name_glob.lstrip("/")
+        with self._lock:
+            self._digests = [d for d in self._digests if d[0] != glob]
+            if chosen:
+                self._digests.append((glob, chosen, wrong))
+
+    def _digests_for(self, name: str) -> tuple[tuple[DigestKind, ...], bool]:
+        with self._lock:
+            for glob, kinds, wrong in self._digests:
+                if fnmatch.fnmatchcase(name, glob):
+                    return kinds, wrong
+        return (), False
 
     def change_file(self, name: str, data: bytes | None = None) -> None:
         """Replace the content (``None``: new random bytes, same size); ETag and mtime change."""

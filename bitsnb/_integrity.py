@@ -1,0 +1,276 @@
+"""Integrity rules (no IO): known hashes, the digests servers send, and the hashers for both.
+
+A *known hash* is pooch's ``"alg:hex"`` (a bare hex string is sha256). Servers say what a file
+should hash to in several headers, of two scopes:
+
+- the whole representation (checks a resumed file too): RFC 9530 ``Repr-Digest``, RFC 3230
+  ``Digest``, S3's ``x-amz-checksum-*`` and GCS's ``x-goog-hash``;
+- the bytes of this one response (a 206 covers its range only): RFC 9530 ``Content-Digest`` and
+  ``Content-MD5``.
+
+``Repr-Digest`` and ``Content-Digest`` are RFC 9651 structured-field dictionaries, parsed with
+``http-sf``; RFC 3230's ``Digest`` and ``x-goog-hash`` are plain ``name=base64`` lists.
+
+CRCs come from libraries, not from code here: CRC32 (S3's ``crc32``) from ``zlib``; CRC32C and
+CRC64NVME from ``awscrt`` (``awscrt.checksums``), the AWS Common Runtime that botocore and the
+AWS CLI use to make and check exactly these S3 checksums: one well-kept package, maintained by
+AWS, with hardware-accelerated (SSE4.2/PCLMUL/ARM CRC) code for both and an incremental API;
+``crc32c`` or ``google-crc32c`` would cover CRC32C only, and no other maintained package has
+CRC64NVME. xxh64/xxh128 are offered when the optional ``xxhash`` package is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import importlib.util
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import http_sf
+from awscrt import checksums  # type: ignore[import-untyped]
+
+__all__ = [
+    "KNOWN_ALGORITHMS",
+    "REQUEST_HEADERS",
+    "Digest",
+    "Hasher",
+    "content_digest",
+    "digest_request_headers",
+    "known_digest",
+    "new_hasher",
+    "parse_known_hash",
+    "representation_digest",
+]
+
+# what a client sends to be told digests: RFC 9530 §4 preferences, and S3's checksum mode
+REQUEST_HEADERS: Mapping[str, str] = {
+    "Want-Repr-Digest": "sha-256=10, sha-512=3",
+    "x-amz-checksum-mode": "ENABLED",
+}
+_PRESIGNED = re.compile(r"[?&]x-amz-(signature|credential)=", re.IGNORECASE)
+
+
+def digest_request_headers(url: str) -> dict[str, str]:
+    """The headers that ask a server for digests of *url*.
+
+    S3 refuses a presigned URL's request that carries an ``x-amz-*`` header its signature
+    does not cover ("headers present in the request which were not signed"), so a presigned
+    URL is asked with ``Want-Repr-Digest`` only.
+    """
+    headers = dict(REQUEST_HEADERS)
+    if _PRESIGNED.search(url):
+        del headers["x-amz-checksum-mode"]
+    return headers
+
+
+Scope = Literal["representation", "content"]
+
+
+class Hasher(Protocol):
+    """What bitsnb hashes with: hashlib's interface, as far as it uses it."""
+
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class _Crc:
+    """A CRC as a hasher: *fn(data, previous)*; the digest is the value, big-endian (as S3
+    and GCS send it)."""
+
+    def __init__(self, fn: Callable[[Any, int], int], width: int) -> None:
+        self._fn = fn
+        self._width = width
+        self._value = 0
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._value = self._fn(data, self._value)
+
+    def digest(self) -> bytes:
+        return self._value.to_bytes(self._width, "big")
+
+
+def _hashlib(name: str) -> Callable[[], Hasher]:
+    return lambda: hashlib.new(name)
+
+
+def _crc32() -> Hasher:
+    return _Crc(zlib.crc32, 4)
+
+
+def _crc32c() -> Hasher:
+    return _Crc(checksums.crc32c, 4)
+
+
+def _crc64nvme() -> Hasher:
+    return _Crc(checksums.crc64nvme, 8)
+
+
+_HASHERS: dict[str, Callable[[], Hasher]] = {
+    "sha256": _hashlib("sha256"),
+    "sha512": _hashlib("sha512"),
+    "sha1": _hashlib("sha1"),
+    "md5": _hashlib("md5"),
+    "blake2b": _hashlib("blake2b"),
+    "crc32": _crc32,
+    "crc32c": _crc32c,
+    "crc64nvme": _crc64nvme,
+}
+_SIZES = {"sha256": 32, "sha512": 64, "sha1": 20, "md5": 16, "blake2b": 64}
+
+if importlib.util.find_spec("xxhash") is not None:  # optional
+    _xxhash: Any = importlib.import_module("xxhash")
+    _HASHERS["xxh64"] = _xxhash.xxh64
+    _HASHERS["xxh128"] = _xxhash.xxh128
+    _SIZES["xxh64"] = 8
+    _SIZES["xxh128"] = 16
+
+KNOWN_ALGORITHMS = frozenset(_SIZES)
+"""The algorithms a known hash may name (pooch's, and xxhash's when it is installed)."""
+
+# how strong a server's digest is: the strongest one sent is the one checked
+_STRENGTH = ("sha512", "sha256", "sha1", "crc64nvme", "md5", "crc32c", "crc32")
+
+# header names of algorithms → ours (RFC 9530's registry, RFC 3230's, S3's, GCS's)
+_RFC9530 = {"sha-256": "sha256", "sha-512": "sha512", "md5": "md5", "sha": "sha1"}
+_RFC3230 = {"sha-256": "sha256", "sha-512": "sha512", "sha": "sha1", "md5": "md5"}
+_AMZ = {
+    "x-amz-checksum-sha256": "sha256",
+    "x-amz-checksum-sha1": "sha1",
+    "x-amz-checksum-crc32": "crc32",
+    "x-amz-checksum-crc32c": "crc32c",
+    "x-amz-checksum-crc64nvme": "crc64nvme",
+}
+_GOOG = {"crc32c": "crc32c", "md5": "md5"}
+_HEX = re.compile(r"[0-9a-fA-F]+")
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What some bytes should hash to: the algorithm (our name), the digest, who said so."""
+
+    algorithm: str
+    value: bytes
+    source: str  # "known hash", "Repr-Digest", "x-amz-checksum-crc32c", ...
+    scope: Scope = "representation"
+
+    @property
+    def text(self) -> str:
+        """``alg:hex``, as known hashes are written."""
+        return f"{self.algorithm}:{self.value.hex()}"
+
+
+def new_hasher(algorithm: str) -> Hasher:
+    """A fresh hasher for one of our algorithm names (KeyError for another)."""
+    return _HASHERS[algorithm]()
+
+
+def parse_known_hash(text: str) -> str:
+    """Check a known hash and return it as ``alg:hex`` (lower case); ValueError if malformed.
+
+    ``"sha256:…"``, ``"md5:…"``…; a bare hex string is sha256 (pooch's rule).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a known hash is a string, not {type(text).__name__}")
+    alg, sep, hexpart = text.strip().partition(":")
+    if not sep:
+        alg, hexpart = "sha256", alg
+    alg = alg.strip().lower()
+    if alg not in KNOWN_ALGORITHMS:
+        raise ValueError(
+            f"unknown hash algorithm {alg!r}; bitsnb knows {', '.join(sorted(KNOWN_ALGORITHMS))}"
+        )
+    hexpart = hexpart.strip()
+    if not _HEX.fullmatch(hexpart) or len(hexpart) != 2 * _SIZES[alg]:
+        raise ValueError(f"{alg} wants {2 * _SIZES[alg]} hex digits, not {hexpart!r}")
+    return f"{alg}:{hexpart.lower()}"
+
+
+def known_digest(text: str) -> Digest:
+    """The Digest of a checked known hash (``parse_known_hash``'s form)."""
+    alg, _, hexpart = parse_known_hash(text).partition(":")
+    return Digest(alg, bytes.fromhex(hexpart), "known hash")
+
+
+def _b64(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _sized(alg: str, value: bytes | None) -> bool:
+    width = {"crc32": 4, "crc32c": 4, "crc64nvme": 8}.get(alg, _SIZES.get(alg))
+    return value is not None and len(value) == width
+
+
+def _structured(header: str, value: str, names: Mapping[str, str], scope: Scope) -> list[Digest]:
+    """The digests of an RFC 9530 field (an RFC 9651 dictionary of byte sequences)."""
+    try:
+        parsed = http_sf.parse(value.encode("latin-1"), tltype="dictionary")
+    except Exception:  # http-sf raises ValueError and others on a malformed field: ignore it
+        return []
+    if not isinstance(parsed, dict):
+        return []
+    out = []
+    for key, member in parsed.items():
+        item = member[0] if isinstance(member, tuple) else member
+        alg = names.get(str(key))
+        if alg is not None and isinstance(item, bytes) and _sized(alg, item):
+            out.append(Digest(alg, item, header, scope))
+    return out
+
+
+def _pairs(header: str, value: str, names: Mapping[str, str], scope: Scope) -> list[Digest]:
+    """The digests of a comma-separated ``name=base64`` list (RFC 3230, x-goog-hash)."""
+    out = []
+    for part in value.split(","):
+        key, sep, encoded = part.strip().partition("=")
+        alg = names.get(key.strip().lower())
+        raw = _b64(encoded) if sep else None
+        if alg is not None and _sized(alg, raw):
+            assert raw is not None
+            out.append(Digest(alg, raw, header, scope))
+    return out
+
+
+def _strongest(found: list[Digest]) -> Digest | None:
+    ranked = [d for d in found if d.algorithm in _STRENGTH]
+    return min(ranked, key=lambda d: _STRENGTH.index(d.algorithm), default=None)
+
+
+def representation_digest(headers: Mapping[str, str]) -> Digest | None:
+    """The strongest digest of the whole representation the server sent (None if none).
+
+    Header names are looked up case-insensitively (*headers* is httpx's ``Headers``, or any
+    mapping with lower-case keys).
+    """
+    found: list[Digest] = []
+    if (v := headers.get("repr-digest")) is not None:
+        found += _structured("Repr-Digest", v, _RFC9530, "representation")
+    if (v := headers.get("digest")) is not None:
+        found += _pairs("Digest", v, _RFC3230, "representation")
+    for name, alg in _AMZ.items():
+        v = headers.get(name)
+        # a multipart upload's composite checksum ("…-5") is not the bytes' checksum: skipped
+        if v is not None and "-" not in v and _sized(alg, raw := _b64(v)):
+            assert raw is not None
+            found.append(Digest(alg, raw, name, "representation"))
+    if (v := headers.get("x-goog-hash")) is not None:
+        found += _pairs("x-goog-hash", v, _GOOG, "representation")
+    return _strongest(found)
+
+
+def content_digest(headers: Mapping[str, str]) -> Digest | None:
+    """The strongest digest of this response's own bytes (Content-Digest, Content-MD5)."""
+    found: list[Digest] = []
+    if (v := headers.get("content-digest")) is not None:
+        found += _structured("Content-Digest", v, _RFC9530, "content")
+    if (v := headers.get("content-md5")) is not None and _sized("md5", raw := _b64(v)):
+        assert raw is not None
+        found.append(Digest("md5", raw, "Content-MD5", "content"))
+    return _strongest(found)
