@@ -63,6 +63,7 @@ from ._codes import (
     E_INVALIDARG,
     E_NOTIMPL,
     S_OK,
+    from_user,
     hresult_from_errno,
     http_error,
 )
@@ -127,7 +128,8 @@ def parse_priority(text: str) -> JobPriority:
 
 
 def parse_code(text: str) -> int:
-    """An HRESULT as hex (``0x80190194``), decimal (signed or not) or a name (``BG_E_NOT_FOUND``)."""
+    """An HRESULT as hex (``0x80190194``), decimal (signed or not) or a name (``BG_E_NOT_FOUND``);
+    a bare HTTP status (``404``) means that status's ``BG_E_HTTP_ERROR_nnn``."""
     value = text.strip()
     number: int | None = None
     with contextlib.suppress(ValueError):
@@ -140,7 +142,7 @@ def parse_code(text: str) -> int:
     if number is not None:
         if not -(2**31) <= number <= 0xFFFFFFFF:
             raise argparse.ArgumentTypeError(f"{text!r} does not fit in 32 bits")
-        return number & 0xFFFFFFFF
+        return from_user(number)
     upper = value.upper()
     match = re.fullmatch(r"BG_E_HTTP_ERROR_(\d{3})", upper)
     if match:
@@ -323,11 +325,7 @@ def _complete_text(hr: int) -> str:
 # -- verbs ------------------------------------------------------------------------------------
 def cmd_create(args: argparse.Namespace, out: Output) -> int:
     """create NAME: a new empty job (SUSPENDED); prints its id."""
-    job_type = {
-        "download": JobType.DOWNLOAD,
-        "upload": JobType.UPLOAD,
-        "upload-reply": JobType.UPLOAD_REPLY,
-    }[args.type]
+    job_type = _JOB_TYPES[args.type]
     with open_manager(args, active=False) as mgr:
         job = mgr.create_job(
             args.name, job_type, priority=args.priority, description=args.description
@@ -462,22 +460,34 @@ def cmd_monitor(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+_JOB_TYPES = {
+    "download": JobType.DOWNLOAD,
+    "upload": JobType.UPLOAD,
+    "upload-reply": JobType.UPLOAD_REPLY,
+}
+
+
 def cmd_error(args: argparse.Namespace, out: Output) -> int:
-    """error CODE: name, hex and description of an HRESULT."""
-    head, description = error_lines(args.code)
+    """error CODE: name, hex and description of an HRESULT (both readings where uploads differ)."""
+    chosen = _JOB_TYPES[args.type] if args.type else None
+    head, description = error_lines(args.code, chosen)
+    _, upload = error_lines(args.code, JobType.UPLOAD)
+    name, hexcode = head.split(" (")
     if args.json:
-        name, hexcode = head.split(" (")
         out.json(
             {
                 "name": name,
                 "code": args.code,
                 "hex": hexcode.rstrip(")"),
                 "description": description,
+                "upload_description": upload,
             }
         )
-    else:
-        out.line(head)
-        out.line(description)
+        return EXIT_OK
+    out.line(head)
+    out.line(description)
+    if chosen is None and upload != description:
+        out.line(f"for upload jobs: {upload}")
     return EXIT_OK
 
 
@@ -767,8 +777,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--all-users", action="store_true")
 
-    p = verb("error", cmd_error, "explain an error code (0x80190194, decimal or a name)")
+    p = verb(
+        "error",
+        cmd_error,
+        "explain an error code (0x80190194, decimal, a name, or a bare HTTP status: 404)",
+    )
     p.add_argument("code", type=parse_code, metavar="CODE")
+    p.add_argument(
+        "--type",
+        choices=tuple(_JOB_TYPES),
+        help="the reading for this job type (default: the general one, plus the upload one "
+        "where it differs)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = verb("set", cmd_set, "change a job's properties")

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.table import Column, Table
 from rich.text import Text
 
-from ._enums import JobState
+from ._enums import JobState, JobType
 from ._errors import lookup_error
 from ._format import RateEstimator, format_progress, format_rate
 from ._models import ErrorInfo
@@ -42,6 +42,7 @@ __all__ = [
     "Output",
     "Watcher",
     "error_dict",
+    "error_text",
     "job_dict",
     "jobs_csv",
     "jobs_table",
@@ -190,13 +191,19 @@ def state_text(state: JobState) -> Text:
     return Text(state.name, style=_STATE_STYLE.get(state, ""))
 
 
-def error_dict(err: ErrorInfo) -> dict[str, Any]:
+def error_text(err: ErrorInfo, job_type: JobType | None) -> str:
+    """The error's sentence as it reads for a job of *job_type* (uploads read some codes
+    differently: an HTTP 404 from an upload server means "no upload endpoint there")."""
+    return lookup_error(err.code).for_job(job_type)
+
+
+def error_dict(err: ErrorInfo, job_type: JobType | None = None) -> dict[str, Any]:
     """An error for JSON: name, code (int and hex), description, context, message and file."""
     return {
         "name": err.name,
         "code": err.code,
         "hex": f"0x{err.code:08X}",
-        "description": err.description,
+        "description": error_text(err, job_type),
         "context": err.context.name,
         "context_description": err.context_description,
         "message": err.message,
@@ -233,7 +240,7 @@ def job_dict(job: Job, *, files: bool = False) -> dict[str, Any]:
             ),
         },
         "error_count": job.error_count,
-        "error": error_dict(err) if err is not None else None,
+        "error": error_dict(err, job.type) if err is not None else None,
     }
     if files:
         usage, proxies, bypass = job.proxy_settings
@@ -385,7 +392,7 @@ def print_info(out: Output, job: Job) -> None:
     err = job.error
     if err is not None:
         grid.add_row("error", Text(f"{err.name} (0x{err.code:08X})", style="red"))
-        grid.add_row("", err.description)
+        grid.add_row("", error_text(err, job.type))
         grid.add_row("", f"context: {err.context.name}: {err.context_description}")
         if err.message:
             grid.add_row("", f"message: {err.message}")
@@ -613,7 +620,7 @@ def report_outcome(out: Output, job: Job, state: JobState) -> int:
             return EXIT_TRANSFER_FAILED
         out.error(
             f"job {short_id(job)} {job.display_name!r} ended in ERROR: "
-            f"{err.name} (0x{err.code:08X}): {err.description}"
+            f"{err.name} (0x{err.code:08X}): {error_text(err, job.type)}"
         )
         if err.message:
             out.note(f"  {err.message}")
@@ -625,7 +632,7 @@ def report_outcome(out: Output, job: Job, state: JobState) -> int:
     return EXIT_TRANSFER_FAILED
 
 
-def error_lines(code: int) -> tuple[str, str]:
-    """``NAME (0xHEX)`` and the description for an HRESULT."""
+def error_lines(code: int, job_type: JobType | None = None) -> tuple[str, str]:
+    """``NAME (0xHEX)`` and the description for an HRESULT (as read for *job_type*)."""
     row = lookup_error(code)
-    return f"{row.name} (0x{row.code:08X})", row.description
+    return f"{row.name} (0x{row.code:08X})", row.for_job(job_type)
