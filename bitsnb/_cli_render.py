@@ -11,6 +11,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import re
 import sys
 import threading
 import time
@@ -48,6 +49,7 @@ __all__ = [
     "jobs_table",
     "print_info",
     "report_outcome",
+    "safe_text",
     "watch_job",
 ]
 
@@ -101,8 +103,8 @@ class Output:
         self.err.print(text, style="dim")
 
     def error(self, text: str) -> None:
-        """``bitsnb: error: ...`` on stderr."""
-        self.err.print(f"bitsnb: error: {text}", style="red")
+        """``bitsnb: error: ...`` on stderr (control characters escaped: messages quote input)."""
+        self.err.print(f"bitsnb: error: {safe_text(text)}", style="red")
 
     def json(self, data: object) -> None:
         """*data* as indented JSON on stdout."""
@@ -155,6 +157,21 @@ class _Trimmed(io.TextIOBase):
 
 
 # -- formatting -------------------------------------------------------------------------------
+# C0 and C1 controls, DEL, line/paragraph separators and the bidirectional overrides: a name
+# holding them could move the cursor, recolour or hide text, or fake lines of output
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """*text* with control characters shown as escapes (``\\n``, ``\\x1b``), never sent raw to
+    the terminal: job names, URLs and messages come from other people and other programs."""
+
+    def escape(m: re.Match[str]) -> str:
+        return m.group().encode("unicode_escape").decode("ascii")
+
+    return _UNSAFE.sub(escape, text)
+
+
 def fmt_time(when: _dt.datetime | None) -> str:
     """Local time to the second, or ``-``."""
     if when is None:
@@ -343,14 +360,14 @@ def jobs_table(jobs: Sequence[Job], *, tty: bool, owners: bool = False) -> Rende
         err = job.error
         row: list[RenderableType] = [
             short_id(job),
-            job.display_name,
+            safe_text(job.display_name),
             state_text(job.state),
             job.priority.name,
             f"{p.files_transferred}/{p.files_total}",
             fmt_progress(job),
         ]
         if owners:
-            row.append(job.owner)
+            row.append(safe_text(job.owner))
         row.append(Text(err.name, style="red") if err is not None else "")
         table.add_row(*row)
     if not jobs:
@@ -365,12 +382,12 @@ def print_info(out: Output, job: Job) -> None:
     usage, proxies, bypass = job.proxy_settings
     rows: list[tuple[str, str | Text]] = [
         ("id", str(job.id)),
-        ("name", job.display_name),
-        ("description", job.description or "-"),
+        ("name", safe_text(job.display_name)),
+        ("description", safe_text(job.description) or "-"),
         ("type", job.type.name),
         ("state", state_text(job.state)),
         ("priority", job.priority.name),
-        ("owner", job.owner),
+        ("owner", safe_text(job.owner)),
         ("files", f"{p.files_transferred}/{p.files_total} transferred"),
         ("bytes", fmt_progress(job)),
         ("created", fmt_time(t.creation)),
@@ -380,8 +397,8 @@ def print_info(out: Output, job: Job) -> None:
         ("retry delay", fmt_duration(job.minimum_retry_delay)),
         ("no-progress timeout", fmt_duration(job.no_progress_timeout)),
         ("max download time", fmt_duration(job.maximum_download_time)),
-        ("proxy", " ".join(x for x in (usage.name, proxies, bypass) if x)),
-        ("headers", (job.custom_headers or "-").replace("\r\n", "; ")),
+        ("proxy", safe_text(" ".join(x for x in (usage.name, proxies, bypass) if x))),
+        ("headers", safe_text((job.custom_headers or "-").replace("\r\n", "; "))),
         ("allowed calls", ", ".join(sorted(job.allowed_calls)) or "-"),
     ]
     grid = Table.grid(padding=(0, 2))
@@ -395,9 +412,9 @@ def print_info(out: Output, job: Job) -> None:
         grid.add_row("", error_text(err, job.type))
         grid.add_row("", f"context: {err.context.name}: {err.context_description}")
         if err.message:
-            grid.add_row("", f"message: {err.message}")
+            grid.add_row("", f"message: {safe_text(err.message)}")
         if err.file is not None:
-            grid.add_row("", f"file: {err.file.remote_name}")
+            grid.add_row("", f"file: {safe_text(err.file.remote_name)}")
     out.out.print(grid)
     files = Table(
         box=None,
@@ -414,8 +431,8 @@ def print_info(out: Output, job: Job) -> None:
         done = "completed" if f.progress.completed else "yes" if f.transferred else "no"
         files.add_row(
             str(f.index),
-            f.remote_name,
-            f.local_name,
+            safe_text(f.remote_name),
+            safe_text(f.local_name),
             format_progress(f.progress.bytes_transferred, f.progress.bytes_total),
             done,
         )
@@ -499,7 +516,7 @@ class Watcher:
             self._progress = None
 
     def _label(self) -> str:
-        name = self._job.display_name
+        name = safe_text(self._job.display_name)
         return name if len(name) <= 24 else name[:23] + "…"
 
     def print(self, renderable: RenderableType, *, style: str | None = None) -> None:
@@ -521,7 +538,7 @@ class Watcher:
             status = f"{state.name}, retrying"
             if self._live and self._explain and self._last_error != (err.code, job.error_count):
                 self._last_error = (err.code, job.error_count)
-                detail = f": {err.message}" if err.message else ""
+                detail = f": {safe_text(err.message)}" if err.message else ""
                 self.print(f"retrying after {err.name} (0x{err.code:08X}){detail}", style="yellow")
             if not self._live:
                 status = f"{state.name}: {err.name}, retrying"
@@ -623,9 +640,9 @@ def report_outcome(out: Output, job: Job, state: JobState) -> int:
             f"{err.name} (0x{err.code:08X}): {error_text(err, job.type)}"
         )
         if err.message:
-            out.note(f"  {err.message}")
+            out.note(f"  {safe_text(err.message)}")
         if err.file is not None:
-            out.note(f"  file: {err.file.remote_name}")
+            out.note(f"  file: {safe_text(err.file.remote_name)}")
         out.note(f"  context: {err.context.name}: {err.context_description}")
         return EXIT_TRANSFER_FAILED
     out.error(f"job {short_id(job)} {job.display_name!r} is {state.name}")

@@ -221,8 +221,15 @@ def test_wait_timeout_exits_4_and_error_job_exits_1(
 ) -> None:
     job = here.ok("create", "idle").strip()
     here.ok("addfile", job, server.add_random_file("x.bin", 10), dest / "x.bin")
-    proc = sub.fails(4, "wait", job, "--timeout", "0.3")  # SUSPENDED: never finishes
-    assert "SUSPENDED" in proc.stderr
+    # SUSPENDED never finishes: wait says so at once (no timeout needed), --resume runs it
+    proc = sub.fails(1, "wait", job)
+    assert "SUSPENDED" in proc.stderr and "--resume" in proc.stderr
+    assert here.json("info", job)["state"] == "SUSPENDED"
+    slow = here.ok("create", "slow").strip()
+    here.ok("addfile", slow, server.add_random_file("slow.bin", 10), dest / "slow.bin")
+    server.inject("slow.bin", Fault.stall(30))
+    proc = sub.fails(4, "wait", slow, "--resume", "--timeout", "0.5")
+    assert "still" in proc.stderr
     bad = here.ok("create", "bad").strip()
     here.ok("addfile", bad, server.url("gone.bin"), dest / "gone.bin")
     here.ok("resume", bad)
