@@ -1,7 +1,11 @@
 """``bitsnb``: the command line over the same job store as the notebooks (bitsadmin-style verbs).
 
-Verbs: ``demo``, ``transfer``, ``create``, ``addfile``, ``addfileset``, ``resume``, ``suspend``,
-``cancel``, ``complete``, ``list``, ``info``, ``monitor``, ``wait``, ``set``, ``error``, ``serve``.
+Verbs: ``demo``, ``transfer``, ``create``, ``addfile``, ``addfileset``, ``addfilewithranges``,
+``resume``, ``suspend``, ``cancel``, ``complete``, ``reset``, ``list``, ``info``, ``monitor``,
+``wait``, ``set``, ``setnotifycmdline``, ``setnotifyflags``, ``setcredentials``,
+``removecredentials``, ``replaceremoteprefix``, ``takeownership``, ``setreplyfilename``,
+``getreplydata``, the ``get*`` verbs that print one value (``getstate``, ``getbytestotal``, ...),
+``error``, ``serve``.
 Jobs are named by full id, a unique id prefix or a unique display name.
 
 Jobs run while a bitsnb process has the store open: a notebook, ``bitsnb wait``, ``bitsnb monitor``
@@ -25,20 +29,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import enum
+import getpass
 import os
 import re
+import stat
 import sys
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
 from ._cli_render import (
+    DONE_STATES,
     EXIT_BITS_ERROR,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -55,6 +63,7 @@ from ._cli_render import (
     jobs_table,
     print_info,
     report_outcome,
+    safe_text,
     short_id,
     watch_job,
 )
@@ -63,10 +72,11 @@ from ._codes import (
     E_INVALIDARG,
     E_NOTIMPL,
     S_OK,
+    from_user,
     hresult_from_errno,
     http_error,
 )
-from ._enums import JobPriority, JobState, JobType, ProxyUsage
+from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, all_errors
 from ._format import format_bytes
 from ._manager import default_store_path
@@ -111,6 +121,7 @@ _ACTIVE = (JobState.QUEUED, JobState.CONNECTING, JobState.TRANSFERRING)
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _HEXISH = re.compile(r"^[0-9a-fA-F-]+$")
 Handler = Callable[[argparse.Namespace, Output], int]
+_E = TypeVar("_E", bound=enum.Enum)
 
 
 # -- argument types ---------------------------------------------------------------------------
@@ -127,7 +138,8 @@ def parse_priority(text: str) -> JobPriority:
 
 
 def parse_code(text: str) -> int:
-    """An HRESULT as hex (``0x80190194``), decimal (signed or not) or a name (``BG_E_NOT_FOUND``)."""
+    """An HRESULT as hex (``0x80190194``), decimal (signed or not) or a name (``BG_E_NOT_FOUND``);
+    a bare HTTP status (``404``) means that status's ``BG_E_HTTP_ERROR_nnn``."""
     value = text.strip()
     number: int | None = None
     with contextlib.suppress(ValueError):
@@ -140,7 +152,7 @@ def parse_code(text: str) -> int:
     if number is not None:
         if not -(2**31) <= number <= 0xFFFFFFFF:
             raise argparse.ArgumentTypeError(f"{text!r} does not fit in 32 bits")
-        return number & 0xFFFFFFFF
+        return from_user(number)
     upper = value.upper()
     match = re.fullmatch(r"BG_E_HTTP_ERROR_(\d{3})", upper)
     if match:
@@ -186,6 +198,41 @@ def parse_states(text: str) -> frozenset[JobState]:
             names = ", ".join(s.name.lower() for s in JobState)
             raise argparse.ArgumentTypeError(f"{part!r} is not a job state ({names})") from None
     return frozenset(states)
+
+
+def _enum_arg(kind: type[_E]) -> Callable[[str], _E]:
+    """An enum member by name (any case, ``-`` for ``_``) or number."""
+
+    def parse(text: str) -> _E:
+        value = text.strip().upper().replace("-", "_")
+        try:
+            return kind(int(value)) if value.isdigit() else kind[value]
+        except (KeyError, ValueError):
+            names = ", ".join(m.name.lower() for m in kind)
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {names}") from None
+
+    return parse
+
+
+def parse_notify_flags(text: str) -> NotifyFlags:
+    """A number (``0x3``, ``3``) or names joined by ``,`` or ``|``: ``job_transferred,job_error``."""
+    value = text.strip()
+    with contextlib.suppress(ValueError):
+        number = int(value, 0)
+        if 0 <= number <= sum(NotifyFlags):
+            return NotifyFlags(number)
+        raise argparse.ArgumentTypeError(f"{text!r} has bits no notify flag uses")
+    flags = NotifyFlags(0)
+    for part in re.split(r"[,|]", value):
+        name = part.strip().upper().replace("-", "_")
+        if not name:
+            continue
+        try:
+            flags |= NotifyFlags[name]
+        except KeyError:
+            names = ", ".join(f.name.lower() for f in NotifyFlags if f.name)
+            raise argparse.ArgumentTypeError(f"{part!r} is not a notify flag ({names})") from None
+    return flags
 
 
 def _int_range(low: int, high: int) -> Callable[[str], int]:
@@ -240,7 +287,7 @@ def resolve(mgr: Manager, name: str) -> Job:
             return matches[0]
         if matches:
             shown = ", ".join(
-                f"{short_id(j)} ({j.display_name}, {j.state.name})" for j in matches[:5]
+                f"{short_id(j)} ({safe_text(j.display_name)}, {j.state.name})" for j in matches[:5]
             )
             more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
             raise BitsError(
@@ -260,15 +307,42 @@ def plan_destinations(urls: Sequence[str], dest: str) -> list[tuple[str, str]]:
     return plan.pairs
 
 
-def read_file_set(path: str) -> list[tuple[str, str]]:
-    """``URL PATH`` lines (``#`` comments, blank lines skipped) or a CSV with url,path columns."""
+MAX_FILE_SET_BYTES = 16 * 1024 * 1024
+"""The largest file list ``addfileset`` reads (a few hundred thousand lines)."""
+
+
+def _read_list_file(path: str) -> bytes:
+    """The bytes of a regular file of at most ``MAX_FILE_SET_BYTES``: a FIFO, a device
+    (``/dev/zero``) or a folder is refused without reading (opened non-blocking, so a FIFO
+    with no writer cannot hang), and so is a bigger file."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise BitsError(
-            hresult_from_errno(exc.errno),
-            f"cannot read the file list {path!r}: {exc.strerror}",
+            hresult_from_errno(exc.errno), f"cannot read the file list {path!r}: {exc.strerror}"
         ) from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BitsError(E_INVALIDARG, f"the file list {path!r} is not a regular file")
+        if info.st_size > MAX_FILE_SET_BYTES:
+            raise BitsError(
+                E_INVALIDARG,
+                f"the file list {path!r} is larger than {MAX_FILE_SET_BYTES} bytes",
+            )
+        data = fh.read(MAX_FILE_SET_BYTES + 1)  # it may have grown since the fstat
+    if len(data) > MAX_FILE_SET_BYTES:
+        raise BitsError(
+            E_INVALIDARG, f"the file list {path!r} is larger than {MAX_FILE_SET_BYTES} bytes"
+        )
+    return data
+
+
+def read_file_set(path: str) -> list[tuple[str, str]]:
+    """``URL PATH`` lines (``#`` comments, blank lines skipped) or a CSV with url,path columns;
+    *path* must be a regular file of at most ``MAX_FILE_SET_BYTES``."""
+    try:
+        text = _read_list_file(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BitsError(E_INVALIDARG, f"{path!r} is not UTF-8 text ({exc})") from None
     lines = text.splitlines()
@@ -323,11 +397,7 @@ def _complete_text(hr: int) -> str:
 # -- verbs ------------------------------------------------------------------------------------
 def cmd_create(args: argparse.Namespace, out: Output) -> int:
     """create NAME: a new empty job (SUSPENDED); prints its id."""
-    job_type = {
-        "download": JobType.DOWNLOAD,
-        "upload": JobType.UPLOAD,
-        "upload-reply": JobType.UPLOAD_REPLY,
-    }[args.type]
+    job_type = _JOB_TYPES[args.type]
     with open_manager(args, active=False) as mgr:
         job = mgr.create_job(
             args.name, job_type, priority=args.priority, description=args.description
@@ -462,22 +532,34 @@ def cmd_monitor(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+_JOB_TYPES = {
+    "download": JobType.DOWNLOAD,
+    "upload": JobType.UPLOAD,
+    "upload-reply": JobType.UPLOAD_REPLY,
+}
+
+
 def cmd_error(args: argparse.Namespace, out: Output) -> int:
-    """error CODE: name, hex and description of an HRESULT."""
-    head, description = error_lines(args.code)
+    """error CODE: name, hex and description of an HRESULT (both readings where uploads differ)."""
+    chosen = _JOB_TYPES[args.type] if args.type else None
+    head, description = error_lines(args.code, chosen)
+    _, upload = error_lines(args.code, JobType.UPLOAD)
+    name, hexcode = head.split(" (")
     if args.json:
-        name, hexcode = head.split(" (")
         out.json(
             {
                 "name": name,
                 "code": args.code,
                 "hex": hexcode.rstrip(")"),
                 "description": description,
+                "upload_description": upload,
             }
         )
-    else:
-        out.line(head)
-        out.line(description)
+        return EXIT_OK
+    out.line(head)
+    out.line(description)
+    if chosen is None and upload != description:
+        out.line(f"for upload jobs: {upload}")
     return EXIT_OK
 
 
@@ -538,11 +620,17 @@ def cmd_wait(args: argparse.Namespace, out: Output) -> int:
     with open_manager(args, active=True) as mgr:
         job = resolve(mgr, args.job)
         if job.state is JobState.SUSPENDED:
-            out.note(
-                f"job {short_id(job)} is SUSPENDED: it waits for `bitsnb resume {short_id(job)}`"
-            )
+            if not args.resume:
+                out.error(_suspended_text(job))
+                return EXIT_TRANSFER_FAILED
+            job.resume()
         with Watcher(out, job) as watcher:
-            state = watch_job(mgr, job, watcher, timeout=args.timeout)
+            state = watch_job(
+                mgr, job, watcher, timeout=args.timeout, until=DONE_STATES | {JobState.SUSPENDED}
+            )
+        if state is JobState.SUSPENDED:  # suspended by someone else while we waited
+            out.error(_suspended_text(job))
+            return EXIT_TRANSFER_FAILED
         status = report_outcome(out, job, state)
         if state is JobState.TRANSFERRED:
             if args.complete:
@@ -553,16 +641,43 @@ def cmd_wait(args: argparse.Namespace, out: Output) -> int:
         return status
 
 
+def _suspended_text(job: Job) -> str:
+    sid = short_id(job)
+    return (
+        f"job {sid} is SUSPENDED: it never finishes unless resumed "
+        f"(`bitsnb resume {sid}`, or `bitsnb wait {sid} --resume`)"
+    )
+
+
 def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
-    """transfer URL... DEST: create, add, resume, show progress, complete (bitsadmin /transfer)."""
+    """transfer URL... DEST: create, add, resume, show progress, complete (bitsadmin /transfer);
+    with --upload, URL is where the one local file DEST goes."""
     urls: list[str] = args.urls
-    pairs = plan_destinations(urls, args.dest)
+    if args.upload:
+        if len(urls) != 1:
+            raise _UsageError("transfer --upload: give one URL and one local file")
+        pairs = [(urls[0], local_path(args.dest))]
+        job_type = JobType.UPLOAD
+    else:
+        pairs = plan_destinations(urls, args.dest)
+        job_type = JobType.DOWNLOAD
     name = args.name if args.name is not None else default_display_name(pairs)
+    credential = _credential(args.credential) if args.credential else None
     with open_manager(args, active=not args.no_wait) as mgr:
-        job = mgr.create_job(name, JobType.DOWNLOAD, priority=args.priority)
+        job = mgr.create_job(name, job_type, priority=args.priority)
         try:
             if args.header:
                 job.set_custom_headers("\r\n".join(args.header))
+            if credential is not None:
+                job.set_credentials(args.auth_target, args.auth_scheme, *credential)
+            if args.proxy is not None:
+                job.set_proxy_settings(ProxyUsage.OVERRIDE, args.proxy, args.bypass)
+            if args.retry_interval is not None:
+                job.minimum_retry_delay = args.retry_interval
+            if args.dynamic:
+                job.dynamic_content = True
+            if args.notify_cmd is not None:
+                job.set_notify_cmd_line(*_split_command(args.notify_cmd))
             job.add_file_set(pairs)
             job.resume()
         except BaseException:
@@ -575,9 +690,10 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
             else:
                 out.line(str(job.id))
             _queued_note(out, job)
-            if any(_is_secret_header(h) for h in args.header or []):
+            if credential is not None or any(_is_secret_header(h) for h in args.header or []):
                 out.note(
-                    "note: secret headers (Authorization, Cookie) are not stored: not sent later"
+                    "note: credentials and secret headers (Authorization, Cookie) are kept in "
+                    "memory only, never in the store: a later process sends none of them"
                 )
             return EXIT_OK
         started = time.monotonic()
@@ -609,10 +725,235 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
                 f"{elapsed:.1f} s ({format_bytes(int(rate))}/s), {job.state.name}"
             )
             for f in job.files[:10]:
-                out.line(f"  {f.local_name}")
+                out.line(f"  {safe_text(f.local_name)}")
             if len(job.files) > 10:
                 out.line(f"  ... and {len(job.files) - 10} more")
         return status
+
+
+# -- bitsadmin parity: the remaining job calls ------------------------------------------------
+def _on_job(args: argparse.Namespace, call: Callable[[Job], str]) -> Callable[[Output], int]:
+    def run(out: Output) -> int:
+        with open_manager(args, active=False) as mgr:
+            job = resolve(mgr, args.job)
+            out.line(f"job {short_id(job)} {safe_text(job.display_name)!r}: {call(job)}")
+        return EXIT_OK
+
+    return run
+
+
+def cmd_setnotifycmdline(args: argparse.Namespace, out: Output) -> int:
+    """setnotifycmdline JOB PROGRAM [ARGS...] (or --clear): run PROGRAM when the job ends."""
+    if args.clear == bool(args.program):
+        raise _UsageError("setnotifycmdline: give PROGRAM [ARGS...] or --clear")
+
+    def call(job: Job) -> str:
+        if args.clear:
+            job.set_notify_cmd_line(None)
+            return "notify command line removed"
+        program = args.program[0]
+        job.set_notify_cmd_line(program, " ".join(args.program))
+        return f"notify command line set ({program})"
+
+    return _on_job(args, call)(out)
+
+
+def cmd_setnotifyflags(args: argparse.Namespace, out: Output) -> int:
+    """setnotifyflags JOB FLAGS: which events the job reports."""
+
+    def call(job: Job) -> str:
+        job.notify_flags = args.flags
+        return f"notify flags {_flags_text(job.notify_flags)}"
+
+    return _on_job(args, call)(out)
+
+
+def cmd_setcredentials(args: argparse.Namespace, out: Output) -> int:
+    """setcredentials JOB TARGET SCHEME USER[:PASSWORD]."""
+    user, password = _credential(args.credential)
+
+    def call(job: Job) -> str:
+        job.set_credentials(args.target, args.scheme, user, password)
+        return f"{args.target.name.lower()} credentials set ({args.scheme.name})"
+
+    status = _on_job(args, call)(out)
+    out.note(
+        "note: credentials are kept in memory only, never in the store: they end with this "
+        "process (give them to `bitsnb transfer --credential` to use them)"
+    )
+    return status
+
+
+def cmd_removecredentials(args: argparse.Namespace, out: Output) -> int:
+    """removecredentials JOB TARGET SCHEME."""
+
+    def call(job: Job) -> str:
+        had = job.remove_credentials(args.target, args.scheme)
+        what = f"{args.target.name.lower()} {args.scheme.name} credentials"
+        return f"{what} removed" if had else f"no {what} to remove"
+
+    return _on_job(args, call)(out)
+
+
+def cmd_replaceremoteprefix(args: argparse.Namespace, out: Output) -> int:
+    """replaceremoteprefix JOB OLD NEW: change the start of every remote URL that has OLD."""
+
+    def call(job: Job) -> str:
+        changed = job.replace_remote_prefix(args.old, args.new)
+        return "remote names changed" if changed else "no remote name starts with that prefix"
+
+    return _on_job(args, call)(out)
+
+
+def parse_ranges(text: str) -> list[tuple[int, int | None]]:
+    """``OFFSET:LENGTH`` pairs joined by ``,``; LENGTH ``eof`` means to the end of the file."""
+    ranges: list[tuple[int, int | None]] = []
+    for part in text.split(","):
+        offset, sep, length = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            ranges.append((int(offset), None if length.strip().lower() == "eof" else int(length)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not OFFSET:LENGTH (LENGTH may be eof)"
+            ) from None
+    return ranges
+
+
+def cmd_addfilewithranges(args: argparse.Namespace, out: Output) -> int:
+    """addfilewithranges JOB URL PATH RANGES: only these byte ranges, back to back in PATH."""
+    with open_manager(args, active=False) as mgr:
+        job = resolve(mgr, args.job)
+        path = local_path(args.path)
+        job.add_file_with_ranges(args.url, path, args.ranges)
+        out.line(
+            f"added {len(args.ranges)} ranges of {safe_text(args.url)} -> {safe_text(path)} to "
+            f"job {short_id(job)} ({len(job.files)} files)"
+        )
+    return EXIT_OK
+
+
+def cmd_takeownership(args: argparse.Namespace, out: Output) -> int:
+    """takeownership JOB: make the job yours (root only)."""
+
+    def call(job: Job) -> str:
+        job.take_ownership()
+        return f"owner {safe_text(job.owner)}"
+
+    return _on_job(args, call)(out)
+
+
+def cmd_setreplyfilename(args: argparse.Namespace, out: Output) -> int:
+    """setreplyfilename JOB PATH: where an upload-reply job puts the reply."""
+
+    def call(job: Job) -> str:
+        job.set_reply_file_name(local_path(args.path))
+        return f"reply file {safe_text(job.reply_file_name or '-')}"
+
+    return _on_job(args, call)(out)
+
+
+def cmd_getreplydata(args: argparse.Namespace, out: Output) -> int:
+    """getreplydata JOB: the reply's bytes on stdout (as they are; --hex for a hex dump)."""
+    with open_manager(args, active=False) as mgr:
+        data = resolve(mgr, args.job).get_reply_data()
+    if args.hex:
+        out.line(data.hex())
+    else:
+        out.out.file.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_reset(args: argparse.Namespace, out: Output) -> int:
+    """reset: cancel every job of yours (every user's with --all-users, root only)."""
+    with open_manager(args, active=False) as mgr:
+        jobs = [j for j in mgr.enum_jobs(args.all_users) if not j.state.is_final]
+        failed = 0
+        for job in jobs:
+            try:
+                job.cancel()
+            except BitsError as exc:
+                failed += 1
+                out.error(f"job {short_id(job)}: {exc}")
+        out.line(f"{len(jobs) - failed} of {len(jobs)} jobs cancelled")
+    return EXIT_OK if not failed else EXIT_BITS_ERROR
+
+
+def _flags_text(flags: NotifyFlags) -> str:
+    names = [f.name.lower() for f in NotifyFlags if f.name and f in flags]
+    return f"0x{int(flags):X}" + (f" ({', '.join(names)})" if names else "")
+
+
+def _when(value: object) -> str:
+    return (
+        "-" if value is None else value.isoformat() if hasattr(value, "isoformat") else str(value)
+    )
+
+
+# name → (what it prints, how it reads the job); each prints one value, for scripts
+_GETTERS: dict[str, tuple[str, Callable[[Job], object]]] = {
+    "getstate": ("the job's state", lambda j: j.state.name),
+    "gettype": ("the job's type", lambda j: j.type.name),
+    "getpriority": ("the job's priority", lambda j: j.priority.name),
+    "getdisplayname": ("the display name", lambda j: j.display_name),
+    "getdescription": ("the description", lambda j: j.description),
+    "getowner": ("the owner", lambda j: j.owner),
+    "getbytestotal": (
+        "bytes to transfer (-1 while unknown)",
+        lambda j: -1 if j.progress.bytes_total is None else j.progress.bytes_total,
+    ),
+    "getbytestransferred": ("bytes transferred", lambda j: j.progress.bytes_transferred),
+    "getfilestotal": ("number of files", lambda j: j.progress.files_total),
+    "getfilestransferred": ("files transferred", lambda j: j.progress.files_transferred),
+    "geterror": (
+        "the error: NAME 0xCODE (or nothing)",
+        lambda j: "" if j.error is None else f"{j.error.name} 0x{j.error.code:08X}",
+    ),
+    "geterrorcount": ("transient errors so far", lambda j: j.error_count),
+    "getminretry": ("the minimum retry delay, seconds", lambda j: j.minimum_retry_delay),
+    "getnoprogresstimeout": ("the no-progress timeout, seconds", lambda j: j.no_progress_timeout),
+    "getmaxdownloadtime": ("the maximum download time, seconds", lambda j: j.maximum_download_time),
+    "getcreationtime": ("when the job was created", lambda j: _when(j.times.creation)),
+    "getmodificationtime": ("when the job last changed", lambda j: _when(j.times.modification)),
+    "getcompletiontime": (
+        "when the transfer finished (- before)",
+        lambda j: _when(j.times.transfer_completion),
+    ),
+    "getnotifyflags": ("the notify flags", lambda j: f"0x{int(j.notify_flags):X}"),
+    "getnotifycmdline": (
+        "the notify command line (or nothing)",
+        lambda j: "" if j.notify_cmd_line is None else j.notify_cmd_line[1] or j.notify_cmd_line[0],
+    ),
+    "getproxyusage": ("the proxy usage", lambda j: j.proxy_settings[0].name),
+    "getproxylist": ("the proxy list", lambda j: j.proxy_settings[1] or ""),
+    "getproxybypasslist": ("the proxy bypass list", lambda j: j.proxy_settings[2] or ""),
+    "getcustomheaders": (
+        "the custom headers, one a line",
+        lambda j: (j.custom_headers or "").replace("\r\n", "\n"),
+    ),
+    "getdynamic": ("whether the content is dynamic", lambda j: j.dynamic_content),
+    "getreplyfilename": ("the reply file (upload-reply)", lambda j: j.reply_file_name or ""),
+    "getreplyprogress": (
+        "reply bytes: TRANSFERRED TOTAL (-1 while unknown)",
+        lambda j: (
+            f"{j.reply_progress[1]} {-1 if j.reply_progress[0] is None else j.reply_progress[0]}"
+        ),
+    ),
+}
+
+
+def cmd_get(args: argparse.Namespace, out: Output) -> int:
+    """get*: print one value of a job (bitsadmin's /get* verbs)."""
+    _, read = _GETTERS[args.getter]
+    with open_manager(args, active=False) as mgr:
+        value = read(resolve(mgr, args.job))
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    for line in text.split("\n"):
+        out.line(safe_text(line))
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
@@ -636,6 +977,29 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
 
 class _UsageError(Exception):
     """A usage mistake found after parsing (exit 2)."""
+
+
+def _credential(text: str) -> tuple[str, str]:
+    """``USER:PASSWORD``, or ``USER`` alone: the password is then asked on the terminal (or
+    read from stdin's first line), so it does not show in the process list."""
+    user, sep, password = text.partition(":")
+    if not user:
+        raise _UsageError("--credential: give USER or USER:PASSWORD")
+    if not sep:
+        if sys.stdin.isatty():
+            password = getpass.getpass(f"password for {user}: ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+    return user, password
+
+
+def _split_command(text: str) -> tuple[str, str | None]:
+    """``PROGRAM [ARGS...]``: the program (a full path) and the whole command line as BITS's
+    parameters (which, as in bitsadmin, start with the program itself)."""
+    program = text.strip().split(None, 1)[0] if text.strip() else ""
+    if not program:
+        raise BitsError(E_INVALIDARG, "the notify command is empty")
+    return program, text.strip()
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -693,14 +1057,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the dropped connection and the suspend/resume (just transfer)",
     )
 
-    p = verb("transfer", cmd_transfer, "download URLs now, with progress, then complete")
+    p = verb(
+        "transfer",
+        cmd_transfer,
+        "download URLs (or --upload a file) now, with progress, then complete",
+    )
     p.add_argument("urls", nargs="+", metavar="URL")
     p.add_argument(
-        "dest", metavar="DEST", help="a folder (names from the URLs) or, for one URL, a file"
+        "dest",
+        metavar="DEST",
+        help="a folder (names from the URLs) or, for one URL, a file; with --upload, the local "
+        "file to send",
     )
     p.add_argument("--name", help="the job's display name")
     p.add_argument(
-        "--priority", type=parse_priority, default=JobPriority.FOREGROUND, help="default foreground"
+        "--priority",
+        type=parse_priority,
+        default=JobPriority.NORMAL,
+        help="default normal, as bitsadmin /transfer and bitsnb.download(): foreground would "
+        "pre-empt every other job in the queue",
+    )
+    p.add_argument("--upload", action="store_true", help="upload DEST to URL (an UPLOAD job)")
+    p.add_argument(
+        "--credential",
+        metavar="USER[:PASSWORD]",
+        help="server credentials (kept in memory only; without :PASSWORD it is asked for)",
+    )
+    p.add_argument(
+        "--auth-scheme",
+        type=_enum_arg(AuthScheme),
+        default=AuthScheme.BASIC,
+        metavar="{basic,digest}",
+        help="for --credential (default basic)",
+    )
+    p.add_argument(
+        "--auth-target",
+        type=_enum_arg(AuthTarget),
+        default=AuthTarget.SERVER,
+        metavar="{server,proxy}",
+        help="for --credential (default server)",
+    )
+    p.add_argument("--proxy", metavar="LIST", help="use these proxies (override)")
+    p.add_argument("--bypass", metavar="LIST", help="with --proxy: hosts reached directly")
+    p.add_argument(
+        "--retry-interval",
+        type=parse_seconds,
+        metavar="S",
+        help="wait S seconds between retries (the minimum retry delay)",
+    )
+    p.add_argument(
+        "--dynamic", action="store_true", help="the content is generated: no size, no ranges"
+    )
+    p.add_argument(
+        "--notify-cmd",
+        metavar="'PROGRAM ARGS'",
+        help="run PROGRAM (a full path) when the job is transferred or fails",
     )
     p.add_argument(
         "--timeout", type=parse_seconds, metavar="S", help="give up after S seconds (exit 4)"
@@ -767,8 +1178,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--all-users", action="store_true")
 
-    p = verb("error", cmd_error, "explain an error code (0x80190194, decimal or a name)")
+    p = verb(
+        "error",
+        cmd_error,
+        "explain an error code (0x80190194, decimal, a name, or a bare HTTP status: 404)",
+    )
     p.add_argument("code", type=parse_code, metavar="CODE")
+    p.add_argument(
+        "--type",
+        choices=tuple(_JOB_TYPES),
+        help="the reading for this job type (default: the general one, plus the upload one "
+        "where it differs)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = verb("set", cmd_set, "change a job's properties")
@@ -797,6 +1218,75 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=parse_seconds, metavar="S", help="give up after S seconds (exit 4)"
     )
     p.add_argument("--complete", action="store_true", help="complete the job once transferred")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume a SUSPENDED job first (without it, waiting on one exits at once)",
+    )
+
+    p = verb("reset", cmd_reset, "cancel every job of yours (bitsadmin /reset)")
+    p.add_argument("--all-users", action="store_true", help="every user's jobs (root only)")
+
+    p = verb(
+        "addfilewithranges",
+        cmd_addfilewithranges,
+        "add a file of which only some byte ranges are wanted",
+    )
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("ranges", type=parse_ranges, metavar="OFFSET:LENGTH[,OFFSET:LENGTH...]")
+
+    p = verb("setnotifycmdline", cmd_setnotifycmdline, "run a program when the job ends")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("program", nargs="*", metavar="PROGRAM [ARGS]", help="a full path, then args")
+    p.add_argument("--clear", action="store_true", help="remove the command line")
+
+    p = verb("setnotifyflags", cmd_setnotifyflags, "choose the events a job reports")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument(
+        "flags",
+        type=parse_notify_flags,
+        metavar="FLAGS",
+        help="a number (3) or names: job_transferred,job_error,disable,job_modification,...",
+    )
+
+    for name, handler, text in (
+        ("setcredentials", cmd_setcredentials, "give a job credentials (memory only)"),
+        ("removecredentials", cmd_removecredentials, "remove a job's credentials"),
+    ):
+        p = verb(name, handler, text)
+        p.add_argument("job", metavar="JOB")
+        p.add_argument("target", type=_enum_arg(AuthTarget), metavar="{server,proxy}")
+        p.add_argument("scheme", type=_enum_arg(AuthScheme), metavar="{basic,digest,...}")
+        if handler is cmd_setcredentials:
+            p.add_argument(
+                "credential",
+                metavar="USER[:PASSWORD]",
+                help="without :PASSWORD it is asked for (or read from stdin)",
+            )
+
+    p = verb("replaceremoteprefix", cmd_replaceremoteprefix, "change the start of remote URLs")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+
+    verb("takeownership", cmd_takeownership, "make a job yours (root only)").add_argument(
+        "job", metavar="JOB"
+    )
+
+    p = verb("setreplyfilename", cmd_setreplyfilename, "where an upload-reply job puts the reply")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("path", metavar="PATH")
+
+    p = verb("getreplydata", cmd_getreplydata, "print an upload-reply job's reply")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--hex", action="store_true", help="as hex text")
+
+    for name, (text, _) in _GETTERS.items():
+        p = verb(name, cmd_get, f"print {text}")
+        p.add_argument("job", metavar="JOB")
+        p.set_defaults(getter=name)
 
     p = verb(
         "serve",
@@ -823,6 +1313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BitsError as exc:
         out.error(str(exc))
         return EXIT_NOT_IMPLEMENTED if exc.code == E_NOTIMPL else EXIT_BITS_ERROR
+    except UnicodeEncodeError as exc:  # an argument that is not UTF-8 (surrogate escapes)
+        bad = BitsError(
+            E_INVALIDARG,
+            f"an argument is not valid UTF-8 text ({exc.object[exc.start : exc.end]!r}): "
+            "names and paths must be UTF-8",
+        )
+        out.error(str(bad))
+        return EXIT_BITS_ERROR
     except TimeoutError as exc:
         out.error(f"timed out: {exc}")
         return EXIT_TIMEOUT

@@ -11,6 +11,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import re
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, Tex
 from rich.table import Column, Table
 from rich.text import Text
 
-from ._enums import JobState
+from ._enums import JobState, JobType
 from ._errors import lookup_error
 from ._format import RateEstimator, format_progress, format_rate
 from ._models import ErrorInfo
@@ -42,11 +43,13 @@ __all__ = [
     "Output",
     "Watcher",
     "error_dict",
+    "error_text",
     "job_dict",
     "jobs_csv",
     "jobs_table",
     "print_info",
     "report_outcome",
+    "safe_text",
     "watch_job",
 ]
 
@@ -100,8 +103,8 @@ class Output:
         self.err.print(text, style="dim")
 
     def error(self, text: str) -> None:
-        """``bitsnb: error: ...`` on stderr."""
-        self.err.print(f"bitsnb: error: {text}", style="red")
+        """``bitsnb: error: ...`` on stderr (control characters escaped: messages quote input)."""
+        self.err.print(f"bitsnb: error: {safe_text(text)}", style="red")
 
     def json(self, data: object) -> None:
         """*data* as indented JSON on stdout."""
@@ -154,6 +157,21 @@ class _Trimmed(io.TextIOBase):
 
 
 # -- formatting -------------------------------------------------------------------------------
+# C0 and C1 controls, DEL, line/paragraph separators and the bidirectional overrides: a name
+# holding them could move the cursor, recolour or hide text, or fake lines of output
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """*text* with control characters shown as escapes (``\\n``, ``\\x1b``), never sent raw to
+    the terminal: job names, URLs and messages come from other people and other programs."""
+
+    def escape(m: re.Match[str]) -> str:
+        return m.group().encode("unicode_escape").decode("ascii")
+
+    return _UNSAFE.sub(escape, text)
+
+
 def fmt_time(when: _dt.datetime | None) -> str:
     """Local time to the second, or ``-``."""
     if when is None:
@@ -190,13 +208,19 @@ def state_text(state: JobState) -> Text:
     return Text(state.name, style=_STATE_STYLE.get(state, ""))
 
 
-def error_dict(err: ErrorInfo) -> dict[str, Any]:
+def error_text(err: ErrorInfo, job_type: JobType | None) -> str:
+    """The error's sentence as it reads for a job of *job_type* (uploads read some codes
+    differently: an HTTP 404 from an upload server means "no upload endpoint there")."""
+    return lookup_error(err.code).for_job(job_type)
+
+
+def error_dict(err: ErrorInfo, job_type: JobType | None = None) -> dict[str, Any]:
     """An error for JSON: name, code (int and hex), description, context, message and file."""
     return {
         "name": err.name,
         "code": err.code,
         "hex": f"0x{err.code:08X}",
-        "description": err.description,
+        "description": error_text(err, job_type),
         "context": err.context.name,
         "context_description": err.context_description,
         "message": err.message,
@@ -233,7 +257,7 @@ def job_dict(job: Job, *, files: bool = False) -> dict[str, Any]:
             ),
         },
         "error_count": job.error_count,
-        "error": error_dict(err) if err is not None else None,
+        "error": error_dict(err, job.type) if err is not None else None,
     }
     if files:
         usage, proxies, bypass = job.proxy_settings
@@ -336,14 +360,14 @@ def jobs_table(jobs: Sequence[Job], *, tty: bool, owners: bool = False) -> Rende
         err = job.error
         row: list[RenderableType] = [
             short_id(job),
-            job.display_name,
+            safe_text(job.display_name),
             state_text(job.state),
             job.priority.name,
             f"{p.files_transferred}/{p.files_total}",
             fmt_progress(job),
         ]
         if owners:
-            row.append(job.owner)
+            row.append(safe_text(job.owner))
         row.append(Text(err.name, style="red") if err is not None else "")
         table.add_row(*row)
     if not jobs:
@@ -358,12 +382,12 @@ def print_info(out: Output, job: Job) -> None:
     usage, proxies, bypass = job.proxy_settings
     rows: list[tuple[str, str | Text]] = [
         ("id", str(job.id)),
-        ("name", job.display_name),
-        ("description", job.description or "-"),
+        ("name", safe_text(job.display_name)),
+        ("description", safe_text(job.description) or "-"),
         ("type", job.type.name),
         ("state", state_text(job.state)),
         ("priority", job.priority.name),
-        ("owner", job.owner),
+        ("owner", safe_text(job.owner)),
         ("files", f"{p.files_transferred}/{p.files_total} transferred"),
         ("bytes", fmt_progress(job)),
         ("created", fmt_time(t.creation)),
@@ -373,8 +397,8 @@ def print_info(out: Output, job: Job) -> None:
         ("retry delay", fmt_duration(job.minimum_retry_delay)),
         ("no-progress timeout", fmt_duration(job.no_progress_timeout)),
         ("max download time", fmt_duration(job.maximum_download_time)),
-        ("proxy", " ".join(x for x in (usage.name, proxies, bypass) if x)),
-        ("headers", (job.custom_headers or "-").replace("\r\n", "; ")),
+        ("proxy", safe_text(" ".join(x for x in (usage.name, proxies, bypass) if x))),
+        ("headers", safe_text((job.custom_headers or "-").replace("\r\n", "; "))),
         ("allowed calls", ", ".join(sorted(job.allowed_calls)) or "-"),
     ]
     grid = Table.grid(padding=(0, 2))
@@ -385,12 +409,12 @@ def print_info(out: Output, job: Job) -> None:
     err = job.error
     if err is not None:
         grid.add_row("error", Text(f"{err.name} (0x{err.code:08X})", style="red"))
-        grid.add_row("", err.description)
+        grid.add_row("", error_text(err, job.type))
         grid.add_row("", f"context: {err.context.name}: {err.context_description}")
         if err.message:
-            grid.add_row("", f"message: {err.message}")
+            grid.add_row("", f"message: {safe_text(err.message)}")
         if err.file is not None:
-            grid.add_row("", f"file: {err.file.remote_name}")
+            grid.add_row("", f"file: {safe_text(err.file.remote_name)}")
     out.out.print(grid)
     files = Table(
         box=None,
@@ -407,8 +431,8 @@ def print_info(out: Output, job: Job) -> None:
         done = "completed" if f.progress.completed else "yes" if f.transferred else "no"
         files.add_row(
             str(f.index),
-            f.remote_name,
-            f.local_name,
+            safe_text(f.remote_name),
+            safe_text(f.local_name),
             format_progress(f.progress.bytes_transferred, f.progress.bytes_total),
             done,
         )
@@ -492,7 +516,7 @@ class Watcher:
             self._progress = None
 
     def _label(self) -> str:
-        name = self._job.display_name
+        name = safe_text(self._job.display_name)
         return name if len(name) <= 24 else name[:23] + "…"
 
     def print(self, renderable: RenderableType, *, style: str | None = None) -> None:
@@ -514,7 +538,7 @@ class Watcher:
             status = f"{state.name}, retrying"
             if self._live and self._explain and self._last_error != (err.code, job.error_count):
                 self._last_error = (err.code, job.error_count)
-                detail = f": {err.message}" if err.message else ""
+                detail = f": {safe_text(err.message)}" if err.message else ""
                 self.print(f"retrying after {err.name} (0x{err.code:08X}){detail}", style="yellow")
             if not self._live:
                 status = f"{state.name}: {err.name}, retrying"
@@ -613,19 +637,19 @@ def report_outcome(out: Output, job: Job, state: JobState) -> int:
             return EXIT_TRANSFER_FAILED
         out.error(
             f"job {short_id(job)} {job.display_name!r} ended in ERROR: "
-            f"{err.name} (0x{err.code:08X}): {err.description}"
+            f"{err.name} (0x{err.code:08X}): {error_text(err, job.type)}"
         )
         if err.message:
-            out.note(f"  {err.message}")
+            out.note(f"  {safe_text(err.message)}")
         if err.file is not None:
-            out.note(f"  file: {err.file.remote_name}")
+            out.note(f"  file: {safe_text(err.file.remote_name)}")
         out.note(f"  context: {err.context.name}: {err.context_description}")
         return EXIT_TRANSFER_FAILED
     out.error(f"job {short_id(job)} {job.display_name!r} is {state.name}")
     return EXIT_TRANSFER_FAILED
 
 
-def error_lines(code: int) -> tuple[str, str]:
-    """``NAME (0xHEX)`` and the description for an HRESULT."""
+def error_lines(code: int, job_type: JobType | None = None) -> tuple[str, str]:
+    """``NAME (0xHEX)`` and the description for an HRESULT (as read for *job_type*)."""
     row = lookup_error(code)
-    return f"{row.name} (0x{row.code:08X})", row.description
+    return f"{row.name} (0x{row.code:08X})", row.for_job(job_type)

@@ -17,7 +17,7 @@ import importlib.resources
 from dataclasses import dataclass
 
 from . import _codes
-from ._enums import ErrorContext
+from ._enums import ErrorContext, JobType
 
 __all__ = [
     "BitsError",
@@ -31,23 +31,47 @@ __all__ = [
 ]
 
 
+_UPLOAD_TYPES = frozenset({JobType.UPLOAD, JobType.UPLOAD_REPLY})
+
+
 @dataclass(frozen=True)
 class ErrorDescription:
-    """One row of the error table."""
+    """One row of the error table.
+
+    ``description`` is the general reading (what a download job means by the code);
+    ``upload_description`` is the reading for upload jobs where it differs (an HTTP 404 from an
+    upload server means "no upload endpoint there", not "no such file"), else None.
+    """
 
     name: str
     code: int
     description: str
+    upload_description: str | None = None
+
+    def for_job(self, job_type: JobType | int | None) -> str:
+        """The sentence for a job of *job_type* (None: the general reading)."""
+        if job_type is not None and self.upload_description and _is_upload(job_type):
+            return self.upload_description
+        return self.description
+
+
+def _is_upload(job_type: JobType | int) -> bool:
+    try:
+        return JobType(int(job_type)) in _UPLOAD_TYPES
+    except ValueError:
+        return False
 
 
 @functools.cache
 def _table() -> dict[int, ErrorDescription]:
+    """errors.csv: ``name,hresult,description,upload_description`` (the last may be empty)."""
     text = importlib.resources.files("bitsnb").joinpath("errors.csv").read_text("utf-8")
     rows = csv.DictReader(text.splitlines())
     table: dict[int, ErrorDescription] = {}
     for row in rows:
         code = int(row["hresult"], 16)
-        table.setdefault(code, ErrorDescription(row["name"], code, row["description"]))
+        upload = (row.get("upload_description") or "").strip() or None
+        table.setdefault(code, ErrorDescription(row["name"], code, row["description"], upload))
     return table
 
 
@@ -118,11 +142,16 @@ def error_name(code: int) -> str:
 _ENGLISH = {"", "en", "en-us", "en_us", "en-gb", "english"}
 
 
-def get_error_description(code: int, language: str | int | None = "en") -> str:
+def get_error_description(
+    code: int, language: str | int | None = "en", *, job_type: JobType | int | None = None
+) -> str:
     """Turn an HRESULT into a sentence, as ``IBackgroundCopyManager::GetErrorDescription``.
 
     Only English texts exist; another *language* raises ``BitsError(ERROR_RESOURCE_LANG_NOT_FOUND)``.
     *language* may be a tag (``"en"``, ``"en-US"``) or a Windows LANGID (0, 0x0409 and other English ones).
+    *job_type*: the type of the job the error belongs to. Some codes read differently for uploads
+    (HTTP 404 from an upload server means "no upload endpoint there"); without it, the general
+    (download) reading is given, as BITS's own call does.
     """
     if isinstance(language, int):
         english = language == 0 or (language & 0x3FF) == 0x09
@@ -133,7 +162,7 @@ def get_error_description(code: int, language: str | int | None = "en") -> str:
             _codes.ERROR_RESOURCE_LANG_NOT_FOUND,
             f"no error texts in language {language!r}; only English is available",
         )
-    return lookup_error(code).description
+    return lookup_error(code).for_job(job_type)
 
 
 class BitsError(Exception):

@@ -221,8 +221,15 @@ def test_wait_timeout_exits_4_and_error_job_exits_1(
 ) -> None:
     job = here.ok("create", "idle").strip()
     here.ok("addfile", job, server.add_random_file("x.bin", 10), dest / "x.bin")
-    proc = sub.fails(4, "wait", job, "--timeout", "0.3")  # SUSPENDED: never finishes
-    assert "SUSPENDED" in proc.stderr
+    # SUSPENDED never finishes: wait says so at once (no timeout needed), --resume runs it
+    proc = sub.fails(1, "wait", job)
+    assert "SUSPENDED" in proc.stderr and "--resume" in proc.stderr
+    assert here.json("info", job)["state"] == "SUSPENDED"
+    slow = here.ok("create", "slow").strip()
+    here.ok("addfile", slow, server.add_random_file("slow.bin", 10), dest / "slow.bin")
+    server.inject("slow.bin", Fault.stall(30))
+    proc = sub.fails(4, "wait", slow, "--resume", "--timeout", "0.5")
+    assert "still" in proc.stderr
     bad = here.ok("create", "bad").strip()
     here.ok("addfile", bad, server.url("gone.bin"), dest / "gone.bin")
     here.ok("resume", bad)
@@ -318,14 +325,29 @@ def test_monitor_count_exits_0(sub: Cli, here: Cli) -> None:
 
 def test_error_verb_explains_codes(sub: Cli, here: Cli) -> None:
     out = sub.ok("error", "0x80190194")
+    row = lookup_error(0x80190194)
     assert out.splitlines() == [
         "BG_E_HTTP_ERROR_404 (0x80190194)",
-        lookup_error(0x80190194).description,
+        row.description,
+        f"for upload jobs: {row.upload_description}",
     ]
     assert here.ok("error", "2149122452") == out  # decimal
     assert here.ok("error", "-2145844844") == out  # signed HRESULT
     assert here.json("error", "bg_e_not_found")["hex"] == "0x80200001"
     here.fails(2, "error", "nonsense")
+    # one reading only when the type is given, or when uploads read the code the same way
+    assert here.ok("error", "0x80190194", "--type", "upload").splitlines()[1:] == [
+        row.upload_description
+    ]
+    assert len(here.ok("error", "BG_E_NOT_FOUND").splitlines()) == 2
+
+
+@pytest.mark.parametrize(("status", "code"), [("404", 0x80190194), ("503", 0x801901F7)])
+def test_error_verb_takes_a_bare_http_status(here: Cli, status: str, code: int) -> None:
+    """`bitsnb error 404` is HTTP 404 (BG_E_HTTP_ERROR_404), not the HRESULT 0x00000194."""
+    data = here.json("error", status)
+    assert data["code"] == code and data["name"] == f"BG_E_HTTP_ERROR_{status}"
+    assert "Unknown" not in data["description"]
 
 
 def test_serve_runs_the_upload_server(tmp_path: Path) -> None:
@@ -388,6 +410,9 @@ def test_console_script_and_module_entry_point() -> None:
         ("-2145844844", 0x80190194),
         ("BG_E_HTTP_ERROR_503", 0x801901F7),
         ("0", 0),
+        ("404", 0x80190194),
+        ("599", 0x80190257),
+        ("600", 600),
     ],
 )
 def test_parse_code(text: str, code: int) -> None:

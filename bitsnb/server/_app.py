@@ -14,22 +14,28 @@ fragment and on the Close-Session Ack). The reply stays downloadable until the s
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import email.utils
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
+from bitsnb.server._auth import Authenticator
 from bitsnb.server._protocol import (
     BG_E_HTTP_ERROR_500,
+    BG_E_HTTP_ERROR_503,
     BG_E_SESSION_NOT_FOUND,
     BG_E_TOO_LARGE,
     CONTEXT_REMOTE_APPLICATION,
@@ -48,6 +54,8 @@ from bitsnb.server._sessions import Session, SessionStore, resolve_destination
 
 __all__ = ["ReplyFunc", "UploadApp", "create_app", "default_reply"]
 
+_log = logging.getLogger("bitsnb.server")
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -60,6 +68,10 @@ _MAX_DRAIN = 1 << 26  # an error answer reads and discards at most 64 MiB of an 
 _MAX_SWEEP_INTERVAL = 60.0
 _REPLY_PATH = re.compile(rb"/\.bits-sessions/([0-9a-fA-F-]{36})/reply")
 _HOST_OK = re.compile(r"[A-Za-z0-9.\-\[\]:_]+")
+_MAX_UNAUTHENTICATED_BODY = 1 << 20  # a refused request's body is read this far, then cut
+_RETRY_AFTER = "60"  # seconds, on the 503 a cap answers with
+DEFAULT_MAX_SESSIONS = 1000
+DEFAULT_MAX_SESSIONS_PER_CLIENT = 100
 
 
 def default_reply(path: Path, session_id: str) -> bytes:
@@ -80,6 +92,11 @@ def create_app(
     max_upload_size: int | None = None,
     session_timeout: float = 1_209_600,
     reply: ReplyFunc | Literal[False] | None = None,
+    authenticate: Authenticator | None = None,
+    realm: str = "bitsnb upload",
+    max_sessions: int | None = DEFAULT_MAX_SESSIONS,
+    max_sessions_per_client: int | None = DEFAULT_MAX_SESSIONS_PER_CLIENT,
+    max_bytes_held: int | None = None,
 ) -> UploadApp:
     """An ASGI 3 app that accepts BITS uploads into ``root`` (created if missing).
 
@@ -92,9 +109,30 @@ def create_app(
     * **reply** - ``reply(path, session_id) -> bytes`` produces the upload-reply body once the whole
       file is at ``path``; ``None`` uses ``default_reply`` (JSON: name, size, sha256);
       ``False`` turns replies off (a plain-upload server, no ``BITS-Reply-URL``).
+    * **authenticate** - ``authenticate(user, password) -> bool`` checks HTTP Basic credentials
+      (``bitsnb.server.AuthFile(path)`` is one, for an ``--auth-file``); it runs on a worker
+      thread, so a slow password hash does not stall other clients. Every request without
+      credentials it accepts gets 401 with ``WWW-Authenticate: Basic realm="<realm>"``.
+      ``None`` (the default) lets anyone who can connect upload: keep such a server on loopback.
+    * **max_sessions** - sessions held on disk at once, every client together (default 1000);
+      a Create-Session past it gets 503 with ``Retry-After`` (the client retries later).
+      Sessions end with Close-Session, Cancel-Session or expiry. ``None``: no cap.
+    * **max_sessions_per_client** - the same cap per client (default 100); a client is the
+      authenticated user, else the peer's IP address.
+    * **max_bytes_held** - bytes the unfinished uploads may hold together, judged on their
+      declared totals: an upload that would pass it gets 503 (413 if it alone is larger).
+      ``None`` (the default): no cap beyond the disk.
     """
     return UploadApp(
-        root, max_upload_size=max_upload_size, session_timeout=session_timeout, reply=reply
+        root,
+        max_upload_size=max_upload_size,
+        session_timeout=session_timeout,
+        reply=reply,
+        authenticate=authenticate,
+        realm=realm,
+        max_sessions=max_sessions,
+        max_sessions_per_client=max_sessions_per_client,
+        max_bytes_held=max_bytes_held,
     )
 
 
@@ -147,33 +185,40 @@ class _Request:
 
 
 class _Locks:
-    """One asyncio.Lock per session id (strictly one packet per session at a time)."""
+    """One asyncio.Lock per session id (strictly one packet per session at a time).
+
+    ``busy()`` is also asked from the expiry thread, so the table has a thread lock too.
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._locks: dict[uuid.UUID, tuple[asyncio.Lock, int]] = {}
+        self._guard = threading.Lock()
 
     def busy(self) -> set[uuid.UUID]:
-        """Sessions with a packet being handled or waiting."""
-        return set(self._locks)
+        """Sessions with a packet being handled or waiting (safe from any thread)."""
+        with self._guard:
+            return set(self._locks)
 
     @contextlib.asynccontextmanager
     async def hold(self, session_id: uuid.UUID) -> AsyncIterator[None]:
         """Hold the session's lock for the body of the ``async with``."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # the app was handed to a new server/loop
-            self._loop, self._locks = loop, {}
-        lock, users = self._locks.get(session_id, (asyncio.Lock(), 0))
-        self._locks[session_id] = (lock, users + 1)
+        with self._guard:
+            if loop is not self._loop:  # the app was handed to a new server/loop
+                self._loop, self._locks = loop, {}
+            lock, users = self._locks.get(session_id, (asyncio.Lock(), 0))
+            self._locks[session_id] = (lock, users + 1)
         try:
             async with lock:
                 yield
         finally:
-            lock, users = self._locks[session_id]
-            if users <= 1:
-                del self._locks[session_id]
-            else:
-                self._locks[session_id] = (lock, users - 1)
+            with self._guard:
+                lock, users = self._locks[session_id]
+                if users <= 1:
+                    del self._locks[session_id]
+                else:
+                    self._locks[session_id] = (lock, users - 1)
 
 
 async def _send_response(
@@ -207,11 +252,30 @@ class UploadApp:
         max_upload_size: int | None = None,
         session_timeout: float = 1_209_600,
         reply: ReplyFunc | Literal[False] | None = None,
+        authenticate: Authenticator | None = None,
+        realm: str = "bitsnb upload",
+        max_sessions: int | None = DEFAULT_MAX_SESSIONS,
+        max_sessions_per_client: int | None = DEFAULT_MAX_SESSIONS_PER_CLIENT,
+        max_bytes_held: int | None = None,
     ) -> None:
         if max_upload_size is not None and max_upload_size < 0:
             raise ValueError("max_upload_size must be >= 0")
         if session_timeout <= 0:
             raise ValueError("session_timeout must be > 0")
+        for name, cap in (
+            ("max_sessions", max_sessions),
+            ("max_sessions_per_client", max_sessions_per_client),
+            ("max_bytes_held", max_bytes_held),
+        ):
+            if cap is not None and cap < 1:
+                raise ValueError(f"{name} must be >= 1 (or None for no cap)")
+        if not re.fullmatch(r"[ -!#-~]+", realm):
+            raise ValueError("realm must be printable ASCII without '\"'")
+        self.authenticate = authenticate
+        self.realm = realm
+        self.max_sessions = max_sessions
+        self.max_sessions_per_client = max_sessions_per_client
+        self.max_bytes_held = max_bytes_held
         Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(os.path.realpath(root))
         self.store = SessionStore(self.root)
@@ -226,6 +290,7 @@ class UploadApp:
             self._reply, self._reply_type = reply, "application/octet-stream"
         self._locks = _Locks()
         self._next_sweep = 0.0
+        self._sweep: tuple[asyncio.AbstractEventLoop, asyncio.Future[int]] | None = None
 
     def __repr__(self) -> str:
         return f"UploadApp(root={str(self.root)!r})"
@@ -245,9 +310,13 @@ class UploadApp:
         req = _Request(scope, receive)
         method = str(scope.get("method", "")).upper()
         self._maybe_sweep()
+        client = await self._client(req)
+        if client is None:
+            await self._unauthorized(req, send)
+            return
         try:
             if method == "BITS_POST":
-                await self._bits_post(req, send)
+                await self._bits_post(req, send, client)
             elif method in ("GET", "HEAD"):
                 await self._serve_reply(req, send, head=method == "HEAD")
             else:
@@ -261,11 +330,61 @@ class UploadApp:
                 await self._error(req, send, Refused(500, code, "server file-system error"))
 
     def _maybe_sweep(self) -> None:
+        """Start removing expired sessions on a worker thread (at most one sweep at a time):
+        listing and reading thousands of session folders must not stall the event loop."""
+        loop = asyncio.get_running_loop()
+        if self._sweep is not None:
+            running_on, future = self._sweep
+            if running_on is loop and not future.done():
+                return
+            self._sweep = None
         now = self.store.now()
         if now < self._next_sweep:
             return
         self._next_sweep = now + min(_MAX_SWEEP_INTERVAL, max(self.session_timeout / 4, 0.05))
-        self.store.expire(now, self.session_timeout, self._locks.busy())
+        future = loop.run_in_executor(
+            None, self.store.expire, now, self.session_timeout, self._locks.busy
+        )
+        future.add_done_callback(_log_sweep_failure)
+        self._sweep = (loop, future)
+
+    async def _indexed(self) -> None:
+        """Wait (off the loop) until the store has counted the sessions already on disk."""
+        if not self.store.indexed:
+            await asyncio.to_thread(self.store.ensure_index)
+
+    # -- authentication ------------------------------------------------------------------------
+
+    async def _client(self, req: _Request) -> str | None:
+        """Who sends the request: ``user:NAME`` once authenticated, ``ip:ADDRESS`` when the app
+        has no ``authenticate``; None when credentials are missing or wrong."""
+        if self.authenticate is None:
+            peer = req.scope.get("client")
+            return f"ip:{peer[0]}" if peer else "ip:"
+        credentials = _basic_credentials(req.header("authorization"))
+        if credentials is None:
+            return None
+        user, password = credentials
+        try:
+            accepted = await asyncio.to_thread(self.authenticate, user, password)
+        except Exception:
+            _log.exception("the authenticate hook failed; the request is refused")
+            return None
+        return f"user:{user}" if accepted is True else None
+
+    async def _unauthorized(self, req: _Request, send: Send) -> None:
+        """401 with a Basic challenge; the body is read only a little way, then cut."""
+        complete = await req.drain(_MAX_UNAUTHENTICATED_BODY)
+        if req.disconnected:
+            return
+        headers = [
+            ("WWW-Authenticate", f'Basic realm="{self.realm}", charset="UTF-8"'),
+            ("Content-Length", "0"),
+        ]
+        if not complete:
+            headers.append(("Connection", "close"))
+        req.responded = True
+        await _send_response(send, 401, headers)
 
     # -- acks ----------------------------------------------------------------------------------
 
@@ -303,6 +422,7 @@ class UploadApp:
             headers.append(("BITS-Session-Id", session_header.strip()))
         if received is not None:
             headers.append(("BITS-Received-Content-Range", str(received)))
+        headers.extend(refused.headers)
         headers.append(("X-Bitsnb-Reason", refused.reason.encode("ascii", "replace").decode()))
         await self._ack(req, send, refused.status, headers, close=not complete)
 
@@ -324,7 +444,7 @@ class UploadApp:
 
     # -- BITS_POST -----------------------------------------------------------------------------
 
-    async def _bits_post(self, req: _Request, send: Send) -> None:
+    async def _bits_post(self, req: _Request, send: Send, client: str) -> None:
         packet = (req.header("bits-packet-type") or "").strip().lower()
         try:
             if packet == "ping":
@@ -334,7 +454,7 @@ class UploadApp:
                 return
             segments = upload_segments(req.raw_path)
             if packet == "create-session":
-                await self._create_session(req, send, segments)
+                await self._create_session(req, send, segments, client)
             elif packet in ("fragment", "close-session", "cancel-session"):
                 await self._session_packet(req, send, packet, segments)
             else:
@@ -342,7 +462,9 @@ class UploadApp:
         except Refused as refused:
             await self._error(req, send, refused)
 
-    async def _create_session(self, req: _Request, send: Send, segments: tuple[str, ...]) -> None:
+    async def _create_session(
+        self, req: _Request, send: Send, segments: tuple[str, ...], client: str
+    ) -> None:
         protocol = pick_protocol(req.header("bits-supported-protocols"))
         if protocol is None:
             raise Refused(400, E_INVALIDARG, "no common upload protocol")
@@ -350,7 +472,15 @@ class UploadApp:
         await req.drain()
         if req.disconnected:
             return
-        session = self.store.create("/".join(segments), self.store.now())
+        await self._indexed()
+        if self.max_sessions is not None and self.store.count() >= self.max_sessions:
+            raise _busy("the server holds as many upload sessions as it allows")
+        if (
+            self.max_sessions_per_client is not None
+            and self.store.count(client) >= self.max_sessions_per_client
+        ):
+            raise _busy("this client holds as many upload sessions as the server allows")
+        session = self.store.create("/".join(segments), self.store.now(), client)
         headers = [
             ("BITS-Protocol", protocol),
             ("BITS-Session-Id", session.header_id),
@@ -405,7 +535,14 @@ class UploadApp:
             raise Refused(400, E_INVALIDARG, "the total length changed between fragments")
         now = self.store.now()
         if session.total is None:
+            if self.max_bytes_held is not None:
+                if crange.total > self.max_bytes_held:
+                    raise Refused(413, BG_E_TOO_LARGE, "the upload is larger than the server holds")
+                await self._indexed()
+                if self.store.held_bytes() + crange.total > self.max_bytes_held:
+                    raise _busy("the server holds as many upload bytes as it allows")
             session.total = crange.total
+            self.store.save(session)  # reserve the bytes now, before the body arrives
         session.updated = now
         if session.state == "complete":  # a resend after the file went into place
             await req.drain()
@@ -604,6 +741,35 @@ class UploadApp:
                 await send({"type": "http.response.body", "body": data, "more_body": left > 0})
             if left > 0 or head or count == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _busy(reason: str) -> Refused:
+    """503 with Retry-After: a cap is reached; the client's job waits and tries again."""
+    return Refused(503, BG_E_HTTP_ERROR_503, reason, headers=(("Retry-After", _RETRY_AFTER),))
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from ``Authorization: Basic ...`` (RFC 7617), else None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not token.strip():
+        return None
+    try:
+        raw = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    user, sep, password = text.partition(":")
+    return (user, password) if sep else None
+
+
+def _log_sweep_failure(future: asyncio.Future[int]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        _log.error("expiring upload sessions failed", exc_info=exc)
 
 
 def _single_range(

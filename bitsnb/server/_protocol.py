@@ -15,6 +15,7 @@ from bitsnb._http_rules import UPLOAD_PROTOCOL, parse_content_range
 
 __all__ = [
     "BG_E_HTTP_ERROR_500",
+    "BG_E_HTTP_ERROR_503",
     "BG_E_SESSION_NOT_FOUND",
     "BG_E_TOO_LARGE",
     "CONTEXT_REMOTE_APPLICATION",
@@ -39,6 +40,7 @@ STATE_DIR = ".bits-sessions"  # hidden folder under root with one sub-folder per
 
 BG_E_SESSION_NOT_FOUND = 0x8020001F
 BG_E_HTTP_ERROR_500 = 0x801901F4  # generic server-side failure
+BG_E_HTTP_ERROR_503 = 0x801901F7  # busy: a cap is reached, the client retries later
 CONTEXT_REMOTE_FILE = 0x5
 CONTEXT_REMOTE_APPLICATION = 0x7
 
@@ -49,13 +51,20 @@ class Refused(Exception):
     """A request the server answers with an error Ack: HTTP status, HRESULT and a short reason."""
 
     def __init__(
-        self, status: int, code: int, reason: str, context: int = CONTEXT_REMOTE_FILE
+        self,
+        status: int,
+        code: int,
+        reason: str,
+        context: int = CONTEXT_REMOTE_FILE,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.code = code
         self.reason = reason
         self.context = context
+        self.headers = headers  # extra answer headers, e.g. Retry-After on a 503
 
 
 def format_hresult(code: int) -> str:

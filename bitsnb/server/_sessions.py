@@ -13,8 +13,12 @@ import contextlib
 import json
 import os
 import shutil
+import stat
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +73,7 @@ class Session:
     state: SessionState = "open"
     reply: bool = False  # a reply body is stored
     reply_type: str = "application/octet-stream"
+    client: str = ""  # who made it: "user:NAME" when authenticated, else "ip:ADDRESS"
     folder: Path = field(default=Path(), compare=False)
 
     @property
@@ -95,22 +100,67 @@ class Session:
 
 
 class SessionStore:
-    """Sessions under ``root/.bits-sessions``; all methods are synchronous and cheap."""
+    """Sessions under ``root/.bits-sessions``; all methods are synchronous and cheap.
+
+    An in-memory index (session id → client and bytes reserved) answers the caps without
+    listing the folder. It is read from disk once, by ``ensure_index`` (the app calls it on a
+    worker thread: thousands of session folders must not stall the event loop), and then kept
+    by ``create``/``save``/``remove``/``expire``. Expiry runs on a worker thread while requests
+    are handled on the loop, so the index has a lock of its own.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.folder = root / STATE_DIR
+        self._lock = threading.Lock()
+        self._build = threading.Lock()
+        self._index: dict[uuid.UUID, tuple[str, int]] = {}
+        self._indexed = False
+
+    @property
+    def indexed(self) -> bool:
+        """True once ``ensure_index`` has read the sessions on disk."""
+        return self._indexed
+
+    def ensure_index(self) -> None:
+        """Read every session on disk into the index, once (blocking: call it off the loop)."""
+        if self._indexed:
+            return
+        with self._build:
+            if self._indexed:
+                return
+            found: dict[uuid.UUID, tuple[str, int]] = {}
+            for session_id in self.session_ids():
+                session = self.load(session_id)
+                # half-made or unreadable ones count too, until expiry removes them
+                found[session_id] = (session.client, _reserved(session)) if session else ("", 0)
+            with self._lock:
+                found.update(self._index)  # saved meanwhile: the newer entry wins
+                self._index = {k: v for k, v in found.items() if self._folder(k).exists()}
+                self._indexed = True
 
     def _folder(self, session_id: uuid.UUID) -> Path:
         return self.folder / str(session_id)
 
-    def create(self, path: str, now: float) -> Session:
+    def count(self, client: str | None = None) -> int:
+        """Sessions on disk (those of *client* only, when given)."""
+        with self._lock:
+            if client is None:
+                return len(self._index)
+            return sum(1 for who, _ in self._index.values() if who == client)
+
+    def held_bytes(self) -> int:
+        """Bytes reserved by open sessions: the declared totals of uploads not yet complete."""
+        with self._lock:
+            return sum(held for _, held in self._index.values())
+
+    def create(self, path: str, now: float, client: str = "") -> Session:
         """A new open session with an empty data file."""
         self.folder.mkdir(mode=0o700, exist_ok=True)
         session_id = uuid.uuid4()
         folder = self._folder(session_id)
         folder.mkdir(mode=0o700)
-        session = Session(session_id, path, now, now, folder=folder)
+        session = Session(session_id, path, now, now, client=client, folder=folder)
         session.data_path.touch()
         self.save(session)
         return session
@@ -120,12 +170,18 @@ class SessionStore:
         tmp = session.folder / (_STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(session.to_json()), encoding="utf-8")
         os.replace(tmp, session.folder / _STATE_FILE)
+        with self._lock:
+            self._index[session.id] = (session.client, _reserved(session))
+
+    def _forget(self, session_id: uuid.UUID) -> None:
+        with self._lock:
+            self._index.pop(session_id, None)
 
     def load(self, session_id: uuid.UUID) -> Session | None:
         """The stored session, or None (unknown, removed or unreadable)."""
         folder = self._folder(session_id)
         try:
-            raw = json.loads((folder / _STATE_FILE).read_text(encoding="utf-8"))
+            raw = json.loads(_read_regular(folder / _STATE_FILE))
             session = Session(
                 id=uuid.UUID(raw["id"]),
                 path=str(raw["path"]),
@@ -136,6 +192,7 @@ class SessionStore:
                 state=raw.get("state", "open"),
                 reply=bool(raw.get("reply", False)),
                 reply_type=str(raw.get("reply_type", "application/octet-stream")),
+                client=str(raw.get("client", "")),
                 folder=folder,
             )
         except (OSError, ValueError, KeyError, TypeError):
@@ -155,6 +212,7 @@ class SessionStore:
     def remove(self, session: Session) -> None:
         """Delete the session's folder (data, reply and state)."""
         shutil.rmtree(session.folder, ignore_errors=True)
+        self._forget(session.id)
 
     def drop_data(self, session: Session) -> None:
         """Delete the data file only (after the file went to its destination)."""
@@ -173,11 +231,14 @@ class SessionStore:
                 ids.append(uuid.UUID(name))
         return ids
 
-    def expire(self, now: float, timeout: float, busy: set[uuid.UUID]) -> int:
-        """Remove sessions idle for more than ``timeout`` seconds (not those in ``busy``)."""
+    def expire(self, now: float, timeout: float, busy: Callable[[], AbstractSet[uuid.UUID]]) -> int:
+        """Remove sessions idle for more than ``timeout`` seconds (not those ``busy()`` names,
+        asked again for each session: this runs on a worker thread while packets arrive).
+        Builds the index first when it is not built yet."""
+        self.ensure_index()
         removed = 0
         for session_id in self.session_ids():
-            if session_id in busy:
+            if session_id in busy():
                 continue
             session = self.load(session_id)
             if session is None:
@@ -187,11 +248,12 @@ class SessionStore:
                     stamp = folder.stat().st_mtime
                 except OSError:
                     continue
-                if now - stamp > timeout:
+                if now - stamp > timeout and session_id not in busy():
                     shutil.rmtree(folder, ignore_errors=True)
+                    self._forget(session_id)
                     removed += 1
                 continue
-            if now - session.updated > timeout:
+            if now - session.updated > timeout and session_id not in busy():
                 self.remove(session)
                 removed += 1
         return removed
@@ -200,3 +262,22 @@ class SessionStore:
     def now() -> float:
         """Wall-clock time, as stored in ``state.json``."""
         return time.time()
+
+
+def _reserved(session: Session) -> int:
+    """Bytes an open session may still put on disk: its declared total (0 once complete)."""
+    return session.total or 0 if session.state == "open" else 0
+
+
+def _read_regular(path: Path) -> str:
+    """The text of *path* if it is a regular file; a FIFO, device or link planted in the state
+    folder is refused (OSError) without blocking: opening a FIFO would wait for a writer."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read().decode("utf-8")
+    finally:
+        os.close(fd)
