@@ -473,6 +473,16 @@ def cmd_complete(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_cleanup(args: argparse.Namespace, out: Output) -> int:
+    """cleanup [FOLDER...]: remove temporary files no live job owns (--dry-run lists them)."""
+    from .helpers import cleanup
+
+    with open_manager(args, active=False) as mgr:
+        report = cleanup(args.folders or None, manager=mgr, dry_run=args.dry_run)
+    out.line(safe_text(str(report)))
+    return EXIT_OK
+
+
 def cmd_list(args: argparse.Namespace, out: Output) -> int:
     """list: the queue as a table, JSON or CSV."""
     with open_manager(args, active=False) as mgr:
@@ -1153,6 +1163,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         verb(name, handler, text).add_argument("job", metavar="JOB")
 
+    p = verb("cleanup", cmd_cleanup, "remove temporary files of jobs that no longer exist")
+    p.add_argument(
+        "folders",
+        nargs="*",
+        metavar="FOLDER",
+        help="where to look (default: every folder the store names)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
     p = verb("list", cmd_list, "list the jobs in the queue")
     p.add_argument("--all-users", action="store_true", help="every user's jobs (root only)")
     p.add_argument("--all", action="store_true", help="include finished jobs")

@@ -234,9 +234,11 @@ class AsyncManager:
             self.policy.store_busy_timeout, ctl.enum_jobs, all_users, include_finished
         )
 
-    async def get_error_description(self, code: int, language: str | int | None = "en") -> str:
-        """GetErrorDescription: the sentence for an HRESULT."""
-        return get_error_description(code, language)
+    async def get_error_description(
+        self, code: int, language: str | int | None = "en", *, job_type: JobType | None = None
+    ) -> str:
+        """GetErrorDescription: the sentence for an HRESULT (the upload reading for uploads)."""
+        return get_error_description(code, language, job_type=job_type)
 
     async def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """The cap of background jobs together (bytes/s; None removes it), live; the schedule's

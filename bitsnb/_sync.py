@@ -167,9 +167,11 @@ class Manager:
         jobs = self._call(control_of(self._amgr).enum_jobs, all_users, include_finished)
         return JobEnumerator([self._wrap(j) for j in jobs])
 
-    def get_error_description(self, code: int, language: str | int | None = "en") -> str:
-        """GetErrorDescription: the sentence for an HRESULT."""
-        return get_error_description(code, language)
+    def get_error_description(
+        self, code: int, language: str | int | None = "en", *, job_type: JobType | None = None
+    ) -> str:
+        """GetErrorDescription: the sentence for an HRESULT (the upload reading for uploads)."""
+        return get_error_description(code, language, job_type=job_type)
 
     def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """The cap of background jobs together (bytes/s; None removes it), live."""

@@ -463,3 +463,14 @@ def test_resume_after_stop_during_final_fsync_does_not_refetch(
     # the resume asks for the last byte only, to confirm the file did not change
     assert server.bytes_sent("whole.bin") == 300_001
     assert server.requests[-1].range == "bytes=299999-"
+
+
+def test_cleanup_removes_temporary_files_no_job_owns(here: Cli, dest: Path) -> None:
+    orphan = dest / ".BIT0123456789AB.tmp"
+    orphan.write_bytes(b"left behind")
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    listed = here.ok("cleanup", "--dry-run", dest)
+    assert orphan.name in listed and orphan.exists()
+    here.ok("cleanup", dest)
+    assert not orphan.exists()
