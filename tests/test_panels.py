@@ -178,7 +178,8 @@ def test_job_panel_shows_the_error(
     assert code in panel.error_label.value
     assert err.name in panel.error_label.value
     # said once: the upload-only remark of the table is gone on a download, the URL once
-    assert panel.error_text.startswith(f"{err.name} ({code}): Not found — HTTP 404 for http://")
+    assert panel.error_text.startswith(f"{err.name} ({code}): {err.description.rstrip('.')}")
+    assert "HTTP 404 for http://" in panel.error_text
     assert "IIS7" not in panel.error_text
     assert panel.error_text.count("x-0.bin") == 1
     assert code in repr(panel)
