@@ -119,10 +119,14 @@ class _FaultLayer:
                 with lock:
                     rec.status = int(message["status"])
                 if fault is not None and fault.kind == "extra_headers":
+                    # the fault's headers replace the app's of the same name (a server that
+                    # lies about what it received, or names another host for the reply)
+                    extra = _encode(list(fault.headers))
+                    names = {name.lower() for name, _ in extra}
                     message = dict(message)
                     message["headers"] = [
-                        *message.get("headers", []),
-                        *_encode(list(fault.headers)),
+                        *(h for h in message.get("headers", []) if h[0].lower() not in names),
+                        *extra,
                     ]
             await send(message)
 
