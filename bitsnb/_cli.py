@@ -497,6 +497,8 @@ def cmd_list(args: argparse.Namespace, out: Output) -> int:
             out.out.file.flush()
         else:
             out.out.print(jobs_table(jobs, tty=out.tty, owners=args.all_users))
+        for job_id, why in sorted(mgr.damaged_jobs().items()):  # rows the store cannot read
+            out.note(f"job {job_id} is damaged in the store: {safe_text(why)}")
     return EXIT_OK
 
 

@@ -256,6 +256,10 @@ class JobControl:
         owner = self.policy.owner
         return Enumerator([self.handle(r) for r in recs if all_users or r.owner == owner])
 
+    def damaged_jobs(self) -> dict[uuid.UUID, str]:
+        """Rows the store could not read (seen so far), and why."""
+        return dict(self.records.store.damaged)
+
     def forget(self, rec: JobRecord) -> None:
         """The job left the queue (final): drop everything kept about it here."""
         self.records.jobs.pop(rec.id, None)

@@ -240,6 +240,10 @@ class AsyncManager:
         """GetErrorDescription: the sentence for an HRESULT (the upload reading for uploads)."""
         return get_error_description(code, language, job_type=job_type)
 
+    async def damaged_jobs(self) -> dict[uuid.UUID, str]:
+        """Jobs whose stored rows cannot be read, and why (the rest of the queue works)."""
+        return self._control().damaged_jobs()
+
     async def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """The cap of background jobs together (bytes/s; None removes it), live; the schedule's
         windows keep their own limits."""

@@ -173,6 +173,10 @@ class Manager:
         """GetErrorDescription: the sentence for an HRESULT (the upload reading for uploads)."""
         return get_error_description(code, language, job_type=job_type)
 
+    def damaged_jobs(self) -> dict[uuid.UUID, str]:
+        """Jobs whose stored rows cannot be read, and why (the rest of the queue works)."""
+        return self._runtime.call(control_of(self._amgr).damaged_jobs)
+
     def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """The cap of background jobs together (bytes/s; None removes it), live."""
         self._runtime.run(self._amgr.set_max_bandwidth(bytes_per_second))

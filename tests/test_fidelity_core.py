@@ -263,6 +263,20 @@ def test_one_damaged_row_leaves_the_rest_of_the_queue_working(store: Path) -> No
             assert info.value.code == E_FAIL
             assert str(damaged) in str(info.value) and "damaged" in str(info.value)
         mgr.get_job(ids[0]).display_name = "still works"
+        assert set(mgr.damaged_jobs()) == set(ids[1:])
+    import subprocess
+    import sys
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "bitsnb", "--store", str(store), "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "still works" in listed.stdout
+    for damaged in ids[1:]:
+        assert f"job {damaged} is damaged in the store" in listed.stderr
 
 
 def test_a_store_that_lost_its_files_table_opens(store: Path) -> None:
