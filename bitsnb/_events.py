@@ -134,11 +134,19 @@ class Events:
         if rec.state in (JobState.TRANSFERRED, JobState.ERROR):
             self.notify_final(rec)
 
-    def _deliver(self, rec: JobRecord, method: str, *args: Any) -> None:
+    def _deliver(
+        self,
+        rec: JobRecord,
+        method: str,
+        *args: Any,
+        fallback: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Call the notify interface's *method* in the background; False when it has none.
+        *fallback* runs when the callback raises (BITS then falls back to the command line)."""
         target = self._targets.get(rec.id)
         fn = getattr(target, method, None) if target is not None else None
         if fn is None:
-            return
+            return False
         job = self._handle(rec)
 
         async def call() -> None:
@@ -148,8 +156,11 @@ class Events:
                     await result
             except Exception:
                 log.exception("bitsnb notification %s failed", method)
+                if fallback is not None:
+                    await fallback()
 
         self._spawn(call())
+        return True
 
     def _notify_modification(self, rec: JobRecord) -> None:
         if rec.id not in self._targets:
@@ -187,25 +198,13 @@ class Events:
         else:
             return
         cmd = rec.settings.notify_cmd_line if rec.owner == self._owner else None
-        target = self._targets.get(rec.id)
-        fn = getattr(target, method, None) if target is not None else None
-        if fn is None:
+
+        async def run_command() -> None:
             if cmd is not None:
-                self._spawn(_run_until_done(rec, state, cmd))
-            return
-        job = self._handle(rec)
+                await _run_until_done(rec, state, cmd)
 
-        async def call() -> None:
-            try:
-                result = fn(job, *args)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("bitsnb notification %s failed", method)
-                if cmd is not None:  # BITS falls back to the command line
-                    await _run_until_done(rec, state, cmd)
-
-        self._spawn(call())
+        if not self._deliver(rec, method, *args, fallback=run_command) and cmd is not None:
+            self._spawn(run_command())
 
 
 _MAX_COMMAND_RUNS = 100
