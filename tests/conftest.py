@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support.raw_http import ScriptServer
 
 import bitsnb
 from bitsnb.testing import FileServer
@@ -39,6 +40,22 @@ def policy() -> bitsnb.Policy:
         connect_timeout=5.0,
         read_timeout=5.0,
     )
+
+
+@pytest.fixture(params=[True, False], ids=["lean", "httpx"])
+def lean_policy(request: pytest.FixtureRequest, policy: bitsnb.Policy) -> bitsnb.Policy:
+    """The fast test policy on the lean transport, then on httpx's default transport."""
+    policy.lean_transport = request.param
+    return policy
+
+
+@pytest.fixture
+def srv() -> Iterator[ScriptServer]:
+    """A raw-socket server on 127.0.0.1 that answers each path with a scripted response
+    (tests that need another kind of server define their own ``srv``)."""
+    s = ScriptServer()
+    yield s
+    s.close()
 
 
 @pytest.fixture

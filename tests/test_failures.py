@@ -32,20 +32,6 @@ TIMEOUT = 10.0
 E = TypeVar("E", bound=BaseException)
 
 
-@pytest.fixture(params=[True, False], ids=["lean", "httpx"])
-def lean_policy(request: pytest.FixtureRequest, policy: bitsnb.Policy) -> bitsnb.Policy:
-    """The fast test policy on the lean transport, then on httpx's default transport."""
-    policy.lean_transport = request.param
-    return policy
-
-
-@pytest.fixture
-def srv() -> Iterator[ScriptServer]:
-    s = ScriptServer()
-    yield s
-    s.close()
-
-
 def fail(policy: bitsnb.Policy, url: str, temp: Path) -> TransferFailure:
     """Download *url* into *temp* through a fresh engine; the TransferFailure it raises."""
     return engine_failure(policy, file_record(url, temp))

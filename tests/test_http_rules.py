@@ -9,7 +9,6 @@ transport and on httpx's own, against a raw-socket server that sends the very by
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +24,6 @@ from bitsnb._records import FileRecord
 TIMEOUT = 10.0
 HTTP_503 = _codes.http_error(503)
 INVALID = _codes.BG_E_INVALID_SERVER_RESPONSE
-
-
-@pytest.fixture(params=[True, False], ids=["lean", "httpx"])
-def lean_policy(request: pytest.FixtureRequest, policy: bitsnb.Policy) -> bitsnb.Policy:
-    policy.lean_transport = request.param
-    return policy
-
-
-@pytest.fixture
-def srv() -> Iterator[ScriptServer]:
-    s = ScriptServer()
-    yield s
-    s.close()
 
 
 def record(url: str, tmp_path: Path, **fields: object) -> FileRecord:

@@ -13,7 +13,6 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpcore
@@ -30,13 +29,6 @@ from bitsnb.testing import FileServer
 
 TIMEOUT = 10.0
 OK_HEAD = b"HTTP/1.1 200 OK\r\n"
-
-
-@pytest.fixture
-def srv() -> Iterator[ScriptServer]:
-    s = ScriptServer()
-    yield s
-    s.close()
 
 
 def client(read_timeout: float = TIMEOUT, read_size: int = 256 * 1024) -> httpx.AsyncClient:
