@@ -171,7 +171,8 @@ class Runner:
         if self._schedule is None or key != self._schedule_key:
             self._schedule, self._schedule_key = p.schedule(), key
         limit = self._schedule.limit_at(p.local_time())
-        self.budgets.set_max_bandwidth(limit)
+        if limit != self.budgets.manager.rate:  # each housekeeping round: re-time only on change
+            self.budgets.set_max_bandwidth(limit)
         blocked = limit == 0
         if blocked == self._blocked:
             return
