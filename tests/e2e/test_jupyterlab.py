@@ -105,6 +105,10 @@ CELLS = {
     "queue": "mgr.panel()",
     "block": (
         "# the kernel is busy for 4 s; the panels above keep moving\n"
+        "# (first, bounded, until the slow job knows its size: a loaded machine starts it late)\n"
+        "until = time.monotonic() + 60\n"
+        "while big.progress.bytes_total is None and time.monotonic() < until:\n"
+        "    time.sleep(0.05)\n"
         'print("block start", flush=True)\n'
         "time.sleep(4)\n"
         'print("block end", flush=True)'
