@@ -406,18 +406,21 @@ class _Panel(widgets.VBox):  # type: ignore[misc]
         handle = self._display
         if handle is None or self.closed:
             return False
-        shown = (self.text(), self.html())
-        if shown == (self._published_cell if from_cell else self._published):
-            return False
-        self._published = shown
-        if from_cell:
-            self._published_cell = shown
-        try:
-            handle.update(self)
-        except Exception:  # no kernel any more (interpreter exit)
-            return False
-        self.publishes += 1
-        return True
+        # Under the UI lock: the pump thread and the cell's thread both publish, and an update
+        # read before a newer one but sent after it would leave the older state in the notebook.
+        with self._ui_lock:
+            shown = (self.text(), self.html())
+            if shown == (self._published_cell if from_cell else self._published):
+                return False
+            self._published = shown
+            if from_cell:
+                self._published_cell = shown
+            try:
+                handle.update(self)
+            except Exception:  # no kernel any more (interpreter exit)
+                return False
+            self.publishes += 1
+            return True
 
     def sync_display(self) -> None:
         """Read the job(s) now and re-publish: after a cell, and when a helper stops waiting

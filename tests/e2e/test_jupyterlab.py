@@ -52,9 +52,11 @@ KERNEL_TIMEOUT = 90_000  # ms, first page load + kernel start + the setup cell
 BLOCK_TIMEOUT = 15_000  # ms, bound on watching the bar during the 4 s blocking cell
 NOTEBOOK = "e2e.ipynb"
 QUICK_FILES, QUICK_SIZE = 3, 400_000
-# slow.bin comes in 16 pieces: each request gets 200 kB, a 0.5 s stall, then a dropped
-# connection (a known size, so a real bar, unlike a multi-file job whose total stays unknown).
-SLOW_SIZE, SLOW_CHUNK, SLOW_STALL = 3_200_000, 200_000, 0.5
+# slow.bin comes in 48 pieces: each request gets 200 kB, a 0.5 s stall, then a dropped
+# connection (a known size, so a real bar, unlike a multi-file job whose total stays unknown);
+# 24 s of stalls at least, so it still runs at the Suspend click on a slow, loaded machine.
+SLOW_SIZE, SLOW_CHUNK, SLOW_STALL = 9_600_000, 200_000, 0.5
+SLOW_TIMEOUT = 120_000  # ms, bound on the slow job's remaining pieces after Resume
 
 STATE_RE = re.compile(
     r"^\s*(QUEUED|CONNECTING|TRANSFERRING|SUSPENDED|ERROR|TRANSIENT_ERROR|TRANSFERRED"
@@ -536,7 +538,7 @@ def _check_panels(page: Page, fe: str, folder: Path) -> None:
     shot(page, f"{fe}-suspended", output(page, "slow"), queue)
     slow.button("Resume").click()
     expect(slow.state).to_have_text(RUNNING_RE)
-    expect(slow.state).to_have_text(re.compile("TRANSFERRED"))
+    expect(slow.state).to_have_text(re.compile("TRANSFERRED"), timeout=SLOW_TIMEOUT)
     expect(slow.bar).to_have_attribute("style", FULL_RE)
     slow.button("Complete").click()
     expect(slow.state).to_have_text(re.compile("ACKNOWLEDGED"))

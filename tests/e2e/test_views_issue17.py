@@ -51,7 +51,7 @@ here = pathlib.Path.cwd()
 srv = FileServer(root=here / "served17").start()
 chunks = [srv.add_random_file(f"chunk-{i:02d}.csv", 25_000, seed=i) for i in range(20)]
 slow_url = srv.add_random_file("big.bin", 30_000_000, seed=99)
-srv.inject("big.bin", Fault.stall_after(150_000, 0.5, times=-1))
+srv.inject("big.bin", Fault.stall_after(150_000, 2.0, times=-1))  # ~70 kB/s: still running at the Cancel click, however slow the machine
 policy = bitsnb.Policy(min_retry_delay_floor=0.05, max_active_jobs=8)
 mgr = bitsnb.Manager(store=here / "jobs17.db", policy=policy)""",
     "job": 'job = bitsnb.download(chunks, here / "mydata", name="chunks", manager=mgr, wait=True)',
