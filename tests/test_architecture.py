@@ -74,6 +74,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._client_options",
         "bitsnb._files",
         "bitsnb._store_rows",
+        "bitsnb._store_open",
+        "bitsnb._store_pg",
+        "bitsnb._store_pg_rows",
         "bitsnb._tcpinfo",
     ),
     "rules without IO": (
@@ -96,6 +99,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._validate",
         "bitsnb._enumerator",
         "bitsnb._protocols",
+        "bitsnb._store_api",
         "bitsnb._bandwidth",  # BandwidthWindow and rate checks: Policy's own vocabulary
     ),
 }
