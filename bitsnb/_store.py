@@ -466,6 +466,11 @@ class Store:
         ).fetchone()
         return row is not None
 
+    def lost_leases(self) -> set[uuid.UUID]:
+        """Leases of ours another process took over: none (on one machine a lease is taken
+        over only from a dead process, or one that let it expire and stopped)."""
+        return set()
+
     @_locked
     def leased_by_others(self) -> set[uuid.UUID]:
         """Ids of jobs whose lease another process holds and has not let expire."""

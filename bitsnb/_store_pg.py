@@ -509,6 +509,12 @@ class PgStore:
         return row is not None
 
     @_locked
+    def lost_leases(self) -> set[uuid.UUID]:
+        """Jobs whose lease another manager took over while we ran them (seen by a refused
+        save or the heartbeat): their runs here must stop; nothing they do is written."""
+        return set(self._lost)
+
+    @_locked
     def leased_by_others(self) -> set[uuid.UUID]:
         """Ids of jobs whose lease another manager holds and has not let expire."""
         rows = self._all(

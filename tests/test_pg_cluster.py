@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,35 +42,52 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     raise AssertionError(f"child said nothing (exit {proc.poll()})")
 
 
+def _stop(procs: list[subprocess.Popen[str]]) -> None:
+    """Close each child's stdin (it closes its manager and exits); kill what hangs."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            if p.stdin is not None:
+                p.stdin.close()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
 @pytest.fixture
-def children(postgres: Postgres) -> Iterator[tuple[str, list[subprocess.Popen[str]]]]:
-    """A fresh database and three manager processes on it (stopped at the end)."""
-    url = postgres.new_database()
-    bitsnb.Manager(store=url).close()  # the schema, once, before three processes race for it
-    procs = [
-        subprocess.Popen(
+def spawn() -> Iterator[Callable[[str], subprocess.Popen[str]]]:
+    """Start manager processes on a store (each has said ``ready``); stopped at the end."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(url: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
             [sys.executable, str(CHILD), url],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )
-        for _ in range(3)
-    ]
+        procs.append(proc)
+        assert _read_line(proc, 60) == "ready"
+        return proc
+
     try:
-        for p in procs:
-            assert _read_line(p, 60) == "ready"
-        yield url, procs
+        yield start
     finally:
-        for p in procs:
-            if p.poll() is None and p.stdin is not None:
-                p.stdin.close()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        _stop(procs)
+
+
+@pytest.fixture
+def children(
+    postgres: Postgres, spawn: Callable[[str], subprocess.Popen[str]]
+) -> tuple[str, list[subprocess.Popen[str]]]:
+    """A fresh database and three manager processes on it."""
+    url = postgres.new_database()
+    bitsnb.Manager(store=url).close()  # the schema, once, before three processes race for it
+    return url, [spawn(url) for _ in range(3)]
 
 
 def _temp_of(url: str, job_id: object) -> Path:
@@ -145,3 +162,52 @@ def test_three_managers_share_the_queue_and_take_over_a_killed_ones_job(
         assert (dest / name).read_bytes() == server.path(name).read_bytes(), name
     survivors = [p for p in procs if p is not killed]
     assert all(p.poll() is None for p in survivors)
+
+
+def _row(url: str, job_id: object) -> tuple[object, ...]:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT state, version, writer, lease_owner FROM jobs WHERE id=%s", (str(job_id),)
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_manager_paused_past_its_lease_commits_nothing_when_it_resumes(
+    postgres: Postgres,
+    spawn: Callable[[str], subprocess.Popen[str]],
+    server: FileServer,
+    tmp_path: Path,
+) -> None:
+    """A is SIGSTOPped mid-file; B takes the job over once A's lease expires and finishes it;
+    A, resumed (SIGCONT), finds its lease gone: its run stops and nothing it writes lands
+    (the fencing token), though its copy of the job is as new as the row it last saw."""
+    url = postgres.new_database()
+    bitsnb.Manager(store=url).close()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    job_url = server.add_random_file("paused.bin", VICTIM, seed=7)
+    server.inject("paused.bin", Fault.stall_after(STALL, 4))  # A's answer stops, then ends
+    a = spawn(url)
+    with bitsnb.Manager(store=url, policy=bitsnb.Policy(max_active_jobs=0)) as mgr:
+        job = mgr.create_job("paused")
+        job.add_file(job_url, dest / "paused.bin")
+        job.resume()
+        temp = _temp_of(url, job.id)
+        wait_until(lambda: _size(temp) > 0, timeout=30, message="A's bytes on disk")
+        assert f":{a.pid}:" in str(_lease_owner(url, job.id))
+        a.send_signal(signal.SIGSTOP)
+        b = spawn(url)
+        assert job.wait(timeout=30) is JobState.TRANSFERRED
+        done = _row(url, job.id)
+        assert f":{b.pid}:" in str(done[2])  # B wrote the end
+        a.send_signal(signal.SIGCONT)
+        wait_until(lambda: server.requests[0].finished, timeout=20, message="A's answer ended")
+        _stop([a])  # A closes: puts back what it ran, gives up its leases
+        assert a.returncode == 0
+        assert _row(url, job.id) == done  # nothing of A's landed
+        assert job.state is JobState.TRANSFERRED
+        assert job.complete() == 0
+    reqs = [r for r in server.requests if r.path == "paused.bin"]
+    assert [r.range is None for r in reqs] == [True, False]  # A's, then B's resume
+    assert (dest / "paused.bin").read_bytes() == server.path("paused.bin").read_bytes()
