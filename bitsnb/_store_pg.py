@@ -28,6 +28,7 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 
 from . import _codes
+from ._enums import JobState
 from ._errors import BitsError, StoreBusyError
 from ._records import FileRecord, JobRecord
 from ._store import lease_holder_dead
@@ -507,6 +508,27 @@ class PgStore:
         if row is None:
             self._lose(job_id)
         return row is not None
+
+    @_locked
+    def holders(self) -> list[tuple[str, uuid.UUID, int, int]]:
+        """Each live lease: ``(lease owner, job id, files not yet transferred, bytes done)``,
+        for a view of who runs what across the cluster."""
+        rows = self._all(
+            "SELECT j.lease_owner, j.id, COUNT(f.idx) FILTER (WHERE f.transferred = 0),"
+            " COALESCE(SUM(f.bytes_transferred), 0) FROM jobs j LEFT JOIN files f ON"
+            f" f.job_id = j.id WHERE j.lease_owner IS NOT NULL AND j.lease_expires >= {DB_NOW}"
+            " GROUP BY j.lease_owner, j.id"
+        )
+        return [(str(r[0]), uuid.UUID(str(r[1])), int(r[2]), int(r[3])) for r in rows]
+
+    @_locked
+    def errors_by_writer(self) -> dict[str, int]:
+        """Jobs in ERROR or TRANSIENT_ERROR, by the manager that wrote them last."""
+        rows = self._all(
+            "SELECT writer, COUNT(*) FROM jobs WHERE state IN (%s, %s) GROUP BY writer",
+            (int(JobState.ERROR), int(JobState.TRANSIENT_ERROR)),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     @_locked
     def lost_leases(self) -> set[uuid.UUID]:

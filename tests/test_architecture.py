@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._cli",
         "bitsnb._cli_demo",
         "bitsnb._cli_render",
+        "bitsnb.distributed",
         "bitsnb.frames",
         "bitsnb.helpers",
         "bitsnb.notebook",
