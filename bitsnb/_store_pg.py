@@ -47,7 +47,7 @@ from ._store_pg_rows import (
     START_JOB,
     UPDATE_JOB,
     UPDATE_JOB_FENCED,
-    UPSERT_FILE,
+    UPSERT_FILES,
     migration_statements,
     pg_schema,
 )
@@ -254,8 +254,7 @@ class PgStore:
                 with conn.transaction():
                     if conn.execute(sql, params).rowcount != 1:
                         return self._refused(conn, rec.id, token)
-                    with conn.cursor() as cur:
-                        cur.executemany(UPSERT_FILE, rows)
+                    conn.execute(UPSERT_FILES, [list(column) for column in zip(*rows, strict=True)])
             elif conn.execute(sql, params).rowcount != 1:
                 return self._refused(conn, rec.id, token)
         rec.version += 1

@@ -29,7 +29,7 @@ __all__ = [
     "START_JOB",
     "UPDATE_JOB",
     "UPDATE_JOB_FENCED",
-    "UPSERT_FILE",
+    "UPSERT_FILES",
     "migration_statements",
     "pg_schema",
 ]
@@ -126,8 +126,24 @@ CLAIM_BATCH = (
 RENEW = f"UPDATE jobs SET lease_expires={DB_NOW} + %s WHERE lease_owner=%s RETURNING id"
 
 _FILE_NAMES = [c.strip() for c in FILE_COLUMNS.split(",")]
-UPSERT_FILE = (
-    f"INSERT INTO files ({FILE_COLUMNS}) VALUES ({','.join(['%s'] * len(_FILE_NAMES))})"
-    " ON CONFLICT (job_id, idx) DO UPDATE SET "
+_ARRAY_TYPES = {"TEXT": "text[]", "INTEGER": "bigint[]", "REAL": "double precision[]"}
+
+
+def _column_types(table: str) -> dict[str, str]:
+    """Each column of SQLite's *table* (its DDL and later migrations) as a PostgreSQL array
+    type: the files upsert sends one array per column."""
+    body = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \((.*?)\n\)", SCHEMA, re.S)
+    declared = re.findall(r"^\s*(\w+)\s+(TEXT|INTEGER|REAL)\b", body.group(1) if body else "", re.M)
+    for step in MIGRATIONS.values():
+        declared += [(c, d.split()[0]) for t, c, d in step if t == table]
+    return {name: _ARRAY_TYPES[kind] for name, kind in declared}
+
+
+_FILE_TYPES = _column_types("files")
+# every file of a save in one statement: a column of values per array (no round trip per row)
+UPSERT_FILES = (
+    f"INSERT INTO files ({FILE_COLUMNS}) SELECT * FROM unnest("
+    + ", ".join(f"%s::{_FILE_TYPES[c]}" for c in _FILE_NAMES)
+    + ") ON CONFLICT (job_id, idx) DO UPDATE SET "
     + ", ".join(f"{c}=EXCLUDED.{c}" for c in _FILE_NAMES[2:])
 )
