@@ -195,3 +195,29 @@ def test_an_expired_lease_is_taken_over_within_twice_the_lease(
     print(f"takeover {took:.2f} s after the last heartbeat (lease {policy.lease_seconds} s)")
     assert took <= 2 * policy.lease_seconds, took
     assert [r.range for r in server.requests if r.path == "o.bin"] == [None]
+
+
+def test_managers_carry_on_after_the_server_restarts(
+    postgres: Postgres, policy: bitsnb.Policy, server: FileServer, tmp_path: Path
+) -> None:
+    """The PostgreSQL server restarts under two open managers (every connection cut): their
+    calls fail as "busy" and are retried, the listener reconnects and catches up, and a job
+    queued through one afterwards is run by the other."""
+    url = postgres.new_database()
+    dest = tmp_path / "out"
+    dest.mkdir()
+    passive = bitsnb.Policy(max_active_jobs=0, poll_interval=0.05)
+    with (
+        bitsnb.Manager(store=url, policy=policy) as runner,
+        bitsnb.Manager(store=url, policy=passive) as queuer,
+    ):
+        before = queuer.create_job("before")
+        wait_until(lambda: any(j.id == before.id for j in runner.enum_jobs()), message="seen")
+        postgres.restart()
+        job = queuer.create_job("after the restart")
+        job.add_file(server.add_random_file("r.bin", 20_000, seed=5), dest / "r.bin")
+        job.resume()
+        assert job.wait(timeout=30) is JobState.TRANSFERRED
+        assert runner.get_job(job.id).state is JobState.TRANSFERRED
+        assert job.complete() == 0
+    assert (dest / "r.bin").read_bytes() == server.path("r.bin").read_bytes()

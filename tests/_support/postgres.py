@@ -92,6 +92,21 @@ class Postgres:
             "start",
         )
 
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut, the data stays."""
+        self._run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-w",
+            "-s",
+            "-m",
+            "fast",
+            "-l",
+            str(self.root / "server.log"),
+            "restart",
+        )
+
     def stop(self) -> None:
         """``pg_ctl stop -m immediate`` (the data is thrown away anyway)."""
         self._run(
