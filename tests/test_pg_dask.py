@@ -20,7 +20,7 @@ from bitsnb.testing import FileServer
 
 distributed = pytest.importorskip("distributed")
 psycopg = pytest.importorskip("psycopg")
-from bitsnb.distributed import STATUS_COLUMNS, serve  # noqa: E402
+from bitsnb.distributed import PLUGIN_NAME, STATUS_COLUMNS, serve  # noqa: E402
 
 KIB = 1024
 
@@ -97,3 +97,28 @@ def test_serve_refuses_a_sqlite_store(client: distributed.Client, tmp_path: Path
         serve(client, str(tmp_path / "jobs.db"))
     assert info.value.code == E_INVALIDARG and "PostgreSQL" in str(info.value)
     assert not (tmp_path / "jobs.db").exists()
+
+
+def _has_manager(dask_worker: distributed.Worker) -> bool:
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    return getattr(plugin, "manager", None) is not None
+
+
+def test_a_worker_that_joins_starts_a_manager(
+    client: distributed.Client, postgres: Postgres
+) -> None:
+    """serve() before a worker joins: the new worker gets the plugin and a manager too."""
+    url = postgres.new_database()
+    with serve(client, url, bitsnb.Policy(poll_interval=0.05)) as served:
+        assert set(client.run(_has_manager).values()) == {True}
+        client.cluster.scale(3)
+        client.wait_for_workers(3, timeout=60)
+        wait_until(
+            lambda: list(client.run(_has_manager).values()) == [True] * 3,
+            timeout=60,
+            message="the new worker runs a manager",
+        )
+        assert len(served.status()) == 3
+    assert set(client.run(_has_manager).values()) == {False}  # close() closed them all
+    client.cluster.scale(2)
+    wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=60, message="2")
