@@ -467,8 +467,8 @@ class Store:
         return row is not None
 
     def lost_leases(self) -> set[uuid.UUID]:
-        """Leases of ours another process took over: none (on one machine a lease is taken
-        over only from a dead process, or one that let it expire and stopped)."""
+        """Leases of ours another process took over: none reported (the SQLite store keeps
+        no fencing token; its processes share one machine, where a dead one is taken over)."""
         return set()
 
     @_locked
