@@ -23,6 +23,7 @@ from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import await_patiently
 from ._records import SECRET_HEADERS, FileRecord, JobRecord, JobSecrets, error_info, file_info
 from ._states import allowed_calls
+from ._store_api import StoreURL
 from ._validate import (
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
@@ -44,7 +45,7 @@ class ManagerView(Protocol):
     """What ``AsyncJob.manager`` offers: the owning ``AsyncManager``'s public face."""
 
     policy: Policy
-    store_path: Path
+    store_path: Path | StoreURL
 
     async def get_job(self, job_id: uuid.UUID | str) -> AsyncJob: ...
 

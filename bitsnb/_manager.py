@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import enum
 import os
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,13 +37,15 @@ from ._records import JobSecrets
 from ._replication import Replication
 from ._scheduler import Scheduler
 from ._states import Event
-from ._store import Store, lease_name
+from ._store import lease_name
+from ._store_api import JobStore, StoreURL
+from ._store_open import open_store, store_location
 from ._validate import is_admin, os_user
 
 __all__ = ["AsyncManager", "JobEvent", "control_of", "default_store_path"]
 
 
-def default_store_path() -> Path:
+def default_store_path() -> Path | StoreURL:
     """``$BITSNB_STORE``, else ``$BITSNB_HOME/jobs.db``, else ``jobs.db`` in the user data folder."""
     override = os.environ.get("BITSNB_STORE")
     if override:
@@ -57,20 +58,10 @@ def default_store_path() -> Path:
     return Path(platformdirs.user_data_dir("bitsnb", appauthor=False)) / "jobs.db"
 
 
-_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
-
-
-def store_path(store: str | os.PathLike[str]) -> Path:
-    """The SQLite file a store argument names; a URL (``postgresql://…``, ``sqlite://``…) is
-    refused rather than taken for a folder name: bitsnb's stores are SQLite files."""
-    text = os.fspath(store)
-    if isinstance(text, str) and _URL_LIKE.match(text):
-        scheme = text.split(":", 1)[0]
-        raise BitsError(
-            _codes.E_INVALIDARG,
-            f"unknown store scheme {scheme!r}: give the path of a SQLite file",
-        )
-    return Path(text)
+def store_path(store: str | os.PathLike[str] | StoreURL) -> Path | StoreURL:
+    """The SQLite file or PostgreSQL database a store argument names; a URL of another scheme
+    (``sqlite://``, ``mysql://``…) is refused rather than taken for a folder name."""
+    return store_location(store)
 
 
 class _Life(enum.Enum):
@@ -88,12 +79,14 @@ class AsyncManager:
 
     def __init__(
         self,
-        store: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | StoreURL | None = None,
         *,
         policy: Policy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.store_path = store_path(store) if store is not None else default_store_path()
+        self.store_path: Path | StoreURL = (
+            store_path(store) if store is not None else default_store_path()
+        )
         self.policy = policy or Policy()
         self._transport = transport
         self._life = _Life.UNOPENED
@@ -118,7 +111,9 @@ class AsyncManager:
                 f"Policy(owner={p.owner!r}): only root may manage another user's jobs",
             )
         # opening (and migrating) may wait for another process's lock: off the loop
-        store = await asyncio.to_thread(Store, self.store_path, lease_name(), p.store_busy_timeout)
+        store = await asyncio.to_thread(
+            open_store, self.store_path, lease_name(), p.store_busy_timeout
+        )
         try:
             loaded = await asyncio.to_thread(store.patiently, store.load_jobs)
         except BaseException:
@@ -266,7 +261,7 @@ class _Parts:
 
     def __init__(
         self,
-        store: Store,
+        store: JobStore,
         records: Records,
         events: Events,
         runner: Runner,

@@ -23,7 +23,7 @@ from ._errors import StoreBusyError
 from ._events import Events
 from ._records import FileRecord, JobRecord
 from ._states import Event, allowed, transition
-from ._store import Store
+from ._store_api import JobStore
 
 __all__ = ["STARTABLE", "Records", "await_patiently", "call_patiently", "copy_record"]
 
@@ -96,7 +96,7 @@ def copy_record(rec: JobRecord, fresh: JobRecord) -> None:
 class Records:
     """The jobs this manager knows, by id, and the one way to change them."""
 
-    def __init__(self, store: Store, events: Events) -> None:
+    def __init__(self, store: JobStore, events: Events) -> None:
         self.store = store
         self.jobs: dict[uuid.UUID, JobRecord] = {}
         self._events = events

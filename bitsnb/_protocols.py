@@ -17,6 +17,7 @@ from typing import Protocol
 
 from ._enums import JobPriority, JobState, JobType
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes
+from ._store_api import StoreURL
 
 __all__ = [
     "JobControl",
@@ -77,7 +78,7 @@ class ManagerView(Protocol):
     @property
     def closed(self) -> bool: ...
     @property
-    def store_path(self) -> os.PathLike[str]: ...
+    def store_path(self) -> os.PathLike[str] | StoreURL: ...
     def enum_jobs(self, all_users: bool = False, *, include_finished: bool = False) -> Jobs: ...
     def subscribe(self, listener: Callable[[JobEventView], None]) -> Callable[[], None]: ...
 

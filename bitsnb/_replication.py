@@ -114,6 +114,7 @@ class Replication:
                 if now - last_renew >= p.lease_seconds / 3:
                     self._records.store.renew_leases(p.lease_seconds)
                     last_renew = now
+                self._stop_lost()
                 self.poll_changes()
                 self._pick_up_released()
                 if now - last_scavenge >= p.scavenge_interval:
@@ -125,6 +126,14 @@ class Replication:
                 log.debug("bitsnb housekeeping skipped a round: %s", exc)
             except Exception:
                 log.exception("bitsnb housekeeping failed")
+
+    def _stop_lost(self) -> None:
+        """Stop the runs of jobs whose lease another manager took over (paused past it, cut
+        off): the store refuses their writes already, and the new holder runs them."""
+        for job_id in self._records.store.lost_leases():
+            if self._runner.is_running(job_id):
+                task = asyncio.ensure_future(self._runner.stop(job_id))
+                task.add_done_callback(_retrieve)
 
     def poll_changes(self) -> None:
         """Take in every job another process wrote since the last look."""

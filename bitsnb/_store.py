@@ -48,7 +48,8 @@ def lease_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _lease_holder_dead(holder: str) -> bool:
+def lease_holder_dead(holder: str) -> bool:
+    """True when *holder* (a ``lease_name``) is a process of this host that no longer runs."""
     host, _, rest = holder.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
@@ -413,7 +414,7 @@ class Store:
                 row = self._db.execute(
                     "SELECT lease_owner, version FROM jobs WHERE id=?", (key,)
                 ).fetchone()
-                if row is None or row[0] is None or not _lease_holder_dead(str(row[0])):
+                if row is None or row[0] is None or not lease_holder_dead(str(row[0])):
                     return None
                 rows = self._db.execute(
                     "UPDATE jobs SET lease_owner=?, lease_expires=? WHERE id=? AND lease_owner=?"
@@ -465,6 +466,11 @@ class Store:
         ).fetchone()
         return row is not None
 
+    def lost_leases(self) -> set[uuid.UUID]:
+        """Leases of ours another process took over: none reported (the SQLite store keeps
+        no fencing token; its processes share one machine, where a dead one is taken over)."""
+        return set()
+
     @_locked
     def leased_by_others(self) -> set[uuid.UUID]:
         """Ids of jobs whose lease another process holds and has not let expire."""
@@ -473,7 +479,7 @@ class Store:
             " AND lease_expires >= ?",
             (self.writer, time.time()),
         )
-        return {uuid.UUID(r[0]) for r in rows if not _lease_holder_dead(str(r[1]))}
+        return {uuid.UUID(r[0]) for r in rows if not lease_holder_dead(str(r[1]))}
 
 
 def _private_file(path: Path) -> None:

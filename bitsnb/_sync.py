@@ -28,6 +28,7 @@ from ._manager import AsyncManager, control_of
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import call_patiently
 from ._runtime import LoopThread
+from ._store_api import StoreURL
 
 __all__ = ["Job", "JobEnumerator", "Manager", "ViewHooks", "views"]
 
@@ -86,7 +87,7 @@ class Manager:
 
     def __init__(
         self,
-        store: str | os.PathLike[str] | None = None,
+        store: str | os.PathLike[str] | StoreURL | None = None,
         *,
         policy: Policy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -117,8 +118,8 @@ class Manager:
         return self._amgr.policy
 
     @property
-    def store_path(self) -> os.PathLike[str]:
-        """Where the queue is stored."""
+    def store_path(self) -> Path | StoreURL:
+        """Where the queue is stored: a SQLite file, or a PostgreSQL database's URL."""
         return self._amgr.store_path
 
     @property

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support.postgres import Postgres, find_pg_bin, running_postgres
 from _support.raw_http import ScriptServer
 
 import bitsnb
@@ -87,3 +88,14 @@ def visible_files(folder: Path) -> list[str]:
 def temp_files(folder: Path) -> list[str]:
     """BITS temporary files left in *folder*."""
     return sorted(n for n in os.listdir(folder) if n.startswith(".BIT"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL (Debian's packages) for the session; skips when it is not installed."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install bitsnb[postgres])")
+    with running_postgres(bin_dir) as pg:
+        yield pg

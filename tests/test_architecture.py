@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._cli",
         "bitsnb._cli_demo",
         "bitsnb._cli_render",
+        "bitsnb.distributed",
         "bitsnb.frames",
         "bitsnb.helpers",
         "bitsnb.notebook",
@@ -74,6 +75,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._client_options",
         "bitsnb._files",
         "bitsnb._store_rows",
+        "bitsnb._store_open",
+        "bitsnb._store_pg",
+        "bitsnb._store_pg_rows",
         "bitsnb._tcpinfo",
     ),
     "rules without IO": (
@@ -96,6 +100,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._validate",
         "bitsnb._enumerator",
         "bitsnb._protocols",
+        "bitsnb._store_api",
         "bitsnb._bandwidth",  # BandwidthWindow and rate checks: Policy's own vocabulary
     ),
 }
