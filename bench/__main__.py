@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from ._bytecode import precompile
 from ._clients import BASELINE_ENV
 from ._suite import ALL_WORKLOADS, Config, run_suite
 from ._wan import PROFILES
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.baseline:
         os.environ[BASELINE_ENV] = str(args.baseline.resolve())
+    trees = [Path(__file__).resolve().parent.parent]
+    if args.baseline:
+        trees.append(args.baseline.resolve())
+    for pkg in precompile(trees):  # as pip install does; see bench/_bytecode.py
+        print(f"byte-compiled {pkg}", file=sys.stderr)
 
     def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")  # so every finally runs: nginx, temp dirs

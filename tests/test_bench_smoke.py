@@ -165,3 +165,19 @@ def test_tiny_suite_end_to_end(tmp_path: Path) -> None:
     assert list((tmp_path / "results").glob("bench-*.json"))
     assert list((tmp_path / "results").glob("bench-*.md"))
     assert not list(tmp_path.glob("bitsnb-bench-*"))  # scratch folder removed
+
+
+def test_precompile_writes_bytecode_despite_dont_write(tmp_path: Path) -> None:
+    """The driver byte-compiles each measured tree once, so samples only read .pyc files."""
+    from bench._bytecode import precompile
+
+    pkg = tmp_path / "bitsnb"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "mod.py").write_text("def f() -> int:\n    return 2\n")
+    assert precompile([tmp_path, tmp_path / "absent"]) == [pkg]
+    compiled = sorted(p.name.split(".")[0] for p in (pkg / "__pycache__").glob("*.pyc"))
+    assert compiled == ["__init__", "mod"]
+    (pkg / "bad.py").write_text("def (:\n")
+    with pytest.raises(RuntimeError, match="byte-compiling"):
+        precompile([tmp_path])
