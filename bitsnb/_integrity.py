@@ -44,6 +44,7 @@ __all__ = [
     "digest_request_headers",
     "known_digest",
     "new_hasher",
+    "parse_checksums",
     "parse_known_hash",
     "representation_digest",
 ]
@@ -281,3 +282,31 @@ def content_digest(headers: Mapping[str, str]) -> Digest | None:
         assert raw is not None
         found.append(Digest("md5", raw, "Content-MD5", "content"))
     return _strongest(found)
+
+
+_SUMS_LINE = re.compile(r"([0-9a-fA-F]+) [ *](.+)")
+_BY_LENGTH = {64: "sha256", 128: "sha512", 40: "sha1", 32: "md5"}
+
+
+def parse_checksums(text: str, source: str = "SHA256SUMS") -> dict[str, str]:
+    """The known hashes (``alg:hex``) a ``sha256sum``-style file gives, by file name.
+
+    Lines are ``<hex>  <name>`` (``<hex> *<name>`` in binary mode); blank lines and ``#``
+    comments are skipped and a leading ``./`` is dropped. The algorithm follows from the
+    length (64 hex digits sha256, 128 sha512, 40 sha1, 32 md5), or is blake2b when *source*'s
+    name says ``b2``. ValueError names the first malformed line.
+    """
+    blake = "b2" in source.rsplit("/", 1)[-1].lower()
+    out: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _SUMS_LINE.fullmatch(line.rstrip("\r\n"))
+        alg = "blake2b" if blake else _BY_LENGTH.get(len(match.group(1))) if match else None
+        if match is None or alg is None:
+            raise ValueError(f"{source} line {number} is not '<hex>  <name>': {line[:80]!r}")
+        name = match.group(2)
+        name = name[2:] if name.startswith("./") else name
+        out[name] = parse_known_hash(f"{alg}:{match.group(1)}")
+    return out

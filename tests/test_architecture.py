@@ -73,6 +73,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._failures",
         "bitsnb._client_options",
         "bitsnb._files",
+        "bitsnb._filehash",
         "bitsnb._store_rows",
         "bitsnb._tcpinfo",
     ),
