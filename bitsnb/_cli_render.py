@@ -281,6 +281,9 @@ def job_dict(job: Job, *, files: bool = False) -> dict[str, Any]:
                 "bytes_transferred": f.progress.bytes_transferred,
                 "transferred": f.transferred,
                 "completed": f.progress.completed,
+                "known_hash": f.known_hash,
+                "hash": f.hash,
+                "validation_state": f.validation_state,
             }
             for f in job.files
         ]

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
@@ -32,12 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._checksums import Entry, missing, read_checksums, with_hashes
 from ._codes import E_INVALIDARG, E_NOTIMPL, S_OK, from_user
 from ._enums import ErrorContext, JobPriority, JobState, JobType
 from ._errors import BitsError, all_errors, context_description, lookup_error
-from ._filehash import hash_file
 from ._format import format_bytes
-from ._integrity import parse_checksums, parse_known_hash
 from ._job import AsyncJob
 from ._models import ErrorInfo
 from ._planning import default_display_name, make_folder, plan_downloads
@@ -299,19 +297,7 @@ def _finish(
         raise failure
 
 
-# -- known hashes and the cache ---------------------------------------------------------------
-
-Entry = tuple[str, str, str | None]  # (URL, local path, known hash or None)
-
-
-def _known(text: object, what: str) -> str | None:
-    """A checked known hash (``alg:hex``), None for a missing one (None, NaN, "")."""
-    if text is None or text == "" or (isinstance(text, float) and text != text):
-        return None
-    try:
-        return parse_known_hash(text)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise _invalid(f"the known hash of {what} is not valid: {exc}") from None
+# -- known hashes ------------------------------------------------------------------------------
 
 
 def _hash_list(urls: Sequence[str], known_hashes: object) -> list[object]:
@@ -332,82 +318,16 @@ def _hash_list(urls: Sequence[str], known_hashes: object) -> list[object]:
     return list(values)
 
 
-def _read_checksums(source: str | os.PathLike[str], manager: Manager, timeout: float) -> str:
-    """The text of a SHA256SUMS-style file: a local path, or a URL fetched by a bitsnb job."""
-    text = os.fspath(source)
-    if "://" not in text:
-        try:
-            with open(text, encoding="utf-8") as fh:
-                return fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise _invalid(f"cannot read the checksums file {text!r}: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix="bitsnb-sums-") as folder:
-        local = os.path.join(folder, "SUMS")
-        job = _create(manager, f"checksums {_name_hint(text)}", [(text, local)], JobPriority.HIGH)
-        state = job.wait(timeout)
-        if state is not JobState.TRANSFERRED:
-            failure = _failure([job])
-            job.cancel()
-            raise failure or _invalid(f"could not fetch the checksums file {text!r}")
-        job.complete()
-        with open(local, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-
-
-def _name_hint(url: str) -> str:
-    """The last path segment of *url* (what a checksums file is called)."""
-    return url.rstrip("/").rsplit("/", 1)[-1][: MAX_DISPLAY_NAME - 16]
-
-
-def _entries(
-    pairs: Sequence[tuple[str, str]],
-    urls: Sequence[str],
-    known_hashes: object,
-    checksums: str | os.PathLike[str] | None,
+def _to_fetch(
     manager: Manager,
+    pairs: Sequence[tuple[str, str]],
+    given: Sequence[object],
+    checksums: str | os.PathLike[str] | None,
     timeout: float | None,
 ) -> list[Entry]:
-    """Each (URL, path) with its known hash: the one given for it, else the checksums
-    file's line for its file name; every hash checked (E_INVALIDARG) before anything is made."""
-    given = [_known(h, u) for h, u in zip(_hash_list(urls, known_hashes), urls, strict=True)]
-    if checksums is not None:
-        source = os.fspath(checksums)
-        try:
-            sums = parse_checksums(_read_checksums(source, manager, timeout or 60.0), source)
-        except ValueError as exc:
-            raise _invalid(str(exc)) from None
-        by_base = {os.path.basename(n): h for n, h in sums.items()}
-        for i, (url, path) in enumerate(pairs):
-            if given[i] is None:
-                name = os.path.basename(path)
-                found = sums.get(name, by_base.get(name))
-                if found is None:
-                    raise _invalid(f"{source} has no line for {name!r} (from {url!r})")
-                given[i] = found
-    return [(u, p, h) for (u, p), h in zip(pairs, given, strict=True)]
-
-
-def _in_place(manager: Manager, path: str, known: str) -> bool:
-    """Does *path* already hold the file *known* says? Trusted without reading when a job of
-    this store completed it, verified, and it is unchanged since (size, mtime, inode); any
-    other file there is hashed once."""
-    if not os.path.isfile(path):
-        return False
-    if manager.verified_hash(path) == known:
-        return True
-    try:
-        got = hash_file(path, known.split(":", 1)[0])
-    except OSError:
-        return False
-    if got == known:
-        return True
-    log.info("%s does not match its known hash (%s): downloading it again", path, got)
-    return False
-
-
-def _missing(manager: Manager, entries: Sequence[Entry]) -> list[Entry]:
-    """The entries whose destination does not already hold the right file (pooch's cache)."""
-    return [e for e in entries if e[2] is None or not _in_place(manager, e[1], e[2])]
+    """The (URL, path, known hash) entries still to download (all hashes checked first)."""
+    sums = None if checksums is None else read_checksums(checksums, manager, timeout or 60.0)
+    return missing(manager, with_hashes(pairs, given, sums))
 
 
 def download(
@@ -468,8 +388,7 @@ def download(
     if known_hash is not None and len(pairs) != 1:
         raise _invalid("known_hash is for one URL; give download_many(known_hashes=...)")
     mgr = manager if manager is not None else default_manager()
-    hashes = None if known_hash is None else [known_hash]
-    entries = _missing(mgr, _entries(pairs, url_list, hashes, checksums, mgr, timeout))
+    entries = _to_fetch(mgr, pairs, _hash_list(url_list, [known_hash]), checksums, timeout)
     if not entries:  # every file is in place already: no job (pooch's cache)
         return Path(pairs[0][1]) if len(pairs) == 1 else Path(plan.folder)
     make_folder(plan)
@@ -521,7 +440,8 @@ def download_many(
     plan = plan_downloads(url_list, folder)
     pairs = plan.pairs
     mgr = manager if manager is not None else default_manager()
-    entries = _missing(mgr, _entries(pairs, url_list, known_hashes, checksums, mgr, timeout))
+    given = _hash_list(url_list, known_hashes)
+    entries = _to_fetch(mgr, pairs, given, checksums, timeout)
     if not entries:  # every file is in place already: no job
         return []
     make_folder(plan)

@@ -41,6 +41,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "front ends": (
         "bitsnb",
         "bitsnb.__main__",
+        "bitsnb._checksums",
         "bitsnb._cli",
         "bitsnb._cli_demo",
         "bitsnb._cli_render",
