@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import importlib.util
 import re
+import threading
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "KNOWN_ALGORITHMS",
     "REQUEST_HEADERS",
+    "BackgroundHasher",
     "Digest",
     "Hasher",
     "content_digest",
@@ -47,6 +50,7 @@ __all__ = [
     "parse_checksums",
     "parse_known_hash",
     "representation_digest",
+    "streaming_hasher",
 ]
 
 # what a client sends to be told digests: RFC 9530 §4 preferences, and S3's checksum mode
@@ -310,3 +314,103 @@ def parse_checksums(text: str, source: str = "SHA256SUMS") -> dict[str, str]:
         name = name[2:] if name.startswith("./") else name
         out[name] = parse_known_hash(f"{alg}:{match.group(1)}")
     return out
+
+
+class BackgroundHasher:
+    """A hasher fed from the caller's thread and run on a thread of its own.
+
+    ``update`` hashes in place until *inline* bytes went by (small files never see a thread);
+    after that it copies the bytes into one of a few recycled *block*-sized buffers (the views
+    a transport lends are reused once the caller moves on) and hands each full buffer to a
+    worker thread, which hashes it while the caller goes on receiving and writing: hashlib
+    releases the GIL on large buffers, so the hash runs on another core. At most *depth*
+    buffers wait; a caller that gets that far ahead waits for one (the hash is then the
+    bottleneck). The worker exits when nothing is waiting, so an abandoned hasher leaves no
+    thread behind. ``digest`` hashes what is left and answers.
+    """
+
+    def __init__(
+        self,
+        hasher: Hasher,
+        *,
+        inline: int = 8 << 20,
+        block: int = 4 << 20,
+        depth: int = 3,
+    ) -> None:
+        self._hasher = hasher
+        self._inline = inline
+        self._block = block
+        self._depth = depth
+        self._buf: bytearray | None = None
+        self._fill = 0
+        self._free: list[bytearray] = []
+        self._pending: collections.deque[tuple[bytearray, int]] = collections.deque()
+        self._running = False
+        self._cond = threading.Condition()
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        """Hash *data* (copied when the worker thread is in use: *data* may be reused)."""
+        if self._inline > 0:
+            self._inline -= len(data)
+            self._hasher.update(data)
+            return
+        view = memoryview(data).cast("B")
+        while len(view):
+            if self._buf is None:
+                self._buf = self._free.pop() if self._free else bytearray(self._block)
+                self._fill = 0
+            n = min(len(view), self._block - self._fill)
+            self._buf[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
+            if self._fill == self._block:
+                self._hand_off()
+
+    def _hand_off(self) -> None:
+        buf, fill = self._buf, self._fill
+        assert buf is not None
+        self._buf = None
+        with self._cond:
+            while len(self._pending) >= self._depth:  # bounded memory: wait for the worker
+                self._cond.wait()
+            self._pending.append((buf, fill))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._work, name="bitsnb-hash", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._running = False
+                    self._cond.notify_all()
+                    return
+                buf, fill = self._pending[0]
+            self._hasher.update(memoryview(buf)[:fill])
+            with self._cond:
+                self._pending.popleft()
+                if len(self._free) < self._depth:
+                    self._free.append(buf)
+                self._cond.notify_all()
+
+    def digest(self) -> bytes:
+        """The digest of everything given so far (waits for the worker to finish)."""
+        with self._cond:
+            while self._running:
+                self._cond.wait()
+        if self._buf is not None and self._fill:
+            self._hasher.update(memoryview(self._buf)[: self._fill])
+            self._free.append(self._buf)
+            self._buf = None
+            self._fill = 0
+        return self._hasher.digest()
+
+
+def streaming_hasher(algorithm: str) -> Hasher:
+    """A hasher for a body that streams in: hashlib's on a thread of its own past the first
+    few MiB (``BackgroundHasher``); CRCs and xxhash, fast enough inline, as they are."""
+    hasher = new_hasher(algorithm)
+    return BackgroundHasher(hasher) if algorithm in _THREADED else hasher
+
+
+_THREADED = frozenset({"sha256", "sha512", "sha1", "md5", "blake2b"})
