@@ -341,10 +341,10 @@ class BackgroundHasher:
         self._inline = inline
         self._block = block
         self._depth = depth
-        self._buf: bytearray | None = None
+        self._buf: memoryview | None = None  # the block being filled (a bytearray's view)
         self._fill = 0
-        self._free: list[bytearray] = []
-        self._pending: collections.deque[tuple[bytearray, int]] = collections.deque()
+        self._free: list[memoryview] = []
+        self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()
         self._running = False
         self._cond = threading.Condition()
 
@@ -357,10 +357,10 @@ class BackgroundHasher:
         view = memoryview(data).cast("B")
         while len(view):
             if self._buf is None:
-                self._buf = self._free.pop() if self._free else bytearray(self._block)
+                self._buf = self._free.pop() if self._free else memoryview(bytearray(self._block))
                 self._fill = 0
             n = min(len(view), self._block - self._fill)
-            self._buf[self._fill : self._fill + n] = view[:n]
+            self._buf[self._fill : self._fill + n] = view[:n]  # a memcpy (a view's is cheaper)
             self._fill += n
             view = view[n:]
             if self._fill == self._block:
@@ -386,7 +386,7 @@ class BackgroundHasher:
                     self._cond.notify_all()
                     return
                 buf, fill = self._pending[0]
-            self._hasher.update(memoryview(buf)[:fill])
+            self._hasher.update(buf[:fill])
             with self._cond:
                 self._pending.popleft()
                 if len(self._free) < self._depth:
@@ -399,7 +399,7 @@ class BackgroundHasher:
             while self._running:
                 self._cond.wait()
         if self._buf is not None and self._fill:
-            self._hasher.update(memoryview(self._buf)[: self._fill])
+            self._hasher.update(self._buf[: self._fill])
             self._free.append(self._buf)
             self._buf = None
             self._fill = 0
