@@ -695,8 +695,11 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
         if job_type is JobType.DOWNLOAD:
             entries = cli_entries(args, pairs, mgr, skip_in_place=True, fetch=not args.no_wait)
             make_folder(plan)
-            if not entries:
-                out.line(f"{len(pairs)} files already in place with their known hashes")
+            if not entries:  # no job: every file is there with its known hash
+                if args.json:
+                    out.json({"state": "IN_PLACE", "files": [p for _, p in pairs]})
+                else:
+                    out.line(f"{len(pairs)} files already in place with their known hashes")
                 return EXIT_OK
         job = mgr.create_job(name, job_type, priority=args.priority)
         try:

@@ -388,7 +388,8 @@ def download(
     if known_hash is not None and len(pairs) != 1:
         raise _invalid("known_hash is for one URL; give download_many(known_hashes=...)")
     mgr = manager if manager is not None else default_manager()
-    entries = _to_fetch(mgr, pairs, _hash_list(url_list, [known_hash]), checksums, timeout)
+    given = _hash_list(url_list, None if known_hash is None else [known_hash])
+    entries = _to_fetch(mgr, pairs, given, checksums, timeout)
     if not entries:  # every file is in place already: no job (pooch's cache)
         return Path(pairs[0][1]) if len(pairs) == 1 else Path(plan.folder)
     make_folder(plan)

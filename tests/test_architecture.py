@@ -44,6 +44,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._checksums",
         "bitsnb._cli",
         "bitsnb._cli_demo",
+        "bitsnb._cli_integrity",
         "bitsnb._cli_render",
         "bitsnb.frames",
         "bitsnb.helpers",

@@ -55,6 +55,8 @@ def test_transfer_checksum_then_in_place(
     assert (f["known_hash"], f["hash"], f["validation_state"]) == (known, known, True)
     r = here(capsys, "transfer", url, dest, "--checksum", known)
     assert r.returncode == 0 and "already in place" in r.stdout
+    r = here(capsys, "transfer", url, dest, "--checksum", known, "--json")
+    assert json.loads(r.stdout) == {"state": "IN_PLACE", "files": [str(dest / "a.bin")]}
     assert gets(server, "a.bin") == 1 and len(store_jobs()) == 1
 
 
