@@ -320,13 +320,14 @@ class BackgroundHasher:
     """A hasher fed from the caller's thread and run on a thread of its own.
 
     ``update`` hashes in place until *inline* bytes went by (small files never see a thread);
-    after that it copies the bytes into one of a few recycled *block*-sized buffers (the views
-    a transport lends are reused once the caller moves on) and hands each full buffer to a
-    worker thread, which hashes it while the caller goes on receiving and writing: hashlib
-    releases the GIL on large buffers, so the hash runs on another core. At most *depth*
-    buffers wait; a caller that gets that far ahead waits for one (the hash is then the
-    bottleneck). The worker exits when nothing is waiting, so an abandoned hasher leaves no
-    thread behind. ``digest`` hashes what is left and answers.
+    after that it copies the bytes into *block*-sized buffers (the views a transport lends are
+    reused once the caller moves on) and hands each full one to a worker thread, which hashes
+    it while the caller goes on receiving and writing: hashlib releases the GIL on large
+    buffers, so the hash runs on another core. At most *depth* blocks wait; a caller that gets
+    that far ahead waits for one (the hash is then the bottleneck). A worker that has had
+    nothing to do for *linger* seconds hashes the partly filled block too, lets its buffers go
+    and ends, so a hasher kept for a paused file holds neither memory nor a thread.
+    ``digest`` waits for the rest and answers.
     """
 
     def __init__(
@@ -336,11 +337,13 @@ class BackgroundHasher:
         inline: int = 8 << 20,
         block: int = 4 << 20,
         depth: int = 3,
+        linger: float = 0.05,
     ) -> None:
         self._hasher = hasher
         self._inline = inline
         self._block = block
         self._depth = depth
+        self._linger = linger
         self._buf: memoryview | None = None  # the block being filled (a bytearray's view)
         self._fill = 0
         self._free: list[memoryview] = []
@@ -349,40 +352,52 @@ class BackgroundHasher:
         self._cond = threading.Condition()
 
     def update(self, data: bytes | memoryview, /) -> None:
-        """Hash *data* (copied when the worker thread is in use: *data* may be reused)."""
+        """Hash *data* (copied once the worker thread is in use: *data* may then be reused)."""
         if self._inline > 0:
             self._inline -= len(data)
             self._hasher.update(data)
             return
         view = memoryview(data).cast("B")
-        while len(view):
-            if self._buf is None:
-                self._buf = self._free.pop() if self._free else memoryview(bytearray(self._block))
-                self._fill = 0
-            n = min(len(view), self._block - self._fill)
-            self._buf[self._fill : self._fill + n] = view[:n]  # a memcpy (a view's is cheaper)
-            self._fill += n
-            view = view[n:]
-            if self._fill == self._block:
-                self._hand_off()
-
-    def _hand_off(self) -> None:
-        buf, fill = self._buf, self._fill
-        assert buf is not None
-        self._buf = None
         with self._cond:
-            while len(self._pending) >= self._depth:  # bounded memory: wait for the worker
-                self._cond.wait()
-            self._pending.append((buf, fill))
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._work, name="bitsnb-hash", daemon=True).start()
+            while len(view):
+                if self._buf is None:
+                    self._buf = (
+                        self._free.pop() if self._free else memoryview(bytearray(self._block))
+                    )
+                    self._fill = 0
+                n = min(len(view), self._block - self._fill)
+                self._buf[self._fill : self._fill + n] = view[:n]  # a memcpy
+                self._fill += n
+                view = view[n:]
+                if self._fill == self._block:
+                    while len(self._pending) >= self._depth:  # bounded: wait for the worker
+                        self._cond.wait()
+                    self._queue_block()
+
+    def _queue_block(self) -> None:
+        """The block being filled goes to the worker, started if need be (lock held)."""
+        assert self._buf is not None
+        self._pending.append((self._buf, self._fill))
+        self._buf = None
+        self._fill = 0
+        self._cond.notify_all()
+        if not self._running:
+            self._running = True
+            threading.Thread(target=self._work, name="bitsnb-hash", daemon=True).start()
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                if not self._pending:
+                while not self._pending:
+                    if self._cond.wait(self._linger) or self._pending:
+                        continue
+                    if self._buf is not None and self._fill:  # idle: the partial block too
+                        self._pending.append((self._buf, self._fill))
+                        self._buf = None
+                        continue
                     self._running = False
+                    self._buf = None
+                    self._free.clear()
                     self._cond.notify_all()
                     return
                 buf, fill = self._pending[0]
@@ -394,16 +409,13 @@ class BackgroundHasher:
                 self._cond.notify_all()
 
     def digest(self) -> bytes:
-        """The digest of everything given so far (waits for the worker to finish)."""
+        """The digest of everything given so far (waits for the worker to hash the rest)."""
         with self._cond:
-            while self._running:
+            if self._buf is not None and self._fill:
+                self._queue_block()
+            while self._pending:
                 self._cond.wait()
-        if self._buf is not None and self._fill:
-            self._hasher.update(self._buf[: self._fill])
-            self._free.append(self._buf)
-            self._buf = None
-            self._fill = 0
-        return self._hasher.digest()
+            return self._hasher.digest()
 
 
 def streaming_hasher(algorithm: str) -> Hasher:

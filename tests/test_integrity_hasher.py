@@ -66,6 +66,19 @@ def test_no_thread_left_behind() -> None:
         time.sleep(0.01)
 
 
+def test_idle_worker_takes_the_partial_block_and_ends() -> None:
+    """A paused stream (a file suspended mid-way): the worker hashes the partly filled block
+    and ends; more bytes later start it again; the digest covers everything in order."""
+    h = BackgroundHasher(new_hasher("sha256"), inline=0, block=64 * 1024, depth=2, linger=0.01)
+    h.update(DATA[:100_000])  # one full block and a partial one
+    deadline = time.monotonic() + 10
+    while hash_threads():
+        assert time.monotonic() < deadline, "the worker did not end"
+        time.sleep(0.01)
+    h.update(DATA[100_000:300_000])
+    assert h.digest() == hashlib.sha256(DATA[:300_000]).digest()
+
+
 def test_streaming_hasher_kinds() -> None:
     """hashlib's algorithms go to the background; CRCs stay inline."""
     assert isinstance(streaming_hasher("sha256"), BackgroundHasher)
