@@ -15,7 +15,7 @@ with ``max_active_jobs=0``), so ``create``/``addfile``/``resume`` only queue wor
 Exit codes::
 
     0    success
-    1    a job ended in ERROR or was cancelled: the transfer failed
+    1    a job ended in ERROR or was cancelled: the transfer failed (verify: a file differs)
     2    usage error (argparse)
     3    a BITS call failed: BitsError (bad input, invalid state, job not found, ...)
     4    timed out (--timeout)
@@ -102,7 +102,7 @@ __all__ = [
 _EPILOG = """\
 exit codes:
   0    success
-  1    a job ended in ERROR or was cancelled (the transfer failed)
+  1    a job ended in ERROR or was cancelled (the transfer failed); verify: a file differs
   2    usage error
   3    a BITS call failed (bad input, invalid state, job not found, ...)
   4    timed out (--timeout)

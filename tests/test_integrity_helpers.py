@@ -92,6 +92,19 @@ def test_changed_file_is_hashed_once_or_fetched_again(
     assert sha256(target) == known
 
 
+def test_several_urls_all_in_place(manager: bitsnb.Manager, server: FileServer, dest: Path) -> None:
+    """download() of several URLs with a checksums file: once all are in place, the folder
+    comes back and no job is made."""
+    urls = [server.add_random_file(f"a{i}.bin", 20_000, seed=50 + i) for i in range(2)]
+    sums = dest.parent / "SUMS"
+    sums.write_text("".join(f"{sha256(server.path(f'a{i}.bin'))[7:]}  a{i}.bin\n" for i in (0, 1)))
+    job = download(urls, dest, checksums=sums, manager=manager, wait=True, display=False)
+    assert isinstance(job, bitsnb.Job)
+    jobs = job_count(manager)
+    assert download(urls, dest, checksums=sums, manager=manager) == dest
+    assert job_count(manager) == jobs
+
+
 def test_file_bitsnb_did_not_write(manager: bitsnb.Manager, server: FileServer, dest: Path) -> None:
     """A right file put there by someone else: hashed once, no job; md5 known hashes too."""
     url = server.add_random_file("o.bin", MIB, seed=3)
