@@ -306,7 +306,8 @@ def _hash_list(urls: Sequence[str], known_hashes: object) -> list[object]:
     if known_hashes is None:
         return [None] * len(urls)
     if isinstance(known_hashes, Mapping):
-        unknown = [u for u in known_hashes if u not in set(urls)]
+        wanted = set(urls)
+        unknown = [u for u in known_hashes if u not in wanted]
         if unknown:
             raise _invalid(f"known_hashes names a URL that is not downloaded: {unknown[0]!r}")
         return [known_hashes.get(u) for u in urls]
