@@ -134,6 +134,7 @@ def test_verify(capsys: pytest.CaptureFixture[str], server: FileServer, dest: Pa
     job_id = json.loads(r.stdout)["id"]
     r = here(capsys, "verify", job_id)
     assert r.returncode == 0 and r.stdout.count(": OK (sha256)") == 2
+    assert here(capsys, "info", job_id).stdout.count("completed, verified") == 2
     target = dest.parent / "h" / "v0.bin"
     data = bytearray(target.read_bytes())
     data[5000] ^= 0xFF
