@@ -54,6 +54,8 @@ class FileRecord:
     known_hash: str | None = None  # "alg:hex", checked when the last byte is in
     hash: str | None = None  # "alg:hex" computed while the bytes streamed in, once complete
     validation_state: bool = True  # False: declared invalid (a mismatch, or the application)
+    segments: list[tuple[int, int, int]] | None = None  # durable (start, done, end) while split
+    connections: int = 0  # connections fetching it now (in memory only)
 
 
 @dataclass
@@ -153,6 +155,7 @@ def file_info(f: FileRecord) -> FileInfo:
         known_hash=f.known_hash,
         hash=f.hash,
         validation_state=f.validation_state,
+        connections=f.connections,
     )
 
 

@@ -33,7 +33,7 @@ __all__ = [
     "settings_json",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS files (
     known_hash TEXT,
     hash TEXT,
     validation_state INTEGER NOT NULL DEFAULT 1,
+    segments TEXT,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 """
@@ -94,6 +95,8 @@ MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
         ("files", "hash", "TEXT"),
         ("files", "validation_state", "INTEGER NOT NULL DEFAULT 1"),
     ),
+    # a segmented download's table: [[start, done, end], ...] (JSON), NULL when not split
+    3: (("files", "segments", "TEXT"),),
 }
 
 JOB_COLUMNS = (
@@ -103,7 +106,8 @@ JOB_COLUMNS = (
 )
 FILE_COLUMNS = (
     "job_id, idx, remote_name, local_name, temp_name, bytes_total, bytes_transferred,"
-    " transferred, completed, etag, last_modified, ranges, known_hash, hash, validation_state"
+    " transferred, completed, etag, last_modified, ranges, known_hash, hash, validation_state,"
+    " segments"
 )
 FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
 SET_JOB = (
@@ -127,7 +131,7 @@ START_JOB = (
     " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
 )
 UPSERT_FILE = (
-    f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -212,6 +216,7 @@ def file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
         f.known_hash,
         f.hash,
         int(f.validation_state),
+        json.dumps(f.segments) if f.segments is not None else None,
     )
 
 
@@ -290,6 +295,7 @@ def file_from(row: Any) -> FileRecord:
         known_hash,
         hash_,
         valid,
+        segments,
     ) = row
     return FileRecord(
         index=int(idx),
@@ -306,4 +312,7 @@ def file_from(row: Any) -> FileRecord:
         known_hash=known_hash,
         hash=hash_,
         validation_state=bool(valid),
+        segments=[(int(a), int(b), int(c)) for a, b, c in json.loads(str(segments))]
+        if segments
+        else None,
     )

@@ -332,7 +332,7 @@ def test_store_migrates_from_schema_1(store: Path, policy: bitsnb.Policy, dest: 
         job = mgr.get_job(job_id)
         job.add_file("http://127.0.0.1:9/y", dest / "y", known_hash="md5:" + "a" * 32)
     db = sqlite3.connect(store)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] >= 2  # and later steps
     rows = db.execute("SELECT idx, known_hash, validation_state FROM files ORDER BY idx").fetchall()
     db.close()
     assert rows == [(0, None, 1), (1, "md5:" + "a" * 32, 1)]

@@ -324,6 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "change_before":
                 with contextlib.suppress(ValueError, OSError):
                     owner.change_file(name)
+        if not head and owner._crowded():
+            # more requests at once than the server takes: 503, as a busy host answers
+            self._send_simple(rec, 503, b"too many connections\n", [("Retry-After", "1")])
+            return
         opened = owner._open(name)
         if opened is None:
             self._send_simple(rec, 404, b"not found\n", head=head)
@@ -446,6 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_corrupted(rec, fh, start, length, fault.seed)
         elif fault is not None and kind == "throttle":
             self._send_throttled(rec, fh, start, length, fault.nbytes)
+        elif fault is None and self.server.owner.connection_rate:
+            self._send_throttled(rec, fh, start, length, self.server.owner.connection_rate)
         elif fault is not None and kind in ("drop_after", "stall_after"):
             self._send_body(rec, fh, start, min(fault.nbytes, length))
             if kind == "stall_after":
@@ -556,6 +562,9 @@ class FileServer(ThreadedServer[RequestRecord]):
 
     ``root=None`` serves a temporary directory that ``stop()`` removes. It applies every
     ``FaultKind`` but the upload ones (``bits_error``, ``extra_headers``).
+    ``connection_rate`` (bytes/s) caps every response without a fault, as mirrors cap each
+    connection; ``max_concurrent`` answers 503 to a GET beyond that many requests at once;
+    ``peak_concurrent`` is the most requests it answered at once.
     """
 
     fault_kinds = frozenset(get_args(FaultKind)) - {"bits_error", "extra_headers"}
@@ -587,6 +596,9 @@ class FileServer(ThreadedServer[RequestRecord]):
         self._seeds: dict[str, int] = {}
         self._handlers: dict[_Handler, threading.Thread] = {}
         self._digests: list[tuple[str, tuple[DigestKind, ...], bool]] = []
+        self.connection_rate: int | None = None
+        self.max_concurrent: int | None = None
+        self.peak_concurrent = 0
 
     def __repr__(self) -> str:
         return f"FileServer(root={str(self._root)!r}, url={self._base_url!r})"
@@ -784,6 +796,15 @@ class FileServer(ThreadedServer[RequestRecord]):
     def _unregister(self, handler: _Handler) -> None:
         with self._lock:
             self._handlers.pop(handler, None)
+
+    def _begin(self, rec: RequestRecord) -> None:
+        super()._begin(rec)
+        with self._lock:
+            self.peak_concurrent = max(self.peak_concurrent, self._inflight)
+
+    def _crowded(self) -> bool:
+        with self._lock:
+            return self.max_concurrent is not None and self._inflight > self.max_concurrent
 
     def _add_sent(self, rec: RequestRecord, nbytes: int) -> None:
         with self._lock:
