@@ -329,6 +329,13 @@ class Engine:
 
     async def download(self, f: FileRecord, ctx: FileContext) -> None:
         """Bring *f*'s temporary file to the whole remote content, durably."""
+        f.connections = 1
+        try:
+            await self._download(f, ctx)
+        finally:
+            f.connections = 0
+
+    async def _download(self, f: FileRecord, ctx: FileContext) -> None:
         for _ in range(5):  # a file that keeps changing under us gives up after a few restarts
             try:
                 slot = contextlib.nullcontext() if ctx.foreground else self._slot(f.remote_name)
@@ -906,7 +913,7 @@ class _Split:
         self.primary_free = True
         self.failure: BaseException | None = None
         self.restarts = 0
-        self.hashing: asyncio.Future[int] | None = None
+        self.hashing: asyncio.Task[None] | None = None
         self.syncing: asyncio.Task[None] | None = None
         self.cp_at = time.monotonic()
         self.cp_bytes = f.bytes_transferred
@@ -956,7 +963,9 @@ class _Split:
                     raise
                 return fh
             offset = self.segs[0].done
-            fh = open_private(f.temp_name) if offset > 0 else await _create(f.temp_name)
+            if offset == 0:
+                (await _create(f.temp_name)).close()
+            fh = open_private(f.temp_name)  # read and write: hashes read segments back
             fh.truncate(offset)
             f.bytes_transferred = offset
             return fh
@@ -1324,35 +1333,31 @@ class _Split:
         if whole is None or self.hashing is not None:
             return
         start, target = whole.hashed, contiguous_end(self._table())
-        if target <= start:
-            return
-        self.check.sound = False
-        fut = asyncio.get_running_loop().run_in_executor(
-            self.engine._pool(), _hash_prefix, self.fd, whole.hasher, start, target
-        )
-        self.hashing = fut
+        if target > start:
+            self.check.sound = False
+            self.hashing = asyncio.create_task(self._hash_range(whole, start, target))
 
-        def hashed(fut: asyncio.Future[int]) -> None:
+    async def _hash_range(self, whole: _Partial, start: int, target: int) -> None:
+        try:
+            read = await asyncio.get_running_loop().run_in_executor(
+                self.engine._pool(), _hash_prefix, self.fd, whole.hasher, start, target
+            )
+        finally:
             self.hashing = None
-            if not fut.cancelled() and fut.exception() is None:
-                whole.hashed = target
-                self.engine.bytes_rehashed += fut.result()
-                self.check.sound = True
-
-        fut.add_done_callback(hashed)
+        whole.hashed = target
+        self.engine.bytes_rehashed += read
+        self.check.sound = True
 
     async def _finish(self) -> None:
         """Every byte is written: hash the rest, sync, and the file needs no table."""
         try:
             whole = self.check.whole
-            for _ in range(len(self.segs) + 2):  # bounded: each pass hashes to the end
+            for _ in range(3):  # bounded: the second pass hashes to the end
                 if self.hashing is not None:
-                    await asyncio.wait([self.hashing])
+                    await self.hashing
                 if whole is None or whole.hashed >= self.total:
                     break
                 self._hash_more()
-                if self.hashing is None:
-                    break
             if whole is not None and whole.hashed < self.total:
                 raise OSError(5, "could not read back the temporary file to hash it")
             if self.syncing is not None:

@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import random
+import select
 import socket
 import socketserver
 import stat
@@ -294,17 +295,30 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True
 
+    busy = False  # answering a request now
+
+    def _peer_open(self) -> bool:
+        """Whether the client still has this connection open (no EOF or reset waiting)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            # readable: an EOF or a reset (peeked without waiting), or a next request
+            return not readable or self.connection.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
+            return False
+
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
         name = self._request_name()
         rec = self._new_record(name)
         owner._begin(rec)
+        self.busy = True
         try:
             self._drain_request_body()
             self._respond(rec, name, head)
         except OSError:  # client went away, or stop() shut the socket down
             self.close_connection = True
         finally:
+            self.busy = False
             owner._finish(rec)
 
     def _respond(self, rec: RequestRecord, name: str, head: bool) -> None:
@@ -324,7 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "change_before":
                 with contextlib.suppress(ValueError, OSError):
                     owner.change_file(name)
-        if not head and owner._crowded():
+        if owner._admit(self) and not head:
             # more requests at once than the server takes: 503, as a busy host answers
             self._send_simple(rec, 503, b"too many connections\n", [("Retry-After", "1")])
             return
@@ -797,14 +811,14 @@ class FileServer(ThreadedServer[RequestRecord]):
         with self._lock:
             self._handlers.pop(handler, None)
 
-    def _begin(self, rec: RequestRecord) -> None:
-        super()._begin(rec)
+    def _admit(self, handler: _Handler) -> bool:
+        """Count the requests answered now (this one, and those whose client is still there:
+        a handler may not have noticed yet that its client closed); True when over the limit."""
         with self._lock:
-            self.peak_concurrent = max(self.peak_concurrent, self._inflight)
-
-    def _crowded(self) -> bool:
-        with self._lock:
-            return self.max_concurrent is not None and self._inflight > self.max_concurrent
+            others = [h for h in self._handlers if h.busy and h is not handler]
+            live = 1 + sum(h._peer_open() for h in others)
+            self.peak_concurrent = max(self.peak_concurrent, live)
+            return self.max_concurrent is not None and live > self.max_concurrent
 
     def _add_sent(self, rec: RequestRecord, nbytes: int) -> None:
         with self._lock:
