@@ -281,6 +281,7 @@ def job_dict(job: Job, *, files: bool = False) -> dict[str, Any]:
                 "bytes_transferred": f.progress.bytes_transferred,
                 "transferred": f.transferred,
                 "completed": f.progress.completed,
+                "connections": f.connections,
             }
             for f in job.files
         ]
@@ -429,6 +430,7 @@ def print_info(out: Output, job: Job) -> None:
     files.add_column("DONE", no_wrap=True)
     for f in job.files:
         done = "completed" if f.progress.completed else "yes" if f.transferred else "no"
+        done += f" ({f.connections} connections)" if f.connections > 1 else ""
         files.add_row(
             str(f.index),
             safe_text(f.remote_name),

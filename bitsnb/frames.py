@@ -187,7 +187,7 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
     """One row per file of *job*, indexed by the file's index.
 
     Columns: remote_name, local_name, bytes_total (Int64, ``<NA>`` while unknown),
-    bytes_transferred, transferred, completed, temporary_name.
+    bytes_transferred, transferred, completed, temporary_name, connections (in use now).
     """
     files = job.files
     totals = [f.progress.bytes_total for f in files]
@@ -202,6 +202,7 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
             "transferred": np.array([f.transferred for f in files], dtype=bool),
             "completed": np.array([f.progress.completed for f in files], dtype=bool),
             "temporary_name": pd.array([f.temporary_name for f in files], dtype="string"),
+            "connections": np.array([f.connections for f in files], dtype="int64"),
         },
         index=pd.Index([f.index for f in files], dtype="int64", name="index"),
     )

@@ -152,6 +152,7 @@ def test_files_frame(manager: bitsnb.Manager, server: FileServer, dest: Path) ->
         "transferred": "bool",
         "completed": "bool",
         "temporary_name": "string",
+        "connections": "int64",
     }
     assert before["bytes_total"].isna().all()
     assert not before["transferred"].any()

@@ -119,6 +119,31 @@ def test_capped_connections_are_segmented_and_the_known_hash_verifies(
     assert temp_files(dest) == []
 
 
+def test_connections_in_use_are_shown(
+    store: Path, seg_policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """While a file is segmented, its connections show in FileInfo, the files frame, the job
+    panel's snapshot and ``bitsnb info``'s JSON; 0 once it is done."""
+    from bitsnb._cli_render import job_dict
+    from bitsnb.notebook._panels import JobSnapshot
+
+    server.connection_rate = 2_000_000
+    url = server.add_random_file("big.bin", 8 * MIB, seed=9)
+    with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
+        job = mgr.create_job("seg")
+        job.add_file(url, dest / "big.bin")
+        job.resume()
+        wait_until(lambda: job.files[0].connections >= 2, 30, "a second connection")
+        assert job.files_frame()["connections"].iloc[0] >= 2
+        assert JobSnapshot.of(job).connections >= 2
+        assert job_dict(job, files=True)["files"][0]["connections"] >= 2
+        server.connection_rate = None
+        assert job.wait(timeout=60) is JobState.TRANSFERRED
+        assert job.files[0].connections == 0
+        assert job.files_frame()["connections"].iloc[0] == 0
+        job.complete()
+
+
 def test_a_wrong_known_hash_fails_a_segmented_file(
     store: Path, seg_policy: bitsnb.Policy, server: FileServer, dest: Path
 ) -> None:
