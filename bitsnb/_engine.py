@@ -820,6 +820,7 @@ def _truncate(f: FileRecord) -> None:
 
 # -- segmented downloads ------------------------------------------------------------------------
 _MAX_REQUESTS = 1024  # requests one connection of a segmented download makes, at most
+_JUDGE_SECONDS = 1.0  # a connection on trial is dropped for a small gain only after this long
 _MAX_RESTARTS = 8  # times a segmented download starts a connection anew when none is left
 
 
@@ -920,6 +921,7 @@ class _Split:
         self.base_rate = 0.0
         self.window: tuple[float, int] | None = None  # (time, bytes) the window began at
         self.trial: _Conn | None = None  # the connection last added, on trial
+        self.extended = 0  # windows the trial's was made longer by: its gain was within noise
         self.adding = True
 
     # -- the run ------------------------------------------------------------------------------
@@ -1006,7 +1008,7 @@ class _Split:
             conn = self.conns.pop(task)
             self.f.connections = len(self.conns)
             if conn is self.trial:
-                self.trial = None
+                self.trial, self.extended = None, 0
             exc = None if task.cancelled() else task.exception()
             if exc is None:
                 continue
@@ -1109,24 +1111,18 @@ class _Split:
                 return seg
         if not self.ranges_ok or conn.retire:
             return None
-        busy = [s for s in self.segs if s.owner is not None and s.done < s.end]
+        now = time.monotonic()
+        rates = {id(s): s.owner.now_rate(now) for s in self.segs if s.owner is not None}
+        busy = [s for s in self.segs if id(s) in rates and s.done < s.end]
         if not busy:
             return None
-        biggest = max(busy, key=lambda s: s.end - s.done)
-        cut = split_point(biggest.done, biggest.end, self.policy.min_segment_bytes)
+        # the range that would end last: halved while large, else its tail taken so both end
+        # together (most of a straggler's)
+        last = max(busy, key=lambda s: (s.end - s.done) / max(1.0, rates[id(s)]))
+        cut = split_point(last.done, last.end, self.policy.min_segment_bytes)
         if cut is None:
-            now = time.monotonic()
-            mine = conn.rate
-            slowest = max(
-                busy,
-                key=lambda s: (s.end - s.done) / max(1.0, s.owner.now_rate(now)),  # type: ignore[union-attr]
-            )
-            assert slowest.owner is not None
-            cut = takeover_point(slowest.done, slowest.end, slowest.owner.now_rate(now), mine)
-            biggest = slowest
-        if cut is None:
-            return None
-        return self._cut(biggest, cut, conn)
+            cut = takeover_point(last.done, last.end, rates[id(last)], conn.rate)
+        return self._cut(last, cut, conn) if cut is not None else None
 
     def _cut(self, seg: _Seg, cut: int, owner: _Conn | None) -> _Seg:
         new = _Seg(cut, cut, seg.end, owner)
@@ -1233,18 +1229,24 @@ class _Split:
             self.window = (now, got)
             return
         began, before = self.window
-        if now - began < self.policy.segment_window:
+        if now - began < self.policy.segment_window * (1 + self.extended):
             return
         rate = (got - before) / (now - began)
-        self.window = (now, got)
         if self.trial is not None:
-            trial, self.trial = self.trial, None
             if not gained(self.base_rate, rate):
+                if rate > self.base_rate and now - began < _JUDGE_SECONDS:
+                    # a gain, but within the noise of a short window (servers that cap each
+                    # connection send in bursts): measure one window longer
+                    self.extended += 1
+                    return
                 # one more did not make it faster: back to what it was, and no more tries
-                trial.retire = True
+                self.trial.retire = True
+                self.trial = None
                 self.adding = False
                 self.cap = max(1, len(self.conns) - 1)
                 return
+            self.trial = None
+        self.window, self.extended = (now, got), 0
         self.base_rate = rate
         await self._add()
 

@@ -175,7 +175,7 @@ class Policy:
     max_connections_per_host: int = 8
     max_connections_per_file: int = 8
     min_segment_bytes: int = 8 * 1024 * 1024
-    segment_window: float = 0.5
+    segment_window: float = 0.3
     files_in_flight: int = 4
     time_slice: float = 30.0
     lease_seconds: float = 15.0

@@ -34,8 +34,7 @@ GAIN = 1.10
 MIN_TAKEOVER = 1024 * 1024
 """The smallest tail worth a new request when a free connection takes over from a straggler."""
 
-_STRAGGLER = 0.5  # a connection below this fraction of a free one's rate is a straggler
-_STRAGGLER_SECONDS = 1.0  # ... and only if it would need longer than this for what it has left
+_WORTH_SECONDS = 0.5  # a busy connection is helped only if it has longer than this to go
 
 
 def check_table(rows: Iterable[Sequence[int]], size: int) -> Table | None:
@@ -85,14 +84,14 @@ def split_point(done: int, end: int, min_segment: int) -> int | None:
 def takeover_point(
     done: int, end: int, slow_rate: float, fast_rate: float, min_tail: int = MIN_TAKEOVER
 ) -> int | None:
-    """Where a free connection at *fast_rate* takes over the tail of a straggler's ``[done,
-    end)`` so that both end together; None unless the owner is a straggler (far below the free
-    one, and slow to finish) and the tail is worth a request."""
+    """Where a free connection at *fast_rate* takes over the tail of a busy one's ``[done,
+    end)`` (at *slow_rate*) so that both end together: most of it from a straggler, half from
+    an equal; None when the owner ends soon anyway or the tail is not worth a request."""
     left = end - done
-    if fast_rate <= 0 or slow_rate >= _STRAGGLER * fast_rate:
+    if slow_rate > 0 and left / slow_rate < _WORTH_SECONDS:
         return None
-    if slow_rate > 0 and left / slow_rate < _STRAGGLER_SECONDS:
-        return None
+    if fast_rate <= 0:
+        fast_rate = max(slow_rate, 1.0)  # no rate of its own yet: count it an equal
     tail = int(left * fast_rate / (fast_rate + max(0.0, slow_rate)))
     if tail < min_tail:
         return None

@@ -80,7 +80,8 @@ def test_table_rules() -> None:
     # a straggler at a tenth of a free connection's rate: the free one takes most of the tail
     at = takeover_point(0, 10 * MIB, 1 * MIB, 10 * MIB)
     assert at is not None and 0 < at < MIB
-    assert takeover_point(0, 10 * MIB, 6 * MIB, 10 * MIB) is None  # not far below
+    assert takeover_point(0, 10 * MIB, 10 * MIB, 10 * MIB) == 5 * MIB  # an equal: half
+    assert takeover_point(0, 4 * MIB, 10 * MIB, 10 * MIB) is None  # it ends soon anyway
     assert takeover_point(0, 512 * KIB, 1.0, 10 * MIB) is None  # too little to take
     assert may_add(16 * MIB, 8 * MIB, 1, 8) and not may_add(16 * MIB - 1, 8 * MIB, 1, 8)
     assert not may_add(64 * MIB, 8 * MIB, 8, 8)
