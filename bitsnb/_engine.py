@@ -18,6 +18,7 @@ mismatch empties the temporary file and fails the file with BG_E_VALIDATION_FAIL
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -921,7 +922,7 @@ class _Split:
         self.base_rate = 0.0
         self.window: tuple[float, int] | None = None  # (time, bytes) the window began at
         self.trial: _Conn | None = None  # the connection last added, on trial
-        self.extended = 0  # windows the trial's was made longer by: its gain was within noise
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()  # (time, bytes)
         self.adding = True
 
     # -- the run ------------------------------------------------------------------------------
@@ -1008,7 +1009,7 @@ class _Split:
             conn = self.conns.pop(task)
             self.f.connections = len(self.conns)
             if conn is self.trial:
-                self.trial, self.extended = None, 0
+                self.trial = None
             exc = None if task.cancelled() else task.exception()
             if exc is None:
                 continue
@@ -1220,35 +1221,48 @@ class _Split:
 
     # -- more connections -----------------------------------------------------------------------
     async def _maybe_add(self) -> None:
-        """Measure the file's rate over a window; keep the connection on trial if it paid, and
-        try one more while the rules allow."""
+        """Measure the file's rate; keep the connection on trial if it paid, and try one more
+        while the rules allow.
+
+        Servers that cap each connection send in bursts (nginx's ``limit_rate`` by the
+        second), so the rate without the trial is measured over at least ``_JUDGE_SECONDS``,
+        and a trial is kept as soon as a window of ``segment_window`` shows the gain but dropped
+        only when ``_JUDGE_SECONDS`` did not.
+        """
+        now, got = time.monotonic(), self.f.bytes_transferred
+        samples = self.samples
+        samples.append((now, got))
+        while len(samples) > 2 and now - samples[1][0] >= _JUDGE_SECONDS:
+            samples.popleft()  # bounded: keeps the newest sample a second old, and later ones
         if not self.adding or any(c.began is None for c in self.conns.values()):
             return  # a connection not flowing yet: its rate would count for nothing
-        now, got = time.monotonic(), self.f.bytes_transferred
         if self.window is None:
             self.window = (now, got)
             return
         began, before = self.window
-        if now - began < self.policy.segment_window * (1 + self.extended):
+        took = now - began
+        if self.trial is None:
+            if took >= _JUDGE_SECONDS:
+                self.base_rate = (got - before) / took
+                self.window = (now, got)
+                await self._add()
             return
-        rate = (got - before) / (now - began)
-        if self.trial is not None:
-            if not gained(self.base_rate, rate):
-                if rate > self.base_rate and now - began < _JUDGE_SECONDS:
-                    # a gain, but within the noise of a short window (servers that cap each
-                    # connection send in bursts): measure one window longer
-                    self.extended += 1
-                    return
-                # one more did not make it faster: back to what it was, and no more tries
-                self.trial.retire = True
-                self.trial = None
-                self.adding = False
-                self.cap = max(1, len(self.conns) - 1)
-                return
+        if took < self.policy.segment_window:
+            return
+        if gained(self.base_rate, (got - before) / took):
+            # kept; the next one is measured against the last second (a little of it without
+            # this one: never above what these connections give)
             self.trial = None
-        self.window, self.extended = (now, got), 0
-        self.base_rate = rate
-        await self._add()
+            then, had = samples[0]
+            self.base_rate = (got - had) / (now - then) if now > then else 0.0
+            self.window = (now, got)
+            await self._add()
+        elif took >= _JUDGE_SECONDS:
+            # one more did not make it faster: back to what it was, and no more tries
+            self.trial.retire = True
+            self.trial = None
+            self.adding = False
+            self.cap = max(1, len(self.conns) - 1)
 
     async def _add(self) -> None:
         left = [s for s in self.segs if s.done < s.end]
