@@ -822,6 +822,7 @@ def _truncate(f: FileRecord) -> None:
 # -- segmented downloads ------------------------------------------------------------------------
 _MAX_REQUESTS = 1024  # requests one connection of a segmented download makes, at most
 _JUDGE_SECONDS = 1.0  # a connection on trial is dropped for a small gain only after this long
+_BUSY_LOOP = 0.8  # share of the time the loop's thread computes, above which none is added
 _MAX_RESTARTS = 8  # times a segmented download starts a connection anew when none is left
 
 
@@ -922,6 +923,7 @@ class _Split:
         self.base_rate = 0.0
         self.window: tuple[float, int] | None = None  # (time, bytes) the window began at
         self.trial: _Conn | None = None  # the connection last added, on trial
+        self.cpu_from = 0.0  # the loop thread's CPU time when the window began
         self.samples: collections.deque[tuple[float, int]] = collections.deque()  # (time, bytes)
         self.adding = True
 
@@ -1225,9 +1227,10 @@ class _Split:
         while the rules allow.
 
         Servers that cap each connection send in bursts (nginx's ``limit_rate`` by the
-        second), so the rate without the trial is measured over at least ``_JUDGE_SECONDS``,
-        and a trial is kept as soon as a window of ``segment_window`` shows the gain but dropped
-        only when ``_JUDGE_SECONDS`` did not.
+        second), and a loaded machine's rate wanders by more than 10 %: so the rate without the
+        trial is measured over at least ``_JUDGE_SECONDS``; a trial is kept early when a window
+        of ``segment_window`` shows half a connection's share more (capped connections add a
+        whole share), else judged by ``GAIN`` once ``_JUDGE_SECONDS`` have passed.
         """
         now, got = time.monotonic(), self.f.bytes_transferred
         samples = self.samples
@@ -1237,19 +1240,23 @@ class _Split:
         if not self.adding or any(c.began is None for c in self.conns.values()):
             return  # a connection not flowing yet: its rate would count for nothing
         if self.window is None:
-            self.window = (now, got)
+            self.window, self.cpu_from = (now, got), time.thread_time()
             return
         began, before = self.window
         took = now - began
         if self.trial is None:
             if took >= _JUDGE_SECONDS:
                 self.base_rate = (got - before) / took
-                self.window = (now, got)
-                await self._add()
+                busy = (time.thread_time() - self.cpu_from) / took
+                self.window, self.cpu_from = (now, got), time.thread_time()
+                if busy < _BUSY_LOOP:  # a loop busy all the time goes no faster with more
+                    await self._add()
             return
         if took < self.policy.segment_window:
             return
-        if gained(self.base_rate, (got - before) / took):
+        rate = (got - before) / took
+        early = took < _JUDGE_SECONDS
+        if gained(self.base_rate, rate, len(self.conns) - 1 if early else None):
             # kept; the next one is measured against the last second (a little of it without
             # this one: never above what these connections give)
             self.trial = None
@@ -1257,7 +1264,7 @@ class _Split:
             self.base_rate = (got - had) / (now - then) if now > then else 0.0
             self.window = (now, got)
             await self._add()
-        elif took >= _JUDGE_SECONDS:
+        elif not early:
             # one more did not make it faster: back to what it was, and no more tries
             self.trial.retire = True
             self.trial = None

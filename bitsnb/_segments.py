@@ -103,6 +103,9 @@ def may_add(left: int, min_segment: int, active: int, cap: int) -> bool:
     return active < cap and left >= 2 * min_segment
 
 
-def gained(before: float, after: float) -> bool:
-    """Whether the rate with one more connection (*after*) beat *before* by ``GAIN``."""
-    return after >= GAIN * before
+def gained(before: float, after: float, had: int | None = None) -> bool:
+    """Whether the rate with one more connection (*after*) beat *before* by ``GAIN``; with
+    *had* (the connections before it), whether it did so clearly enough to say so from a
+    short window: by half a connection's share of *before* (as where each one is capped)."""
+    need = GAIN if had is None else max(GAIN, 1.0 + 0.5 / max(1, had))
+    return after >= need * before

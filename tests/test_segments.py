@@ -86,6 +86,8 @@ def test_table_rules() -> None:
     assert may_add(16 * MIB, 8 * MIB, 1, 8) and not may_add(16 * MIB - 1, 8 * MIB, 1, 8)
     assert not may_add(64 * MIB, 8 * MIB, 8, 8)
     assert gained(100.0, 111.0) and not gained(100.0, 109.0)
+    assert not gained(100.0, 140.0, 1) and gained(100.0, 150.0, 1)  # early: half a share
+    assert gained(100.0, 111.0, 8)
 
 
 def test_policy_defaults() -> None:
