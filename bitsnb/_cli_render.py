@@ -284,6 +284,7 @@ def job_dict(job: Job, *, files: bool = False) -> dict[str, Any]:
                 "known_hash": f.known_hash,
                 "hash": f.hash,
                 "validation_state": f.validation_state,
+                "connections": f.connections,
             }
             for f in job.files
         ]
@@ -436,6 +437,7 @@ def print_info(out: Output, job: Job) -> None:
             done += ", invalid"  # a failed hash check (or the application's verdict)
         elif f.hash is not None:
             done += ", verified"
+        done += f" ({f.connections} connections)" if f.connections > 1 else ""
         files.add_row(
             str(f.index),
             safe_text(f.remote_name),

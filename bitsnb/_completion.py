@@ -19,7 +19,7 @@ from . import _codes
 from ._enums import ErrorContext, JobType
 from ._errors import BitsError
 from ._records import FileRecord, JobRecord
-from ._store import Store
+from ._store_api import JobStore
 
 __all__ = [
     "Completion",
@@ -126,7 +126,7 @@ def _placed(f: FileRecord) -> tuple[int, int, int] | None:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def verified_hash(store: Store, local_name: str) -> str | None:
+def verified_hash(store: JobStore, local_name: str) -> str | None:
     """The hash a job verified for the file it completed at *local_name*, if the file is still
     as complete() left it (same size, mtime_ns and inode); None otherwise."""
     found = store.placed_file(local_name)

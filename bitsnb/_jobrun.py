@@ -348,6 +348,7 @@ class Runner:
             on_checkpoint=on_checkpoint,
             on_restart=on_restart,
             on_validators=on_validators,
+            save_segments=lambda f: records.try_save(rec, [f]),
             should_yield=lambda: self._scheduler.should_yield(rec.id, rec.priority),
             foreground=foreground,
             throttle=self.budgets.throttle(rec.id, host, foreground=foreground),

@@ -86,7 +86,8 @@ class FileInfo:
     ``known_hash`` is what the application said the file hashes to (``"alg:hex"``); ``hash``
     what bitsnb computed while the bytes streamed in (the known hash's algorithm, or that of
     the digest the server sent; None when nothing asked for one); ``validation_state`` is
-    IBackgroundCopyFile3's (False once a check failed or the application declared it invalid).
+    IBackgroundCopyFile3's (False once a check failed or the application declared it invalid);
+    ``connections`` how many connections fetch it now (a segmented download has several).
     """
 
     index: int
@@ -99,6 +100,7 @@ class FileInfo:
     known_hash: str | None = None
     hash: str | None = None
     validation_state: bool = True
+    connections: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,10 @@ class Policy:
     (``BandwidthWindow``s, local time) sets other caps at times, ``max_bandwidth`` applying
     outside them, and a limit of 0 blocks background jobs (BG_E_BLOCKED_BY_POLICY until the window
     ends). FOREGROUND jobs are never capped by either (only by their own ``job.max_bandwidth``).
+    ``max_connections_per_file`` lets one large file be fetched in segments over up to that
+    many connections (1 turns it off), added one at a time while each raises the file's rate
+    by 10 % over ``segment_window`` seconds and at least two ``min_segment_bytes`` are left;
+    every connection counts against ``max_connections_per_host``.
     ``min_retry_delay_floor`` is BITS's 5 s floor for ``minimum_retry_delay``; tests lower it
     (also through the ``BITSNB_MIN_RETRY_DELAY_FLOOR`` environment variable).
     """
@@ -166,7 +172,10 @@ class Policy:
         default_factory=lambda: _env_float("BITSNB_MIN_RETRY_DELAY_FLOOR", 5.0)
     )
     max_active_jobs: int = 4
-    max_connections_per_host: int = 4
+    max_connections_per_host: int = 8
+    max_connections_per_file: int = 8
+    min_segment_bytes: int = 8 * 1024 * 1024
+    segment_window: float = 0.3
     files_in_flight: int = 4
     time_slice: float = 30.0
     lease_seconds: float = 15.0

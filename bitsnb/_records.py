@@ -55,6 +55,8 @@ class FileRecord:
     hash: str | None = None  # "alg:hex" computed while the bytes streamed in, once complete
     validation_state: bool = True  # False: declared invalid (a mismatch, or the application)
     placed: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) complete() left it with
+    segments: list[tuple[int, int, int]] | None = None  # durable (start, done, end) while split
+    connections: int = 0  # connections fetching it now (in memory only)
 
 
 @dataclass
@@ -154,6 +156,7 @@ def file_info(f: FileRecord) -> FileInfo:
         known_hash=f.known_hash,
         hash=f.hash,
         validation_state=f.validation_state,
+        connections=f.connections,
     )
 
 

@@ -51,7 +51,14 @@ from ._store_pg_rows import (
     migration_statements,
     pg_schema,
 )
-from ._store_rows import SCHEMA_VERSION, file_from, file_params, job_from, job_params
+from ._store_rows import (
+    SCHEMA_VERSION,
+    file_from,
+    file_params,
+    file_placed,
+    job_from,
+    job_params,
+)
 
 __all__ = ["PgStore"]
 
@@ -354,6 +361,23 @@ class PgStore:
         """The job row's version (None when the job is gone)."""
         row = self._one("SELECT version FROM jobs WHERE id=%s", (str(job_id),))
         return None if row is None else int(row[0])
+
+    @_locked
+    def placed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
+        """The hash and (size, mtime_ns, inode) of the file a job last completed at
+        *local_name*, verified (None when no job did, or recorded no hash)."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT f.hash, f.placed FROM files f JOIN jobs j ON j.id = f.job_id"
+                " WHERE f.local_name=%s AND f.completed=1 AND f.hash IS NOT NULL"
+                " AND f.validation_state=1 AND f.placed IS NOT NULL"
+                " ORDER BY j.modified DESC LIMIT 1",
+                (local_name,),
+            ).fetchone()
+        if row is None:
+            return None
+        placed = file_placed(row[1])
+        return None if placed is None else (str(row[0]), placed)
 
     @_locked
     def load_job(self, job_id: uuid.UUID) -> JobRecord | None:

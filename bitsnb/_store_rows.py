@@ -34,7 +34,7 @@ __all__ = [
     "settings_json",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS files (
     hash TEXT,
     validation_state INTEGER NOT NULL DEFAULT 1,
     placed TEXT,
+    segments TEXT,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_local ON files(local_name);
@@ -100,6 +101,8 @@ MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     # what complete() left a verified file as, "[size, mtime_ns, inode]" (download()'s cache;
     # the files_local index comes with SCHEMA)
     3: (("files", "placed", "TEXT"),),
+    # a segmented download's table: [[start, done, end], ...] (JSON), NULL when not split
+    4: (("files", "segments", "TEXT"),),
 }
 
 JOB_COLUMNS = (
@@ -110,7 +113,7 @@ JOB_COLUMNS = (
 FILE_COLUMNS = (
     "job_id, idx, remote_name, local_name, temp_name, bytes_total, bytes_transferred,"
     " transferred, completed, etag, last_modified, ranges, known_hash, hash, validation_state,"
-    " placed"
+    " placed, segments"
 )
 FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
 SET_JOB = (
@@ -134,7 +137,7 @@ START_JOB = (
     " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
 )
 UPSERT_FILE = (
-    f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -220,6 +223,7 @@ def file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
         f.hash,
         int(f.validation_state),
         json.dumps(f.placed) if f.placed is not None else None,
+        json.dumps(f.segments) if f.segments is not None else None,
     )
 
 
@@ -299,6 +303,7 @@ def file_from(row: Any) -> FileRecord:
         hash_,
         valid,
         placed,
+        segments,
     ) = row
     return FileRecord(
         index=int(idx),
@@ -316,6 +321,9 @@ def file_from(row: Any) -> FileRecord:
         hash=hash_,
         validation_state=bool(valid),
         placed=file_placed(placed),
+        segments=[(int(a), int(b), int(c)) for a, b, c in json.loads(str(segments))]
+        if segments
+        else None,
     )
 
 

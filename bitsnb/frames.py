@@ -192,6 +192,7 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
     text, ``<NA>`` when none), verified (boolean: True once the file matched the known hash or
     the server's digest, False when a check failed or it was declared invalid, ``<NA>`` while
     nothing was checked).
+    bytes_transferred, transferred, completed, temporary_name, connections (in use now).
     """
     files = job.files
     totals = [f.progress.bytes_total for f in files]
@@ -209,6 +210,7 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
             "known_hash": pd.array([f.known_hash for f in files], dtype="string"),
             "hash": pd.array([f.hash for f in files], dtype="string"),
             "verified": pd.array([_verified(f) for f in files], dtype="boolean"),
+            "connections": np.array([f.connections for f in files], dtype="int64"),
         },
         index=pd.Index([f.index for f in files], dtype="int64", name="index"),
     )

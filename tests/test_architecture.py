@@ -92,6 +92,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._buckets",
         "bitsnb._yielding",
         "bitsnb._integrity",
+        "bitsnb._segments",
     ),
     "vocabulary": (
         "bitsnb._enums",

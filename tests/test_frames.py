@@ -155,6 +155,7 @@ def test_files_frame(manager: bitsnb.Manager, server: FileServer, dest: Path) ->
         "known_hash": "string",
         "hash": "string",
         "verified": "boolean",
+        "connections": "int64",
     }
     assert before["bytes_total"].isna().all()
     assert not before["transferred"].any()

@@ -268,3 +268,25 @@ def test_an_unreachable_database_is_a_clear_error(tmp_path: Path) -> None:
 def test_store_url_hides_its_password() -> None:
     url = StoreURL("postgresql://me:hunter2@db.example:5432/q")
     assert str(url) == "postgresql://me:***@db.example:5432/q" and "hunter2" not in repr(url)
+
+
+def test_download_cache_on_both_backends(
+    backend: Backend, policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """A verified, completed file is trusted by the next download() on either store (its
+    placement is recorded at complete()); a file changed since is not."""
+    import hashlib
+
+    url = server.add_random_file("cached.bin", 40 * KIB, seed=5)
+    digest = "sha256:" + hashlib.sha256(server.path("cached.bin").read_bytes()).hexdigest()
+    target = dest / "cached.bin"
+    with bitsnb.Manager(store=backend.location, policy=policy) as mgr:
+        job = bitsnb.download(url, target, known_hash=digest, manager=mgr, display=False, wait=True)
+        assert isinstance(job, bitsnb.Job) and job.state is JobState.ACKNOWLEDGED
+        assert mgr.verified_hash(target) == digest
+        again = bitsnb.download(
+            url, target, known_hash=digest, manager=mgr, display=False, wait=True
+        )
+        assert again == target  # in place: no job made
+        target.write_bytes(target.read_bytes())  # same bytes, a new mtime: no longer trusted
+        assert mgr.verified_hash(target) is None

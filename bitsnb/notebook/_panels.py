@@ -112,6 +112,7 @@ class JobSnapshot:
     retry_at: float | None = None
     folder: str | None = None
     verified: int | None = None
+    connections: int = 0  # in use by its files now (read for jobs of a few files)
 
     @classmethod
     def of(cls, job: JobView, *, detail: bool = True) -> JobSnapshot:
@@ -141,6 +142,9 @@ class JobSnapshot:
             delay = getattr(job, "minimum_retry_delay", None)
             if isinstance(delay, int | float):
                 retry_at = times.modification.timestamp() + float(delay)
+        connections = 0
+        if detail and state is JobState.TRANSFERRING and p.files_total <= 16:
+            connections = sum(f.connections for f in job.files)
         return cls(
             job.id,
             job.display_name,
@@ -154,6 +158,7 @@ class JobSnapshot:
             retry_at,
             folder,
             verified,
+            connections,
         )
 
     @functools.cached_property
@@ -742,6 +747,8 @@ class JobPanel(_Panel):
         rate = self._rate.rate if state is JobState.TRANSFERRING else None
         remaining = None if est.total is None else est.total - p.bytes_transferred
         self._speed = format_rate(rate)
+        if rate and snap.connections > 1:
+            self._speed += f" on {snap.connections} connections"
         self._eta = format_eta(self._rate.eta(remaining)) if rate else ""
         self._snapshot = snap
         self._stats = stats = self._stats_text(snap, est)

@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import random
+import select
 import socket
 import socketserver
 import stat
@@ -294,17 +295,30 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.close_connection = True
 
+    busy = False  # answering a request now
+
+    def _peer_open(self) -> bool:
+        """Whether the client still has this connection open (no EOF or reset waiting)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            # readable: an EOF or a reset (peeked without waiting), or a next request
+            return not readable or self.connection.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
+            return False
+
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
         name = self._request_name()
         rec = self._new_record(name)
         owner._begin(rec)
+        self.busy = True
         try:
             self._drain_request_body()
             self._respond(rec, name, head)
         except OSError:  # client went away, or stop() shut the socket down
             self.close_connection = True
         finally:
+            self.busy = False
             owner._finish(rec)
 
     def _respond(self, rec: RequestRecord, name: str, head: bool) -> None:
@@ -324,6 +338,10 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "change_before":
                 with contextlib.suppress(ValueError, OSError):
                     owner.change_file(name)
+        if owner._admit(self) and not head:
+            # more requests at once than the server takes: 503, as a busy host answers
+            self._send_simple(rec, 503, b"too many connections\n", [("Retry-After", "1")])
+            return
         opened = owner._open(name)
         if opened is None:
             self._send_simple(rec, 404, b"not found\n", head=head)
@@ -446,6 +464,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_corrupted(rec, fh, start, length, fault.seed)
         elif fault is not None and kind == "throttle":
             self._send_throttled(rec, fh, start, length, fault.nbytes)
+        elif fault is None and self.server.owner.connection_rate:
+            self._send_throttled(rec, fh, start, length, self.server.owner.connection_rate)
         elif fault is not None and kind in ("drop_after", "stall_after"):
             self._send_body(rec, fh, start, min(fault.nbytes, length))
             if kind == "stall_after":
@@ -556,6 +576,9 @@ class FileServer(ThreadedServer[RequestRecord]):
 
     ``root=None`` serves a temporary directory that ``stop()`` removes. It applies every
     ``FaultKind`` but the upload ones (``bits_error``, ``extra_headers``).
+    ``connection_rate`` (bytes/s) caps every response without a fault, as mirrors cap each
+    connection; ``max_concurrent`` answers 503 to a GET beyond that many requests at once;
+    ``peak_concurrent`` is the most requests it answered at once.
     """
 
     fault_kinds = frozenset(get_args(FaultKind)) - {"bits_error", "extra_headers"}
@@ -587,6 +610,9 @@ class FileServer(ThreadedServer[RequestRecord]):
         self._seeds: dict[str, int] = {}
         self._handlers: dict[_Handler, threading.Thread] = {}
         self._digests: list[tuple[str, tuple[DigestKind, ...], bool]] = []
+        self.connection_rate: int | None = None
+        self.max_concurrent: int | None = None
+        self.peak_concurrent = 0
 
     def __repr__(self) -> str:
         return f"FileServer(root={str(self._root)!r}, url={self._base_url!r})"
@@ -784,6 +810,15 @@ class FileServer(ThreadedServer[RequestRecord]):
     def _unregister(self, handler: _Handler) -> None:
         with self._lock:
             self._handlers.pop(handler, None)
+
+    def _admit(self, handler: _Handler) -> bool:
+        """Count the requests answered now (this one, and those whose client is still there:
+        a handler may not have noticed yet that its client closed); True when over the limit."""
+        with self._lock:
+            others = [h for h in self._handlers if h.busy and h is not handler]
+            live = 1 + sum(h._peer_open() for h in others)
+            self.peak_concurrent = max(self.peak_concurrent, live)
+            return self.max_concurrent is not None and live > self.max_concurrent
 
     def _add_sent(self, rec: RequestRecord, nbytes: int) -> None:
         with self._lock:
