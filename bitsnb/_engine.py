@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +55,7 @@ from ._integrity import (
 )
 from ._models import Policy
 from ._records import FileRecord
+from ._tcpinfo import response_socket
 from ._transport import LeanTransport, body_views, fallback_transport
 from ._validate import redact_url
 
@@ -99,6 +101,12 @@ class FileContext:
     should_yield: Callable[[], bool] = lambda: False
     foreground: bool = False  # a FOREGROUND job: it does not wait for a per-host slot
     throttle: Throttle | None = None  # the bandwidth budgets the body's bytes are taken from
+    # a body starts on this socket (None: unknown); returns the call for when it ends
+    watch: Callable[[socket.socket | None], Callable[[], None]] = lambda sock: _unwatched
+
+
+def _unwatched() -> None:
+    """Nothing was watched."""
 
 
 def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
@@ -631,6 +639,7 @@ class Engine:
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
+        unwatch = ctx.watch(response_socket(resp))  # the bandwidth loop samples its round trip
 
         async def checkpoint(upto: int) -> None:
             await asyncio.to_thread(os.fdatasync, fh.fileno())
@@ -685,6 +694,7 @@ class Engine:
             except OSError as exc:
                 raise local_failure(exc, f.temp_name) from exc
         finally:
+            unwatch()
             if syncing is not None and not syncing.done():
                 # the descriptor must stay open while the thread syncs it
                 await asyncio.wait([syncing])

@@ -537,6 +537,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 "http_version": b"HTTP/" + version,
                 "reason_phrase": event.reason,
                 "bitsnb_body": body,
+                "bitsnb_socket": conn.transport.get_extra_info("socket"),  # for TCP_INFO
             },
         )
 

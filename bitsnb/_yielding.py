@@ -93,7 +93,7 @@ class YieldController:
         target: float = TARGET,
         min_rate: float = 16_000.0,
         max_rate: float | None = 10e9,
-        initial_rate: float = 64_000.0,
+        initial_rate: float = 640_000.0,
         max_connections: int = 4,
         base_minutes: int = 10,
         current_samples: int = 4,
@@ -114,15 +114,29 @@ class YieldController:
         self._paths: dict[Hashable, _Path] = {}
         self._last: float | None = None  # when the rate was last updated
         self._bytes = 0  # received since then
+        self._window: deque[tuple[float, int]] = deque()  # (update time, bytes) of late updates
+        self._pressed = False  # someone waited on the rate since the last update
         self._next_slowdown: float | None = None
         self._slowdown_start = 0.0
         self._slowdown_end = 0.0
         self._resume_rate = self.rate
 
     # -- input --------------------------------------------------------------------------------
-    def on_sample(self, now: float, conn: Hashable, rtt: float | None, nbytes: int = 0) -> float:
-        """Take one sample (*rtt* None: bytes only) and return the rate now in force."""
+    def on_sample(
+        self,
+        now: float,
+        conn: Hashable,
+        rtt: float | None,
+        nbytes: int = 0,
+        *,
+        pressed: bool = False,
+    ) -> float:
+        """Take one sample (*rtt* None: bytes only) and return the rate now in force.
+
+        *pressed*: transfers were waiting on the rate (it binds), so what they received is
+        not the measure of what they could use."""
         self._bytes += max(0, nbytes)
+        self._pressed = self._pressed or pressed
         if rtt is not None and rtt > 0 and math.isfinite(rtt):
             path = self._paths.get(conn)
             if path is None:
@@ -156,8 +170,18 @@ class YieldController:
 
     def _update(self, now: float) -> None:
         assert self._last is not None
-        elapsed = now - self._last
-        received = self._bytes / elapsed if elapsed > 0 else 0.0
+        self._window.append((now, self._bytes))
+        span = max(0.1, 4 * self._rtt())  # bytes come in bursts of the bucket: a few updates
+        while len(self._window) > 1 and self._window[1][0] <= now - span:
+            self._window.popleft()
+        first = self._window[0][0] if len(self._window) > 1 else self._last
+        elapsed = now - first
+        got = sum(n for t, n in self._window if t > first or len(self._window) == 1)
+        received = got / elapsed if elapsed > 0 else 0.0
+        last = now - self._last
+        if last > 0:  # steady arrivals: the last interval says it sooner than the window
+            received = max(received, self._bytes / last)
+        pressed, self._pressed = self._pressed, False
         self._last, self._bytes = now, 0
         if not self._paths:
             return
@@ -168,6 +192,8 @@ class YieldController:
         # tested by the path (the server or the disk limits), and one step above it is all
         # the queue can grow by in a round trip
         delivered = max(received, self.min_rate)
+        if pressed:  # the rate binds: the transfers would take more
+            delivered = max(delivered, self.rate)
 
         if self.phase == "slowdown":
             if now < self._slowdown_end:
@@ -189,7 +215,7 @@ class YieldController:
 
         if self.phase == "slow start":
             if delay < 0.75 * self.target:
-                self.rate = self._clamp(min(self.rate * 2, 2 * delivered))
+                self.rate = self._clamp(min(self.rate * 2, max(self.rate, 2 * delivered)))
                 return
             self.phase = "avoidance"
             self._next_slowdown = now + 2 * rtt  # LEDBAT++'s initial slow-down
