@@ -80,7 +80,9 @@ class _Protocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes
         self.received += nbytes
-        if self.end == len(self.buf) and not (self.start and not self.held):
+        if self.end == len(self.buf):
+            # full: a view lent now (the engine may hold it across an await, e.g. a bandwidth
+            # bucket) would leave get_buffer nothing to give; consume() makes room and resumes
             self._pause()
         self._wake()
 

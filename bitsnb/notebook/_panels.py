@@ -35,6 +35,7 @@ from typing import Any
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
+from .._bandwidth import BandwidthStatus
 from .._codes import BG_S_PARTIAL_COMPLETE, S_OK
 from .._enums import JobState, JobType
 from .._errors import BitsError
@@ -109,6 +110,7 @@ class JobSnapshot:
     attempts: int = 0
     retry_at: float | None = None
     folder: str | None = None
+    bandwidth: str = ""  # its cap and what limits it now ("cap 5.0 MB/s, throttled"), or ''
 
     @classmethod
     def of(cls, job: JobView, *, detail: bool = True) -> JobSnapshot:
@@ -146,6 +148,7 @@ class JobSnapshot:
             attempts,
             retry_at,
             folder,
+            bandwidth_text(getattr(job, "bandwidth", None)),
         )
 
     @functools.cached_property
@@ -167,6 +170,24 @@ class JobSnapshot:
             attempts=self.attempts,
             transient=self.state is JobState.TRANSIENT_ERROR,
         )
+
+
+def bandwidth_text(status: object) -> str:
+    """A job's ``BandwidthStatus`` as panels say it: "cap 5.0 MB/s, throttled", "yielding",
+    "blocked by policy", or '' (no cap, nothing limiting it)."""
+    if not isinstance(status, BandwidthStatus):
+        return ""
+    parts = []
+    if status.cap is not None:
+        parts.append(f"cap {format_rate(status.cap) or '0 B/s'}")
+    if status.state:
+        parts.append(status.state)
+    return ", ".join(parts)
+
+
+def _bandwidth_mark(text: str) -> str:
+    """A queue row's speed cell says a cap or a limit briefly; the whole text is its title."""
+    return f" <small>({escape(text)})</small>" if text else ""
 
 
 def _common_folder(paths: Sequence[str]) -> str:
@@ -630,7 +651,9 @@ class JobPanel(_Panel):
         snap = self._snapshot
         if snap.state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED, JobState.CANCELLED):
             return ""
-        return " ".join(x for x in (self._speed, f"ETA {self._eta}" if self._eta else "") if x)
+        limit = f"({snap.bandwidth})" if snap.bandwidth else ""
+        eta = f"ETA {self._eta}" if self._eta else ""
+        return " ".join(x for x in (self._speed, eta, limit) if x)
 
     def text(self) -> str:
         """One line: name, state, percent, bytes, files, speed and ETA (and the error)."""
@@ -692,6 +715,7 @@ class JobPanel(_Panel):
             elapsed = elapsed_text(snap.times)
             parts.append(f"{elapsed}<{self._eta or '?'}" if elapsed else "")
         parts.append(self._speed)
+        parts.append(f"({snap.bandwidth})" if snap.bandwidth else "")
         return "  ".join(x for x in parts if x)
 
     def _render(self, snap: JobSnapshot, allowed: frozenset[str]) -> None:
@@ -1298,7 +1322,8 @@ class QueuePanel(_Panel):
             f"<td>{est.percent_text}</td>"
             f"<td>{format_bytes(p.bytes_transferred)} / {est.total_text}</td>"
             f"<td>{p.files_transferred}/{p.files_total}</td>"
-            f"<td>{speed}</td><td>{eta}</td><td>{created}</td>"
+            f'<td title="{escape(s.bandwidth)}">{speed}{_bandwidth_mark(s.bandwidth)}</td>'
+            f"<td>{eta}</td><td>{created}</td>"
             f'<td title="{escape(err)}" style="color:{colour}">{escape(err_short)}</td></tr>'
         )
 
