@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -55,7 +54,6 @@ from ._integrity import (
 )
 from ._models import Policy
 from ._records import FileRecord
-from ._tcpinfo import response_socket
 from ._transport import LeanTransport, body_views, fallback_transport
 from ._validate import redact_url
 
@@ -101,8 +99,8 @@ class FileContext:
     should_yield: Callable[[], bool] = lambda: False
     foreground: bool = False  # a FOREGROUND job: it does not wait for a per-host slot
     throttle: Throttle | None = None  # the bandwidth budgets the body's bytes are taken from
-    # a body starts on this socket (None: unknown); returns the call for when it ends
-    watch: Callable[[socket.socket | None], Callable[[], None]] = lambda sock: _unwatched
+    # a body starts (the bandwidth loop samples its connection); returns the call for its end
+    watch: Callable[[httpx.Response], Callable[[], None]] = lambda resp: _unwatched
 
 
 def _unwatched() -> None:
@@ -639,7 +637,7 @@ class Engine:
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
-        unwatch = ctx.watch(response_socket(resp))  # the bandwidth loop samples its round trip
+        unwatch = ctx.watch(resp)  # the bandwidth loop samples its connection's round trip
 
         async def checkpoint(upto: int) -> None:
             await asyncio.to_thread(os.fdatasync, fh.fileno())

@@ -1,8 +1,7 @@
 """The bandwidth loop of a manager: connections' round trips → the yield controller → the
 background token rate; a capped connection's receive buffer sized to its rate × round trip.
 
-The engine tells ``Pacer.watch`` the socket of each response body it reads (and when it is
-done). While any is watched one task samples their ``TCP_INFO`` (``_tcpinfo``):
+The engine tells ``Pacer.watch`` of each response body it reads (and when it is done). While any is watched one task samples their ``TCP_INFO`` (``_tcpinfo``):
 
 - **yield** (``Policy.background="yield"``, the default): every ``tick`` the round trips of the
   background (non-FOREGROUND) connections feed one ``YieldController`` (``_yielding``; one per
@@ -13,7 +12,8 @@ done). While any is watched one task samples their ``TCP_INFO`` (``_tcpinfo``):
   a rate nothing measures); the controller keeps its state for the next one.
 - **receive buffer**: while a cap is in force over a connection (its job's, or the manager's for
   a background one, shared by the connections under it), its ``SO_RCVBUF`` is set to the share
-  × round trip (``receive_buffer_for``), so the kernel does not pull megabytes ahead.
+  × round trip (``receive_buffer_for``), and the lean transport's read-ahead to the same
+  (``limit_read_ahead``), so neither the kernel nor userspace pulls megabytes ahead.
 - **rates**: each job's current rate, from the bytes its connections' kernels took off the wire.
 
 Where ``TCP_INFO`` is missing, "yield" falls back to "full" (said once, by ``background_mode``).
@@ -29,10 +29,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
+
 from ._bandwidth import MAX_RECEIVE_BUFFER, receive_buffer_for
 from ._buckets import Budgets
 from ._models import Policy
-from ._tcpinfo import TcpInfo, tcp_info, tcp_info_available
+from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
+from ._transport import limit_read_ahead
 from ._yielding import YieldController, background_mode
 
 __all__ = ["Pacer"]
@@ -53,6 +56,7 @@ class _Conn:
     job_id: uuid.UUID
     foreground: bool
     sock: socket.socket
+    resp: httpx.Response
     received: int | None = None  # the kernel's bytes_received at the last slow sample
     rtt_min: float | None = None
     rcvbuf: int | None = None  # what bitsnb set (None: left to the kernel)
@@ -107,13 +111,14 @@ class Pacer:
 
     # -- the engine's hook ----------------------------------------------------------------------
     def watch(
-        self, job_id: uuid.UUID, foreground: bool, sock: socket.socket | None
+        self, job_id: uuid.UUID, foreground: bool, resp: httpx.Response
     ) -> Callable[[], None]:
-        """A body starts arriving on *sock*: sample it until the returned call says it ended."""
+        """A body starts arriving: sample its socket until the returned call says it ended."""
+        sock = response_socket(resp)
         if sock is None:
             return _nothing
         key = next(self._keys)
-        conn = self._conns[key] = _Conn(job_id, foreground, sock)
+        conn = self._conns[key] = _Conn(job_id, foreground, sock, resp)
         self._resize(conn)  # before the window has grown
         if self._task is None or self._task.done():
             self._granted = self._budgets.manager.granted
@@ -124,6 +129,7 @@ class Pacer:
         def unwatch() -> None:
             if self._conns.pop(key, None) is None:
                 return
+            limit_read_ahead(resp, None)
             self.controller.forget(key)
             if not any(c.job_id == job_id for c in self._conns.values()):
                 self._rates.pop(job_id, None)
@@ -219,6 +225,8 @@ class Pacer:
             want = receive_buffer_for(share, conn.rtt_min) or MAX_RECEIVE_BUFFER
         if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:
             return
+        # the userspace read buffer too, or it pulls a megabyte ahead of the kernel's window
+        limit_read_ahead(conn.resp, None if share is None else want)
         with contextlib.suppress(OSError):
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
             conn.rcvbuf = want
