@@ -10,8 +10,8 @@ The engine tells ``Pacer.watch`` of each response body it reads (and when it is 
   is set. FOREGROUND connections are not under the manager bucket, so never throttled by it.
   With no background connection left the yield rate is lifted (an upload alone is not held to
   a rate nothing measures); the controller keeps its state for the next one.
-- **receive buffer**: while a cap is in force over a connection (its job's, or the manager's for
-  a background one, shared by the connections under it), its ``SO_RCVBUF`` is set to the share
+- **receive buffer**: while a cap is in force over a connection (its job's, or the manager's —
+  the cap or the yield rate — for a background one, shared by the connections under it), its ``SO_RCVBUF`` is set to the share
   × round trip (``receive_buffer_for``), and the lean transport's read-ahead to the same
   (``limit_read_ahead``), so neither the kernel nor userspace pulls megabytes ahead.
 - **rates**: each job's current rate, from the bytes its connections' kernels took off the wire.
@@ -186,6 +186,7 @@ class Pacer:
             if yields:
                 self.controller.on_sample(now, key, rtt, 0 if fed else nbytes, pressed=pressed)
                 fed = True
+                self._resize(conn)  # the window follows the yield rate
             if slow and info.bytes_received is not None:
                 if conn.received is not None:
                     per_job[conn.job_id] = per_job.get(conn.job_id, 0) + max(
@@ -209,7 +210,7 @@ class Pacer:
         if job_rate is not None:
             n = sum(1 for c in self._conns.values() if c.job_id == conn.job_id)
             shares.append(job_rate / max(1, n))
-        cap = self._budgets.cap
+        cap = self._budgets.manager.rate  # the cap, or the yield rate if lower
         if cap is not None and not conn.foreground:
             n = sum(1 for c in self._conns.values() if not c.foreground)
             shares.append(cap / max(1, n))
@@ -222,7 +223,10 @@ class Pacer:
                 return
             want = self._policy.receive_buffer or MAX_RECEIVE_BUFFER  # the cap was lifted
         else:
-            want = receive_buffer_for(share, conn.rtt_min) or MAX_RECEIVE_BUFFER
+            # under the yield rate the window must not be what holds the flow back (the rate
+            # grows only from what is delivered): twice the usual headroom
+            headroom = 4.0 if self._yields(conn) and self._budgets.yield_rate is not None else 2.0
+            want = receive_buffer_for(share, conn.rtt_min, headroom=headroom) or MAX_RECEIVE_BUFFER
         if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:
             return
         # the userspace read buffer too, or it pulls a megabyte ahead of the kernel's window
