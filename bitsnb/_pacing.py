@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from ._bandwidth import MAX_RECEIVE_BUFFER, receive_buffer_for
+from ._bandwidth import MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
 from ._buckets import Budgets
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
@@ -60,6 +60,7 @@ class _Conn:
     received: int | None = None  # the kernel's bytes_received at the last slow sample
     rtt_min: float | None = None
     rcvbuf: int | None = None  # what bitsnb set (None: left to the kernel)
+    mss: int = 0  # the receiving side's segment size (0: not known yet)
 
 
 class Pacer:
@@ -181,6 +182,7 @@ class Pacer:
             if info is None:
                 continue
             rtt = info.best_rtt
+            conn.mss = info.rcv_mss
             if rtt:
                 conn.rtt_min = rtt if conn.rtt_min is None else min(conn.rtt_min, rtt)
             if yields:
@@ -225,8 +227,24 @@ class Pacer:
         else:
             # under the yield rate the window must not be what holds the flow back (the rate
             # grows only from what is delivered): twice the usual headroom
-            headroom = 4.0 if self._yields(conn) and self._budgets.yield_rate is not None else 2.0
-            want = receive_buffer_for(share, conn.rtt_min, headroom=headroom) or MAX_RECEIVE_BUFFER
+            b = self._budgets
+            yields = (  # the yield rate, not a cap, is what sizes this window
+                self._yields(conn)
+                and b.yield_rate is not None
+                and b.job(conn.job_id).rate is None
+                and (b.cap is None or b.yield_rate < b.cap)
+            )
+            if yields and not conn.mss:
+                return  # sized at its first sample, once the segment size is known
+            # a window of a few segments at least, or the receiver's silly-window avoidance
+            # waits for a delayed ACK per segment (a 64 KiB loopback MSS stalled at 16 KiB)
+            floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss) if yields else MIN_RECEIVE_BUFFER
+            want = (
+                receive_buffer_for(
+                    share, conn.rtt_min, headroom=4.0 if yields else 2.0, floor=floor
+                )
+                or MAX_RECEIVE_BUFFER
+            )
         if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:
             return
         # the userspace read buffer too, or it pulls a megabyte ahead of the kernel's window
