@@ -265,7 +265,7 @@ def parse_rate_arg(text: str) -> float | None:
     try:
         return parse_rate(text)
     except BitsError as exc:
-        raise argparse.ArgumentTypeError(str(exc).split(" (0x")[0]) from None
+        raise argparse.ArgumentTypeError(exc.message or str(exc)) from None
 
 
 def _bandwidth_options(p: argparse.ArgumentParser, *, job: bool) -> None:
