@@ -257,7 +257,7 @@ class _Body(httpx.AsyncByteStream):
         while count:
             if not p.available:
                 await p.wait_more(self._timeout)
-            n = min(p.available, count)
+            n = min(p.available, count, p.high)  # a capped body: pieces of its read-ahead
             p.held = n
             yield p.view[p.start : p.start + n]
             p.consume(n)

@@ -61,6 +61,7 @@ class _Path:
 
     base: deque[tuple[int, float]] = field(default_factory=deque)  # (minute, lowest rtt)
     current: deque[float] = field(default_factory=deque)  # the last few rtts
+    seen: float = 0.0  # when the last round trip came
 
     def add(self, now: float, rtt: float, minutes: int, samples: int) -> None:
         minute = int(now // 60)
@@ -72,6 +73,7 @@ class _Path:
         while self.base and self.base[0][0] <= minute - minutes:
             self.base.popleft()
         self.current.append(rtt)
+        self.seen = now
         while len(self.current) > samples:
             self.current.popleft()
 
@@ -98,6 +100,7 @@ class YieldController:
         base_minutes: int = 10,
         current_samples: int = 4,
         update_every: float = 0.025,
+        stale: float = 1.0,
     ) -> None:
         self.target = target
         self.min_rate = min_rate
@@ -106,6 +109,7 @@ class YieldController:
         self.base_minutes = base_minutes
         self.current_samples = current_samples
         self.update_every = update_every
+        self.stale = stale
         self.rate = self._clamp(initial_rate)
         self.connections = max_connections
         self.phase: Phase = "slow start"
@@ -185,7 +189,10 @@ class YieldController:
         self._last, self._bytes = now, 0
         if not self._paths:
             return
-        delay = max(p.queueing_delay for p in self._paths.values())
+        # a path silent for ``stale`` s says nothing of the queue now (no data came: the
+        # kernel's estimate is as old as its last segment); none fresh: no queue is seen
+        fresh = [p for p in self._paths.values() if now - p.seen <= self.stale]
+        delay = max((p.queueing_delay for p in fresh), default=0.0)
         self.queueing_delay = delay
         rtt = self._rtt()
         # what the path delivered, the anchor of every change: a rate far above it is not
@@ -204,6 +211,7 @@ class YieldController:
                 if delay <= self.target:
                     self.rate = self._clamp(min(self.rate * 2, self._resume_rate))
                 self.phase = "avoidance"
+                self._window.clear()  # what the slow-down delivered says nothing of the path
                 length = now - self._slowdown_start
                 self._next_slowdown = now + 9 * length
             else:
@@ -224,7 +232,11 @@ class YieldController:
         if off >= 0:
             gain = 1.0 / min(16, math.ceil(2 * self.target / max(base, 1e-6)))
             step = 1 + gain * off
-            self.rate = self._clamp(min(self.rate * step, delivered * step))
+            # grow from what the path delivers; below the target never fall under what was
+            # allowed unless it is over twice what is used (the sender, not we, holds back:
+            # a rate cut to it would shrink the window and then the sender's own window)
+            grown = min(self.rate * step, delivered * step)
+            self.rate = self._clamp(grown)
             if off > 0.5:
                 self.connections = min(self.max_connections, self.connections + 1)
         else:
