@@ -16,8 +16,8 @@ should use). No clock, no IO, so synthetic traces test it.
 - **Current delay**: the lowest of the last ``current_samples`` samples (RFC 6817's filter:
   one delayed ACK or scheduling hiccup does not count as queue).
 - **Queueing delay** = current − base, the highest over the connections (they share the path).
-- **Rate**, once per round trip (``update_every`` at least): at start, doubled per round trip
-  until the queueing delay reaches ¾ of the target (LEDBAT++'s slow-start exit); then below the
+- **Rate**, once per round trip (``update_every`` at least): at start, × (1 + gain) per round
+  trip until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
   target ``rate × (1 + gain × (target − delay) / target)`` with LEDBAT++'s dynamic gain
   1 / min(16, ⌈2 × target / base⌉), and above it the multiplicative decrease
   ``rate × max(½, 1 − (delay / target − 1))``. It never goes below ``min_rate`` (BITS keeps a
@@ -124,6 +124,7 @@ class YieldController:
         self._slowdown_start = 0.0
         self._slowdown_end = 0.0
         self._resume_rate = self.rate
+        self._hold_until = 0.0  # after a slow-down: no fall below the resumed rate before this
 
     # -- input --------------------------------------------------------------------------------
     def on_sample(
@@ -211,7 +212,9 @@ class YieldController:
                 if delay <= self.target:
                     self.rate = self._clamp(min(self.rate * 2, self._resume_rate))
                 self.phase = "avoidance"
-                self._window.clear()  # what the slow-down delivered says nothing of the path
+                # for a few round trips what was delivered still shows the slow-down, not
+                # the path: the rate does not fall below the one it came back to
+                self._hold_until = now + 4 * max(rtt, self.update_every)
                 length = now - self._slowdown_start
                 self._next_slowdown = now + 9 * length
             else:
@@ -223,19 +226,23 @@ class YieldController:
 
         if self.phase == "slow start":
             if delay < 0.75 * self.target:
-                self.rate = self._clamp(min(self.rate * 2, max(self.rate, 2 * delivered)))
+                # LEDBAT++'s slow start: the dynamic gain, not doubling, per round trip (the
+                # delay it reacts to is a round trip or more late: doubling overshot a 250 ms
+                # buffer at 100 Mbit/s before the first sample showed the queue)
+                grow = 1 + self._gain()
+                self.rate = self._clamp(min(self.rate * grow, max(self.rate, 2 * delivered)))
                 return
             self.phase = "avoidance"
             self._next_slowdown = now + 2 * rtt  # LEDBAT++'s initial slow-down
-        base = self.base_delay or rtt
         off = (self.target - delay) / self.target
         if off >= 0:
-            gain = 1.0 / min(16, math.ceil(2 * self.target / max(base, 1e-6)))
-            step = 1 + gain * off
+            step = 1 + self._gain() * off
             # grow from what the path delivers; below the target never fall under what was
             # allowed unless it is over twice what is used (the sender, not we, holds back:
             # a rate cut to it would shrink the window and then the sender's own window)
             grown = min(self.rate * step, delivered * step)
+            if now < self._hold_until:
+                grown = max(grown, min(self.rate, self._resume_rate))
             self.rate = self._clamp(grown)
             if off > 0.5:
                 self.connections = min(self.max_connections, self.connections + 1)
@@ -244,6 +251,11 @@ class YieldController:
             cut = max(0.5, 1 + off)
             self.rate = self._clamp(min(self.rate, delivered) * cut)
             self.connections = max(1, self.connections // 2)
+
+    def _gain(self) -> float:
+        """LEDBAT++'s dynamic gain: 1 / min(16, ⌈2 × target / base⌉)."""
+        base = self.base_delay or self._rtt()
+        return 1.0 / min(16, math.ceil(2 * self.target / max(base, 1e-6)))
 
     def _start_slowdown(self, now: float, rtt: float) -> None:
         self.phase = "slowdown"
