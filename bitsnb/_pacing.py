@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import httpx
 
 from ._bandwidth import MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
-from ._buckets import Budgets
+from ._buckets import Budgets, burst_for
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
 from ._transport import limit_read_ahead
@@ -125,6 +125,9 @@ class Pacer:
             return _nothing
         key = next(self._keys)
         conn = self._conns[key] = _Conn(job_id, foreground, sock, resp)
+        info = self._probe(sock)  # the handshake gave a round trip, and the segment size
+        if info is not None:
+            conn.mss, conn.rtt_min = info.rcv_mss, info.best_rtt
         self._resize(conn)  # before the window has grown
         if self._task is None or self._task.done():
             self._granted = self._budgets.manager.granted
@@ -247,21 +250,25 @@ class Pacer:
                 and b.job(conn.job_id).rate is None
                 and (b.cap is None or b.yield_rate < b.cap)
             )
-            if yields and not conn.mss:
-                return  # sized at its first sample, once the segment size is known
             # a window of a few segments at least, or the receiver's silly-window avoidance
             # waits for a delayed ACK per segment (a 64 KiB loopback MSS stalled at 16 KiB)
-            floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss) if yields else MIN_RECEIVE_BUFFER
+            # (four segments; two for a slow cap, whose first second they would swell)
+            segments = 4 if yields or share >= 1e6 else 2
+            floor = max(MIN_RECEIVE_BUFFER, segments * conn.mss)
             want = (
                 receive_buffer_for(
-                    share, conn.rtt_min, headroom=4.0 if yields else 2.0, floor=floor
+                    share,
+                    conn.rtt_min,
+                    headroom=4.0 if yields or share >= 1e6 else 2.0,
+                    floor=floor,
                 )
                 or MAX_RECEIVE_BUFFER
             )
         if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:
             return
         # the userspace read buffer too, or it pulls a megabyte ahead of the kernel's window
-        limit_read_ahead(conn.resp, None if share is None else want)
+        # in views of at most a burst: a view is read again only once all of it is taken
+        limit_read_ahead(conn.resp, None if share is None else min(want, burst_for(share)))
         with contextlib.suppress(OSError):
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
             conn.rcvbuf = want
