@@ -255,13 +255,15 @@ class Pacer:
             # (four segments; two for a slow cap, whose first second they would swell)
             segments = 4 if yields or share >= 1e6 else 2
             floor = max(MIN_RECEIVE_BUFFER, segments * conn.mss)
+            if yields:
+                # the window a yield rate gets: rate × (base + target), so the queue it lets
+                # the sender build stays near the target even before the rate has come down
+                base = conn.rtt_min or self.controller.base_delay or 0.0
+                headroom = 1.0 + self.controller.target / base if base > 0 else 2.0
+            else:
+                headroom = 4.0 if share >= 1e6 else 2.0
             want = (
-                receive_buffer_for(
-                    share,
-                    conn.rtt_min,
-                    headroom=4.0 if yields or share >= 1e6 else 2.0,
-                    floor=floor,
-                )
+                receive_buffer_for(share, conn.rtt_min, headroom=min(headroom, 16.0), floor=floor)
                 or MAX_RECEIVE_BUFFER
             )
         if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:

@@ -17,7 +17,7 @@ should use). No clock, no IO, so synthetic traces test it.
   one delayed ACK or scheduling hiccup does not count as queue).
 - **Queueing delay** = current − base, the highest over the connections (they share the path).
 - **Rate**, once per round trip (``update_every`` at least): at start, × (1 + gain) per round
-  trip until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
+  trip (at most that above what was delivered) until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
   target ``rate × (1 + gain × (target − delay) / target)`` with LEDBAT++'s dynamic gain
   1 / min(16, ⌈2 × target / base⌉), and above it the multiplicative decrease
   ``rate × max(½, 1 − (delay / target − 1))``. It never goes below ``min_rate`` (BITS keeps a
@@ -26,8 +26,13 @@ should use). No clock, no IO, so synthetic traces test it.
 - **Connections**: halved on a decrease, one more per round trip while the delay is under half
   the target (many connections, each with its own window, build queue a rate cannot undo fast).
 - **Periodic slow-down** (LEDBAT++): two round trips after slow start ends, and then 9 × the
-  last slow-down's length after each, the rate falls to ``min_rate`` for two round trips (the
-  queue drains, every connection sees the true base), then doubles back to where it was.
+  last slow-down's length after each (its length counted until what is delivered is back to
+  90 % of the rate before it: the sender's window regrows for seconds after), the rate falls
+  to ``min_rate`` for two round trips (the queue drains, every connection sees the true base),
+  then doubles back to where it was; for four round trips after, it does not fall below that.
+- **Freshness**: a connection without a round trip for ``stale`` s shows no queue (the kernel
+  updates its estimate only as data arrives); the pacer sets ``min_rate`` to LEDBAT's two
+  segments a round trip.
 
 ``Policy.background``: "yield" runs this for background jobs (HIGH, NORMAL, LOW), "full" does
 not; FOREGROUND is never throttled by it. ``background_mode`` falls back to "full" where
@@ -125,6 +130,7 @@ class YieldController:
         self._slowdown_end = 0.0
         self._resume_rate = self.rate
         self._hold_until = 0.0  # after a slow-down: no fall below the resumed rate before this
+        self._recovering = False  # after a slow-down, until delivery is back to its rate
 
     # -- input --------------------------------------------------------------------------------
     def on_sample(
@@ -215,11 +221,19 @@ class YieldController:
                 # for a few round trips what was delivered still shows the slow-down, not
                 # the path: the rate does not fall below the one it came back to
                 self._hold_until = now + 4 * max(rtt, self.update_every)
-                length = now - self._slowdown_start
-                self._next_slowdown = now + 9 * length
+                self._recovering = True  # the next slow-down is timed once delivery is back
             else:
                 self.rate = self._clamp(self.rate * 2)
             return
+        if self._recovering and (
+            delivered >= 0.9 * self._resume_rate
+            or delay > self.target
+            or now - self._slowdown_start >= 30.0
+        ):
+            # a slow-down costs until the sender's window has grown back, not only while the
+            # rate is down (measured: seconds behind a Reno server): 9 × that, ≤ 10 % of time
+            self._recovering = False
+            self._next_slowdown = now + 9 * (now - self._slowdown_start)
         if self._next_slowdown is not None and now >= self._next_slowdown:
             self._start_slowdown(now, rtt)
             return
@@ -230,7 +244,7 @@ class YieldController:
                 # delay it reacts to is a round trip or more late: doubling overshot a 250 ms
                 # buffer at 100 Mbit/s before the first sample showed the queue)
                 grow = 1 + self._gain()
-                self.rate = self._clamp(min(self.rate * grow, max(self.rate, 2 * delivered)))
+                self.rate = self._clamp(min(self.rate * grow, max(self.rate, delivered * grow)))
                 return
             self.phase = "avoidance"
             self._next_slowdown = now + 2 * rtt  # LEDBAT++'s initial slow-down
