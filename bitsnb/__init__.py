@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._bandwidth import BandwidthWindow
+from ._bandwidth import BandwidthStatus, BandwidthWindow
 from ._enumerator import Enumerator
 from ._enums import (
     AuthScheme,
@@ -102,6 +102,7 @@ __all__ = [
     "AsyncManager",
     "AuthScheme",
     "AuthTarget",
+    "BandwidthStatus",
     "BandwidthWindow",
     "BitsError",
     "CleanupReport",

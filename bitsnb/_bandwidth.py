@@ -34,6 +34,7 @@ __all__ = [
     "BACKGROUND_MODES",
     "BackgroundMode",
     "BandwidthSchedule",
+    "BandwidthStatus",
     "BandwidthWindow",
     "check_background",
     "check_rate",
@@ -284,6 +285,22 @@ def check_background(value: object) -> BackgroundMode:
     if value == "full":
         return "full"
     raise _invalid(f"background must be 'yield' or 'full', not {value!r}")
+
+
+# -- what a job's transfer is under now -----------------------------------------------------------
+@dataclass(frozen=True)
+class BandwidthStatus:
+    """What limits a job's transfer now (``job.bandwidth``, shown by panels and frames).
+
+    ``state``: "throttled" (running at its cap), "yielding" (a background job giving way to
+    other traffic), "blocked by policy" (a limit of 0 in force) or None; ``cap``: the cap in
+    force over it, bytes/s (its own, or the manager's for a background job; None: none);
+    ``rate``: its rate on the wire now, bytes/s (None while not measured or not running).
+    """
+
+    state: str | None = None
+    cap: float | None = None
+    rate: float | None = None
 
 
 # -- the receive buffer ---------------------------------------------------------------------------

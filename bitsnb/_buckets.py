@@ -23,9 +23,10 @@ time queues again behind the others after each piece: the buckets serve connecti
 at most a burst. Nothing awaits when every level is unlimited (the engine's uncapped path costs
 one attribute test per chunk).
 
-``Budgets`` owns the buckets of one manager: the manager-wide cap (background jobs only), one
-bucket per host (its rate set by the yield controller, ``_yielding``), one per capped job, and
-hands each connection its ``Throttle``.
+``Budgets`` owns the buckets of one manager: the manager-wide one (background jobs only), whose
+rate is the lower of the cap and the yield controller's rate (``_yielding``, run by
+``_pacing``), one bucket per host, one per capped job, and hands each connection its
+``Throttle``.
 """
 
 from __future__ import annotations
@@ -194,6 +195,11 @@ class Throttle:
         """True if ``take`` may wait (some level has a rate or waiters)."""
         return any(b.limited for b in self.buckets)
 
+    @property
+    def piece(self) -> int | None:
+        """The largest piece ``take`` lets through at once (the smallest burst); None if none."""
+        return min((b.burst for b in self.buckets if b.rate is not None), default=None)
+
     async def take(self, nbytes: int) -> None:
         """Wait until every level lets *nbytes* through; pieces of at most the smallest burst."""
         if nbytes <= 0 or not self.limited:
@@ -221,13 +227,28 @@ class Budgets:
         self, max_bandwidth: float | None = None, *, clock: Callable[[], float] | None = None
     ) -> None:
         self._clock = clock
-        self.manager = TokenBucket(max_bandwidth, clock=clock, name="manager")
+        self.cap = check_rate(max_bandwidth)  # the policy's (or the schedule's) cap
+        self.yield_rate: float | None = None  # the yield controller's rate (None: not yielding)
+        self.manager = TokenBucket(self.cap, clock=clock, name="manager")
         self._hosts: dict[str, TokenBucket] = {}
         self._jobs: dict[uuid.UUID, TokenBucket] = {}
 
     def set_max_bandwidth(self, rate: float | None) -> None:
         """The manager-wide cap for background jobs, live (None = none)."""
-        self.manager.set_rate(rate)
+        self.cap = check_rate(rate)
+        self._apply()
+
+    def set_yield_rate(self, rate: float | None) -> None:
+        """The yield controller's rate for background jobs, live (None: it does not limit)."""
+        self.yield_rate = check_rate(rate, "yield rate")
+        self._apply()
+
+    def _apply(self) -> None:
+        """The manager bucket runs at the lower of the cap and the yield rate."""
+        rates = [r for r in (self.cap, self.yield_rate) if r is not None]
+        rate = min(rates) if rates else None
+        if rate != self.manager.rate:
+            self.manager.set_rate(rate)
 
     def host(self, host: str) -> TokenBucket:
         """The bucket of *host* (created unlimited; the yield controller sets its rate)."""

@@ -45,6 +45,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
+from ._bandwidth import parse_rate
 from ._cli_integrity import add_checksum_options, cli_entries, verify_job
 from ._cli_render import (
     DONE_STATES,
@@ -254,7 +255,54 @@ def open_manager(args: argparse.Namespace, *, active: bool) -> Manager:
     """The store named by ``--store`` (else the default); *active* managers transfer jobs."""
     store = args.store if args.store else default_store_path()
     policy = Policy() if active else Policy(max_active_jobs=0)
+    if active:
+        _bandwidth_policy(args, policy)
     return Manager(store, policy=policy)
+
+
+# -- bandwidth options ------------------------------------------------------------------------
+def parse_rate_arg(text: str) -> float | None:
+    """A rate as curl's --limit-rate takes it (500k, 5MB, 1.5G; off = no cap) → bytes/s."""
+    try:
+        return parse_rate(text)
+    except BitsError as exc:
+        raise argparse.ArgumentTypeError(exc.message or str(exc)) from None
+
+
+def _bandwidth_options(p: argparse.ArgumentParser, *, job: bool) -> None:
+    """--max-bandwidth (the job's own cap: *job*), and the manager-wide options of a command
+    that runs the queue: --background-max-bandwidth, --background {yield,full}."""
+    if job:
+        p.add_argument(
+            "--max-bandwidth",
+            type=parse_rate_arg,
+            metavar="RATE",
+            default=argparse.SUPPRESS,
+            help="cap this job (500k, 5MB, 1.5G, as curl's --limit-rate; off: no cap)",
+        )
+    p.add_argument(
+        "--background-max-bandwidth",
+        type=parse_rate_arg,
+        metavar="RATE",
+        default=None,
+        help="cap the background jobs this process runs, together (Policy.max_bandwidth)",
+    )
+    p.add_argument(
+        "--background",
+        choices=("yield", "full"),
+        default=None,
+        help="background jobs yield to other traffic (default) or use the full bandwidth",
+    )
+
+
+def _bandwidth_policy(args: argparse.Namespace, policy: Policy) -> None:
+    """The manager-wide bandwidth options into the policy."""
+    cap = getattr(args, "background_max_bandwidth", None)
+    if cap is not None:
+        policy.max_bandwidth = cap
+    mode = getattr(args, "background", None)
+    if mode is not None:
+        policy.background = mode
 
 
 def resolve(mgr: Manager, name: str) -> Job:
@@ -623,6 +671,9 @@ def cmd_set(args: argparse.Namespace, out: Output) -> int:
                 f"note: {', '.join(secret)} headers are kept in memory only, never in the store: "
                 "they end with this process (pass them to `bitsnb transfer --header` instead)"
             )
+    if hasattr(args, "max_bandwidth"):
+        cap = args.max_bandwidth
+        changes.append(("max bandwidth", lambda j: j.set_max_bandwidth(cap)))
     if args.proxy_usage is not None or args.proxy is not None or args.bypass is not None:
         usage = args.proxy_usage
         if usage is None:
@@ -713,6 +764,8 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
                 job.minimum_retry_delay = args.retry_interval
             if args.dynamic:
                 job.dynamic_content = True
+            if hasattr(args, "max_bandwidth"):
+                job.set_max_bandwidth(args.max_bandwidth)
             if args.notify_cmd is not None:
                 job.set_notify_cmd_line(*_split_command(args.notify_cmd))
             job.add_file_set(entries)
@@ -1100,6 +1153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "download URLs (or --upload a file) now, with progress, then complete",
     )
     p.add_argument("urls", nargs="+", metavar="URL")
+    _bandwidth_options(p, job=True)
     p.add_argument(
         "dest",
         metavar="DEST",
@@ -1227,6 +1281,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--count", type=_int_range(1, 1 << 30), metavar="N", help="stop after N refreshes"
     )
     p.add_argument("--all-users", action="store_true")
+    _bandwidth_options(p, job=False)
 
     p = verb(
         "error",
@@ -1261,9 +1316,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bypass", metavar="LIST", help="proxy bypass list")
     p.add_argument("--display-name")
     p.add_argument("--description")
+    p.add_argument(
+        "--max-bandwidth",
+        type=parse_rate_arg,
+        metavar="RATE",
+        default=argparse.SUPPRESS,
+        help="cap the job (500k, 5MB, 1.5G, as curl's --limit-rate; off removes the cap)",
+    )
 
     p = verb("wait", cmd_wait, "run and watch a job until it is transferred or fails")
     p.add_argument("job", metavar="JOB")
+    _bandwidth_options(p, job=False)
     p.add_argument(
         "--timeout", type=parse_seconds, metavar="S", help="give up after S seconds (exit 4)"
     )

@@ -114,6 +114,12 @@ class FileContext:
     should_yield: Callable[[], bool] = lambda: False
     foreground: bool = False  # a FOREGROUND job: it does not wait for a per-host slot
     throttle: Throttle | None = None  # the bandwidth budgets the body's bytes are taken from
+    # a body starts (the bandwidth loop samples its connection); returns the call for its end
+    watch: Callable[[httpx.Response], Callable[[], None]] = lambda resp: _unwatched
+
+
+def _unwatched() -> None:
+    """Nothing was watched."""
 
 
 def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
@@ -696,6 +702,7 @@ class Engine:
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
+        unwatch = ctx.watch(resp)  # the bandwidth loop samples its connection's round trip
 
         async def checkpoint(upto: int) -> None:
             await asyncio.to_thread(os.fdatasync, fh.fileno())
@@ -750,6 +757,7 @@ class Engine:
             except OSError as exc:
                 raise local_failure(exc, f.temp_name) from exc
         finally:
+            unwatch()
             if syncing is not None and not syncing.done():
                 # the descriptor must stay open while the thread syncs it
                 await asyncio.wait([syncing])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import _codes
-from ._bandwidth import check_rate
+from ._bandwidth import BandwidthStatus, check_rate
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import BitsError, InvalidStateError
@@ -90,6 +90,7 @@ class JobHost(Protocol):
     def secrets_for(self, rec: JobRecord) -> JobSecrets: ...
     def drop_secrets(self, job_id: uuid.UUID) -> None: ...
     def bandwidth_changed(self, rec: JobRecord) -> None: ...
+    def bandwidth(self, rec: JobRecord) -> BandwidthStatus: ...
 
 
 _ALL_NOTIFY = int(
@@ -379,6 +380,11 @@ class AsyncJob:
     def max_bandwidth(self) -> float | None:
         """This job's own cap in bytes/s (None: none), whatever its priority; kept in the store."""
         return self._rec.settings.max_bandwidth
+
+    @property
+    def bandwidth(self) -> BandwidthStatus:
+        """What limits the transfer now: throttled, yielding or blocked by policy; cap; rate."""
+        return self._host.bandwidth(self._rec)
 
     async def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """Cap this job (bytes/s; None removes the cap); E_INVALIDARG for a negative, NaN or

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import _codes
+from ._bandwidth import BandwidthStatus
 from ._completion import (
     Completion,
     FolderSync,
@@ -197,6 +198,11 @@ class JobControl:
     def bandwidth_changed(self, rec: JobRecord) -> None:
         """The job's own cap changed: its connections take the new rate at once."""
         self._runner.budgets.set_job_rate(rec.id, rec.settings.max_bandwidth)
+        self._runner.pacer.retune()
+
+    def bandwidth(self, rec: JobRecord) -> BandwidthStatus:
+        """What limits the job's transfer now (the runner knows)."""
+        return self._runner.bandwidth(rec)
 
     def bandwidth_policy_changed(self) -> None:
         """``Policy.max_bandwidth`` changed: the manager-wide cap follows at once."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from . import _codes
-from ._bandwidth import BandwidthSchedule
+from ._bandwidth import BandwidthSchedule, BandwidthStatus
 from ._buckets import Budgets
 from ._client_options import request_options
 from ._engine import (
@@ -34,6 +34,7 @@ from ._enums import ErrorContext, JobPriority, JobState, JobType, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, StoreBusyError
 from ._events import Events
 from ._models import Policy
+from ._pacing import Pacer
 from ._persist import STARTABLE, Records, copy_record
 from ._records import ErrorRecord, FileRecord, JobRecord, JobSecrets
 from ._scheduler import Scheduler
@@ -75,6 +76,7 @@ class Runner:
         self.accepting = True  # False once the manager closes: nothing new starts
         self.forget: Callable[[JobRecord], None] = lambda rec: None  # set by the manager
         self.budgets = Budgets(policy.max_bandwidth)
+        self.pacer = Pacer(policy, self.budgets)  # yield controller, receive buffers, job rates
         self._blocked = False  # a limit of 0 is in force: background jobs wait
         self._schedule_key: tuple[object, ...] | None = None
         self._schedule: BandwidthSchedule | None = None
@@ -171,8 +173,9 @@ class Runner:
         if self._schedule is None or key != self._schedule_key:
             self._schedule, self._schedule_key = p.schedule(), key
         limit = self._schedule.limit_at(p.local_time())
-        if limit != self.budgets.manager.rate:  # each housekeeping round: re-time only on change
+        if limit != self.budgets.cap:  # each housekeeping round: re-time only on change
             self.budgets.set_max_bandwidth(limit)
+            self.pacer.retune()
         blocked = limit == 0
         if blocked == self._blocked:
             return
@@ -190,6 +193,22 @@ class Runner:
                 with contextlib.suppress(BitsError):  # busy: its retry timer picks it up
                     self._records.set_state(rec, Event.RETRY, also=_clear_retry(rec))
                     self.queue(rec)
+
+    def bandwidth(self, rec: JobRecord) -> BandwidthStatus:
+        """What limits the job's transfer now, its cap and its current rate (for panels)."""
+        foreground = rec.priority is JobPriority.FOREGROUND
+        cap = rec.settings.max_bandwidth
+        if not foreground and self.budgets.cap is not None:
+            cap = self.budgets.cap if cap is None else min(cap, self.budgets.cap)
+        rate = self.pacer.job_rate(rec.id) if rec.state in RUNNING else None
+        state: str | None = None
+        if rec.state is JobState.TRANSIENT_ERROR and _blocked_by_policy(rec):
+            state = "blocked by policy"
+        elif rec.state in RUNNING and not foreground and self.pacer.yielding:
+            state = "yielding"
+        elif rec.state in RUNNING and cap is not None and rate is not None and rate >= 0.8 * cap:
+            state = "throttled"
+        return BandwidthStatus(state, cap, rate)
 
     def _block(self, rec: JobRecord) -> None:
         """TRANSIENT_ERROR with BG_E_BLOCKED_BY_POLICY, not counted in ``error_count``."""
@@ -352,6 +371,7 @@ class Runner:
             should_yield=lambda: self._scheduler.should_yield(rec.id, rec.priority),
             foreground=foreground,
             throttle=self.budgets.throttle(rec.id, host, foreground=foreground),
+            watch=functools.partial(self.pacer.watch, rec.id, foreground),
         )
 
     async def _run(self, rec: JobRecord, *, started: bool) -> None:

@@ -175,6 +175,7 @@ class AsyncManager:
                 with contextlib.suppress(BitsError):  # locked: the next manager re-queues it
                     await records.set_state_patiently(rec, Event.STOP, rec.files)
         runner.cancel_all_retries()
+        await runner.pacer.aclose()
         parts.events.cancel_waiters()
         for task in list(self._background):
             task.cancel()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ._bandwidth import BandwidthStatus
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import get_error_description
@@ -389,6 +390,11 @@ class Job:
     @max_bandwidth.setter
     def max_bandwidth(self, value: float | None) -> None:
         self._run(self._ajob.set_max_bandwidth(value))
+
+    @property
+    def bandwidth(self) -> BandwidthStatus:
+        """What limits the transfer now: throttled, yielding or blocked by policy; cap; rate."""
+        return self._ajob.bandwidth
 
     def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """Cap this job (bytes/s; None removes the cap)."""

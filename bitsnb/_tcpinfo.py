@@ -34,7 +34,9 @@ import struct
 import sys
 from dataclasses import dataclass
 
-__all__ = ["TcpInfo", "tcp_info", "tcp_info_available"]
+import httpx
+
+__all__ = ["TcpInfo", "response_socket", "tcp_info", "tcp_info_available"]
 
 _BASE = struct.Struct("=8B24I")  # offsets 0-103
 _U64 = struct.Struct("=Q")
@@ -72,6 +74,17 @@ class TcpInfo:
 def tcp_info_available() -> bool:
     """True where ``tcp_info`` can answer (Linux)."""
     return _TCP_INFO is not None
+
+
+def response_socket(resp: httpx.Response) -> socket.socket | None:
+    """The socket a response's body arrives on (bitsnb's lean transport or httpcore's); None
+    when it cannot be told (a test transport, HTTP/2 through a proxy, ...)."""
+    sock = resp.extensions.get("bitsnb_socket")
+    if sock is None:
+        stream = resp.extensions.get("network_stream")
+        get = getattr(stream, "get_extra_info", None)
+        sock = get("socket") if callable(get) else None
+    return sock if hasattr(sock, "getsockopt") else None
 
 
 def tcp_info(sock: socket.socket) -> TcpInfo | None:

@@ -31,10 +31,11 @@ import h11
 import httpcore
 import httpx
 
-__all__ = ["LeanTransport", "body_views", "fallback_transport"]
+__all__ = ["LeanTransport", "body_views", "fallback_transport", "limit_read_ahead"]
 
 _MAX_HEAD = 64 * 1024  # a response head, trailer section or chunk line larger is refused
 _MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
+_MIN_READ_AHEAD = 16 * 1024  # the least read-ahead a capped body is held to
 _MIN_FREE = 64 * 1024  # compact the buffer before a read would get less room than this
 _IDLE_EXPIRY = 5.0  # seconds an idle keep-alive connection is kept
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -64,6 +65,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self._want = 1  # wake the waiter once this many bytes are buffered
         self._paused = False
         self.received = 0  # bytes ever received (tells a stale keep-alive from a reply)
+        self.high = size  # reading pauses once this many bytes wait unread (read-ahead)
 
     # -- asyncio callbacks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,7 +82,9 @@ class _Protocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.end += nbytes
         self.received += nbytes
-        if self.end == len(self.buf) and not (self.start and not self.held):
+        if self.end == len(self.buf) or self.end - self.start >= self.high:
+            # full: a view lent now (the engine may hold it across an await, e.g. a bandwidth
+            # bucket) would leave get_buffer nothing to give; consume() makes room and resumes
             self._pause()
         self._wake()
 
@@ -109,7 +113,7 @@ class _Protocol(asyncio.BufferedProtocol):
         if self._paused:
             if len(self.buf) - self.end < _MIN_FREE and self.start and not self.held:
                 self._compact()
-            if self.end < len(self.buf):
+            if self.end < len(self.buf) and self.end - self.start < self.high:
                 self._paused = False
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.resume_reading()
@@ -253,7 +257,7 @@ class _Body(httpx.AsyncByteStream):
         while count:
             if not p.available:
                 await p.wait_more(self._timeout)
-            n = min(p.available, count)
+            n = min(p.available, count, p.high)  # a capped body: pieces of its read-ahead
             p.held = n
             yield p.view[p.start : p.start + n]
             p.consume(n)
@@ -528,6 +532,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             framing = "length"
         else:
             framing, close = "close", True
+        p.high = len(p.buf)  # a read-ahead limit is the body's, not the connection's
         body = _Body(self, conn, request, framing, length or 0, not close, timeout)
         return httpx.Response(
             status,
@@ -537,6 +542,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 "http_version": b"HTTP/" + version,
                 "reason_phrase": event.reason,
                 "bitsnb_body": body,
+                "bitsnb_socket": conn.transport.get_extra_info("socket"),  # for TCP_INFO
             },
         )
 
@@ -550,6 +556,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return None
 
     def _release(self, conn: _Connection) -> None:
+        conn.proto.high = len(conn.proto.buf)
         if self._closed:
             conn.close()
             return
@@ -571,6 +578,19 @@ class LeanTransport(httpx.AsyncBaseTransport):
             for conn in conns:
                 conn.close()
         await self._fallback.aclose()
+
+
+def limit_read_ahead(response: httpx.Response, nbytes: int | None) -> bool:
+    """Hold the unread body of a ``LeanTransport`` response to about *nbytes* (None: the read
+    buffer): a capped transfer's bytes then wait in the kernel, whose window slows the sender,
+    not in a megabyte of userspace buffer. False for another transport's response."""
+    body = response.extensions.get("bitsnb_body")
+    if not isinstance(body, _Body):
+        return False
+    p = body._conn.proto
+    # lowered: reading pauses at the next arrival; raised: the next consume() resumes it
+    p.high = len(p.buf) if nbytes is None else max(_MIN_READ_AHEAD, min(nbytes, len(p.buf)))
+    return True
 
 
 def body_views(response: httpx.Response) -> AsyncIterator[memoryview] | None:

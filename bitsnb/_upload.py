@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from . import _codes
+from ._buckets import Throttle
 from ._engine import Engine, FileContext
 from ._enums import ErrorContext
 from ._failures import TransferFailure, local_failure, network_failure
@@ -215,7 +216,7 @@ class Uploader:
                 "Fragment",
                 session,
                 headers,
-                _read_range(f, offset, length, s.upload_source_stamp),
+                _read_range(f, offset, length, s.upload_source_stamp, ctx.throttle),
                 length,
             )
             too_large = _error_code(resp) == _codes.BG_E_TOO_LARGE
@@ -317,9 +318,13 @@ def _received(text: str | None) -> int | None:
 
 
 async def _read_range(
-    f: FileRecord, offset: int, length: int, stamp: str | None
+    f: FileRecord, offset: int, length: int, stamp: str | None, throttle: Throttle | None = None
 ) -> AsyncIterator[bytes]:
-    """Stream *length* bytes of the local file from *offset*, checking it did not change."""
+    """Stream *length* bytes of the local file from *offset*, checking it did not change.
+
+    Under a *throttle* (a cap, the yield rate) each piece is taken from the bandwidth budgets
+    before it goes to the socket, in pieces no larger than the smallest burst, so what the
+    kernel sends follows the rate instead of a megabyte at a time."""
     try:
         fh = open(f.local_name, "rb")
     except OSError as exc:
@@ -330,10 +335,14 @@ async def _read_range(
         fh.seek(offset)
         left = length
         while left > 0:
-            chunk = fh.read(min(_READ, left))
+            limited = throttle is not None and throttle.limited
+            piece = (throttle.piece if throttle is not None and limited else None) or _READ
+            chunk = fh.read(min(_READ, piece, left))
             if not chunk:
                 raise _changed(f)
             left -= len(chunk)
+            if throttle is not None and limited:
+                await throttle.take(len(chunk))
             yield chunk
     if stamp is not None and source_stamp(f.local_name)[0] != stamp:
         raise _changed(f)

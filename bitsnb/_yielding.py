@@ -16,8 +16,8 @@ should use). No clock, no IO, so synthetic traces test it.
 - **Current delay**: the lowest of the last ``current_samples`` samples (RFC 6817's filter:
   one delayed ACK or scheduling hiccup does not count as queue).
 - **Queueing delay** = current − base, the highest over the connections (they share the path).
-- **Rate**, once per round trip (``update_every`` at least): at start, doubled per round trip
-  until the queueing delay reaches ¾ of the target (LEDBAT++'s slow-start exit); then below the
+- **Rate**, once per round trip (``update_every`` at least): at start, × (1 + gain) per round
+  trip (at most that above what was delivered) until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
   target ``rate × (1 + gain × (target − delay) / target)`` with LEDBAT++'s dynamic gain
   1 / min(16, ⌈2 × target / base⌉), and above it the multiplicative decrease
   ``rate × max(½, 1 − (delay / target − 1))``. It never goes below ``min_rate`` (BITS keeps a
@@ -26,8 +26,13 @@ should use). No clock, no IO, so synthetic traces test it.
 - **Connections**: halved on a decrease, one more per round trip while the delay is under half
   the target (many connections, each with its own window, build queue a rate cannot undo fast).
 - **Periodic slow-down** (LEDBAT++): two round trips after slow start ends, and then 9 × the
-  last slow-down's length after each, the rate falls to ``min_rate`` for two round trips (the
-  queue drains, every connection sees the true base), then doubles back to where it was.
+  last slow-down's length after each (its length counted until what is delivered is back to
+  90 % of the rate before it: the sender's window regrows for seconds after), the rate falls
+  to ``min_rate`` for two round trips (the queue drains, every connection sees the true base),
+  then doubles back to where it was; for four round trips after, it does not fall below that.
+- **Freshness**: a connection without a round trip for ``stale`` s shows no queue (the kernel
+  updates its estimate only as data arrives); the pacer sets ``min_rate`` to LEDBAT's two
+  segments a round trip.
 
 ``Policy.background``: "yield" runs this for background jobs (HIGH, NORMAL, LOW), "full" does
 not; FOREGROUND is never throttled by it. ``background_mode`` falls back to "full" where
@@ -61,6 +66,7 @@ class _Path:
 
     base: deque[tuple[int, float]] = field(default_factory=deque)  # (minute, lowest rtt)
     current: deque[float] = field(default_factory=deque)  # the last few rtts
+    seen: float = 0.0  # when the last round trip came
 
     def add(self, now: float, rtt: float, minutes: int, samples: int) -> None:
         minute = int(now // 60)
@@ -72,6 +78,7 @@ class _Path:
         while self.base and self.base[0][0] <= minute - minutes:
             self.base.popleft()
         self.current.append(rtt)
+        self.seen = now
         while len(self.current) > samples:
             self.current.popleft()
 
@@ -93,11 +100,12 @@ class YieldController:
         target: float = TARGET,
         min_rate: float = 16_000.0,
         max_rate: float | None = 10e9,
-        initial_rate: float = 64_000.0,
+        initial_rate: float = 640_000.0,
         max_connections: int = 4,
         base_minutes: int = 10,
         current_samples: int = 4,
         update_every: float = 0.025,
+        stale: float = 1.0,
     ) -> None:
         self.target = target
         self.min_rate = min_rate
@@ -106,6 +114,7 @@ class YieldController:
         self.base_minutes = base_minutes
         self.current_samples = current_samples
         self.update_every = update_every
+        self.stale = stale
         self.rate = self._clamp(initial_rate)
         self.connections = max_connections
         self.phase: Phase = "slow start"
@@ -114,15 +123,31 @@ class YieldController:
         self._paths: dict[Hashable, _Path] = {}
         self._last: float | None = None  # when the rate was last updated
         self._bytes = 0  # received since then
+        self._window: deque[tuple[float, int]] = deque()  # (update time, bytes) of late updates
+        self._pressed = False  # someone waited on the rate since the last update
         self._next_slowdown: float | None = None
         self._slowdown_start = 0.0
         self._slowdown_end = 0.0
         self._resume_rate = self.rate
+        self._hold_until = 0.0  # after a slow-down: no fall below the resumed rate before this
+        self._recovering = False  # after a slow-down, until delivery is back to its rate
 
     # -- input --------------------------------------------------------------------------------
-    def on_sample(self, now: float, conn: Hashable, rtt: float | None, nbytes: int = 0) -> float:
-        """Take one sample (*rtt* None: bytes only) and return the rate now in force."""
+    def on_sample(
+        self,
+        now: float,
+        conn: Hashable,
+        rtt: float | None,
+        nbytes: int = 0,
+        *,
+        pressed: bool = False,
+    ) -> float:
+        """Take one sample (*rtt* None: bytes only) and return the rate now in force.
+
+        *pressed*: transfers were waiting on the rate (it binds), so what they received is
+        not the measure of what they could use."""
         self._bytes += max(0, nbytes)
+        self._pressed = self._pressed or pressed
         if rtt is not None and rtt > 0 and math.isfinite(rtt):
             path = self._paths.get(conn)
             if path is None:
@@ -156,18 +181,33 @@ class YieldController:
 
     def _update(self, now: float) -> None:
         assert self._last is not None
-        elapsed = now - self._last
-        received = self._bytes / elapsed if elapsed > 0 else 0.0
+        self._window.append((now, self._bytes))
+        span = max(0.1, 4 * self._rtt())  # bytes come in bursts of the bucket: a few updates
+        while len(self._window) > 1 and self._window[1][0] <= now - span:
+            self._window.popleft()
+        first = self._window[0][0] if len(self._window) > 1 else self._last
+        elapsed = now - first
+        got = sum(n for t, n in self._window if t > first or len(self._window) == 1)
+        received = got / elapsed if elapsed > 0 else 0.0
+        last = now - self._last
+        if last > 0:  # steady arrivals: the last interval says it sooner than the window
+            received = max(received, self._bytes / last)
+        pressed, self._pressed = self._pressed, False
         self._last, self._bytes = now, 0
         if not self._paths:
             return
-        delay = max(p.queueing_delay for p in self._paths.values())
+        # a path silent for ``stale`` s says nothing of the queue now (no data came: the
+        # kernel's estimate is as old as its last segment); none fresh: no queue is seen
+        fresh = [p for p in self._paths.values() if now - p.seen <= self.stale]
+        delay = max((p.queueing_delay for p in fresh), default=0.0)
         self.queueing_delay = delay
         rtt = self._rtt()
         # what the path delivered, the anchor of every change: a rate far above it is not
         # tested by the path (the server or the disk limits), and one step above it is all
         # the queue can grow by in a round trip
         delivered = max(received, self.min_rate)
+        if pressed:  # the rate binds: the transfers would take more
+            delivered = max(delivered, self.rate)
 
         if self.phase == "slowdown":
             if now < self._slowdown_end:
@@ -178,27 +218,46 @@ class YieldController:
                 if delay <= self.target:
                     self.rate = self._clamp(min(self.rate * 2, self._resume_rate))
                 self.phase = "avoidance"
-                length = now - self._slowdown_start
-                self._next_slowdown = now + 9 * length
+                # for a few round trips what was delivered still shows the slow-down, not
+                # the path: the rate does not fall below the one it came back to
+                self._hold_until = now + 4 * max(rtt, self.update_every)
+                self._recovering = True  # the next slow-down is timed once delivery is back
             else:
                 self.rate = self._clamp(self.rate * 2)
             return
+        if self._recovering and (
+            delivered >= 0.9 * self._resume_rate
+            or delay > self.target
+            or now - self._slowdown_start >= 30.0
+        ):
+            # a slow-down costs until the sender's window has grown back, not only while the
+            # rate is down (measured: seconds behind a Reno server): 9 × that, ≤ 10 % of time
+            self._recovering = False
+            self._next_slowdown = now + 9 * (now - self._slowdown_start)
         if self._next_slowdown is not None and now >= self._next_slowdown:
             self._start_slowdown(now, rtt)
             return
 
         if self.phase == "slow start":
             if delay < 0.75 * self.target:
-                self.rate = self._clamp(min(self.rate * 2, 2 * delivered))
+                # LEDBAT++'s slow start: the dynamic gain, not doubling, per round trip (the
+                # delay it reacts to is a round trip or more late: doubling overshot a 250 ms
+                # buffer at 100 Mbit/s before the first sample showed the queue)
+                grow = 1 + self._gain()
+                self.rate = self._clamp(min(self.rate * grow, max(self.rate, delivered * grow)))
                 return
             self.phase = "avoidance"
             self._next_slowdown = now + 2 * rtt  # LEDBAT++'s initial slow-down
-        base = self.base_delay or rtt
         off = (self.target - delay) / self.target
         if off >= 0:
-            gain = 1.0 / min(16, math.ceil(2 * self.target / max(base, 1e-6)))
-            step = 1 + gain * off
-            self.rate = self._clamp(min(self.rate * step, delivered * step))
+            step = 1 + self._gain() * off
+            # grow from what the path delivers; below the target never fall under what was
+            # allowed unless it is over twice what is used (the sender, not we, holds back:
+            # a rate cut to it would shrink the window and then the sender's own window)
+            grown = min(self.rate * step, delivered * step)
+            if now < self._hold_until:
+                grown = max(grown, min(self.rate, self._resume_rate))
+            self.rate = self._clamp(grown)
             if off > 0.5:
                 self.connections = min(self.max_connections, self.connections + 1)
         else:
@@ -206,6 +265,11 @@ class YieldController:
             cut = max(0.5, 1 + off)
             self.rate = self._clamp(min(self.rate, delivered) * cut)
             self.connections = max(1, self.connections // 2)
+
+    def _gain(self) -> float:
+        """LEDBAT++'s dynamic gain: 1 / min(16, ⌈2 × target / base⌉)."""
+        base = self.base_delay or self._rtt()
+        return 1.0 / min(16, math.ceil(2 * self.target / max(base, 1e-6)))
 
     def _start_slowdown(self, now: float, rtt: float) -> None:
         self.phase = "slowdown"

@@ -75,6 +75,8 @@ _JOB_COLUMNS = [
     "error_name",
     "error_description",
     "owner",
+    "max_bandwidth",
+    "rate",
 ]
 
 
@@ -93,7 +95,8 @@ def jobs_to_frame(jobs: Iterable[JobView]) -> pd.DataFrame:
 
     Columns: display_name, type, state, priority, bytes_total, bytes_transferred, percent,
     files_total, files_transferred, created, modified, transfer_completed, error_code (hex
-    text), error_name, error_description, owner. The error columns are filled only while a
+    text), error_name, error_description, owner, max_bandwidth (the cap in force over it,
+    bytes/s) and rate (bytes/s on the wire now; NA when not running). The error columns are filled only while a
     job is in ERROR or TRANSIENT_ERROR (as ``job.error``). Built column by column from the
     jobs' public properties in one pass (``bitsnb.Job`` and ``bitsnb.AsyncJob`` both fit).
     """
@@ -115,6 +118,8 @@ def jobs_to_frame(jobs: Iterable[JobView]) -> pd.DataFrame:
     completed: list[float] = []
     no_completion: list[bool] = []
     err_codes: list[int | None] = []
+    caps: list[float | None] = []
+    rates: list[float | None] = []
 
     for i, job in enumerate(views):
         state = job.state
@@ -140,6 +145,9 @@ def jobs_to_frame(jobs: Iterable[JobView]) -> pd.DataFrame:
         no_completion.append(tc is None)
         err = job.error if state in _ERROR_STATES else None
         err_codes.append(None if err is None else err.code)
+        bw = getattr(job, "bandwidth", None)  # the cap in force and the rate on the wire now
+        caps.append(getattr(bw, "cap", None))
+        rates.append(getattr(bw, "rate", None))
 
     # percent follows JobProgress.percent: 100 for an empty total once every file is done
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -172,6 +180,8 @@ def jobs_to_frame(jobs: Iterable[JobView]) -> pd.DataFrame:
         "error_name": pd.array(err_name, dtype="string"),
         "error_description": pd.array(err_text, dtype="string"),
         "owner": pd.array(owners, dtype="string"),
+        "max_bandwidth": pd.array(caps, dtype="Float64"),
+        "rate": pd.array(rates, dtype="Float64"),
     }
     index = pd.Index(ids, dtype="string", name="job_id")
     return pd.DataFrame(columns, index=index, columns=_JOB_COLUMNS, copy=False)

@@ -36,6 +36,8 @@ JOB_DTYPES = {
     "error_name": "string",
     "error_description": "string",
     "owner": "string",
+    "max_bandwidth": "Float64",
+    "rate": "Float64",
 }
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
+from .._bandwidth import BandwidthStatus
 from .._codes import BG_S_PARTIAL_COMPLETE, S_OK
 from .._enums import JobState, JobType
 from .._errors import BitsError
@@ -113,6 +114,7 @@ class JobSnapshot:
     folder: str | None = None
     verified: int | None = None
     connections: int = 0  # in use by its files now (read for jobs of a few files)
+    bandwidth: str = ""  # its cap and what limits it now ("cap 5.0 MB/s, throttled"), or ''
 
     @classmethod
     def of(cls, job: JobView, *, detail: bool = True) -> JobSnapshot:
@@ -159,6 +161,7 @@ class JobSnapshot:
             folder,
             verified,
             connections,
+            bandwidth_text(getattr(job, "bandwidth", None)),
         )
 
     @functools.cached_property
@@ -188,6 +191,24 @@ def _verified_text(snap: JobSnapshot) -> str:
     if not n:
         return ""
     return "verified" if n == total else f"{n} of {total} files verified"
+
+
+def bandwidth_text(status: object) -> str:
+    """A job's ``BandwidthStatus`` as panels say it: "cap 5.0 MB/s, throttled", "yielding",
+    "blocked by policy", or '' (no cap, nothing limiting it)."""
+    if not isinstance(status, BandwidthStatus):
+        return ""
+    parts = []
+    if status.cap is not None:
+        parts.append(f"cap {format_rate(status.cap) or '0 B/s'}")
+    if status.state:
+        parts.append(status.state)
+    return ", ".join(parts)
+
+
+def _bandwidth_mark(text: str) -> str:
+    """A queue row's speed cell says a cap or a limit briefly; the whole text is its title."""
+    return f" <small>({escape(text)})</small>" if text else ""
 
 
 def _common_folder(paths: Sequence[str]) -> str:
@@ -654,7 +675,9 @@ class JobPanel(_Panel):
         snap = self._snapshot
         if snap.state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED, JobState.CANCELLED):
             return _verified_text(snap)
-        return " ".join(x for x in (self._speed, f"ETA {self._eta}" if self._eta else "") if x)
+        limit = f"({snap.bandwidth})" if snap.bandwidth else ""
+        eta = f"ETA {self._eta}" if self._eta else ""
+        return " ".join(x for x in (self._speed, eta, limit) if x)
 
     def text(self) -> str:
         """One line: name, state, percent, bytes, files, speed and ETA (and the error)."""
@@ -717,6 +740,7 @@ class JobPanel(_Panel):
             elapsed = elapsed_text(snap.times)
             parts.append(f"{elapsed}<{self._eta or '?'}" if elapsed else "")
         parts.append(self._speed)
+        parts.append(f"({snap.bandwidth})" if snap.bandwidth else "")
         return "  ".join(x for x in parts if x)
 
     def _render(self, snap: JobSnapshot, allowed: frozenset[str]) -> None:
@@ -1325,7 +1349,8 @@ class QueuePanel(_Panel):
             f"<td>{est.percent_text}</td>"
             f"<td>{format_bytes(p.bytes_transferred)} / {est.total_text}</td>"
             f"<td>{p.files_transferred}/{p.files_total}</td>"
-            f"<td>{speed}</td><td>{eta}</td><td>{created}</td>"
+            f'<td title="{escape(s.bandwidth)}">{speed}{_bandwidth_mark(s.bandwidth)}</td>'
+            f"<td>{eta}</td><td>{created}</td>"
             f'<td title="{escape(err)}" style="color:{colour}">{escape(err_short)}</td></tr>'
         )
 

@@ -112,6 +112,7 @@ class _FaultLayer:
             if message["type"] == "http.request":
                 with lock:
                     rec.body_bytes += len(message.get("body", b""))
+                    self.owner.arrivals.append((time.monotonic(), len(message.get("body", b""))))
             return message
 
         async def recording_send(message: Message) -> None:
@@ -239,6 +240,7 @@ class UploadServer(ThreadedServer[PacketRecord]):
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self._connections: dict[tuple[str, int], asyncio.Transport] = {}
+        self.arrivals: list[tuple[float, int]] = []  # see arrival_log
 
     def __repr__(self) -> str:
         return f"UploadServer(root={str(self._root)!r}, port={self._port})"
@@ -349,6 +351,13 @@ class UploadServer(ThreadedServer[PacketRecord]):
         the glob and whose type is *packet* (``None``: any type); see the module docstring."""
         with self._lock:
             self._faults.add(name_glob, fault, packet)
+
+    @property
+    def arrival_log(self) -> list[tuple[float, int]]:
+        """(monotonic time, bytes) of each piece of request body as the app read it: the wire
+        clock of an upload (bandwidth caps are checked against it)."""
+        with self._lock:
+            return list(self.arrivals)
 
     @property
     def packets(self) -> list[PacketRecord]:

@@ -1,0 +1,285 @@
+"""The bandwidth loop of a manager: connections' round trips → the yield controller → the
+background token rate; a capped connection's receive buffer sized to its rate × round trip.
+
+The engine tells ``Pacer.watch`` of each response body it reads (and when it is done). While any is watched one task samples their ``TCP_INFO`` (``_tcpinfo``):
+
+- **yield** (``Policy.background="yield"``, the default): every ``tick`` the round trips of the
+  background (non-FOREGROUND) connections feed one ``YieldController`` (``_yielding``; one per
+  manager, since the bottleneck it protects, the user's own link, is shared by every host), and
+  its rate becomes the manager bucket's rate (``Budgets.set_yield_rate``), under the cap if one
+  is set. FOREGROUND connections are not under the manager bucket, so never throttled by it.
+  With no background connection left the yield rate is lifted (an upload alone is not held to
+  a rate nothing measures); the controller keeps its state for the next one.
+- **receive buffer**: while a cap is in force over a connection (its job's, or the manager's —
+  the cap or the yield rate — for a background one, shared by the connections under it), its ``SO_RCVBUF`` is set to the share
+  × round trip (``receive_buffer_for``), and the lean transport's read-ahead to the same
+  (``limit_read_ahead``), so neither the kernel nor userspace pulls megabytes ahead.
+- **rates**: each job's current rate, from the bytes its connections' kernels took off the wire.
+
+Where ``TCP_INFO`` is missing, "yield" falls back to "full" (said once, by ``background_mode``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from ._bandwidth import MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
+from ._buckets import Budgets, burst_for
+from ._models import Policy
+from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
+from ._transport import limit_read_ahead
+from ._yielding import YieldController, background_mode
+
+__all__ = ["Pacer"]
+
+TICK = 0.01
+"""Seconds between samples of the background connections' round trips (yield mode)."""
+
+SLOW_EVERY = 20
+"""Rates and receive buffers are looked at every this many ticks (0.2 s)."""
+
+MIN_RATE = 16_000.0
+"""The yield rate's floor (bytes/s) below LEDBAT's two segments a round trip."""
+
+_WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
+_RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
+
+
+@dataclass
+class _Conn:
+    """One watched response body's connection."""
+
+    job_id: uuid.UUID
+    foreground: bool
+    sock: socket.socket
+    resp: httpx.Response
+    received: int | None = None  # the kernel's bytes_received at the last slow sample
+    rtt_min: float | None = None
+    rcvbuf: int | None = None  # what bitsnb set (None: left to the kernel)
+    mss: int = 0  # the receiving side's segment size (0: not known yet)
+    seen_bytes: int | None = None  # bytes_received at the last fast sample
+
+
+class Pacer:
+    """Samples watched connections; drives the yield rate, receive buffers and job rates."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        budgets: Budgets,
+        *,
+        probe: Callable[[socket.socket], TcpInfo | None] = tcp_info,
+        available: bool | None = None,
+        tick: float = TICK,
+    ) -> None:
+        self._policy = policy
+        self._budgets = budgets
+        self._probe = probe
+        ok = tcp_info_available() if available is None else available
+        self.mode = background_mode(policy.background, tcp_info_available=ok)
+        self.controller = YieldController()
+        self._tick = tick
+        self._conns: dict[int, _Conn] = {}
+        self._keys = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._granted = 0
+        self._rates: dict[uuid.UUID, float] = {}
+        self._stamp: float | None = None
+
+    # -- what the runner and the panels read ----------------------------------------------------
+    @property
+    def yielding(self) -> bool:
+        """True while the controller holds background jobs back for other traffic."""
+        delay = self.controller.queueing_delay
+        return (
+            self.mode == "yield"
+            and self._budgets.yield_rate is not None
+            and delay is not None
+            and delay > 0.5 * self.controller.target
+        )
+
+    def job_rate(self, job_id: uuid.UUID) -> float | None:
+        """The job's current rate on the wire (bytes/s), None when not measured."""
+        return self._rates.get(job_id)
+
+    @property
+    def watched(self) -> int:
+        """How many connections are watched now."""
+        return len(self._conns)
+
+    # -- the engine's hook ----------------------------------------------------------------------
+    def watch(
+        self, job_id: uuid.UUID, foreground: bool, resp: httpx.Response
+    ) -> Callable[[], None]:
+        """A body starts arriving: sample its socket until the returned call says it ended."""
+        sock = response_socket(resp)
+        if sock is None:
+            return _nothing
+        key = next(self._keys)
+        conn = self._conns[key] = _Conn(job_id, foreground, sock, resp)
+        info = self._probe(sock)  # the handshake gave a round trip, and the segment size
+        if info is not None:
+            conn.mss, conn.rtt_min = info.rcv_mss, info.best_rtt
+        self._resize(conn)  # before the window has grown
+        if self._task is None or self._task.done():
+            self._granted = self._budgets.manager.granted
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="bitsnb-pacer")
+        if self._yields(conn) and self._budgets.yield_rate is None:
+            self._budgets.set_yield_rate(self.controller.rate)
+
+        def unwatch() -> None:
+            if self._conns.pop(key, None) is None:
+                return
+            limit_read_ahead(resp, None)
+            self.controller.forget(key)
+            if not any(c.job_id == job_id for c in self._conns.values()):
+                self._rates.pop(job_id, None)
+            if not any(self._yields(c) for c in self._conns.values()):
+                self._budgets.set_yield_rate(None)
+
+        return unwatch
+
+    def retune(self) -> None:
+        """A cap changed: receive buffers follow now, not at the next slow sample."""
+        for conn in list(self._conns.values()):
+            self._resize(conn)
+
+    async def aclose(self) -> None:
+        """Stop sampling (the manager closes)."""
+        self._conns.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _yields(self, conn: _Conn) -> bool:
+        return self.mode == "yield" and not conn.foreground
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for n in itertools.count(1):  # bounded: ends with the last watched connection
+            if not self._conns:
+                return
+            await asyncio.sleep(self._tick)
+            self._sample(loop.time(), slow=n % SLOW_EVERY == 0)
+
+    def _sample(self, now: float, *, slow: bool) -> None:
+        granted = self._budgets.manager.granted
+        nbytes, self._granted = granted - self._granted, granted
+        pressed = self._budgets.manager.waiting > 0
+        fed = False
+        if slow:
+            elapsed = now - self._stamp if self._stamp is not None else 0.0
+            self._stamp = now
+            per_job: dict[uuid.UUID, int] = {}
+        for key, conn in list(self._conns.items()):
+            yields = self._yields(conn)
+            if not (yields or slow):
+                continue
+            info = self._probe(conn.sock)
+            if info is None:
+                continue
+            rtt = info.best_rtt
+            conn.mss = info.rcv_mss
+            # the kernel's estimate moves only with new data: a sample without any is stale
+            got = info.bytes_received
+            fresh = got is None or got != conn.seen_bytes
+            conn.seen_bytes = got
+            if rtt:
+                conn.rtt_min = rtt if conn.rtt_min is None else min(conn.rtt_min, rtt)
+            if yields:
+                if rtt and conn.mss:  # LEDBAT's floor: two segments a round trip
+                    floor = 2 * conn.mss / (self.controller.base_delay or rtt)
+                    self.controller.min_rate = max(MIN_RATE, floor)
+                sample = rtt if fresh else None
+                self.controller.on_sample(now, key, sample, 0 if fed else nbytes, pressed=pressed)
+                fed = True
+                self._resize(conn)  # the window follows the yield rate
+            if slow and info.bytes_received is not None:
+                if conn.received is not None:
+                    per_job[conn.job_id] = per_job.get(conn.job_id, 0) + max(
+                        0, info.bytes_received - conn.received
+                    )
+                conn.received = info.bytes_received
+                self._resize(conn)
+        if fed:
+            self._budgets.set_yield_rate(self.controller.rate)
+        if slow and elapsed > 0:
+            for job_id, got in per_job.items():
+                old = self._rates.get(job_id)
+                rate = got / elapsed
+                self._rates[job_id] = rate if old is None else 0.5 * (old + rate)
+
+    # -- receive buffers ------------------------------------------------------------------------
+    def _share(self, conn: _Conn) -> float | None:
+        """The cap over *conn*, split among the connections under the same cap; None if none."""
+        shares: list[float] = []
+        job_rate = self._budgets.job(conn.job_id).rate
+        if job_rate is not None:
+            n = sum(1 for c in self._conns.values() if c.job_id == conn.job_id)
+            shares.append(job_rate / max(1, n))
+        cap = self._budgets.manager.rate  # the cap, or the yield rate if lower
+        if cap is not None and not conn.foreground:
+            n = sum(1 for c in self._conns.values() if not c.foreground)
+            shares.append(cap / max(1, n))
+        return min(shares, default=None)
+
+    def _resize(self, conn: _Conn) -> None:
+        share = self._share(conn)
+        if share is None:
+            if conn.rcvbuf is None:
+                return
+            want = self._policy.receive_buffer or MAX_RECEIVE_BUFFER  # the cap was lifted
+        else:
+            # under the yield rate the window must not be what holds the flow back (the rate
+            # grows only from what is delivered): twice the usual headroom
+            b = self._budgets
+            yields = (  # the yield rate, not a cap, is what sizes this window
+                self._yields(conn)
+                and b.yield_rate is not None
+                and b.job(conn.job_id).rate is None
+                and (b.cap is None or b.yield_rate < b.cap)
+            )
+            # a window of a few segments at least, or the receiver's silly-window avoidance
+            # waits for a delayed ACK per segment (a 64 KiB loopback MSS stalled at 16 KiB)
+            # (four segments; two for a slow cap, whose first second they would swell)
+            segments = 4 if yields or share >= 1e6 else 2
+            floor = max(MIN_RECEIVE_BUFFER, segments * conn.mss)
+            if yields:
+                # the window a yield rate gets: rate × (base + target), so the queue it lets
+                # the sender build stays near the target even before the rate has come down
+                base = conn.rtt_min or self.controller.base_delay or 0.0
+                headroom = 1.0 + self.controller.target / base if base > 0 else 2.0
+            else:
+                headroom = 4.0 if share >= 1e6 else 2.0
+            want = (
+                receive_buffer_for(share, conn.rtt_min, headroom=min(headroom, 16.0), floor=floor)
+                or MAX_RECEIVE_BUFFER
+            )
+        if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:
+            return
+        # the userspace read buffer too, or it pulls a megabyte ahead of the kernel's window
+        # in views of at most a burst: a view is read again only once all of it is taken
+        limit_read_ahead(conn.resp, None if share is None else min(want, burst_for(share)))
+        with contextlib.suppress(OSError):
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+            conn.rcvbuf = want
+            if _WINDOW_CLAMP is not None:
+                # a fixed buffer stops Linux's autotuning, which is what raises the window's
+                # clamp past the one set at connect time (~64 KiB: 1.7 MB/s at 50 ms, measured):
+                # the clamp is set with the buffer, so a window can grow as well as shrink
+                conn.sock.setsockopt(socket.IPPROTO_TCP, _WINDOW_CLAMP, want)
+
+
+def _nothing() -> None:
+    """Nothing to undo (the body's socket could not be told)."""
