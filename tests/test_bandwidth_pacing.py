@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,3 +185,19 @@ def test_a_running_capped_job_says_throttled(store: Path, dest: Path, srv: Scrip
             assert status.cap == RATE and status.rate is not None
             assert "cap 100.0 kB/s, throttled" in JobSnapshot.of(job).bandwidth
         job.cancel()
+
+
+def test_the_yield_rate_holds_background_connections_only() -> None:
+    """FOREGROUND is never under the yield rate (nor the manager's cap): its chain is its job's
+    bucket alone; the manager bucket runs at the lower of the cap and the yield rate."""
+    budgets = Budgets(max_bandwidth=5_000_000)
+    budgets.set_yield_rate(1_000_000)
+    assert budgets.manager.rate == 1_000_000
+    fg = budgets.throttle(uuid.uuid4(), "h", foreground=True)
+    bg = budgets.throttle(uuid.uuid4(), "h", foreground=False)
+    assert budgets.manager not in fg.buckets and not fg.limited
+    assert budgets.manager in bg.buckets and bg.limited
+    budgets.set_yield_rate(None)
+    assert budgets.manager.rate == 5_000_000
+    budgets.set_yield_rate(9_000_000)
+    assert budgets.manager.rate == 5_000_000
