@@ -1205,6 +1205,10 @@ class _Split:
         throttle = ctx.throttle
         conn.began, conn.bytes = None, 0
         chunks = body_views(resp) or resp.aiter_raw()
+        # every segment's connection is paced like a single one: without it a segmented
+        # background file neither yielded (4.2 of 12.5 MB/s beside a curl in the WAN
+        # testbed) nor held a cap on the wire
+        unwatch = ctx.watch(resp)
         try:
             async for chunk in chunks:
                 if conn.began is None:
@@ -1228,6 +1232,8 @@ class _Split:
                     break
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
+        finally:
+            unwatch()
         conn.rate = conn.now_rate(time.monotonic())
 
     # -- more connections -----------------------------------------------------------------------
