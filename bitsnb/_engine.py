@@ -13,6 +13,10 @@ against the known hash or, without one, the strongest digest of the representati
 sent; a response's own Content-Digest against that response's bytes. A resumed file's prefix is
 hashed from disk once (the partial hash of a file that only paused in this process is kept). A
 mismatch empties the temporary file and fails the file with BG_E_VALIDATION_FAILED.
+
+Segments: a large file may be fetched over several connections at once (``_Split``: the rules
+in ``_segments``), each writing at its offsets of the one temporary file, its table kept in the
+store so that a crash resumes every segment.
 """
 
 from __future__ import annotations
@@ -971,6 +975,8 @@ class _Split:
                     fh.close()
                     raise _Restart  # the table claims bytes the file does not hold
                 try:
+                    if size > self.total:  # nothing past the end may stay in the file
+                        os.ftruncate(fh.fileno(), self.total)
                     await asyncio.to_thread(_preallocate, fh.fileno(), self.total)
                 except BaseException:
                     fh.close()

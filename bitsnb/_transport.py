@@ -104,6 +104,15 @@ class _Protocol(asyncio.BufferedProtocol):
     def available(self) -> int:
         return self.end - self.start
 
+    def lend(self, n: int) -> memoryview:
+        """The next *n* bytes as a view, valid until ``consume``. A full buffer stops reading
+        meanwhile: it cannot be compacted under a lent view, and ``get_buffer`` must not
+        answer with no room (asyncio drops the connection)."""
+        self.held = n
+        if self.end == len(self.buf):
+            self._pause()
+        return self.view[self.start : self.start + n]
+
     def consume(self, n: int) -> None:
         """Drop *n* bytes from the front (and let reading go on if the buffer was full)."""
         self.start += n
@@ -240,8 +249,7 @@ class _Body(httpx.AsyncByteStream):
                                 raise
                             break
                     n = p.available
-                    p.held = n
-                    yield p.view[p.start : p.start + n]
+                    yield p.lend(n)
                     p.consume(n)
                     self.received += n
             self._done = True
@@ -258,8 +266,7 @@ class _Body(httpx.AsyncByteStream):
             if not p.available:
                 await p.wait_more(self._timeout)
             n = min(p.available, count, p.high)  # a capped body: pieces of its read-ahead
-            p.held = n
-            yield p.view[p.start : p.start + n]
+            yield p.lend(n)
             p.consume(n)
             count -= n
             self.received += n

@@ -259,6 +259,24 @@ def test_a_file_changed_between_segments_starts_again(
     assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
 
 
+def test_segments_share_the_jobs_bandwidth_budget(
+    store: Path, seg_policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """A job capped at 3 MB/s: a second connection draws from the same budget, so it raises
+    nothing and is dropped (no more are tried); the file still completes byte-exact."""
+    url = server.add_random_file("big.bin", 8 * MIB, seed=12)
+    with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
+        job = mgr.create_job("capped")
+        job.max_bandwidth = 3_000_000
+        job.add_file(url, dest / "big.bin")
+        job.resume()
+        assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
+        job.complete()
+    # the first GET, the trial, and the first one taking over what the trial had left
+    assert len(server.requests) <= 3 and server.peak_concurrent <= 2
+    assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
+
+
 def test_a_straggler_tail_is_taken_over(
     store: Path, seg_policy: bitsnb.Policy, server: FileServer, dest: Path
 ) -> None:
