@@ -248,7 +248,7 @@ class _Body(httpx.AsyncByteStream):
                             if p.error is not None:
                                 raise
                             break
-                    n = p.available
+                    n = min(p.available, p.high)  # a capped body: pieces of its read-ahead
                     yield p.lend(n)
                     p.consume(n)
                     self.received += n
