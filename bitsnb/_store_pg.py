@@ -85,6 +85,64 @@ _FILE_TYPES = (
     " ORDER BY c.n"
 )
 
+# -- files of one job claimed by many managers (see ``PgStore.claim_files``) --------------------
+# A file row is written twice on its way (its claim, its end): pages left half empty
+# (fillfactor 50) keep both new versions on the row's page (HOT: no index entry each), which
+# made claim + end of a batch about twice as fast.
+SHARED = "bitsnb:shared"  # the job lease of a job whose files are claimed one batch at a time
+_SHARED_FILES_DDL = """
+ALTER TABLE files ADD COLUMN IF NOT EXISTS lease_owner TEXT;
+ALTER TABLE files ADD COLUMN IF NOT EXISTS lease_expires DOUBLE PRECISION;
+ALTER TABLE files ADD COLUMN IF NOT EXISTS lease_token BIGINT;
+ALTER TABLE files SET (fillfactor = 50);
+CREATE TABLE IF NOT EXISTS bitsnb_shares (
+    job_id TEXT COLLATE "C" PRIMARY KEY, next_idx BIGINT NOT NULL
+);
+"""
+_STARTABLE_SQL = str((int(JobState.QUEUED), int(JobState.CONNECTING), int(JobState.TRANSFERRING)))
+_NOW_NS_SQL = "(extract(epoch from clock_timestamp()) * 1000000000)::bigint"
+_JOB_WRITE = f"version=version+1, writer=%s, written_ns={_NOW_NS_SQL}, modified={DB_NOW}"
+# a startable job nobody runs whole becomes the cluster's: TRANSFERRING, its lease SHARED
+_SHARE_JOB = (
+    f"UPDATE jobs SET state={int(JobState.TRANSFERRING)}, lease_owner='{SHARED}',"
+    f" lease_expires='Infinity', {_JOB_WRITE} WHERE id=%s AND state IN {_STARTABLE_SQL}"
+    f" AND (lease_owner IS NULL OR lease_owner='{SHARED}' OR lease_expires < {DB_NOW})"
+)
+# the next range of indexes, for one claimer only (the first claim makes the cursor)
+_RESERVE = (
+    "INSERT INTO bitsnb_shares (job_id, next_idx) VALUES (%s, %s) ON CONFLICT (job_id)"
+    " DO UPDATE SET next_idx = bitsnb_shares.next_idx + EXCLUDED.next_idx"
+    " RETURNING next_idx - %s"
+)
+_FILE_FREE = f"transferred=0 AND completed=0 AND (lease_owner IS NULL OR lease_expires < {DB_NOW})"
+_TAKE_FILES = (
+    f"UPDATE files SET lease_owner=%s, lease_expires={DB_NOW} + %s, lease_token=%s"
+    " WHERE ctid = ANY(ARRAY(SELECT ctid FROM files WHERE job_id=%s AND {where}"
+    f" FOR UPDATE SKIP LOCKED)) RETURNING {FILE_COLUMNS}"
+)
+_CLAIM_RANGE = _TAKE_FILES.format(where=f"idx >= %s AND idx < %s AND {_FILE_FREE}")
+# past the last range: files given back, added later, or whose holder's lease ran out
+_CLAIM_LEFT = _TAKE_FILES.format(where=f"{_FILE_FREE} ORDER BY idx LIMIT %s")
+# a batch's end, fenced: only files still leased to us under the batch's token are written
+_FINISH_FILES = (
+    "UPDATE files SET bytes_total=u.total, bytes_transferred=u.done, transferred=1,"
+    " etag=u.etag, last_modified=u.lm, hash=u.hash, ranges=NULL, lease_owner=NULL,"
+    " lease_expires=NULL FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::text[],"
+    " %b::text[], %b::text[]) AS u(idx, total, done, etag, lm, hash) WHERE files.job_id=%s"
+    " AND files.idx = ANY(%b::bigint[]) AND files.idx=u.idx AND files.lease_owner=%s"
+    " AND files.lease_token=%s"
+    " AND files.transferred=0"
+)
+_END_SHARED_JOB = (
+    f"UPDATE jobs SET state={int(JobState.TRANSFERRED)}, transfer_completed={DB_NOW},"
+    f" lease_owner=NULL, lease_expires=NULL, {_JOB_WRITE} WHERE id=%s"
+    f" AND lease_owner='{SHARED}' AND state={int(JobState.TRANSFERRING)}"
+)
+_RENEW_FILES = (
+    f"UPDATE files SET lease_expires={DB_NOW} + %s WHERE job_id=%s AND idx = ANY(%s)"
+    " AND lease_owner=%s AND lease_token=%s AND transferred=0"
+)
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -204,6 +262,8 @@ class PgStore:
         self.damaged: dict[uuid.UUID, str] = {}
         self.lock = threading.RLock()
         self._file_types: list[str] = []
+        # batches of files we hold: (job id, token) → their indexes
+        self._held_files: dict[tuple[uuid.UUID, int], list[int]] = {}
         self._listener: psycopg.Connection[Any] | None = None
         self._catch_up = False  # the listener was (re)connected: changes may have been missed
         try:  # the listener first: a wrong URL or a server that is down fails at once
@@ -264,6 +324,8 @@ class PgStore:
                         (SCHEMA_VERSION,),
                     )
                 _byte_order_ids(conn)
+                if conn.execute("SELECT to_regclass('bitsnb_shares')").fetchone() == (None,):
+                    conn.execute(_SHARED_FILES_DDL)
                 self._file_types = [str(r[0]) for r in conn.execute(_FILE_TYPES, (_FILE_NAMES,))]
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _store_error(self.path, exc) from exc
@@ -642,3 +704,103 @@ class PgStore:
             (self.writer,),
         )
         return {uuid.UUID(str(r[0])) for r in rows if not lease_holder_dead(str(r[1]))}
+
+    # -- files of one job, claimed by many managers -----------------------------------------------
+    @_locked
+    def claim_files(
+        self, job_id: uuid.UUID, limit: int, seconds: float
+    ) -> tuple[int, list[FileRecord]]:
+        """Lease up to *limit* files of a job that nobody runs whole, for a manager of the
+        cluster to fetch: ``(fencing token, files)``, no files once none is left to claim (or
+        the job is not startable, or a manager runs it whole). The first claim makes the job
+        the cluster's (TRANSFERRING, its lease ``SHARED``). Claims take the next range of
+        indexes from a cursor (no scan of the files done); past the end, files given back or
+        whose holder's lease ran out, skipping rows another claimer is taking."""
+        key = str(job_id)
+        with self._pool.connection() as conn, conn.transaction():
+            row = conn.execute("SELECT state, lease_owner FROM jobs WHERE id=%s", (key,)).fetchone()
+            if row is None:
+                return 0, []
+            shared = row[1] == SHARED and int(row[0]) == int(JobState.TRANSFERRING)
+            if not shared and conn.execute(_SHARE_JOB, (self.writer, key)).rowcount != 1:
+                return 0, []
+            start = _value(conn, _RESERVE, (key, limit, limit))
+            token = _value(conn, "SELECT nextval('bitsnb_lease_token')", ())
+            taken = (self.writer, seconds, token, key)
+            rows = conn.execute(_CLAIM_RANGE, (*taken, start, start + limit)).fetchall()
+            if not rows:
+                rows = conn.execute(_CLAIM_LEFT, (*taken, limit)).fetchall()
+        files = sorted((file_from(r) for r in rows), key=lambda f: f.index)
+        if files:
+            self._held_files[(job_id, token)] = [f.index for f in files]
+        return token, files
+
+    @_locked
+    def finish_files(
+        self, job_id: uuid.UUID, token: int, files: Iterable[FileRecord]
+    ) -> tuple[int, bool]:
+        """Mark fetched files of a claimed batch transferred, in one statement: only those
+        still leased to us under *token* (a batch taken over commits nothing late). The
+        claimers of a job take turns on its cursor row here, so the one whose batch ends the
+        job sees every other batch's commit and moves the job to TRANSFERRED. Returns (files
+        written, whether this call ended the job)."""
+        key = str(job_id)
+        done = list(files)
+        columns = (
+            [f.index for f in done],
+            [f.bytes_total for f in done],
+            [f.bytes_transferred for f in done],
+            [f.etag for f in done],
+            [f.last_modified for f in done],
+            [f.hash for f in done],
+        )
+        ended = False
+        with self._pool.connection() as conn, conn.transaction():
+            # the batch's rows are found by index; matched to their values by a hash, not by a
+            # loop over the values for each row (the planner takes the lease filter for rare)
+            conn.execute("SET LOCAL enable_nestloop = off")
+            written = conn.execute(
+                _FINISH_FILES, (*columns, key, columns[0], self.writer, token)
+            ).rowcount
+            cursor = conn.execute(
+                "UPDATE bitsnb_shares SET next_idx = next_idx WHERE job_id=%s RETURNING next_idx",
+                (key,),
+            ).fetchone()
+            last = _value(conn, "SELECT coalesce(max(idx), -1) FROM files WHERE job_id=%s", (key,))
+            if cursor is not None and int(cursor[0]) > last:  # every range is claimed: the end?
+                left = conn.execute(
+                    "SELECT 1 FROM files WHERE job_id=%s AND transferred=0 AND completed=0 LIMIT 1",
+                    (key,),
+                ).fetchone()
+                if left is None:
+                    ended = conn.execute(_END_SHARED_JOB, (self.writer, key)).rowcount == 1
+                    conn.execute("DELETE FROM bitsnb_shares WHERE job_id=%s", (key,))
+        held = self._held_files.get((job_id, token), [])
+        finished = {f.index for f in done}
+        rest = [i for i in held if i not in finished]
+        if rest:
+            self._held_files[(job_id, token)] = rest
+        else:
+            self._held_files.pop((job_id, token), None)
+        return written, ended
+
+    @_locked
+    def renew_files(self, seconds: float) -> set[tuple[uuid.UUID, int]]:
+        """The heartbeat of our file batches: extend each; returns the batches of which some
+        file was taken over (their fetches should stop: their ends are not written)."""
+        lost = set()
+        with self._pool.connection() as conn:
+            for (job_id, token), indexes in list(self._held_files.items()):
+                n = conn.execute(
+                    _RENEW_FILES, (seconds, str(job_id), indexes, self.writer, token)
+                ).rowcount
+                if n != len(indexes):
+                    lost.add((job_id, token))
+        return lost
+
+
+def _value(conn: psycopg.Connection[Any], sql: str, params: tuple[object, ...]) -> int:
+    """The one integer a statement returns."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])
