@@ -5,7 +5,7 @@ Verbs: ``demo``, ``transfer``, ``create``, ``addfile``, ``addfileset``, ``addfil
 ``wait``, ``set``, ``setnotifycmdline``, ``setnotifyflags``, ``setcredentials``,
 ``removecredentials``, ``replaceremoteprefix``, ``takeownership``, ``setreplyfilename``,
 ``getreplydata``, the ``get*`` verbs that print one value (``getstate``, ``getbytestotal``, ...),
-``error``, ``serve``.
+``error``, ``serve``, ``verify``.
 Jobs are named by full id, a unique id prefix or a unique display name.
 
 Jobs run while a bitsnb process has the store open: a notebook, ``bitsnb wait``, ``bitsnb monitor``
@@ -15,7 +15,7 @@ with ``max_active_jobs=0``), so ``create``/``addfile``/``resume`` only queue wor
 Exit codes::
 
     0    success
-    1    a job ended in ERROR or was cancelled: the transfer failed
+    1    a job ended in ERROR or was cancelled: the transfer failed (verify: a file differs)
     2    usage error (argparse)
     3    a BITS call failed: BitsError (bad input, invalid state, job not found, ...)
     4    timed out (--timeout)
@@ -45,6 +45,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
+from ._cli_integrity import add_checksum_options, cli_entries, verify_job
 from ._cli_render import (
     DONE_STATES,
     EXIT_BITS_ERROR,
@@ -101,7 +102,7 @@ __all__ = [
 _EPILOG = """\
 exit codes:
   0    success
-  1    a job ended in ERROR or was cancelled (the transfer failed)
+  1    a job ended in ERROR or was cancelled (the transfer failed); verify: a file differs
   2    usage error
   3    a BITS call failed (bad input, invalid state, job not found, ...)
   4    timed out (--timeout)
@@ -413,13 +414,24 @@ def cmd_addfile(args: argparse.Namespace, out: Output) -> int:
     """addfile JOB URL PATH (PATH may be an existing folder: the name comes from the URL)."""
     with open_manager(args, active=False) as mgr:
         job = resolve(mgr, args.job)
+        known = None
         if job.type is JobType.DOWNLOAD:
-            [(url, path)] = plan_destinations([args.url], args.path)
+            plan = plan_downloads([args.url], args.path)
+            [(url, path, known)] = cli_entries(args, plan.pairs, None)  # checked first
+            make_folder(plan)
         else:  # uploads: PATH is the local file to send, URL where it goes
+            if args.checksum or args.checksum_file:
+                raise _UsageError("addfile: --checksum is for download jobs")
             url, path = args.url, local_path(args.path)
-        job.add_file(url, path)
+        job.add_file(url, path, known_hash=known)
         out.line(f"added {url} -> {path} to job {short_id(job)} ({len(job.files)} files)")
     return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    """verify JOB: hash its files again against what the store recorded (1 on a mismatch)."""
+    with open_manager(args, active=False) as mgr:
+        return verify_job(resolve(mgr, args.job), out)
 
 
 def cmd_addfileset(args: argparse.Namespace, out: Output) -> int:
@@ -668,14 +680,27 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
     if args.upload:
         if len(urls) != 1:
             raise _UsageError("transfer --upload: give one URL and one local file")
+        if args.checksum or args.checksum_file:
+            raise _UsageError("transfer --upload: --checksum is for downloads")
         pairs = [(urls[0], local_path(args.dest))]
         job_type = JobType.UPLOAD
     else:
-        pairs = plan_destinations(urls, args.dest)
+        plan = plan_downloads(urls, args.dest)
+        pairs = plan.pairs
         job_type = JobType.DOWNLOAD
     name = args.name if args.name is not None else default_display_name(pairs)
     credential = _credential(args.credential) if args.credential else None
     with open_manager(args, active=not args.no_wait) as mgr:
+        entries: Sequence[tuple[str, str] | tuple[str, str, str | None]] = pairs
+        if job_type is JobType.DOWNLOAD:
+            entries = cli_entries(args, pairs, mgr, skip_in_place=True, fetch=not args.no_wait)
+            make_folder(plan)
+            if not entries:  # no job: every file is there with its known hash
+                if args.json:
+                    out.json({"state": "IN_PLACE", "files": [p for _, p in pairs]})
+                else:
+                    out.line(f"{len(pairs)} files already in place with their known hashes")
+                return EXIT_OK
         job = mgr.create_job(name, job_type, priority=args.priority)
         try:
             if args.header:
@@ -690,7 +715,7 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
                 job.dynamic_content = True
             if args.notify_cmd is not None:
                 job.set_notify_cmd_line(*_split_command(args.notify_cmd))
-            job.add_file_set(pairs)
+            job.add_file_set(entries)
             job.resume()
         except BaseException:
             with contextlib.suppress(BitsError):
@@ -1136,6 +1161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-wait", action="store_true", help="queue the job, print its id and exit")
     p.add_argument("--json", action="store_true", help="print the finished job as JSON")
+    add_checksum_options(p, remote_file=True)
 
     p = verb("create", cmd_create, "create an empty job (SUSPENDED) and print its id")
     p.add_argument("name", metavar="NAME")
@@ -1148,6 +1174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
     p.add_argument("url", metavar="URL")
     p.add_argument("path", metavar="PATH")
+    add_checksum_options(p, remote_file=False)
+
+    p = verb("verify", cmd_verify, "hash a finished job's files again against the store (exit 1)")
+    p.add_argument("job", metavar="JOB")
 
     p = verb(
         "addfileset",

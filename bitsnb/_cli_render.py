@@ -281,6 +281,9 @@ def job_dict(job: Job, *, files: bool = False) -> dict[str, Any]:
                 "bytes_transferred": f.progress.bytes_transferred,
                 "transferred": f.transferred,
                 "completed": f.progress.completed,
+                "known_hash": f.known_hash,
+                "hash": f.hash,
+                "validation_state": f.validation_state,
             }
             for f in job.files
         ]
@@ -429,6 +432,10 @@ def print_info(out: Output, job: Job) -> None:
     files.add_column("DONE", no_wrap=True)
     for f in job.files:
         done = "completed" if f.progress.completed else "yes" if f.transferred else "no"
+        if not f.validation_state:
+            done += ", invalid"  # a failed hash check (or the application's verdict)
+        elif f.hash is not None:
+            done += ", verified"
         files.add_row(
             str(f.index),
             safe_text(f.remote_name),

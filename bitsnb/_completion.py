@@ -19,6 +19,7 @@ from . import _codes
 from ._enums import ErrorContext, JobType
 from ._errors import BitsError
 from ._records import FileRecord, JobRecord
+from ._store import Store
 
 __all__ = [
     "Completion",
@@ -30,6 +31,7 @@ __all__ = [
     "move_reply",
     "move_transferred",
     "temp_name",
+    "verified_hash",
 ]
 
 
@@ -109,8 +111,33 @@ def move_transferred(rec: JobRecord) -> Completion:
             )
             return done
         f.completed = True
+        f.placed = _placed(f) if f.hash is not None and f.validation_state else None
         done.folders.add(os.path.dirname(f.local_name))
     return done
+
+
+def _placed(f: FileRecord) -> tuple[int, int, int] | None:
+    """What a verified file is as complete() leaves it (size, mtime_ns, inode), so that
+    ``download()`` can later trust it unchanged without hashing it again."""
+    try:
+        st = os.stat(f.local_name)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def verified_hash(store: Store, local_name: str) -> str | None:
+    """The hash a job verified for the file it completed at *local_name*, if the file is still
+    as complete() left it (same size, mtime_ns and inode); None otherwise."""
+    found = store.placed_file(local_name)
+    if found is None:
+        return None
+    hash_, placed = found
+    try:
+        st = os.stat(local_name)
+    except OSError:
+        return None
+    return hash_ if (st.st_size, st.st_mtime_ns, st.st_ino) == placed else None
 
 
 def delete_untransferred(rec: JobRecord) -> None:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import importlib.util
 import re
+import threading
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,14 +40,17 @@ from typing import Any, Literal, Protocol
 __all__ = [
     "KNOWN_ALGORITHMS",
     "REQUEST_HEADERS",
+    "BackgroundHasher",
     "Digest",
     "Hasher",
     "content_digest",
     "digest_request_headers",
     "known_digest",
     "new_hasher",
+    "parse_checksums",
     "parse_known_hash",
     "representation_digest",
+    "streaming_hasher",
 ]
 
 # what a client sends to be told digests: RFC 9530 §4 preferences, and S3's checksum mode
@@ -281,3 +286,143 @@ def content_digest(headers: Mapping[str, str]) -> Digest | None:
         assert raw is not None
         found.append(Digest("md5", raw, "Content-MD5", "content"))
     return _strongest(found)
+
+
+_SUMS_LINE = re.compile(r"([0-9a-fA-F]+) [ *](.+)")
+_BY_LENGTH = {64: "sha256", 128: "sha512", 40: "sha1", 32: "md5"}
+
+
+def parse_checksums(text: str, source: str = "SHA256SUMS") -> dict[str, str]:
+    """The known hashes (``alg:hex``) a ``sha256sum``-style file gives, by file name.
+
+    Lines are ``<hex>  <name>`` (``<hex> *<name>`` in binary mode); blank lines and ``#``
+    comments are skipped and a leading ``./`` is dropped. The algorithm follows from the
+    length (64 hex digits sha256, 128 sha512, 40 sha1, 32 md5), or is blake2b when *source*'s
+    name says ``b2``. ValueError names the first malformed line.
+    """
+    blake = "b2" in source.rsplit("/", 1)[-1].lower()
+    out: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _SUMS_LINE.fullmatch(line.rstrip("\r\n"))
+        alg = "blake2b" if blake else _BY_LENGTH.get(len(match.group(1))) if match else None
+        if match is None or alg is None:
+            raise ValueError(f"{source} line {number} is not '<hex>  <name>': {line[:80]!r}")
+        name = match.group(2)
+        name = name[2:] if name.startswith("./") else name
+        out[name] = parse_known_hash(f"{alg}:{match.group(1)}")
+    return out
+
+
+class BackgroundHasher:
+    """A hasher fed from the caller's thread and run on a thread of its own.
+
+    ``update`` hashes in place until *inline* bytes went by (small files never see a thread);
+    after that it copies the bytes into *block*-sized buffers (the views a transport lends are
+    reused once the caller moves on) and hands each full one to a worker thread, which hashes
+    it while the caller goes on receiving and writing: hashlib releases the GIL on large
+    buffers, so the hash runs on another core. At most *depth* blocks wait; a caller that gets
+    that far ahead waits for one (the hash is then the bottleneck). A worker that has had
+    nothing to do for *linger* seconds hashes the partly filled block too, lets its buffers go
+    and ends, so a hasher kept for a paused file holds neither memory nor a thread.
+    ``digest`` waits for the rest and answers.
+    """
+
+    def __init__(
+        self,
+        hasher: Hasher,
+        *,
+        inline: int = 8 << 20,
+        block: int = 4 << 20,
+        depth: int = 3,
+        linger: float = 0.05,
+    ) -> None:
+        self._hasher = hasher
+        self._inline = inline
+        self._block = block
+        self._depth = depth
+        self._linger = linger
+        self._buf: memoryview | None = None  # the block being filled (a bytearray's view)
+        self._fill = 0
+        self._free: list[memoryview] = []
+        self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()
+        self._running = False
+        self._cond = threading.Condition()
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        """Hash *data* (copied once the worker thread is in use: *data* may then be reused)."""
+        if self._inline > 0:
+            self._inline -= len(data)
+            self._hasher.update(data)
+            return
+        view = memoryview(data).cast("B")
+        with self._cond:
+            while len(view):
+                if self._buf is None:
+                    self._buf = (
+                        self._free.pop() if self._free else memoryview(bytearray(self._block))
+                    )
+                    self._fill = 0
+                n = min(len(view), self._block - self._fill)
+                self._buf[self._fill : self._fill + n] = view[:n]  # a memcpy
+                self._fill += n
+                view = view[n:]
+                if self._fill == self._block:
+                    while len(self._pending) >= self._depth:  # bounded: wait for the worker
+                        self._cond.wait()
+                    self._queue_block()
+
+    def _queue_block(self) -> None:
+        """The block being filled goes to the worker, started if need be (lock held)."""
+        assert self._buf is not None
+        self._pending.append((self._buf, self._fill))
+        self._buf = None
+        self._fill = 0
+        self._cond.notify_all()
+        if not self._running:
+            self._running = True
+            threading.Thread(target=self._work, name="bitsnb-hash", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    if self._cond.wait(self._linger) or self._pending:
+                        continue
+                    if self._buf is not None and self._fill:  # idle: the partial block too
+                        self._pending.append((self._buf, self._fill))
+                        self._buf = None
+                        continue
+                    self._running = False
+                    self._buf = None
+                    self._free.clear()
+                    self._cond.notify_all()
+                    return
+                buf, fill = self._pending[0]
+            self._hasher.update(buf[:fill])
+            with self._cond:
+                self._pending.popleft()
+                if len(self._free) < self._depth:
+                    self._free.append(buf)
+                self._cond.notify_all()
+
+    def digest(self) -> bytes:
+        """The digest of everything given so far (waits for the worker to hash the rest)."""
+        with self._cond:
+            if self._buf is not None and self._fill:
+                self._queue_block()
+            while self._pending:
+                self._cond.wait()
+            return self._hasher.digest()
+
+
+def streaming_hasher(algorithm: str) -> Hasher:
+    """A hasher for a body that streams in: hashlib's on a thread of its own past the first
+    few MiB (``BackgroundHasher``); CRCs and xxhash, fast enough inline, as they are."""
+    hasher = new_hasher(algorithm)
+    return BackgroundHasher(hasher) if algorithm in _THREADED else hasher
+
+
+_THREADED = frozenset({"sha256", "sha512", "sha1", "md5", "blake2b"})

@@ -22,7 +22,7 @@ import httpx
 
 from . import _codes
 from ._bandwidth import check_rate
-from ._completion import FolderSync
+from ._completion import FolderSync, verified_hash
 from ._engine import Engine
 from ._enumerator import Enumerator
 from ._enums import JobPriority, JobType
@@ -238,6 +238,18 @@ class AsyncManager:
     async def damaged_jobs(self) -> dict[uuid.UUID, str]:
         """Jobs whose stored rows cannot be read, and why (the rest of the queue works)."""
         return self._control().damaged_jobs()
+
+    async def verified_hash(self, local_name: str | os.PathLike[str]) -> str | None:
+        """The hash ("alg:hex") a job of this store verified for the file it completed at
+        *local_name*, if the file is unchanged since (same size, mtime and inode); else None."""
+        parts = self._parts
+        if parts is None:
+            self._control()  # raises: not started, or closed
+            raise AssertionError("unreachable")
+        path = os.path.abspath(os.fspath(local_name))
+        return await await_patiently(
+            self.policy.store_busy_timeout, verified_hash, parts.store, path
+        )
 
     async def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """The cap of background jobs together (bytes/s; None removes it), live; the schedule's

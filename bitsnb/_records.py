@@ -54,6 +54,7 @@ class FileRecord:
     known_hash: str | None = None  # "alg:hex", checked when the last byte is in
     hash: str | None = None  # "alg:hex" computed while the bytes streamed in, once complete
     validation_state: bool = True  # False: declared invalid (a mismatch, or the application)
+    placed: tuple[int, int, int] | None = None  # (size, mtime_ns, inode) complete() left it with
 
 
 @dataclass

@@ -38,6 +38,7 @@ from ._store_rows import (
     UPSERT_FILE,
     file_from,
     file_params,
+    file_placed,
     job_from,
     job_params,
 )
@@ -345,6 +346,22 @@ class Store:
                 _codes.E_FAIL, f"job {job_id} is damaged in the store: {self.damaged.get(job_id)}"
             )
         return jobs[0]
+
+    @_locked
+    def placed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
+        """The hash and (size, mtime_ns, inode) of the file a job last completed at
+        *local_name*, verified (None when no job did, or recorded no hash)."""
+        row = self._db.execute(
+            "SELECT f.hash, f.placed FROM files f JOIN jobs j ON j.id = f.job_id"
+            " WHERE f.local_name=? AND f.completed=1 AND f.hash IS NOT NULL"
+            " AND f.validation_state=1 AND f.placed IS NOT NULL"
+            " ORDER BY j.modified DESC LIMIT 1",
+            (local_name,),
+        ).fetchone()
+        if row is None:
+            return None
+        placed = file_placed(row[1])
+        return None if placed is None else (str(row[0]), placed)
 
     @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:

@@ -27,13 +27,14 @@ __all__ = [
     "UPSERT_FILE",
     "file_from",
     "file_params",
+    "file_placed",
     "job_from",
     "job_params",
     "settings_from",
     "settings_json",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -81,8 +82,10 @@ CREATE TABLE IF NOT EXISTS files (
     known_hash TEXT,
     hash TEXT,
     validation_state INTEGER NOT NULL DEFAULT 1,
+    placed TEXT,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS files_local ON files(local_name);
 """
 
 # what each version adds to the one before, as (table, column, declaration): a store of an
@@ -94,6 +97,9 @@ MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
         ("files", "hash", "TEXT"),
         ("files", "validation_state", "INTEGER NOT NULL DEFAULT 1"),
     ),
+    # what complete() left a verified file as, "[size, mtime_ns, inode]" (download()'s cache;
+    # the files_local index comes with SCHEMA)
+    3: (("files", "placed", "TEXT"),),
 }
 
 JOB_COLUMNS = (
@@ -103,7 +109,8 @@ JOB_COLUMNS = (
 )
 FILE_COLUMNS = (
     "job_id, idx, remote_name, local_name, temp_name, bytes_total, bytes_transferred,"
-    " transferred, completed, etag, last_modified, ranges, known_hash, hash, validation_state"
+    " transferred, completed, etag, last_modified, ranges, known_hash, hash, validation_state,"
+    " placed"
 )
 FINAL = (int(JobState.ACKNOWLEDGED), int(JobState.CANCELLED))
 SET_JOB = (
@@ -127,7 +134,7 @@ START_JOB = (
     " AND (lease_owner IS NULL OR lease_owner=? OR lease_expires < ?)"
 )
 UPSERT_FILE = (
-    f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -212,6 +219,7 @@ def file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
         f.known_hash,
         f.hash,
         int(f.validation_state),
+        json.dumps(f.placed) if f.placed is not None else None,
     )
 
 
@@ -290,6 +298,7 @@ def file_from(row: Any) -> FileRecord:
         known_hash,
         hash_,
         valid,
+        placed,
     ) = row
     return FileRecord(
         index=int(idx),
@@ -306,4 +315,15 @@ def file_from(row: Any) -> FileRecord:
         known_hash=known_hash,
         hash=hash_,
         validation_state=bool(valid),
+        placed=file_placed(placed),
     )
+
+
+def file_placed(text: str | None) -> tuple[int, int, int] | None:
+    """``placed``'s JSON back to (size, mtime_ns, inode); None when absent or malformed (the
+    cache then hashes the file instead of trusting it)."""
+    try:
+        size, mtime_ns, inode = (int(v) for v in json.loads(str(text)))
+    except (TypeError, ValueError):
+        return None
+    return size, mtime_ns, inode

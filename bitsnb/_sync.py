@@ -178,6 +178,11 @@ class Manager:
         """Jobs whose stored rows cannot be read, and why (the rest of the queue works)."""
         return self._runtime.call(control_of(self._amgr).damaged_jobs)
 
+    def verified_hash(self, local_name: str | os.PathLike[str]) -> str | None:
+        """The hash a job verified for the file it completed at *local_name*, if the file is
+        unchanged since (same size, mtime and inode); else None."""
+        return self._runtime.run(self._amgr.verified_hash(local_name))
+
     def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """The cap of background jobs together (bytes/s; None removes it), live."""
         self._runtime.run(self._amgr.set_max_bandwidth(bytes_per_second))

@@ -23,6 +23,7 @@ import pandas as pd
 from ._enums import JobPriority, JobState, JobType
 from ._errors import all_errors, lookup_error
 from ._format import format_bytes
+from ._models import FileInfo
 from ._protocols import JobView, ManagerView
 from ._validate import redact_url
 
@@ -187,7 +188,10 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
     """One row per file of *job*, indexed by the file's index.
 
     Columns: remote_name, local_name, bytes_total (Int64, ``<NA>`` while unknown),
-    bytes_transferred, transferred, completed, temporary_name.
+    bytes_transferred, transferred, completed, temporary_name, known_hash and hash (``alg:hex``
+    text, ``<NA>`` when none), verified (boolean: True once the file matched the known hash or
+    the server's digest, False when a check failed or it was declared invalid, ``<NA>`` while
+    nothing was checked).
     """
     files = job.files
     totals = [f.progress.bytes_total for f in files]
@@ -202,9 +206,19 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
             "transferred": np.array([f.transferred for f in files], dtype=bool),
             "completed": np.array([f.progress.completed for f in files], dtype=bool),
             "temporary_name": pd.array([f.temporary_name for f in files], dtype="string"),
+            "known_hash": pd.array([f.known_hash for f in files], dtype="string"),
+            "hash": pd.array([f.hash for f in files], dtype="string"),
+            "verified": pd.array([_verified(f) for f in files], dtype="boolean"),
         },
         index=pd.Index([f.index for f in files], dtype="int64", name="index"),
     )
+
+
+def _verified(f: FileInfo) -> bool | None:
+    """True: hashed and matched; False: a check failed (or declared invalid); None: unchecked."""
+    if not f.validation_state:
+        return False
+    return True if f.hash is not None else None
 
 
 def errors_frame() -> pd.DataFrame:

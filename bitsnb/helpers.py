@@ -26,11 +26,12 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._checksums import Entry, missing, read_checksums, with_hashes
 from ._codes import E_INVALIDARG, E_NOTIMPL, S_OK, from_user
 from ._enums import ErrorContext, JobPriority, JobState, JobType
 from ._errors import BitsError, all_errors, context_description, lookup_error
@@ -143,7 +144,10 @@ def _show(
 
 
 def _create(
-    manager: Manager, name: str, pairs: Sequence[tuple[str, str]], priority: JobPriority
+    manager: Manager,
+    name: str,
+    pairs: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+    priority: JobPriority,
 ) -> Job:
     """Create, fill and resume one job; on failure the job is cancelled (queue unchanged)."""
     job = manager.create_job(name, JobType.DOWNLOAD, priority=priority)
@@ -293,6 +297,40 @@ def _finish(
         raise failure
 
 
+# -- known hashes ------------------------------------------------------------------------------
+
+
+def _hash_list(urls: Sequence[str], known_hashes: object) -> list[object]:
+    """*known_hashes* as a list parallel to *urls*: from a mapping url → hash, a list, a
+    pandas Series or a one-column DataFrame (by position)."""
+    if known_hashes is None:
+        return [None] * len(urls)
+    if isinstance(known_hashes, Mapping):
+        wanted = set(urls)
+        unknown = [u for u in known_hashes if u not in wanted]
+        if unknown:
+            raise _invalid(f"known_hashes names a URL that is not downloaded: {unknown[0]!r}")
+        return [known_hashes.get(u) for u in urls]
+    if isinstance(known_hashes, str):
+        raise _invalid("known_hashes wants one hash per URL (a mapping or a list), not a str")
+    values = _url_list(known_hashes)  # the same shapes as the URLs: list, Series, frame column
+    if len(values) != len(urls):
+        raise _invalid(f"{len(values)} known hashes for {len(urls)} URLs; give one per URL")
+    return list(values)
+
+
+def _to_fetch(
+    manager: Manager,
+    pairs: Sequence[tuple[str, str]],
+    given: Sequence[object],
+    checksums: str | os.PathLike[str] | None,
+    timeout: float | None,
+) -> list[Entry]:
+    """The (URL, path, known hash) entries still to download (all hashes checked first)."""
+    sums = None if checksums is None else read_checksums(checksums, manager, timeout or 60.0)
+    return missing(manager, with_hashes(pairs, given, sums))
+
+
 def download(
     urls_or_url: str | Iterable[str],
     dest: str | os.PathLike[str],
@@ -304,7 +342,9 @@ def download(
     complete: bool | None = None,
     manager: Manager | None = None,
     display: bool | None = None,
-) -> Job:
+    known_hash: str | None = None,
+    checksums: str | os.PathLike[str] | None = None,
+) -> Job | Path:
     """Download one URL or several into *dest* as one BITS job; returns the ``Job``.
 
     *dest* is a folder (file names come from the URLs' last path segment, unquoted) or, for a
@@ -332,13 +372,29 @@ def download(
     last expression. In a script ``wait=True`` shows the progress as ``bitsnb transfer`` does:
     a live bar on a terminal, a line per change otherwise (``display=False``: silent).
     *manager* defaults to ``default_manager()``.
+
+    *known_hash* (``"sha256:<hex>"``, pooch's format; one URL only) or *checksums* (the path or
+    URL of a ``SHA256SUMS``-style file, matched by file name) make the job verify each file as
+    it streams in (a mismatch: ``BG_E_VALIDATION_FAILED``). A destination that already holds
+    the right file is not fetched again: when every file is in place no job is made and the
+    ``Path`` comes back at once (the file's; the folder's for several URLs). A file a job of
+    this store completed and that is unchanged since (size, mtime, inode) is trusted without
+    reading it; any other file there is hashed once. A malformed hash: ``BitsError
+    (E_INVALIDARG)``, nothing created.
     """
     prio = _priority(priority)
-    plan = plan_downloads(_url_list(urls_or_url), dest)
+    url_list = _url_list(urls_or_url)
+    plan = plan_downloads(url_list, dest)
     pairs = plan.pairs
+    if known_hash is not None and len(pairs) != 1:
+        raise _invalid("known_hash is for one URL; give download_many(known_hashes=...)")
     mgr = manager if manager is not None else default_manager()
+    given = _hash_list(url_list, None if known_hash is None else [known_hash])
+    entries = _to_fetch(mgr, pairs, given, checksums, timeout)
+    if not entries:  # every file is in place already: no job (pooch's cache)
+        return Path(pairs[0][1]) if len(pairs) == 1 else Path(plan.folder)
     make_folder(plan)
-    job = _create(mgr, _display_name(name, pairs), pairs, prio)
+    job = _create(mgr, _display_name(name, pairs), entries, prio)
     completes = complete is not False
     wait = wait or complete is True  # complete=True has always meant "wait, then complete"
     panels = _show([job], mgr, display, completes)
@@ -358,6 +414,8 @@ def download_many(
     complete: bool | None = None,
     manager: Manager | None = None,
     display: bool | None = None,
+    known_hashes: Mapping[str, str | None] | Sequence[str | None] | pd.Series[str] | None = None,
+    checksums: str | os.PathLike[str] | None = None,
 ) -> list[Job]:
     """Download many URLs into the folder *dest* (created when missing): one job, or jobs of
     *per_job* files each.
@@ -369,6 +427,12 @@ def download_many(
     with `` (i/n)`` appended when there are several. Other arguments as in ``download``;
     *timeout* bounds the whole wait, and ``wait=True`` raises ``BitsError`` when any job ended
     in ERROR (after waiting for all). In a notebook the queue panel shows these jobs only.
+
+    *known_hashes* gives a known hash per URL: a mapping url → hash, or a list, pandas Series
+    or one-column DataFrame parallel to *urls* (None/NaN: no hash); *checksums* a
+    ``SHA256SUMS``-style file (path or URL) for the rest. Files already in place with the
+    right hash are left out of the jobs (``download``'s cache); when all are, no job is made
+    and the list is empty.
     """
     prio = _priority(priority)
     url_list = _url_list(urls)
@@ -378,13 +442,19 @@ def download_many(
     plan = plan_downloads(url_list, folder)
     pairs = plan.pairs
     mgr = manager if manager is not None else default_manager()
+    given = _hash_list(url_list, known_hashes)
+    entries = _to_fetch(mgr, pairs, given, checksums, timeout)
+    if not entries:  # every file is in place already: no job
+        return []
     make_folder(plan)
-    size = per_job or len(pairs)
-    chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+    size = per_job or len(entries)
+    chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
     jobs: list[Job] = []
     try:
         for i, chunk in enumerate(chunks):
-            label = _display_name(name, chunk if name is not None else pairs)
+            label = _display_name(
+                name, [(e[0], e[1]) for e in (chunk if name is not None else entries)]
+            )
             if len(chunks) > 1:
                 label = f"{label[: MAX_DISPLAY_NAME - 16]} ({i + 1}/{len(chunks)})"
             jobs.append(_create(mgr, label, chunk, prio))
@@ -410,9 +480,11 @@ def _script_progress(wait: bool, display: bool | None, panels: Sequence[Any]) ->
 # -- where the files are, and what is left behind ---------------------------------------------
 
 
-def paths(job: Job) -> list[Path]:
+def paths(job: Job | Path) -> list[Path]:
     """The local paths of *job*'s files, in the order they were added (where they are once the
-    job is complete)."""
+    job is complete); for the ``Path`` ``download()`` returns from its cache, that path."""
+    if isinstance(job, Path):
+        return [job]
     return [Path(f.local_name) for f in job.files]
 
 

@@ -41,8 +41,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "front ends": (
         "bitsnb",
         "bitsnb.__main__",
+        "bitsnb._checksums",
         "bitsnb._cli",
         "bitsnb._cli_demo",
+        "bitsnb._cli_integrity",
         "bitsnb._cli_render",
         "bitsnb.distributed",
         "bitsnb.frames",
@@ -74,6 +76,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._failures",
         "bitsnb._client_options",
         "bitsnb._files",
+        "bitsnb._filehash",
         "bitsnb._store_rows",
         "bitsnb._store_open",
         "bitsnb._store_pg",

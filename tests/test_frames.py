@@ -152,6 +152,9 @@ def test_files_frame(manager: bitsnb.Manager, server: FileServer, dest: Path) ->
         "transferred": "bool",
         "completed": "bool",
         "temporary_name": "string",
+        "known_hash": "string",
+        "hash": "string",
+        "verified": "boolean",
     }
     assert before["bytes_total"].isna().all()
     assert not before["transferred"].any()

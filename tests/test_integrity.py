@@ -27,6 +27,7 @@ from bitsnb._integrity import (
     parse_known_hash,
     representation_digest,
 )
+from bitsnb._store_rows import SCHEMA_VERSION
 from bitsnb.testing import Fault, FileServer
 from bitsnb.testing._server import DIGEST_KINDS, DigestKind
 
@@ -315,7 +316,8 @@ def test_async_set_validation_state_in_step() -> None:
 
 # -- the store ---------------------------------------------------------------------------------
 def test_store_migrates_from_schema_1(store: Path, policy: bitsnb.Policy, dest: Path) -> None:
-    """A schema-1 store (no hash columns) opens: migrated in place to 2, its files valid."""
+    """A schema-1 store (no hash columns) opens: migrated in place to the current version,
+    its files valid."""
     with bitsnb.Manager(store=store, policy=policy) as mgr:
         job = mgr.create_job("old")
         job.add_file("http://127.0.0.1:9/x", dest / "x")
@@ -332,7 +334,7 @@ def test_store_migrates_from_schema_1(store: Path, policy: bitsnb.Policy, dest: 
         job = mgr.get_job(job_id)
         job.add_file("http://127.0.0.1:9/y", dest / "y", known_hash="md5:" + "a" * 32)
     db = sqlite3.connect(store)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     rows = db.execute("SELECT idx, known_hash, validation_state FROM files ORDER BY idx").fetchall()
     db.close()
     assert rows == [(0, None, 1), (1, "md5:" + "a" * 32, 1)]

@@ -95,7 +95,9 @@ class JobSnapshot:
 
     ``files`` holds the files' progress only while some size is unknown (to estimate the
     total); ``folder`` is where Complete moves the files (read while TRANSFERRED or ERROR);
-    ``retry_at`` is when a TRANSIENT_ERROR job retries by itself (epoch seconds).
+    ``retry_at`` is when a TRANSIENT_ERROR job retries by itself (epoch seconds);
+    ``verified`` how many files were checked against a hash and matched (read once the job is
+    TRANSFERRED or ACKNOWLEDGED).
     """
 
     id: uuid.UUID
@@ -109,6 +111,7 @@ class JobSnapshot:
     attempts: int = 0
     retry_at: float | None = None
     folder: str | None = None
+    verified: int | None = None
 
     @classmethod
     def of(cls, job: JobView, *, detail: bool = True) -> JobSnapshot:
@@ -122,12 +125,16 @@ class JobSnapshot:
         folder = None
         need_files = detail and p.bytes_total is None and p.files_total > 1
         wants_folder = state in (JobState.TRANSFERRED, JobState.ERROR)
-        if need_files or (detail and wants_folder):
+        done = state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED)
+        verified = None
+        if need_files or (detail and (wants_folder or done)):
             infos = job.files
             if need_files:
                 files = tuple(f.progress for f in infos)
             if wants_folder and infos:
                 folder = _common_folder([f.local_name for f in infos])
+            if done:
+                verified = sum(1 for f in infos if f.hash is not None and f.validation_state)
         attempts = int(getattr(job, "error_count", 0) or 0)
         retry_at = None
         if state is JobState.TRANSIENT_ERROR:
@@ -146,6 +153,7 @@ class JobSnapshot:
             attempts,
             retry_at,
             folder,
+            verified,
         )
 
     @functools.cached_property
@@ -167,6 +175,14 @@ class JobSnapshot:
             attempts=self.attempts,
             transient=self.state is JobState.TRANSIENT_ERROR,
         )
+
+
+def _verified_text(snap: JobSnapshot) -> str:
+    """'verified' when every file matched its hash, 'k of n files verified' for some, else ''."""
+    n, total = snap.verified, snap.progress.files_total
+    if not n:
+        return ""
+    return "verified" if n == total else f"{n} of {total} files verified"
 
 
 def _common_folder(paths: Sequence[str]) -> str:
@@ -632,7 +648,7 @@ class JobPanel(_Panel):
     def _extra(self) -> str:
         snap = self._snapshot
         if snap.state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED, JobState.CANCELLED):
-            return ""
+            return _verified_text(snap)
         return " ".join(x for x in (self._speed, f"ETA {self._eta}" if self._eta else "") if x)
 
     def text(self) -> str:
@@ -689,7 +705,8 @@ class JobPanel(_Panel):
         state, p = snap.state, snap.progress
         if state in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED):
             took = finished_text(p, snap.times)
-            return f"{est.percent_text}  {took}" if took else progress_text(p, est)
+            text = f"{est.percent_text}  {took}" if took else progress_text(p, est)
+            return f"{text}  {_verified_text(snap)}".rstrip()
         parts = [progress_text(p, est)]
         if state in ACTIVE_STATES:
             elapsed = elapsed_text(snap.times)
