@@ -17,7 +17,6 @@ notifications on a connection of its own (no query while nothing changed).
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import time
 import uuid
@@ -52,7 +51,7 @@ from ._store_pg_rows import (
     migration_statements,
     pg_schema,
 )
-from ._store_rows import SCHEMA_VERSION, file_from, job_from, job_params
+from ._store_rows import SCHEMA_VERSION, file_from, file_params, job_from, job_params
 
 __all__ = ["PgStore"]
 
@@ -215,28 +214,6 @@ def _write_files(
     conn.execute(_STAGING)
     _copy(conn, "bitsnb_files_in", rows, types)
     conn.execute(_MERGE_STAGED)
-
-
-def _file_row(job_id: str, f: FileRecord) -> tuple[object, ...]:
-    """``_store_rows.file_params`` with the job id already a string (a million files: one
-    ``str(uuid)``, not a million)."""
-    return (
-        job_id,
-        f.index,
-        f.remote_name,
-        f.local_name,
-        f.temp_name,
-        f.bytes_total,
-        f.bytes_transferred,
-        int(f.transferred),
-        int(f.completed),
-        f.etag,
-        f.last_modified,
-        None if f.ranges is None else json.dumps(f.ranges),
-        f.known_hash,
-        f.hash,
-        int(f.validation_state),
-    )
 
 
 def _copy(
@@ -408,7 +385,7 @@ class PgStore:
         else:
             sql, params = UPDATE_JOB_FENCED, (*params, rec.version, self.writer, token)
         key = str(rec.id)
-        rows = [_file_row(key, f) for f in files]
+        rows = [file_params(key, f) for f in files]  # the id's text once, not per file
         with self._pool.connection() as conn:
             if rows:
                 with conn.transaction():

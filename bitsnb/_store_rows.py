@@ -170,11 +170,21 @@ def _encode_settings(values: tuple[object, ...]) -> str:
 
 
 def settings_from(text: str) -> JobSettings:
+    return JobSettings(**_decode_settings(text))
+
+
+_SETTING_KEYS = frozenset(_SETTING_NAMES)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_settings(text: str) -> dict[str, Any]:
+    # most jobs share their settings: a queue of 100,000 decodes a few texts, not 100,000
+    # (the values are all immutable, so one decoded dict serves every job that has them)
     data = json.loads(text)
-    data = {k: v for k, v in data.items() if k in _SETTING_NAMES}
+    data = {k: v for k, v in data.items() if k in _SETTING_KEYS}
     if data.get("notify_cmd_line") is not None:
         data["notify_cmd_line"] = tuple(data["notify_cmd_line"])
-    return JobSettings(**data)
+    return data
 
 
 def job_params(rec: JobRecord) -> tuple[object, ...]:
@@ -202,7 +212,8 @@ def job_params(rec: JobRecord) -> tuple[object, ...]:
     )
 
 
-def file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
+def file_params(job_id: uuid.UUID | str, f: FileRecord) -> tuple[object, ...]:
+    """A file's row; *job_id* may be its text already (a save of many files makes it once)."""
     return (
         str(job_id),
         f.index,
