@@ -775,6 +775,27 @@ class PgStore:
                     lost.add((job_id, token))
         return lost
 
+    @_locked
+    def give_back_files(self, job_id: uuid.UUID, token: int, indexes: Iterable[int]) -> None:
+        """Free files of a batch we could not fetch: the next claim past the cursor takes them."""
+        given = list(indexes)
+        with self._pool.connection() as conn:
+            conn.execute(
+                "UPDATE files SET lease_owner=NULL, lease_expires=NULL WHERE job_id=%s"
+                " AND idx = ANY(%s) AND lease_owner=%s AND lease_token=%s",
+                (str(job_id), given, self.writer, token),
+            )
+        held = self._held_files.pop((job_id, token), [])
+        rest = [i for i in held if i not in set(given)]
+        if rest:
+            self._held_files[(job_id, token)] = rest
+
+    @_locked
+    def job_state(self, job_id: uuid.UUID) -> JobState | None:
+        """The job's state as stored (None when it is gone); no file is read."""
+        row = self._one("SELECT state FROM jobs WHERE id=%s", (str(job_id),))
+        return None if row is None else JobState(int(row[0]))
+
 
 def _value(conn: psycopg.Connection[Any], sql: str, params: tuple[object, ...]) -> int:
     """The one integer a statement returns."""
