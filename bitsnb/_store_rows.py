@@ -333,6 +333,8 @@ def file_from(row: Any) -> FileRecord:
 def file_placed(text: str | None) -> tuple[int, int, int] | None:
     """``placed``'s JSON back to (size, mtime_ns, inode); None when absent or malformed (the
     cache then hashes the file instead of trusting it)."""
+    if text is None:  # most files: no exception raised and caught for each
+        return None
     try:
         size, mtime_ns, inode = (int(v) for v in json.loads(str(text)))
     except (TypeError, ValueError):

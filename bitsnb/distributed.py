@@ -169,7 +169,7 @@ def fetch_shared_files(
     *batch* files are claimed (``PgStore.claim_files``), fetched by bitsnb's engine, and
     ended in one write each; the batch that ends the job moves it to TRANSFERRED. Returns
     how many files this process wrote; blocks until no file of the job is left to anybody
-    (or *timeout*). A file that fails is given back for any claimer to try again."""
+    (or *timeout*). A file that fails is given back (its batch's end) for any claimer to try again."""
     where = store_location(store)
     if not isinstance(where, StoreURL):
         raise BitsError(
@@ -192,22 +192,20 @@ async def _fetch_shared(
     try:
         while time.monotonic() < deadline:
             token, files = await asyncio.to_thread(
-                store.claim_files, job_id, batch, policy.lease_seconds
+                store.patiently, store.claim_files, job_id, batch, policy.lease_seconds
             )
             if not files:
-                state = await asyncio.to_thread(store.job_state, job_id)
+                state = await asyncio.to_thread(store.patiently, store.job_state, job_id)
                 if state is not JobState.TRANSFERRING:
                     break  # ended (by us or another), or suspended, cancelled, gone
                 await asyncio.sleep(policy.poll_interval)  # others hold the last batches
                 continue
             fetched = await _fetch_batch(engine, files, policy.files_in_flight)
-            ok = {f.index for f in fetched}
-            failed = [f.index for f in files if f.index not in ok]
-            if failed:
-                await asyncio.to_thread(store.give_back_files, job_id, token, failed)
-            if fetched:
-                n, _ = await asyncio.to_thread(store.finish_files, job_id, token, fetched)
-                written += n
+            # the end writes what was fetched and gives the failed files back
+            n, _ = await asyncio.to_thread(
+                store.patiently, store.finish_files, job_id, token, fetched
+            )
+            written += n
     finally:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
