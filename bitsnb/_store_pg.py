@@ -66,6 +66,105 @@ __all__ = ["PgStore"]
 STATEMENT_LOCK_TIMEOUT_MS = 50
 _MIGRATION_LOCK = 0x6269_7473_6E62  # "bitsnb": one migration at a time, cluster-wide
 
+# a save of this many files or more goes by COPY (fewer: one upsert statement)
+COPY_FROM = 256
+_FILE_NAMES = [c.strip() for c in FILE_COLUMNS.split(",")]
+# the staging table of a COPY that updates rows too: one per connection, emptied at commit
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS bitsnb_files_in (LIKE files INCLUDING DEFAULTS)"
+    " ON COMMIT DELETE ROWS"
+)
+_MERGE_STAGED = (
+    f"INSERT INTO files ({FILE_COLUMNS}) SELECT {FILE_COLUMNS} FROM bitsnb_files_in"
+    " ON CONFLICT (job_id, idx) DO UPDATE SET "
+    + ", ".join(f"{c}=EXCLUDED.{c}" for c in _FILE_NAMES[2:])
+)
+
+_ID_COLLATION = (
+    "SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"
+    " WHERE a.attrelid = 'files'::regclass AND a.attname = 'job_id'"
+)
+# the files columns' types, in FILE_COLUMNS order (a binary COPY names them)
+_FILE_TYPES = (
+    "SELECT format_type(a.atttypid, a.atttypmod) FROM unnest(%s::text[]) WITH ORDINALITY"
+    " AS c(name, n) JOIN pg_attribute a ON a.attrelid = 'files'::regclass AND a.attname = c.name"
+    " ORDER BY c.n"
+)
+
+# -- files of one job claimed by many managers (see ``PgStore.claim_files``) --------------------
+# A claimed batch is one row of its own (its token, holder, expiry and file indexes), so a file
+# row is written once on its way (at its end), and a heartbeat is one statement.
+SHARED = "bitsnb:shared"  # the job lease of a job whose files are claimed one batch at a time
+_SHARED_FILES_DDL = """
+CREATE TABLE IF NOT EXISTS bitsnb_shares (
+    job_id TEXT COLLATE "C" PRIMARY KEY, next_idx BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bitsnb_batches (
+    token BIGINT PRIMARY KEY, job_id TEXT COLLATE "C" NOT NULL, owner TEXT NOT NULL,
+    expires DOUBLE PRECISION NOT NULL, idxs BIGINT[] NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bitsnb_batches_job ON bitsnb_batches(job_id);
+CREATE INDEX IF NOT EXISTS bitsnb_batches_owner ON bitsnb_batches(owner);
+ALTER TABLE files SET (fillfactor = 70);
+"""
+_STARTABLE_SQL = str((int(JobState.QUEUED), int(JobState.CONNECTING), int(JobState.TRANSFERRING)))
+_NOW_NS_SQL = "(extract(epoch from clock_timestamp()) * 1000000000)::bigint"
+_JOB_WRITE = f"version=version+1, writer=%s, written_ns={_NOW_NS_SQL}, modified={DB_NOW}"
+# a startable job nobody runs whole becomes the cluster's: TRANSFERRING, its lease SHARED
+_SHARE_JOB = (
+    f"UPDATE jobs SET state={int(JobState.TRANSFERRING)}, lease_owner='{SHARED}',"
+    f" lease_expires='Infinity', {_JOB_WRITE} WHERE id=%s AND state IN {_STARTABLE_SQL}"
+    f" AND (lease_owner IS NULL OR lease_owner='{SHARED}' OR lease_expires < {DB_NOW})"
+)
+# the next range of indexes, for one claimer only (the first claim makes the cursor); the
+# cursor row stays locked to the end of the claim's transaction: claims of a job take turns
+_RESERVE = (
+    "INSERT INTO bitsnb_shares (job_id, next_idx) VALUES (%s, %s) ON CONFLICT (job_id)"
+    " DO UPDATE SET next_idx = bitsnb_shares.next_idx + EXCLUDED.next_idx"
+    " RETURNING next_idx - %s, next_idx"
+)
+_TODO = "transferred=0 AND completed=0"
+_CLAIM_RANGE = (
+    f"SELECT {FILE_COLUMNS} FROM files WHERE job_id=%s AND idx >= %s AND idx < %s AND {_TODO}"
+    " ORDER BY idx"
+)
+# past the last range (every range handed out): files of the ranges that no live batch holds
+# (given back, failed, added later, or of a batch whose holder's lease ran out)
+_CLAIM_LEFT = (
+    f"SELECT {FILE_COLUMNS} FROM files f WHERE job_id=%s AND idx < %s AND {_TODO}"
+    " AND NOT EXISTS (SELECT 1 FROM bitsnb_batches b WHERE b.job_id = f.job_id"
+    " AND f.idx = ANY(b.idxs)) ORDER BY idx LIMIT %s"
+)
+# batches whose lease ran out, but not one its holder is ending this moment (its row is
+# locked: its end commits, or fails and gives the files back)
+_DROP_EXPIRED = (
+    "DELETE FROM bitsnb_batches WHERE token IN (SELECT token FROM bitsnb_batches"
+    f" WHERE job_id=%s AND expires < {DB_NOW} FOR UPDATE SKIP LOCKED)"
+)
+_NEW_BATCH = (
+    "INSERT INTO bitsnb_batches (token, job_id, owner, expires, idxs) VALUES"
+    f" (nextval('bitsnb_lease_token'), %s, %s, {DB_NOW} + %s, %s) RETURNING token"
+)
+# a batch's end takes its row: if another claimer took it over (its lease ran out), nothing
+_TAKE_BATCH = "DELETE FROM bitsnb_batches WHERE token=%s AND owner=%s RETURNING idxs"
+_FINISH_FILES = (
+    "UPDATE files SET bytes_total=u.total, bytes_transferred=u.done, transferred=1,"
+    " etag=u.etag, last_modified=u.lm, hash=u.hash, ranges=NULL"
+    " FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::text[],"
+    " %b::text[], %b::text[]) AS u(idx, total, done, etag, lm, hash) WHERE files.job_id=%s"
+    " AND files.idx = ANY(%b::bigint[]) AND files.idx=u.idx AND files.transferred=0"
+)
+_END_SHARED_JOB = (
+    f"UPDATE jobs SET state={int(JobState.TRANSFERRED)}, transfer_completed={DB_NOW},"
+    f" lease_owner=NULL, lease_expires=NULL, {_JOB_WRITE} WHERE id=%s"
+    f" AND lease_owner='{SHARED}' AND state={int(JobState.TRANSFERRING)}"
+)
+_RENEW_BATCHES = (
+    f"UPDATE bitsnb_batches SET expires={DB_NOW} + %s WHERE owner=%s RETURNING job_id, token"
+)
+# at most this many empty ranges (files done already: a resumed job) skipped by one claim
+_SKIPS = 1000
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -105,6 +204,52 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"SET lock_timeout = {STATEMENT_LOCK_TIMEOUT_MS}")
 
 
+def _byte_order_ids(conn: psycopg.Connection[Any]) -> None:
+    """Compare job ids byte by byte (``COLLATE "C"``), not by the database's locale: the files'
+    key is ``(job_id, idx)``, and a locale's comparison made each index insert of a large
+    ``add_file_set`` cost twice what a byte comparison does. Done once per store (a store made
+    before is rewritten here, under the migration lock); ids are ASCII, so no order changes."""
+    row = conn.execute(_ID_COLLATION).fetchone()
+    if row is not None and row[0] != "C":
+        conn.execute(
+            'ALTER TABLE jobs ALTER COLUMN id TYPE TEXT COLLATE "C";'
+            ' ALTER TABLE files ALTER COLUMN job_id TYPE TEXT COLLATE "C"'
+        )
+
+
+def _write_files(
+    conn: psycopg.Connection[Any],
+    job_id: str,
+    rows: list[tuple[object, ...]],
+    types: list[str],
+) -> None:
+    """Insert or update a save's file rows, inside its transaction. A few rows: one statement
+    (``unnest`` of a column per array). Many (an ``add_file_set``): ``COPY`` — straight into
+    ``files`` when every row is new (all after the job's last file), else into a staging table
+    merged by one upsert."""
+    if len(rows) < COPY_FROM:
+        conn.execute(UPSERT_FILES, [list(column) for column in zip(*rows, strict=True)])
+        return
+    last = conn.execute("SELECT max(idx) FROM files WHERE job_id=%s", (job_id,)).fetchone()
+    if last is None or last[0] is None or min(int(str(r[1])) for r in rows) > int(last[0]):
+        _copy(conn, "files", rows, types)
+        return
+    conn.execute(_STAGING)
+    _copy(conn, "bitsnb_files_in", rows, types)
+    conn.execute(_MERGE_STAGED)
+
+
+def _copy(
+    conn: psycopg.Connection[Any], table: str, rows: list[tuple[object, ...]], types: list[str]
+) -> None:
+    """``COPY … FROM STDIN`` in the binary format (*types*: each column's, from the catalog)."""
+    sql = f"COPY {table} ({FILE_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+    with conn.cursor() as cur, cur.copy(sql) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
 class PgStore:
     """PostgreSQL-backed job store; ``path`` is its ``StoreURL`` (``str()`` hides a password)."""
 
@@ -116,6 +261,9 @@ class PgStore:
         self._lost: set[uuid.UUID] = set()  # leases taken over: their runs commit nothing
         self.damaged: dict[uuid.UUID, str] = {}
         self.lock = threading.RLock()
+        self._file_types: list[str] = []
+        # batches of files we hold: (job id, token) → their indexes
+        self._held_files: dict[tuple[uuid.UUID, int], list[int]] = {}
         self._listener: psycopg.Connection[Any] | None = None
         self._catch_up = False  # the listener was (re)connected: changes may have been missed
         try:  # the listener first: a wrong URL or a server that is down fails at once
@@ -175,6 +323,10 @@ class PgStore:
                         " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
                         (SCHEMA_VERSION,),
                     )
+                _byte_order_ids(conn)
+                if conn.execute("SELECT to_regclass('bitsnb_batches')").fetchone() == (None,):
+                    conn.execute(_SHARED_FILES_DDL)
+                self._file_types = [str(r[0]) for r in conn.execute(_FILE_TYPES, (_FILE_NAMES,))]
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _store_error(self.path, exc) from exc
 
@@ -255,13 +407,14 @@ class PgStore:
             sql, params = UPDATE_JOB, (*params, rec.version)
         else:
             sql, params = UPDATE_JOB_FENCED, (*params, rec.version, self.writer, token)
-        rows = [file_params(rec.id, f) for f in files]
+        key = str(rec.id)
+        rows = [file_params(key, f) for f in files]  # the id's text once, not per file
         with self._pool.connection() as conn:
             if rows:
                 with conn.transaction():
                     if conn.execute(sql, params).rowcount != 1:
                         return self._refused(conn, rec.id, token)
-                    conn.execute(UPSERT_FILES, [list(column) for column in zip(*rows, strict=True)])
+                    _write_files(conn, key, rows, self._file_types)
             elif conn.execute(sql, params).rowcount != 1:
                 return self._refused(conn, rec.id, token)
         rec.version += 1
@@ -568,3 +721,126 @@ class PgStore:
             (self.writer,),
         )
         return {uuid.UUID(str(r[0])) for r in rows if not lease_holder_dead(str(r[1]))}
+
+    # -- files of one job, claimed by many managers -----------------------------------------------
+    @_locked
+    def claim_files(
+        self, job_id: uuid.UUID, limit: int, seconds: float
+    ) -> tuple[int, list[FileRecord]]:
+        """Lease up to *limit* files of a job that nobody runs whole, for a manager of the
+        cluster to fetch: ``(fencing token, files)``, no files once none is left to claim (or
+        the job is not startable, or a manager runs it whole). The first claim makes the job
+        the cluster's (TRANSFERRING, its lease ``SHARED``). Claims take the next range of
+        indexes from a cursor (no scan of the files done); once every range is handed out,
+        files that no live batch holds (a batch whose lease ran out is taken over)."""
+        key = str(job_id)
+        with self._pool.connection() as conn, conn.transaction():
+            row = conn.execute("SELECT state, lease_owner FROM jobs WHERE id=%s", (key,)).fetchone()
+            if row is None:
+                return 0, []
+            shared = row[1] == SHARED and int(row[0]) == int(JobState.TRANSFERRING)
+            if not shared and conn.execute(_SHARE_JOB, (self.writer, key)).rowcount != 1:
+                return 0, []
+            last = _value(conn, "SELECT coalesce(max(idx), -1) FROM files WHERE job_id=%s", (key,))
+            rows: list[tuple[Any, ...]] = []
+            for _ in range(_SKIPS):
+                start, cursor = _pair(conn, _RESERVE, (key, limit, limit))
+                if start > last:  # every range is handed out: what nobody holds
+                    conn.execute(_DROP_EXPIRED, (key,))
+                    rows = conn.execute(_CLAIM_LEFT, (key, cursor, limit)).fetchall()
+                    break
+                rows = conn.execute(_CLAIM_RANGE, (key, start, cursor)).fetchall()
+                if rows:
+                    break
+            if not rows:
+                return 0, []
+            files = [file_from(r) for r in rows]
+            token = _value(conn, _NEW_BATCH, (key, self.writer, seconds, [f.index for f in files]))
+        self._held_files[(job_id, token)] = [f.index for f in files]
+        return token, files
+
+    @_locked
+    def finish_files(
+        self, job_id: uuid.UUID, token: int, files: Iterable[FileRecord]
+    ) -> tuple[int, bool]:
+        """End a claimed batch: mark its fetched *files* transferred, in one statement, if
+        the batch is still ours (else nothing: it was taken over; a late end commits nothing);
+        the batch's other files are given back. The ends of a job take turns on its cursor
+        row, so the one that leaves no file to fetch sees every other end's commit and moves
+        the job to TRANSFERRED. Returns (files written, whether this call ended the job)."""
+        key = str(job_id)
+        self._held_files.pop((job_id, token), None)
+        ended = False
+        with self._pool.connection() as conn, conn.transaction():
+            batch = conn.execute(_TAKE_BATCH, (token, self.writer)).fetchone()
+            if batch is None:
+                return 0, False
+            mine = set(batch[0])
+            done = [f for f in files if f.index in mine]
+            columns = (
+                [f.index for f in done],
+                [f.bytes_total for f in done],
+                [f.bytes_transferred for f in done],
+                [f.etag for f in done],
+                [f.last_modified for f in done],
+                [f.hash for f in done],
+            )
+            # the batch's rows are found by index; matched to their values by a hash, not by a
+            # loop over the values for each row
+            conn.execute("SET LOCAL enable_nestloop = off")
+            written = conn.execute(_FINISH_FILES, (*columns, key, columns[0])).rowcount
+            cursor = conn.execute(
+                "UPDATE bitsnb_shares SET next_idx = next_idx WHERE job_id=%s RETURNING next_idx",
+                (key,),
+            ).fetchone()
+            last = _value(conn, "SELECT coalesce(max(idx), -1) FROM files WHERE job_id=%s", (key,))
+            if cursor is not None and int(cursor[0]) > last:  # every range is handed out
+                left = conn.execute(
+                    f"SELECT 1 FROM files WHERE job_id=%s AND {_TODO} LIMIT 1", (key,)
+                ).fetchone()
+                if left is None:
+                    ended = conn.execute(_END_SHARED_JOB, (self.writer, key)).rowcount == 1
+                    conn.execute("DELETE FROM bitsnb_shares WHERE job_id=%s", (key,))
+        return written, ended
+
+    @_locked
+    def renew_files(self, seconds: float) -> set[tuple[uuid.UUID, int]]:
+        """The heartbeat of our batches, one statement: extend each; returns the batches
+        another claimer took over (their fetches may stop: their ends write nothing)."""
+        if not self._held_files:
+            return set()
+        kept = {
+            (uuid.UUID(str(r[0])), int(r[1]))
+            for r in self._all(_RENEW_BATCHES, (seconds, self.writer))
+        }
+        lost = {batch for batch in self._held_files if batch not in kept}
+        for batch in lost:
+            self._held_files.pop(batch, None)
+        return lost
+
+    @_locked
+    def give_back_files(self, job_id: uuid.UUID, token: int) -> None:
+        """Give a whole batch back unfetched: the next claims past the cursor take its files."""
+        self._held_files.pop((job_id, token), None)
+        with self._pool.connection() as conn:
+            conn.execute(_TAKE_BATCH, (token, self.writer))
+
+    @_locked
+    def job_state(self, job_id: uuid.UUID) -> JobState | None:
+        """The job's state as stored (None when it is gone); no file is read."""
+        row = self._one("SELECT state FROM jobs WHERE id=%s", (str(job_id),))
+        return None if row is None else JobState(int(row[0]))
+
+
+def _pair(conn: psycopg.Connection[Any], sql: str, params: tuple[object, ...]) -> tuple[int, int]:
+    """The two integers a statement returns."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _value(conn: psycopg.Connection[Any], sql: str, params: tuple[object, ...]) -> int:
+    """The one integer a statement returns."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])

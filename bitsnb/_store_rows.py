@@ -173,11 +173,21 @@ def _encode_settings(values: tuple[object, ...]) -> str:
 
 
 def settings_from(text: str) -> JobSettings:
+    return JobSettings(**_decode_settings(text))
+
+
+_SETTING_KEYS = frozenset(_SETTING_NAMES)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_settings(text: str) -> dict[str, Any]:
+    # most jobs share their settings: a queue of 100,000 decodes a few texts, not 100,000
+    # (the values are all immutable, so one decoded dict serves every job that has them)
     data = json.loads(text)
-    data = {k: v for k, v in data.items() if k in _SETTING_NAMES}
+    data = {k: v for k, v in data.items() if k in _SETTING_KEYS}
     if data.get("notify_cmd_line") is not None:
         data["notify_cmd_line"] = tuple(data["notify_cmd_line"])
-    return JobSettings(**data)
+    return data
 
 
 def job_params(rec: JobRecord) -> tuple[object, ...]:
@@ -205,7 +215,8 @@ def job_params(rec: JobRecord) -> tuple[object, ...]:
     )
 
 
-def file_params(job_id: uuid.UUID, f: FileRecord) -> tuple[object, ...]:
+def file_params(job_id: uuid.UUID | str, f: FileRecord) -> tuple[object, ...]:
+    """A file's row; *job_id* may be its text already (a save of many files makes it once)."""
     return (
         str(job_id),
         f.index,
@@ -330,6 +341,8 @@ def file_from(row: Any) -> FileRecord:
 def file_placed(text: str | None) -> tuple[int, int, int] | None:
     """``placed``'s JSON back to (size, mtime_ns, inode); None when absent or malformed (the
     cache then hashes the file instead of trusting it)."""
+    if text is None:  # most files: no exception raised and caught for each
+        return None
     try:
         size, mtime_ns, inode = (int(v) for v in json.loads(str(text)))
     except (TypeError, ValueError):

@@ -11,6 +11,7 @@ Lustre, a shared volume); bitsnb refuses a relative one when the file is added. 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -20,8 +21,13 @@ from typing import TYPE_CHECKING, Any
 from distributed import Client, Worker, WorkerPlugin
 
 from . import _codes
+from ._engine import Engine, FileContext
+from ._enums import JobState
 from ._errors import BitsError
+from ._failures import TransferFailure
 from ._models import Policy
+from ._records import FileRecord
+from ._store import lease_name
 from ._store_api import StoreURL
 from ._store_open import store_location
 from ._sync import Manager
@@ -29,7 +35,9 @@ from ._sync import Manager
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["PLUGIN_NAME", "ManagerPlugin", "Served", "serve"]
+    from ._store_pg import PgStore
+
+__all__ = ["PLUGIN_NAME", "ManagerPlugin", "Served", "fetch_shared_files", "serve"]
 
 PLUGIN_NAME = "bitsnb-manager"
 STATUS_COLUMNS = ["worker", "host", "pid", "jobs", "files", "bytes_per_second", "errors"]
@@ -146,3 +154,85 @@ def serve(client: Client, store: str, policy: Policy | None = None) -> Served:
         served._store.close()
         raise
     return served
+
+
+def fetch_shared_files(
+    store: str,
+    job_id: uuid.UUID | str,
+    policy: Policy | None = None,
+    *,
+    batch: int = 100,
+    timeout: float = 3600.0,
+) -> int:
+    """Fetch files of one job of the PostgreSQL queue *store* alongside every other process
+    doing the same (on Dask: ``client.run(fetch_shared_files, store, job_id)``): batches of
+    *batch* files are claimed (``PgStore.claim_files``), fetched by bitsnb's engine, and
+    ended in one write each; the batch that ends the job moves it to TRANSFERRED. Returns
+    how many files this process wrote; blocks until no file of the job is left to anybody
+    (or *timeout*). A file that fails is given back (its batch's end) for any claimer to try again."""
+    where = store_location(store)
+    if not isinstance(where, StoreURL):
+        raise BitsError(
+            _codes.E_INVALIDARG, f"shared files need a PostgreSQL store, not the file {where}"
+        )
+    key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    return asyncio.run(_fetch_shared(where, key, policy or Policy(), batch, timeout))
+
+
+async def _fetch_shared(
+    where: StoreURL, job_id: uuid.UUID, policy: Policy, batch: int, timeout: float
+) -> int:
+    from ._store_pg import PgStore
+
+    store = PgStore(where, lease_name(), policy.store_busy_timeout)
+    engine = Engine(policy)
+    beat = asyncio.create_task(_heartbeat(store, policy.lease_seconds))
+    deadline = time.monotonic() + timeout
+    written = 0
+    try:
+        while time.monotonic() < deadline:
+            token, files = await asyncio.to_thread(
+                store.patiently, store.claim_files, job_id, batch, policy.lease_seconds
+            )
+            if not files:
+                state = await asyncio.to_thread(store.patiently, store.job_state, job_id)
+                if state is not JobState.TRANSFERRING:
+                    break  # ended (by us or another), or suspended, cancelled, gone
+                await asyncio.sleep(policy.poll_interval)  # others hold the last batches
+                continue
+            fetched = await _fetch_batch(engine, files, policy.files_in_flight)
+            # the end writes what was fetched and gives the failed files back
+            n, _ = await asyncio.to_thread(
+                store.patiently, store.finish_files, job_id, token, fetched
+            )
+            written += n
+    finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+        await engine.aclose()
+        store.close()
+    return written
+
+
+async def _fetch_batch(engine: Engine, files: list[FileRecord], width: int) -> list[FileRecord]:
+    """Fetch *files*, *width* at a time; the ones whose fetch ended well."""
+    gate = asyncio.Semaphore(max(1, width))
+    done: list[FileRecord] = []
+
+    async def one(f: FileRecord) -> None:
+        async with gate:
+            try:
+                await engine.download(f, FileContext())
+            except TransferFailure:
+                return
+            done.append(f)
+
+    await asyncio.gather(*(one(f) for f in files))
+    return done
+
+
+async def _heartbeat(store: PgStore, lease_seconds: float) -> None:
+    """Keep the leases of our batches alive (every third of the lease)."""
+    while True:
+        await asyncio.sleep(lease_seconds / 3)
+        await asyncio.to_thread(store.renew_files, lease_seconds)
