@@ -331,7 +331,7 @@ def test_segments_resume_after_sigkill_byte_exact(
     from the stored table with If-Range, fetches less than the file again, and the file is
     byte-exact."""
     size = 10 * MIB
-    server.connection_rate = 1_500_000
+    server.connection_rate = 500_000  # slow enough to be caught mid-file on a loaded machine
     url = server.add_random_file("victim.bin", size, seed=8)
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(store), url, str(dest / "victim.bin")],
