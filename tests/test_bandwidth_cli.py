@@ -13,6 +13,7 @@ import pytest
 import bitsnb
 from bitsnb import _cli
 from bitsnb._cli import parse_rate_arg
+from bitsnb._cli_args import bandwidth_policy
 from bitsnb._manager import default_store_path
 from bitsnb.testing import FileServer
 
@@ -90,9 +91,9 @@ def test_the_manager_wide_options_reach_the_policy() -> None:
         ["wait", "job", "--background-max-bandwidth", "2M", "--background", "full"]
     )
     policy = bitsnb.Policy()
-    _cli._bandwidth_policy(args, policy)
+    bandwidth_policy(args, policy)
     assert policy.max_bandwidth == 2_000_000 and policy.background == "full"
     args = parser.parse_args(["monitor", "--count", "1"])
     policy = bitsnb.Policy()
-    _cli._bandwidth_policy(args, policy)
+    bandwidth_policy(args, policy)
     assert policy.max_bandwidth is None and policy.background == "yield"
