@@ -73,7 +73,7 @@ def _rate(samples: list[list[Any]], a: float, b: float, col: int) -> float:
     rows = [s for s in samples if a <= s[0] < b]
     if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
         return 0.0
-    return float(rows[-1][col] - rows[0][col]) / (rows[-1][0] - rows[0][0])
+    return float(rows[-1][col] - rows[0][col]) / float(rows[-1][0] - rows[0][0])
 
 
 def _p95(xs: list[float]) -> float:
