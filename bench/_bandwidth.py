@@ -1,4 +1,4 @@
-"""``python -m bench._bandwidth [--full] [SECONDS]``: a background job behind a bottleneck.
+"""``python -m bench._bandwidth [--full | --chart PNG] [SECONDS]``: a background job behind a bottleneck.
 
 The WAN testbed (``bench/_wan.py``) with the issue's path: 50 ms round trip, a 100 Mbit/s
 drop-tail bottleneck in the relay with a 250 ms buffer (5 BDP), a Reno server. In the client
@@ -6,6 +6,7 @@ namespace ``bench/_bandwidth_client.py`` runs one NORMAL bitsnb job (``Policy()`
 ``--full``), a TCP-connect probe every 100 ms, and a curl (the foreground flow) from 40 % to
 70 % of the run. Prints, for alone / with curl / after curl: bitsnb's and curl's MB/s and the
 probe's p95 connect time (one round trip + the bottleneck's queue). Bounded by SECONDS + 60.
+``--chart PNG`` runs yield then full (SECONDS + 60 each) and draws both runs' rates over time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from ._wan import Profile, Testbed, unavailable
 
-__all__ = ["BOTTLENECK", "phases", "run"]
+__all__ = ["BOTTLENECK", "phases", "run", "write_chart"]
 
 BOTTLENECK = Profile("rtt50-100mbit-250ms", 50, 9000, 12.5e6, 5.0, server_cc="reno")
 CLIENT = Path(__file__).resolve().parent / "_bandwidth_client.py"
@@ -72,7 +73,7 @@ def _rate(samples: list[list[Any]], a: float, b: float, col: int) -> float:
     rows = [s for s in samples if a <= s[0] < b]
     if len(rows) < 2 or rows[-1][0] <= rows[0][0]:
         return 0.0
-    return float(rows[-1][col] - rows[0][col]) / (rows[-1][0] - rows[0][0])
+    return float(rows[-1][col] - rows[0][col]) / float(rows[-1][0] - rows[0][0])
 
 
 def _p95(xs: list[float]) -> float:
@@ -96,17 +97,93 @@ def phases(out: dict[str, Any]) -> dict[str, dict[str, float]]:
     return res
 
 
-def main(argv: list[str]) -> int:
-    full = "--full" in argv
-    rest = [a for a in argv if not a.startswith("--")]
-    out = run(full=full, seconds=float(rest[0]) if rest else 24.0)
+def _series(samples: list[list[Any]], col: int, step: int = 5) -> tuple[list[float], list[float]]:
+    """Rate (MB/s) over time from cumulative byte samples, each over *step* samples (~0.5 s)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in range(step, len(samples), step):
+        (t0, *r0), (t1, *r1) = samples[i - step], samples[i]
+        if t1 > t0:
+            xs.append((t0 + t1) / 2)
+            ys.append((r1[col - 1] - r0[col - 1]) / (t1 - t0) / 1e6)
+    return xs, ys
+
+
+def write_chart(path: Path, runs: dict[str, dict[str, Any]]) -> str | None:
+    """One panel per run (mode → ``run()`` output): bitsnb's and curl's MB/s over time; None if drawn,
+    else why not (matplotlib missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart (pip install matplotlib to get one)"
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 3.2 * len(runs)), sharex=True, squeeze=False)
+    link = BOTTLENECK.rate / 1e6
+    for ax, (mode, out) in zip(axes[:, 0], runs.items(), strict=True):
+        fg0, fg1 = out["fg"]
+        ax.axvspan(fg0, fg1, color="tab:orange", alpha=0.12, label="curl running")
+        ax.axhline(link, color="grey", linestyle="--", linewidth=1, label=f"link {link:.1f} MB/s")
+        ax.plot(*_series(out["samples"], 1), color="tab:blue", label="bitsnb (NORMAL job)")
+        ax.plot(*_series(out["samples"], 2), color="tab:orange", label="curl (foreground)")
+        ph = phases(out)
+        delay = ", ".join(
+            f"{name} {1000 * (row['probe_p95'] - BOTTLENECK.rtt_ms / 1000):.0f} ms"
+            for name, row in ph.items()
+        )
+        ax.set_title(f'background="{mode}" — probe added delay p95: {delay}', fontsize=9)
+        ax.set_ylabel("MB/s")
+        ax.set_ylim(0, link * 1.3)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("seconds")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(BOTTLENECK.describe(), fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def _print(out: dict[str, Any]) -> None:
     print(BOTTLENECK.describe(), "| mode:", out["mode"])
     for name, row in phases(out).items():
         print(
             f"{name:>11}: bitsnb {row['bitsnb'] / 1e6:6.2f} MB/s  curl {row['curl'] / 1e6:6.2f}"
             f" MB/s  probe p95 {1000 * row['probe_p95']:5.0f} ms"
         )
-    return 0
+
+
+def _opt(argv: list[str], name: str) -> str | None:
+    """The value after ``--name`` in *argv*, or None."""
+    if name not in argv:
+        return None
+    i = argv.index(name)
+    if i + 1 >= len(argv):
+        raise SystemExit(f"{name} needs a value")
+    return argv[i + 1]
+
+
+def main(argv: list[str]) -> int:
+    chart, saved = _opt(argv, "--chart"), _opt(argv, "--from")
+    rest = [a for a in argv if not a.startswith("--") and a not in (chart, saved)]
+    seconds = float(rest[0]) if rest else 24.0
+    if chart is None:
+        _print(run(full="--full" in argv, seconds=seconds))
+        return 0
+    if saved:  # redraw from a previous run's data
+        runs = json.loads(Path(saved).read_text())
+    else:
+        runs = {"yield": run(full=False, seconds=seconds), "full": run(full=True, seconds=seconds)}
+        data = Path(tempfile.gettempdir()) / "bnb-bandwidth-chart.json"
+        data.write_text(json.dumps(runs))
+        print(f"data: {data} (redraw with --from)")
+    for out in runs.values():
+        _print(out)
+    why = write_chart(Path(chart), runs)
+    print(why or f"chart: {chart}")
+    return 1 if why else 0
 
 
 if __name__ == "__main__":
