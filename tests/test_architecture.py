@@ -71,6 +71,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "IO": (
         "bitsnb._transport",
         "bitsnb._engine",
+        "bitsnb._segmented",
+        "bitsnb._fetchctx",
+        "bitsnb._filecheck",
+        "bitsnb._tempfile",
         "bitsnb._upload",
         "bitsnb._store",
         "bitsnb._runtime",
