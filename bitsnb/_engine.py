@@ -25,10 +25,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import ssl
 import time
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import IO
 from urllib.parse import urlsplit
 
 import httpx
@@ -54,6 +53,7 @@ from ._filecheck import (
     verify,
 )
 from ._files import open_private
+from ._http_clients import build_client
 from ._http_rules import (
     MAX_LENGTH,
     BadLength,
@@ -75,7 +75,7 @@ from ._records import FileRecord
 from ._segmented import Split
 from ._segments import check_table, done_bytes
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
-from ._transport import LeanTransport, body_views, fallback_transport
+from ._transport import body_views
 from ._validate import redact_url
 
 __all__ = [
@@ -88,42 +88,7 @@ __all__ = [
     "validation_failure",
 ]
 
-USER_AGENT = "bitsnb/0.1 (Microsoft BITS compatible)"
-
 _MAX_PARTIALS = 256  # partial hashes kept for files that paused mid-way
-
-
-def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
-    """httpx 0.28 wants an SSLContext for a CA bundle path (a str is deprecated)."""
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
-
-
-class _Client(httpx.AsyncClient):
-    """An httpx client whose own transports, direct and proxied, come from *make_transport*.
-
-    httpx builds them in these two hooks, the proxied ones for the ``proxy`` argument and, when
-    the client is given no transport, for the environment's proxy settings (``trust_env``).
-    """
-
-    def __init__(
-        self,
-        make_transport: Callable[[httpx.Proxy | None], httpx.AsyncBaseTransport],
-        **kwargs: Any,
-    ) -> None:
-        self._make_transport = make_transport
-        super().__init__(**kwargs)
-
-    def _init_transport(
-        self, *args: Any, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
-    ) -> httpx.AsyncBaseTransport:
-        return transport if transport is not None else self._make_transport(None)
-
-    def _init_proxy_transport(
-        self, proxy: httpx.Proxy, *args: Any, **kwargs: Any
-    ) -> httpx.AsyncBaseTransport:
-        return self._make_transport(proxy)
 
 
 class Engine:
@@ -159,63 +124,9 @@ class Engine:
     def new_client(
         self, proxy: str | None, trust_env: bool, limits: httpx.Limits, *, lean: bool = False
     ) -> httpx.AsyncClient:
-        """An httpx client with the policy's timeouts, TLS, redirect rules and headers.
-
-        *lean*: plain GETs go through ``LeanTransport``; proxied requests, and what the lean
-        transport does not serve, go through httpx's own transport with larger reads.
-        """
-        p = self._policy
-        tls: ssl.SSLContext | None = None
-
-        def make_transport(through: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
-            nonlocal tls
-            if tls is None:  # one TLS context (CA bundle loaded once) for all of them
-                tls = httpx.create_ssl_context(verify=_ssl_context(p.verify), trust_env=trust_env)
-            fallback = fallback_transport(
-                p.read_size, verify=tls, limits=limits, trust_env=trust_env, proxy=through
-            )
-            if not lean or through is not None:
-                return fallback
-            return LeanTransport(
-                fallback,
-                ssl_context=tls,
-                read_size=p.read_size,
-                max_idle_per_host=limits.max_keepalive_connections or 1,
-                receive_buffer=p.receive_buffer,
-            )
-
-        return _Client(
-            make_transport,
-            transport=self._transport,
-            proxy=proxy,
-            trust_env=trust_env,
-            follow_redirects=True,
-            max_redirects=p.max_redirects,
-            timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout, pool=None),
-            limits=limits,
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-            event_hooks={"response": [self._check_redirect]},
-        )
-
-    async def _check_redirect(self, response: httpx.Response) -> None:
-        """Refuse a redirect to another scheme (https → http only when the policy allows it)."""
-        if not response.has_redirect_location:
-            return
-        try:
-            target = response.request.url.join(response.headers["location"])
-        except httpx.InvalidURL:
-            return  # httpx itself refuses it
-        src, dst = response.request.url.scheme, target.scheme
-        if src == dst or (src == "http" and dst == "https"):
-            return
-        if src == "https" and dst == "http" and self._policy.allow_https_to_http:
-            return
-        raise TransferFailure(
-            _codes.ERROR_WINHTTP_REDIRECT_FAILED,
-            ErrorContext.REMOTE_FILE,
-            transient=False,
-            message=f"refused a redirect from {src} to {dst}",
-        )
+        """An httpx client with the policy's timeouts, TLS, redirect rules and headers
+        (``build_client``)."""
+        return build_client(self._policy, self._transport, proxy, trust_env, limits, lean=lean)
 
     def slot(self, url: str) -> asyncio.Semaphore:
         parts = urlsplit(url)

@@ -75,6 +75,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._fetchctx",
         "bitsnb._filecheck",
         "bitsnb._tempfile",
+        "bitsnb._http_clients",
         "bitsnb._upload",
         "bitsnb._store",
         "bitsnb._runtime",
