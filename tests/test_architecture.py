@@ -99,6 +99,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._yielding",
         "bitsnb._integrity",
         "bitsnb._segments",
+        "bitsnb._jobchecks",
     ),
     "vocabulary": (
         "bitsnb._enums",
