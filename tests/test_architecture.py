@@ -70,6 +70,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "IO": (
         "bitsnb._transport",
+        "bitsnb._readahead",
+        "bitsnb._wide_reads",
         "bitsnb._engine",
         "bitsnb._segmented",
         "bitsnb._fetchctx",
