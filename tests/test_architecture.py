@@ -66,6 +66,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._secrets",
         "bitsnb._persist",
         "bitsnb._uploadrun",
+        "bitsnb._downloadrun",
         "bitsnb._pacing",
     ),
     "IO": (
