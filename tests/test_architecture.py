@@ -53,7 +53,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb.server",
         "bitsnb.testing",
     ),
-    "blocking API": ("bitsnb._sync",),
+    "blocking API": ("bitsnb._sync", "bitsnb._syncnotify", "bitsnb._viewhooks"),
     "core": (
         "bitsnb._manager",
         "bitsnb._job",
