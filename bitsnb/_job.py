@@ -19,23 +19,27 @@ from ._bandwidth import BandwidthStatus, check_rate
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import BitsError, InvalidStateError
+from ._jobchecks import (
+    check_credentials,
+    check_notify_cmd_line,
+    check_notify_flags,
+    check_proxy_settings,
+    split_custom_headers,
+)
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import await_patiently
-from ._records import SECRET_HEADERS, FileRecord, JobRecord, JobSecrets, error_info, file_info
+from ._records import FileRecord, JobRecord, JobSecrets, error_info, file_info
 from ._states import allowed_calls
 from ._store_api import StoreURL
 from ._validate import (
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
-    MAX_HEADERS,
     check_local_name,
-    check_proxy_list,
     check_ranges,
     check_seconds,
     check_string,
     check_url,
     is_admin,
-    parse_headers,
 )
 
 __all__ = ["AsyncJob", "JobHost", "ManagerView", "job_progress", "job_times", "record_of"]
@@ -91,19 +95,6 @@ class JobHost(Protocol):
     def drop_secrets(self, job_id: uuid.UUID) -> None: ...
     def bandwidth_changed(self, rec: JobRecord) -> None: ...
     def bandwidth(self, rec: JobRecord) -> BandwidthStatus: ...
-
-
-_ALL_NOTIFY = int(
-    NotifyFlags.JOB_TRANSFERRED
-    | NotifyFlags.JOB_ERROR
-    | NotifyFlags.DISABLE
-    | NotifyFlags.JOB_MODIFICATION
-    | NotifyFlags.FILE_TRANSFERRED
-    | NotifyFlags.FILE_RANGES_TRANSFERRED
-)
-_MAX_PROXY_LIST = 32 * 1024
-_MAX_USER = 300
-_MAX_PASSWORD = 65536
 
 
 def _utc(ts: float) -> _dt.datetime:
@@ -414,9 +405,7 @@ class AsyncJob:
 
     async def set_notify_flags(self, flags: NotifyFlags | int) -> None:
         """SetNotifyFlags (E_NOTIMPL for unknown bits)."""
-        value = int(flags)
-        if value & ~_ALL_NOTIFY or value < 0:
-            raise BitsError(_codes.E_NOTIMPL, f"unknown notify flags 0x{value:X}")
+        value = check_notify_flags(flags)
         await self._update(lambda r: setattr(r.settings, "notify_flags", value))
 
     async def set_notify_interface(self, target: Any) -> None:
@@ -433,38 +422,14 @@ class AsyncJob:
 
     async def set_notify_cmd_line(self, program: str | None, parameters: str | None = None) -> None:
         """SetNotifyCmdLine: run *program* (a full path) on TRANSFERRED or ERROR; None removes."""
-        if program is None:
-            if parameters is not None:
-                raise BitsError(_codes.E_INVALIDARG, "parameters without a program")
-            await self._update(lambda r: setattr(r.settings, "notify_cmd_line", None))
-            return
-        check_string(program, "program", 4096)
-        check_string(parameters or "", "parameters", 4000)
-        if not os.path.isabs(program):
-            raise BitsError(_codes.E_INVALIDARG, "the program must be given as a full path")
-        cmd = (program, parameters or "")
+        cmd = check_notify_cmd_line(program, parameters)
         await self._update(lambda r: setattr(r.settings, "notify_cmd_line", cmd))
 
     async def set_proxy_settings(
         self, usage: ProxyUsage | int, proxy_list: str | None = None, bypass_list: str | None = None
     ) -> None:
         """SetProxySettings: lists only with OVERRIDE, which needs a proxy list."""
-        try:
-            use = ProxyUsage(usage)
-        except ValueError:
-            raise BitsError(_codes.E_NOTIMPL, f"unknown proxy usage {usage!r}") from None
-        if use is not ProxyUsage.OVERRIDE and (proxy_list or bypass_list):
-            raise BitsError(_codes.E_INVALIDARG, "proxy lists go with ProxyUsage.OVERRIDE only")
-        if use is ProxyUsage.OVERRIDE and not proxy_list:
-            raise BitsError(_codes.E_INVALIDARG, "ProxyUsage.OVERRIDE needs a proxy list")
-        if proxy_list and len(proxy_list) > _MAX_PROXY_LIST:
-            raise BitsError(_codes.BG_E_PROXY_LIST_TOO_LARGE, "the proxy list is too long")
-        if bypass_list and len(bypass_list) > _MAX_PROXY_LIST:
-            raise BitsError(_codes.BG_E_PROXY_BYPASS_LIST_TOO_LARGE, "the bypass list is too long")
-        if proxy_list:
-            check_proxy_list(proxy_list)  # BG_E_INVALID_PROXY_INFO now, not E_FAIL at run time
-        if bypass_list:
-            check_string(bypass_list, "bypass list", _MAX_PROXY_LIST)
+        use = check_proxy_settings(usage, proxy_list, bypass_list)
 
         def apply(r: JobRecord) -> None:
             r.settings.proxy_usage = int(use)
@@ -477,14 +442,7 @@ class AsyncJob:
         """SetCustomHeaders: extra headers on every request. Credentials and tokens
         (Authorization, Proxy-Authorization, Cookie, X-Api-Key, X-Amz-Security-Token, ...: see
         ``SECRET_HEADERS``) are kept in memory only, never in the store."""
-        if isinstance(headers, dict):
-            text = "\r\n".join(f"{k}: {v}" for k, v in headers.items())
-        else:
-            text = headers or ""
-        check_string(text, "custom headers", MAX_HEADERS - 1)
-        parsed = parse_headers(text)
-        secret = {k: v for k, v in parsed.items() if k.lower() in SECRET_HEADERS}
-        public = "\r\n".join(f"{k}: {v}" for k, v in parsed.items() if k not in secret) or None
+        secret, public = split_custom_headers(headers)
         rec = self._host.live(self._rec)
         self._host.secrets_for(rec).headers = secret
         await self._update(lambda r: setattr(r.settings, "custom_headers", public))
@@ -497,26 +455,7 @@ class AsyncJob:
         password: str | None,
     ) -> None:
         """SetCredentials: kept in memory only (never in the store, never in a repr)."""
-        try:
-            tgt = AuthTarget(target)
-        except ValueError:
-            raise BitsError(
-                _codes.BG_E_INVALID_AUTH_TARGET, f"bad auth target {target!r}"
-            ) from None
-        try:
-            sch = AuthScheme(scheme)
-        except ValueError:
-            raise BitsError(
-                _codes.BG_E_INVALID_AUTH_SCHEME, f"bad auth scheme {scheme!r}"
-            ) from None
-        if sch not in (AuthScheme.BASIC, AuthScheme.DIGEST):
-            raise BitsError(_codes.E_NOTIMPL, f"{sch.name} authentication is Windows-only")
-        if user_name is None or password is None:
-            raise BitsError(_codes.E_INVALIDARG, "BASIC and DIGEST need a user name and password")
-        if len(user_name) > _MAX_USER:
-            raise BitsError(_codes.BG_E_USERNAME_TOO_LARGE, "the user name is too long")
-        if len(password) > _MAX_PASSWORD:
-            raise BitsError(_codes.BG_E_PASSWORD_TOO_LARGE, "the password is too long")
+        tgt, sch, user_name, password = check_credentials(target, scheme, user_name, password)
         rec = self._host.live(self._rec)
         self._host.secrets_for(rec).credentials[(tgt, sch)] = (user_name, password)
 

@@ -1,5 +1,5 @@
-"""Running jobs: starting queued ones while slots are free, transferring their files (several
-in flight), upload sessions and replies, failures, retry timers and the transfer's end.
+"""Running jobs: starting queued ones while slots are free, their files (``_downloadrun``) or
+upload sessions and replies (``_uploadrun``), failures, retry timers and the transfer's end.
 
 Each running job is one task. Its state changes go through ``Records`` (memory follows the
 store); when the store refuses to record the run's end — locked by another process for longer
@@ -22,6 +22,7 @@ from . import _codes
 from ._bandwidth import BandwidthSchedule, BandwidthStatus
 from ._buckets import Budgets
 from ._client_options import request_options
+from ._downloadrun import DownloadRun
 from ._engine import (
     Engine,
     FileContext,
@@ -68,6 +69,7 @@ class Runner:
         self._scheduler = scheduler
         self._engine = engine
         self.uploads = UploadRun(policy, records, events, engine, self._file_context)
+        self.downloads = DownloadRun(policy, records, events, scheduler, engine)
         self._secrets = secrets
         self._loop = asyncio.get_running_loop()
         self._runs: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -388,7 +390,7 @@ class Runner:
             remaining = rec.settings.maximum_download_time - rec.active_seconds
             async with asyncio.timeout(max(0.0, remaining)):
                 if rec.type is JobType.DOWNLOAD:
-                    await self._transfer_files(rec, ctx)
+                    await self.downloads.transfer(rec, ctx)
                 else:
                     await self.uploads.transfer(rec, ctx)
             if rec.state is not JobState.TRANSFERRED:  # (downloads: the last file did it)
@@ -499,107 +501,6 @@ class Runner:
             rec.retry_at = None
 
         await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, also=record)
-        self._events.notify_final(rec)
-
-    async def _transfer_files(self, rec: JobRecord, ctx: FileContext) -> None:
-        """Fetch the job's files, starting them in order, up to ``files_in_flight`` at once.
-
-        BITS transfers a job's files one after the other; bitsnb starts them in the same order
-        but overlaps a few, because one small file at a time leaves the connection idle while
-        each file is fsynced and recorded. When a file fails, the files before it still finish
-        (as they would have one at a time) and the ones after it stop. Files added while the
-        job runs are picked up.
-        """
-        engine, records = self._engine, self._records
-        cursor = 0
-        stopping = False  # a failure or a slice end: start no new file
-        in_flight: dict[asyncio.Task[None], FileRecord] = {}
-
-        def next_file() -> FileRecord | None:
-            nonlocal cursor
-            while not stopping and cursor < len(rec.files):
-                f = rec.files[cursor]
-                cursor += 1
-                if not (f.transferred or f.completed):
-                    return f
-            return None
-
-        def mark(f: FileRecord) -> None:
-            f.transferred = True
-            rec.touch()
-
-        async def worker() -> None:
-            nonlocal stopping
-            me = asyncio.current_task()
-            assert me is not None
-            while (f := next_file()) is not None:
-                in_flight[me] = f
-                try:
-                    await engine.download(f, ctx)
-                except TransferFailure as failure:
-                    failure.file = f
-                    records.try_save(rec, [f])
-                    raise
-                except BaseException:
-                    records.try_save(rec, [f])
-                    raise
-                finally:
-                    in_flight.pop(me, None)
-                done = all(x.transferred or x.completed for x in rec.files if x is not f)
-                if not in_flight and done:
-                    # the job's last file: its row and the job's end go in one commit
-                    await self._end_transfer_with(rec, f, mark)
-                    continue
-                await records.change_patiently(rec, functools.partial(mark, f), [f])
-                self._events.notify_file(rec, f)
-                if cursor < len(rec.files) and self._scheduler.should_yield(rec.id, rec.priority):
-                    stopping = True  # let the files in flight finish, then give up the slot
-                    raise YieldSlice
-
-        pending_files = sum(1 for f in rec.files if not (f.transferred or f.completed))
-        width = max(1, min(self._policy.files_in_flight, pending_files))
-        tasks = {asyncio.create_task(worker()) for _ in range(width)}
-        first: BaseException | None = None
-        try:
-            while tasks:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    exc = None if task.cancelled() else task.exception()
-                    if exc is None or isinstance(exc, asyncio.CancelledError):
-                        continue
-                    if first is None or (
-                        isinstance(first, YieldSlice) and not isinstance(exc, YieldSlice)
-                    ):
-                        first = exc
-                    stopping = True
-                if first is not None and not isinstance(first, YieldSlice):
-                    failed = first.file if isinstance(first, TransferFailure) else None
-                    limit = failed.index if failed is not None else -1
-                    for task in tasks:
-                        f = in_flight.get(task)
-                        if f is None or f.index > limit:
-                            task.cancel()  # after the failing file: stop it, keep its data
-        finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-        if first is not None:
-            raise first
-
-    async def _end_transfer_with(
-        self, rec: JobRecord, last: FileRecord, mark: Callable[[FileRecord], None]
-    ) -> None:
-        """The last file's end and the job's: one write (the file marked in the same change)."""
-
-        def record() -> None:
-            mark(last)
-            rec.transfer_completed = time.time()
-            rec.first_failure_at = None
-            rec.retry_at = None
-
-        await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, [last], also=record)
-        self._events.notify_file(rec, last)
         self._events.notify_final(rec)
 
 

@@ -12,7 +12,6 @@ import os
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,29 +29,13 @@ from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import call_patiently
 from ._runtime import LoopThread
 from ._store_api import StoreURL
+from ._syncnotify import SyncNotify
+from ._viewhooks import ViewHooks, views
 
 __all__ = ["Job", "JobEnumerator", "Manager", "ViewHooks", "views"]
 
 _T = TypeVar("_T")
 
-
-def _no_views(*args: object) -> Any:
-    raise RuntimeError("bitsnb's notebook views are not installed")
-
-
-@dataclass
-class ViewHooks:
-    """The notebook views of jobs and managers (DataFrames, panels), plugged in by the package
-    root (``bitsnb/__init__.py``): the views depend on this API, never the other way round."""
-
-    jobs_frame: Callable[[Sequence[Any]], Any] = _no_views
-    files_frame: Callable[[Any], Any] = _no_views
-    job_panel: Callable[..., Any] = _no_views
-    queue_panel: Callable[..., Any] = _no_views
-    display_job: Callable[[Any], None] = _no_views
-
-
-views = ViewHooks()
 
 _open_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
 _WINDOWS_ONLY = frozenset(
@@ -227,32 +210,6 @@ async def _subscribe(
     amgr: AsyncManager, listener: Callable[[JobEvent], None]
 ) -> Callable[[], None]:
     return amgr.subscribe(listener)
-
-
-class _SyncNotify:
-    """Adapts a notify interface written for ``Job`` (blocking) to the async core."""
-
-    def __init__(self, mgr: Manager, target: Any) -> None:
-        self._mgr = mgr
-        self._target = target
-
-    def __getattr__(self, name: str) -> Any:
-        fn = getattr(self._target, name, None)
-        if fn is None or name not in {
-            "job_transferred",
-            "job_error",
-            "job_modification",
-            "file_transferred",
-        }:
-            raise AttributeError(name)
-
-        async def call(ajob: AsyncJob, *args: Any) -> None:
-            job = self._mgr._wrap(ajob)
-            result = await asyncio.to_thread(fn, job, *args)  # may call back into Job
-            if asyncio.iscoroutine(result):
-                await result
-
-        return call
 
 
 class Job:
@@ -521,7 +478,7 @@ class Job:
     def set_notify_interface(self, target: Any) -> None:
         """An object with job_transferred/job_error/job_modification/file_transferred methods;
         they run in a worker thread and receive this ``Job``, so they may call its methods."""
-        wrapped = None if target is None else _SyncNotify(self._mgr, target)
+        wrapped = None if target is None else SyncNotify(self._mgr._wrap, target)
         self._run(self._ajob.set_notify_interface(wrapped))
 
     def set_notify_cmd_line(self, program: str | None, parameters: str | None = None) -> None:

@@ -12,9 +12,10 @@ else (request bodies, other methods) goes to the fallback transport, so httpx's 
 (redirects, auth, cookies, proxies, event hooks) stays the one API above it. Every failure comes
 out as an httpx exception.
 
-``fallback_transport`` is httpx's default transport with larger socket reads, which it gets from
-a network backend of its own rather than from httpcore's ``READ_NUM_BYTES``, a class attribute
-every httpx client in the process shares.
+``fallback_transport`` (in ``_wide_reads``; the receive buffer is ``_readahead``) is httpx's
+default transport with larger socket reads, which it gets from a network backend of its own
+rather than from httpcore's ``READ_NUM_BYTES``, a class attribute every httpx client in the
+process shares.
 """
 
 from __future__ import annotations
@@ -24,19 +25,20 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import h11
-import httpcore
 import httpx
+
+from ._readahead import MIN_FREE, Eof, ReadAhead
+from ._wide_reads import fallback_transport
 
 __all__ = ["LeanTransport", "body_views", "fallback_transport", "limit_read_ahead"]
 
 _MAX_HEAD = 64 * 1024  # a response head, trailer section or chunk line larger is refused
 _MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
 _MIN_READ_AHEAD = 16 * 1024  # the least read-ahead a capped body is held to
-_MIN_FREE = 64 * 1024  # compact the buffer before a read would get less room than this
 _IDLE_EXPIRY = 5.0  # seconds an idle keep-alive connection is kept
 _NO_BODY_STATUS = frozenset({204, 304})
 _CTL = frozenset(b"\r\n\0")
@@ -49,133 +51,10 @@ _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
 _H11_REQUEST = h11.Request(method="GET", target="/", headers=[("Host", "bitsnb")])
 
 
-class _Protocol(asyncio.BufferedProtocol):
-    """One connection's receive side: a byte buffer ``[start, end)`` and one waiter."""
-
-    def __init__(self, size: int) -> None:
-        self.buf = bytearray(size)
-        self.view = memoryview(self.buf)
-        self.start = 0
-        self.end = 0
-        self.held = 0  # bytes from ``start`` lent out as a view; not moved until consumed
-        self.eof = False
-        self.error: BaseException | None = None
-        self.transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._want = 1  # wake the waiter once this many bytes are buffered
-        self._paused = False
-        self.received = 0  # bytes ever received (tells a stale keep-alive from a reply)
-        self.high = size  # reading pauses once this many bytes wait unread (read-ahead)
-
-    # -- asyncio callbacks ----------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self.start == self.end and not self.held:
-            self.start = self.end = 0
-        elif len(self.buf) - self.end < _MIN_FREE and self.start and not self.held:
-            self._compact()
-        return self.view[self.end :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.end += nbytes
-        self.received += nbytes
-        if self.end == len(self.buf) or self.end - self.start >= self.high:
-            # full: a view lent now (the engine may hold it across an await, e.g. a bandwidth
-            # bucket) would leave get_buffer nothing to give; consume() makes room and resumes
-            self._pause()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake()
-        return False  # close the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        if exc is not None and self.error is None:
-            self.error = exc
-        self._wake()
-
-    # -- consumer side ----------------------------------------------------------------------
-    @property
-    def available(self) -> int:
-        return self.end - self.start
-
-    def lend(self, n: int) -> memoryview:
-        """The next *n* bytes as a view, valid until ``consume``. A full buffer stops reading
-        meanwhile: it cannot be compacted under a lent view, and ``get_buffer`` must not
-        answer with no room (asyncio drops the connection)."""
-        self.held = n
-        if self.end == len(self.buf):
-            self._pause()
-        return self.view[self.start : self.start + n]
-
-    def consume(self, n: int) -> None:
-        """Drop *n* bytes from the front (and let reading go on if the buffer was full)."""
-        self.start += n
-        self.held = 0
-        if self.start == self.end:
-            self.start = self.end = 0
-        if self._paused:
-            if len(self.buf) - self.end < _MIN_FREE and self.start and not self.held:
-                self._compact()
-            if self.end < len(self.buf) and self.end - self.start < self.high:
-                self._paused = False
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.resume_reading()
-
-    async def wait_more(self, timeout: float | None) -> None:
-        """Return once a byte more than now is buffered; raise ``_Eof`` or ``ReadTimeout``.
-
-        The timeout thus counts from the last byte received, as a read timeout should.
-        """
-        if self.eof:
-            raise _Eof
-        if self._paused and not self.held:
-            self.consume(0)  # make room: the caller needs more than a full buffer's worth
-            if self._paused:
-                raise httpx.RemoteProtocolError("the response does not fit the read buffer")
-        fut = self._waiter = asyncio.get_running_loop().create_future()
-        self._want = self.available + 1
-        try:
-            async with asyncio.timeout(timeout):
-                await fut
-        except TimeoutError:
-            raise httpx.ReadTimeout("timed out waiting for the server") from None
-        finally:
-            self._waiter = None
-        if self.available < self._want:
-            raise _Eof
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done() and (self.eof or self.available >= self._want):
-            w.set_result(None)
-
-    def _pause(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def _compact(self) -> None:
-        # the slices may overlap, and bytearray's slice assignment is a memcpy: copy first
-        # (rare: only when the end is reached with unconsumed bytes left in front)
-        n = self.end - self.start
-        self.buf[:n] = self.buf[self.start : self.end]
-        self.start, self.end = 0, n
-
-
-class _Eof(Exception):
-    """The peer closed the connection (or it broke) while we waited for bytes."""
-
-
 class _Connection:
     """One keep-alive HTTP/1.1 connection (the request side is a plain ``write``)."""
 
-    def __init__(self, origin: tuple[str, str, int], proto: _Protocol) -> None:
+    def __init__(self, origin: tuple[str, str, int], proto: ReadAhead) -> None:
         self.origin = origin
         self.proto = proto
         self.idle_since = 0.0
@@ -244,7 +123,7 @@ class _Body(httpx.AsyncByteStream):
                     if not p.available:
                         try:
                             await p.wait_more(self._timeout)
-                        except _Eof:
+                        except Eof:
                             if p.error is not None:
                                 raise
                             break
@@ -253,7 +132,7 @@ class _Body(httpx.AsyncByteStream):
                     p.consume(n)
                     self.received += n
             self._done = True
-        except _Eof:
+        except Eof:
             raise self._broken() from None
         except httpx.RequestError as exc:
             exc.request = self._request
@@ -333,7 +212,7 @@ def _deadline(budget: float | None) -> float | None:
 
 
 async def _read_until(
-    p: _Protocol,
+    p: ReadAhead,
     end: re.Pattern[bytes],
     what: str,
     timeout: float | None,
@@ -410,7 +289,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._fallback = fallback
         self._rcvbuf = receive_buffer
         self._ssl = ssl_context
-        self._read_size = max(read_size, 2 * _MIN_FREE)
+        self._read_size = max(read_size, 2 * MIN_FREE)
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
@@ -439,7 +318,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             try:
                 conn.transport.write(head)
                 return await self._response(conn, request, timeouts.get("read"))
-            except _Eof:
+            except Eof:
                 conn.close()
                 if reused and attempt == 0 and conn.proto.received == before:
                     continue  # the server closed an idle connection as we sent: once more
@@ -470,7 +349,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     ) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        proto = _Protocol(self._read_size)
+        proto = ReadAhead(self._read_size)
         kwargs: dict[str, Any] = {}
         if scheme == "https":
             kwargs = {"ssl": self._ssl, "server_hostname": host}
@@ -604,72 +483,3 @@ def body_views(response: httpx.Response) -> AsyncIterator[memoryview] | None:
     """The zero-copy body of a response from ``LeanTransport`` (None for any other)."""
     body = response.extensions.get("bitsnb_body")
     return body.views() if isinstance(body, _Body) else None
-
-
-def fallback_transport(read_size: int, **kwargs: Any) -> httpx.AsyncHTTPTransport:
-    """``httpx.AsyncHTTPTransport(**kwargs)`` reading up to *read_size* bytes a socket read.
-
-    httpcore asks for 64 KiB a read, and each read costs about 80 µs of Python, so a larger
-    read halves its CPU per byte (shared/perf-notes.md). The size is httpcore's class attribute
-    ``AsyncHTTP11Connection.READ_NUM_BYTES``, shared with every httpx client in the process:
-    instead this transport's pool gets a network backend of its own that reads more.
-    """
-    transport = httpx.AsyncHTTPTransport(**kwargs)
-    pool = transport._pool  # httpcore's pool or proxy; both take their backend from here
-    pool._network_backend = _WideReads(pool._network_backend, read_size)
-    return transport
-
-
-class _WideReads(httpcore.AsyncNetworkBackend):
-    """A network backend whose streams read at least *size* bytes when asked for fewer."""
-
-    def __init__(self, backend: httpcore.AsyncNetworkBackend, size: int) -> None:
-        self._backend = backend
-        self._size = size
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _WideStream(stream, self._size)
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._backend.connect_unix_socket(path, timeout, socket_options)
-        return _WideStream(stream, self._size)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
-class _WideStream(httpcore.AsyncNetworkStream):
-    def __init__(self, stream: httpcore.AsyncNetworkStream, size: int) -> None:
-        self._stream = stream
-        self._size = size
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max(max_bytes, self._size), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
-        return _WideStream(stream, self._size)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)

@@ -1,0 +1,123 @@
+"""The httpx clients downloads go through: the policy's timeouts, TLS, redirect rules and
+headers, plain GETs on the lean transport and the rest on httpx's own."""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from . import _codes
+from ._enums import ErrorContext
+from ._failures import TransferFailure
+from ._models import Policy
+from ._transport import LeanTransport, fallback_transport
+
+__all__ = ["USER_AGENT", "build_client", "check_redirect"]
+
+USER_AGENT = "bitsnb/0.1 (Microsoft BITS compatible)"
+
+
+def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx 0.28 wants an SSLContext for a CA bundle path (a str is deprecated)."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
+class _Client(httpx.AsyncClient):
+    """An httpx client whose own transports, direct and proxied, come from *make_transport*.
+
+    httpx builds them in these two hooks, the proxied ones for the ``proxy`` argument and, when
+    the client is given no transport, for the environment's proxy settings (``trust_env``).
+    """
+
+    def __init__(
+        self,
+        make_transport: Callable[[httpx.Proxy | None], httpx.AsyncBaseTransport],
+        **kwargs: Any,
+    ) -> None:
+        self._make_transport = make_transport
+        super().__init__(**kwargs)
+
+    def _init_transport(
+        self, *args: Any, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
+    ) -> httpx.AsyncBaseTransport:
+        return transport if transport is not None else self._make_transport(None)
+
+    def _init_proxy_transport(
+        self, proxy: httpx.Proxy, *args: Any, **kwargs: Any
+    ) -> httpx.AsyncBaseTransport:
+        return self._make_transport(proxy)
+
+
+def build_client(
+    policy: Policy,
+    transport: httpx.AsyncBaseTransport | None,
+    proxy: str | None,
+    trust_env: bool,
+    limits: httpx.Limits,
+    *,
+    lean: bool = False,
+) -> httpx.AsyncClient:
+    """An httpx client with the policy's timeouts, TLS, redirect rules and headers.
+
+    *lean*: plain GETs go through ``LeanTransport``; proxied requests, and what the lean
+    transport does not serve, go through httpx's own transport with larger reads.
+    """
+    p = policy
+    tls: ssl.SSLContext | None = None
+
+    def make_transport(through: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+        nonlocal tls
+        if tls is None:  # one TLS context (CA bundle loaded once) for all of them
+            tls = httpx.create_ssl_context(verify=_ssl_context(p.verify), trust_env=trust_env)
+        fallback = fallback_transport(
+            p.read_size, verify=tls, limits=limits, trust_env=trust_env, proxy=through
+        )
+        if not lean or through is not None:
+            return fallback
+        return LeanTransport(
+            fallback,
+            ssl_context=tls,
+            read_size=p.read_size,
+            max_idle_per_host=limits.max_keepalive_connections or 1,
+            receive_buffer=p.receive_buffer,
+        )
+
+    return _Client(
+        make_transport,
+        transport=transport,
+        proxy=proxy,
+        trust_env=trust_env,
+        follow_redirects=True,
+        max_redirects=p.max_redirects,
+        timeout=httpx.Timeout(p.read_timeout, connect=p.connect_timeout, pool=None),
+        limits=limits,
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        event_hooks={"response": [functools.partial(check_redirect, policy)]},
+    )
+
+
+async def check_redirect(policy: Policy, response: httpx.Response) -> None:
+    """Refuse a redirect to another scheme (https → http only when the policy allows it)."""
+    if not response.has_redirect_location:
+        return
+    try:
+        target = response.request.url.join(response.headers["location"])
+    except httpx.InvalidURL:
+        return  # httpx itself refuses it
+    src, dst = response.request.url.scheme, target.scheme
+    if src == dst or (src == "http" and dst == "https"):
+        return
+    if src == "https" and dst == "http" and policy.allow_https_to_http:
+        return
+    raise TransferFailure(
+        _codes.ERROR_WINHTTP_REDIRECT_FAILED,
+        ErrorContext.REMOTE_FILE,
+        transient=False,
+        message=f"refused a redirect from {src} to {dst}",
+    )

@@ -1,0 +1,135 @@
+"""One lean connection's receive side: asyncio's buffered protocol reading into one reusable
+buffer, lent out as views, reading paused while the buffer is full or the read-ahead reached."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+__all__ = ["MIN_FREE", "Eof", "ReadAhead"]
+
+MIN_FREE = 64 * 1024  # compact the buffer before a read would get less room than this
+
+
+class Eof(Exception):
+    """The peer closed the connection (or it broke) while we waited for bytes."""
+
+
+class ReadAhead(asyncio.BufferedProtocol):
+    """One connection's receive side: a byte buffer ``[start, end)`` and one waiter."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.held = 0  # bytes from ``start`` lent out as a view; not moved until consumed
+        self.eof = False
+        self.error: BaseException | None = None
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._want = 1  # wake the waiter once this many bytes are buffered
+        self._paused = False
+        self.received = 0  # bytes ever received (tells a stale keep-alive from a reply)
+        self.high = size  # reading pauses once this many bytes wait unread (read-ahead)
+
+    # -- asyncio callbacks ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.start == self.end and not self.held:
+            self.start = self.end = 0
+        elif len(self.buf) - self.end < MIN_FREE and self.start and not self.held:
+            self._compact()
+        return self.view[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.end += nbytes
+        self.received += nbytes
+        if self.end == len(self.buf) or self.end - self.start >= self.high:
+            # full: a view lent now (the engine may hold it across an await, e.g. a bandwidth
+            # bucket) would leave get_buffer nothing to give; consume() makes room and resumes
+            self._pause()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._wake()
+
+    # -- consumer side ----------------------------------------------------------------------
+    @property
+    def available(self) -> int:
+        return self.end - self.start
+
+    def lend(self, n: int) -> memoryview:
+        """The next *n* bytes as a view, valid until ``consume``. A full buffer stops reading
+        meanwhile: it cannot be compacted under a lent view, and ``get_buffer`` must not
+        answer with no room (asyncio drops the connection)."""
+        self.held = n
+        if self.end == len(self.buf):
+            self._pause()
+        return self.view[self.start : self.start + n]
+
+    def consume(self, n: int) -> None:
+        """Drop *n* bytes from the front (and let reading go on if the buffer was full)."""
+        self.start += n
+        self.held = 0
+        if self.start == self.end:
+            self.start = self.end = 0
+        if self._paused:
+            if len(self.buf) - self.end < MIN_FREE and self.start and not self.held:
+                self._compact()
+            if self.end < len(self.buf) and self.end - self.start < self.high:
+                self._paused = False
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.resume_reading()
+
+    async def wait_more(self, timeout: float | None) -> None:
+        """Return once a byte more than now is buffered; raise ``Eof`` or ``ReadTimeout``.
+
+        The timeout thus counts from the last byte received, as a read timeout should.
+        """
+        if self.eof:
+            raise Eof
+        if self._paused and not self.held:
+            self.consume(0)  # make room: the caller needs more than a full buffer's worth
+            if self._paused:
+                raise httpx.RemoteProtocolError("the response does not fit the read buffer")
+        fut = self._waiter = asyncio.get_running_loop().create_future()
+        self._want = self.available + 1
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise httpx.ReadTimeout("timed out waiting for the server") from None
+        finally:
+            self._waiter = None
+        if self.available < self._want:
+            raise Eof
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done() and (self.eof or self.available >= self._want):
+            w.set_result(None)
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _compact(self) -> None:
+        # the slices may overlap, and bytearray's slice assignment is a memcpy: copy first
+        # (rare: only when the end is reached with unconsumed bytes left in front)
+        n = self.end - self.start
+        self.buf[:n] = self.buf[self.start : self.end]
+        self.start, self.end = 0, n

@@ -1,0 +1,665 @@
+"""A segmented download: one file over one or more connections, each writing its segment at its
+offsets of the one temporary file, its table kept in the store so that a crash resumes every
+segment (the rules of when to split and add are in ``_segments``)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+import httpx
+
+from . import _codes
+from ._enums import ErrorContext
+from ._failures import TransferFailure, local_failure, network_failure
+from ._fetchctx import (
+    FileContext,
+    Restart,
+    YieldSlice,
+    invalid_response,
+    response_retry_after,
+    worth_yielding,
+)
+from ._filecheck import Check, Partial
+from ._files import open_private
+from ._http_rules import BadLength, is_transient_status, parse_content_length, parse_content_range
+from ._integrity import new_hasher
+from ._models import Policy
+from ._records import FileRecord
+from ._segments import (
+    contiguous_end,
+    done_bytes,
+    gained,
+    may_add,
+    split_point,
+    takeover_point,
+)
+from ._tempfile import create_temp, hash_prefix, preallocate, pwrite_all
+from ._transport import body_views
+from ._validate import redact_url
+
+__all__ = ["SegmentHost", "Split"]
+
+
+class SegmentHost(Protocol):
+    """What a segmented download takes from the engine: its policy, clients, host slots,
+    request headers, hashing and the count of bytes read back."""
+
+    bytes_rehashed: int
+
+    @property
+    def policy(self) -> Policy: ...
+
+    def client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient: ...
+
+    def slot(self, url: str) -> asyncio.Semaphore: ...
+
+    def digest_headers(self, f: FileRecord, ctx: FileContext) -> dict[str, str]: ...
+
+    async def begin_hashes(
+        self, fh: IO[bytes], check: Check, headers: Mapping[str, str], offset: int
+    ) -> None: ...
+
+    def hash_pool(self) -> concurrent.futures.ThreadPoolExecutor: ...
+
+
+_MAX_REQUESTS = 1024  # requests one connection of a segmented download makes, at most
+_JUDGE_SECONDS = 1.0  # a connection on trial is dropped for a small gain only after this long
+_BUSY_LOOP = 0.8  # share of the time the loop's thread computes, above which none is added
+_MAX_RESTARTS = 8  # times a segmented download starts a connection anew when none is left
+
+
+class _NoRanges(Exception):
+    """A second connection's Range was answered with the whole file: stay on the ones there."""
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One connection of a segmented download: the segment it fills and how fast."""
+
+    slot: asyncio.Semaphore | None  # an extra connection's host slot (None: the download's own)
+    seg: _Seg | None = None
+    began: float | None = None  # when its current response's first body byte came
+    bytes: int = 0  # body bytes of its current response
+    rate: float = 0.0  # its rate over its last response
+    retire: bool = False  # one connection too many: stop at the next chunk
+
+    def now_rate(self, now: float) -> float:
+        """Its rate over the current response (the last one's before a byte came)."""
+        if self.began is None or now <= self.began:
+            return self.rate
+        return self.bytes / (now - self.began)
+
+
+@dataclass(eq=False)
+class _Seg:
+    """Bytes [start, end) of the file, written up to *done*."""
+
+    start: int
+    done: int
+    end: int
+    owner: _Conn | None = None
+
+
+class Split:
+    """One file fetched over one or more connections, each writing its segment at its offset
+    in one temporary file (``os.pwrite``: no part files, nothing copied after).
+
+    It starts on one connection; every ``segment_window`` it measures the file's rate and, while
+    the last connection added raised it by ``GAIN`` and two minimum segments are left, splits
+    the largest remaining range for one more (within the per-file and per-host limits, never
+    waiting for a host slot). A connection that ends its segment takes a segment nobody has,
+    else half of the largest range left, else the tail of a straggler. The first split is saved
+    in the store (``save_segments``) before the file is preallocated, so that a crash resumes
+    every segment from the table and never takes the file's size for its progress; checkpoints
+    save the table as far as an fdatasync covered it. The whole file's hash is fed in order:
+    the connection writing at the hashed prefix's end hashes as it writes, and whatever other
+    connections wrote is read back once the prefix reaches it.
+    """
+
+    def __init__(
+        self,
+        engine: SegmentHost,
+        f: FileRecord,
+        ctx: FileContext,
+        check: Check,
+        table: list[tuple[int, int, int]],
+        *,
+        split: bool,
+    ) -> None:
+        assert f.bytes_total is not None
+        self.engine, self.f, self.ctx, self.check = engine, f, ctx, check
+        self.policy = engine.policy
+        self.total = f.bytes_total
+        self.segs = [_Seg(a, b, c) for a, b, c in table]
+        self.split = split  # the store holds a table: the file is (to be) preallocated
+        self.fd = -1
+        self.conns: dict[asyncio.Task[None], _Conn] = {}
+        self.cap = max(1, self.policy.max_connections_per_file)
+        self.ranges_ok = True  # False once a Range was answered with the whole file
+        self.primary_free = True
+        self.failure: BaseException | None = None
+        self.restarts = 0
+        self.hashing: asyncio.Task[None] | None = None
+        self.syncing: asyncio.Task[None] | None = None
+        self.cp_at = time.monotonic()
+        self.cp_bytes = f.bytes_transferred
+        self.base_rate = 0.0
+        self.window: tuple[float, int] | None = None  # (time, bytes) the window began at
+        self.trial: _Conn | None = None  # the connection last added, on trial
+        self.cpu_from = 0.0  # the loop thread's CPU time when the window began
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()  # (time, bytes)
+        self.adding = True
+
+    # -- the run ------------------------------------------------------------------------------
+    async def run(self, first: httpx.Response | None) -> None:
+        """Fetch every segment (from *first*, the response already open, if given)."""
+        fh = await self._open(first)
+        try:
+            self.fd = fh.fileno()
+            if first is not None:
+                await self.engine.begin_hashes(fh, self.check, first.headers, self.segs[0].done)
+                self._start(self.segs[0], None, first)
+            else:
+                self._ready_hash()
+                await self._start_pending()
+            try:
+                await self._loop()
+                await self._finish()
+            except BaseException:
+                await self._stop()
+                raise
+        finally:
+            self.f.connections = 0
+            fh.close()
+
+    async def _open(self, first: httpx.Response | None) -> IO[bytes]:
+        f = self.f
+        try:
+            if first is None:
+                try:
+                    fh = open_private(f.temp_name)
+                except FileNotFoundError:
+                    raise Restart from None
+                size = os.fstat(fh.fileno()).st_size
+                if any(d > size for s, d, _ in ((s.start, s.done, s.end) for s in self.segs)):
+                    fh.close()
+                    raise Restart  # the table claims bytes the file does not hold
+                try:
+                    if size > self.total:  # nothing past the end may stay in the file
+                        os.ftruncate(fh.fileno(), self.total)
+                    await asyncio.to_thread(preallocate, fh.fileno(), self.total)
+                except BaseException:
+                    fh.close()
+                    raise
+                return fh
+            offset = self.segs[0].done
+            if offset == 0:
+                (await create_temp(f.temp_name)).close()
+            fh = open_private(f.temp_name)  # read and write: hashes read segments back
+            fh.truncate(offset)
+            f.bytes_transferred = offset
+            return fh
+        except OSError as exc:
+            raise local_failure(exc, f.temp_name) from exc
+
+    def _ready_hash(self) -> None:
+        """A resumed table: the whole file's hasher, from the prefix this process hashed."""
+        check = self.check
+        check.content = check.content_hasher = None
+        if check.expected is None:
+            check.whole = None
+            return
+        alg = check.expected.algorithm
+        whole = check.whole
+        if whole is None or whole.algorithm != alg or whole.hashed > contiguous_end(self._table()):
+            check.whole = Partial(alg, new_hasher(alg), 0)
+
+    async def _loop(self) -> None:
+        tick = max(0.02, min(0.1, self.policy.segment_window / 5))
+        while True:  # bounded: ends when every segment is written, or raises
+            self._reap()
+            if all(s.done >= s.end for s in self.segs):
+                return
+            if not self.conns:
+                self.restarts += 1
+                if self.failure is not None or self.restarts > _MAX_RESTARTS:
+                    raise self.failure or _connection_ended()
+                await self._start_pending()
+            self._checkpoint_due()
+            self._hash_more()
+            await self._maybe_add()
+            if self.conns:
+                await asyncio.wait(list(self.conns), timeout=tick)
+
+    def _reap(self) -> None:
+        for task in [t for t in self.conns if t.done()]:
+            conn = self.conns.pop(task)
+            self.f.connections = len(self.conns)
+            if conn is self.trial:
+                self.trial = None
+            exc = None if task.cancelled() else task.exception()
+            if exc is None:
+                continue
+            if isinstance(exc, _NoRanges):
+                self.ranges_ok, self.adding, self.cap = False, False, 1
+                continue
+            transient = isinstance(exc, httpx.HTTPError) or (
+                isinstance(exc, TransferFailure) and exc.transient
+            )
+            if transient and self.conns:
+                # an extra connection the host refused or dropped: its segment goes back to
+                # the others, and this file tries no more connections than it has
+                self.adding = False
+                self.cap = max(1, len(self.conns))
+                continue
+            if isinstance(exc, httpx.HTTPError):
+                exc = network_failure(exc)
+            raise exc
+
+    def _start(
+        self, seg: _Seg, slot: asyncio.Semaphore | None, resp: httpx.Response | None
+    ) -> _Conn:
+        conn = _Conn(slot, seg)
+        seg.owner = conn
+        if slot is None:
+            self.primary_free = False
+        task = asyncio.create_task(self._work(conn, resp))
+        self.conns[task] = conn
+        self.f.connections = len(self.conns)
+        return conn
+
+    async def _start_pending(self) -> None:
+        """A connection for each segment nobody fills (the download's own slot first, then free
+        host slots, within the per-file cap)."""
+        for seg in self.segs:
+            if seg.owner is not None or seg.done >= seg.end or len(self.conns) >= self.cap:
+                continue
+            if self.primary_free:
+                self._start(seg, None, None)
+                continue
+            slot = await self._free_slot() if self.ranges_ok else None
+            if slot is None:
+                return
+            self._start(seg, slot, None)
+
+    async def _free_slot(self) -> asyncio.Semaphore | None:
+        """A host slot taken at once, or None when the host has none free (or files wait)."""
+        sem = self.engine.slot(self.f.remote_name)
+        if sem.locked():
+            return None
+        await sem.acquire()  # free: it does not wait
+        return sem
+
+    def _table(self) -> list[tuple[int, int, int]]:
+        return [(s.start, s.done, s.end) for s in self.segs]
+
+    # -- one connection -------------------------------------------------------------------------
+    async def _work(self, conn: _Conn, resp: httpx.Response | None) -> None:
+        try:
+            for _ in range(_MAX_REQUESTS):
+                seg = conn.seg
+                if seg is None or conn.retire:
+                    return
+                if seg.done >= seg.end:
+                    seg.owner = None
+                    conn.seg = self._next_for(conn)
+                    continue
+                if resp is not None:
+                    first, resp = resp, None
+                    try:
+                        await self._stream(conn, first)
+                    finally:
+                        await first.aclose()
+                else:
+                    await self._request(conn, seg)
+            raise _connection_ended()
+        finally:
+            if conn.seg is not None:
+                self._give_back(conn.seg)
+                conn.seg = None
+            if conn.slot is None:
+                self.primary_free = True
+            else:
+                conn.slot.release()
+
+    def _give_back(self, seg: _Seg) -> None:
+        """*seg* has no connection now: an untouched one joins the segment before it."""
+        seg.owner = None
+        i = self.segs.index(seg)
+        if i > 0 and seg.done == seg.start:
+            self.segs[i - 1].end = seg.end
+            del self.segs[i]
+
+    def _next_for(self, conn: _Conn) -> _Seg | None:
+        """A free connection's next segment: one nobody fills, else half of the largest range
+        left, else the tail of a straggler (None: nothing worth a request)."""
+        for seg in self.segs:
+            if seg.owner is None and seg.done < seg.end:
+                seg.owner = conn
+                return seg
+        if not self.ranges_ok or conn.retire:
+            return None
+        now = time.monotonic()
+        rates = {id(s): s.owner.now_rate(now) for s in self.segs if s.owner is not None}
+        busy = [s for s in self.segs if id(s) in rates and s.done < s.end]
+        if not busy:
+            return None
+        # the range that would end last: halved while large, else its tail taken so both end
+        # together (most of a straggler's)
+        last = max(busy, key=lambda s: (s.end - s.done) / max(1.0, rates[id(s)]))
+        cut = split_point(last.done, last.end, self.policy.min_segment_bytes)
+        if cut is None:
+            cut = takeover_point(last.done, last.end, rates[id(last)], conn.rate)
+        return self._cut(last, cut, conn) if cut is not None else None
+
+    def _cut(self, seg: _Seg, cut: int, owner: _Conn | None) -> _Seg:
+        new = _Seg(cut, cut, seg.end, owner)
+        seg.end = cut
+        self.segs.insert(self.segs.index(seg) + 1, new)
+        return new
+
+    async def _request(self, conn: _Conn, seg: _Seg) -> None:
+        f, ctx = self.f, self.ctx
+        client = self.engine.client(ctx.proxy, ctx.trust_env)
+        headers = self.engine.digest_headers(f, ctx)
+        headers["Range"] = f"bytes={seg.done}-{seg.end - 1}"
+        headers["If-Range"] = f.etag or ""
+        async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
+            if self._accept(resp, seg):
+                ctx.on_connected()
+                await self._stream(conn, resp)
+                return
+            # the whole file for a Range: fine for the one connection left, not for more
+            if len(self.conns) > 1:
+                raise _NoRanges
+            self.ranges_ok, self.adding, self.cap = False, False, 1
+            whole = _Seg(0, 0, self.total, conn)
+            self.segs = [whole]
+            conn.seg = whole
+            f.bytes_transferred = 0
+            ctx.on_connected()
+            await self._stream(conn, resp)
+
+    def _accept(self, resp: httpx.Response, seg: _Seg) -> bool:
+        """True for a 206 of *seg*'s range, False for the same file whole; else raises."""
+        status, etag = resp.status_code, resp.headers.get("etag")
+        if status == 206:
+            content_range = resp.headers.get("content-range")
+            span = parse_content_range(content_range)
+            if span is None or span.first != seg.done or span.last is None:
+                raise invalid_response(f"bad Content-Range {content_range!r}", transient=True)
+            if (span.total is not None and span.total != self.total) or (
+                etag and etag != self.f.etag
+            ):
+                raise Restart
+            return True
+        if status == 200:
+            try:
+                size = parse_content_length(resp.headers.get("content-length"))
+            except BadLength as exc:
+                raise invalid_response(f"bad Content-Length: {exc}", transient=True) from None
+            if etag != self.f.etag or size != self.total:
+                raise Restart  # If-Range failed: the file changed
+            return False
+        if status == 416:
+            raise Restart
+        raise TransferFailure(
+            _codes.http_error(status),
+            ErrorContext.REMOTE_FILE,
+            transient=is_transient_status(status),
+            message=f"HTTP {status} for {redact_url(str(resp.url))}",
+            retry_after=response_retry_after(resp),
+        )
+
+    async def _stream(self, conn: _Conn, resp: httpx.Response) -> None:
+        """Write *resp*'s body at its segment's offsets until the segment (which may shrink
+        or grow meanwhile) is full or the body ends."""
+        seg = conn.seg
+        assert seg is not None
+        f, ctx, fd = self.f, self.ctx, self.fd
+        whole = self.check.whole
+        throttle = ctx.throttle
+        conn.began, conn.bytes = None, 0
+        chunks = body_views(resp) or resp.aiter_raw()
+        # every segment's connection is paced like a single one: without it a segmented
+        # background file neither yielded (4.2 of 12.5 MB/s beside a curl in the WAN
+        # testbed) nor held a cap on the wire
+        unwatch = ctx.watch(resp)
+        try:
+            async for chunk in chunks:
+                if conn.began is None:
+                    conn.began = time.monotonic()
+                pos = seg.done
+                n = min(len(chunk), seg.end - pos)
+                view = memoryview(chunk)[:n]
+                pwrite_all(fd, view, pos)
+                if whole is not None and pos == whole.hashed and self.hashing is None:
+                    whole.hasher.update(view)
+                    whole.hashed += n
+                seg.done = pos + n
+                conn.bytes += n
+                f.bytes_transferred += n
+                if throttle is not None and throttle.limited:
+                    await throttle.take(n)
+                ctx.on_progress(f)
+                if ctx.should_yield() and worth_yielding(f):
+                    raise YieldSlice
+                if seg.done >= seg.end or conn.retire:
+                    break
+        except OSError as exc:
+            raise local_failure(exc, f.temp_name) from exc
+        finally:
+            unwatch()
+        conn.rate = conn.now_rate(time.monotonic())
+
+    # -- more connections -----------------------------------------------------------------------
+    async def _maybe_add(self) -> None:
+        """Measure the file's rate; keep the connection on trial if it paid, and try one more
+        while the rules allow.
+
+        Servers that cap each connection send in bursts (nginx's ``limit_rate`` by the
+        second), and a loaded machine's rate wanders by more than 10 %: so the rate without the
+        trial is measured over at least ``_JUDGE_SECONDS``; a trial is kept early when a window
+        of ``segment_window`` shows half a connection's share more (capped connections add a
+        whole share), else judged by ``GAIN`` once ``_JUDGE_SECONDS`` have passed.
+        """
+        now, got = time.monotonic(), self.f.bytes_transferred
+        samples = self.samples
+        samples.append((now, got))
+        while len(samples) > 2 and now - samples[1][0] >= _JUDGE_SECONDS:
+            samples.popleft()  # bounded: keeps the newest sample a second old, and later ones
+        if not self.adding or any(c.began is None for c in self.conns.values()):
+            return  # a connection not flowing yet: its rate would count for nothing
+        if self.window is None:
+            self.window, self.cpu_from = (now, got), time.thread_time()
+            return
+        began, before = self.window
+        took = now - began
+        if self.trial is None:
+            if took >= _JUDGE_SECONDS:
+                self.base_rate = (got - before) / took
+                busy = (time.thread_time() - self.cpu_from) / took
+                self.window, self.cpu_from = (now, got), time.thread_time()
+                if busy < _BUSY_LOOP:  # a loop busy all the time goes no faster with more
+                    await self._add()
+            return
+        if took < self.policy.segment_window:
+            return
+        rate = (got - before) / took
+        early = took < _JUDGE_SECONDS
+        if gained(self.base_rate, rate, len(self.conns) - 1 if early else None):
+            # kept; the next one is measured against the last second (a little of it without
+            # this one: never above what these connections give)
+            self.trial = None
+            then, had = samples[0]
+            self.base_rate = (got - had) / (now - then) if now > then else 0.0
+            self.window = (now, got)
+            await self._add()
+        elif not early:
+            # one more did not make it faster: back to what it was, and no more tries
+            self.trial.retire = True
+            self.trial = None
+            self.adding = False
+            self.cap = max(1, len(self.conns) - 1)
+
+    async def _add(self) -> None:
+        left = [s for s in self.segs if s.done < s.end]
+        if not left or not self.ranges_ok:
+            return
+        biggest = max(left, key=lambda s: s.end - s.done)
+        min_seg = self.policy.min_segment_bytes
+        if not may_add(biggest.end - biggest.done, min_seg, len(self.conns), self.cap):
+            return
+        if self.engine.slot(self.f.remote_name).locked():
+            return  # the host's slots are taken: measure again, try later
+        if not self.split:
+            new = await self._first_split()
+        else:
+            cut = split_point(biggest.done, biggest.end, min_seg)
+            new = self._cut(biggest, cut, None) if cut is not None else None
+        if new is None or new.owner is not None or new.done >= new.end:
+            return
+        slot = await self._free_slot()
+        if slot is None:
+            return
+        if new.owner is not None:  # taken while the slot was had
+            slot.release()
+            return
+        self.trial = self._start(new, slot, None)
+        self.window = None
+
+    async def _first_split(self) -> _Seg | None:
+        """Split the one segment in two: the table goes to the store (as far as an fdatasync
+        covered the first), then the file is preallocated; None if the store did not take it."""
+        if self.syncing is not None:
+            await asyncio.wait([self.syncing])
+        durable = self.segs[0].done
+        try:
+            await asyncio.to_thread(os.fdatasync, self.fd)
+        except OSError as exc:
+            raise local_failure(exc, self.f.temp_name) from exc
+        seg = self.segs[0]
+        cut = split_point(seg.done, seg.end, self.policy.min_segment_bytes)
+        if cut is None or len(self.segs) != 1:
+            return None
+        table = [(0, durable, cut), (cut, cut, self.total)]
+        self.f.segments = table
+        if not self.ctx.save_segments(dataclasses.replace(self.f, bytes_transferred=durable)):
+            self.f.segments = None
+            self.adding = False
+            return None
+        self.split = True
+        new = self._cut(seg, cut, None)
+        try:
+            await asyncio.to_thread(preallocate, self.fd, self.total)
+        except OSError as exc:
+            raise local_failure(exc, self.f.temp_name) from exc
+        return new
+
+    # -- checkpoints, hashes, the end -----------------------------------------------------------
+    def _checkpoint_due(self) -> None:
+        if self.syncing is not None:
+            if not self.syncing.done():
+                return
+            syncing, self.syncing = self.syncing, None
+            syncing.result()  # a failed sync (disk full) surfaces here
+        now, got = time.monotonic(), self.f.bytes_transferred
+        p = self.policy
+        if got - self.cp_bytes < p.checkpoint_bytes and now - self.cp_at < p.checkpoint_interval:
+            return
+        self.cp_at, self.cp_bytes = now, got
+        self.syncing = asyncio.create_task(self._checkpoint(self._table()))
+
+    async def _checkpoint(self, table: list[tuple[int, int, int]]) -> None:
+        try:
+            await asyncio.to_thread(os.fdatasync, self.fd)
+        except OSError as exc:
+            raise local_failure(exc, self.f.temp_name) from exc
+        if self.split:
+            self.f.segments = table
+            self.ctx.on_checkpoint(dataclasses.replace(self.f, segments=table), done_bytes(table))
+        else:
+            self.ctx.on_checkpoint(self.f, table[0][1])
+
+    def _hash_more(self) -> None:
+        """Read back and hash what other connections wrote, once the prefix reaches it."""
+        whole = self.check.whole
+        if whole is None or self.hashing is not None:
+            return
+        start, target = whole.hashed, contiguous_end(self._table())
+        if target > start:
+            self.check.sound = False
+            self.hashing = asyncio.create_task(self._hash_range(whole, start, target))
+
+    async def _hash_range(self, whole: Partial, start: int, target: int) -> None:
+        try:
+            read = await asyncio.get_running_loop().run_in_executor(
+                self.engine.hash_pool(), hash_prefix, self.fd, whole.hasher, start, target
+            )
+        finally:
+            self.hashing = None
+        whole.hashed = target
+        self.engine.bytes_rehashed += read
+        self.check.sound = True
+
+    async def _finish(self) -> None:
+        """Every byte is written: hash the rest, sync, and the file needs no table."""
+        try:
+            whole = self.check.whole
+            for _ in range(3):  # bounded: the second pass hashes to the end
+                if self.hashing is not None:
+                    await self.hashing
+                if whole is None or whole.hashed >= self.total:
+                    break
+                self._hash_more()
+            if whole is not None and whole.hashed < self.total:
+                raise OSError(5, "could not read back the temporary file to hash it")
+            if self.syncing is not None:
+                await self.syncing
+                self.syncing = None
+            await asyncio.to_thread(os.fsync, self.fd)
+        except OSError as exc:
+            raise local_failure(exc, self.f.temp_name) from exc
+        self.f.bytes_transferred = self.total
+        self.f.segments = None
+
+    async def _stop(self) -> None:
+        """Stopped (a failure, a slice end, cancel): the connections end, and the table kept is
+        what the disk holds."""
+        for task in self.conns:
+            task.cancel()
+        if self.conns:
+            await asyncio.gather(*self.conns, return_exceptions=True)
+        self.conns.clear()
+        waits: list[asyncio.Future[Any]] = [x for x in (self.hashing, self.syncing) if x]
+        if waits:
+            await asyncio.wait(waits)  # the descriptor stays open while a thread uses it
+        if self.syncing is not None and not self.syncing.cancelled():
+            self.syncing.exception()  # retrieved, so asyncio does not warn about it
+        if not self.split:
+            self.f.bytes_transferred = self.segs[0].done
+            return
+        table = self._table()
+        try:
+            await asyncio.to_thread(os.fdatasync, self.fd)
+        except OSError:
+            table = self.f.segments or table  # the last table a sync covered
+        self.f.segments = table
+        self.f.bytes_transferred = done_bytes(table)
+
+
+def _connection_ended() -> TransferFailure:
+    return TransferFailure(
+        _codes.ERROR_WINHTTP_CONNECTION_ERROR,
+        ErrorContext.REMOTE_FILE,
+        transient=True,
+        message="the connections ended before the file was complete",
+    )
