@@ -338,7 +338,10 @@ async def _run_all(srv: ScriptServer, all_cases: list[Case], lean: bool) -> Outc
         async with slots:
             inner = httpx.AsyncHTTPTransport(verify=TLS)
             transport = LeanTransport(inner) if lean else inner
-            async with httpx.AsyncClient(transport=transport, timeout=case.timeout) as c:
+            # the case's timeout is for reading; connecting gets FAST (a loaded machine's
+            # accept thread is slow to answer 48 clients at once: not what a case is about)
+            timeout = httpx.Timeout(case.timeout, connect=FAST)
+            async with httpx.AsyncClient(transport=transport, timeout=timeout) as c:
                 first = await _outcome(c, f"{srv.base}/{case.name}")
                 # the follow-up gets the ordinary timeout: a slow case's short one would make
                 # a loaded machine's late "ok" look like a desynchronised connection

@@ -271,7 +271,10 @@ class QueuePanel(Panel):
 
     def _tick(self, changes: Changes) -> bool:
         handles = self._handles
-        if changes.removed:
+        # a job that left the queue (final) leaves the queue's panel, but a panel of the
+        # caller's own jobs keeps it, in its final state (read once more below)
+        kept = changes.removed if self._scope is not None else set()
+        if changes.removed and not kept:
             self._handles = handles = {k: v for k, v in handles.items() if k not in changes.removed}
             self._members += 1
             for k in changes.removed:
@@ -293,7 +296,7 @@ class QueuePanel(Panel):
             # display update (JupyterLab loses the scroll position and the dropdowns), and a
             # queue changes state all the time. The queue's saved text follows after each
             # cell (post_run_cell) and at the end instead.
-            self._read((changes.changed & set(self._handles)) | active)
+            self._read(((changes.changed | kept) & set(self._handles)) | active)
             self._render()
         return True
 
