@@ -80,8 +80,10 @@ class DownloadRun:
                     raise
                 finally:
                     in_flight.pop(me, None)
-                done = all(x.transferred or x.completed for x in rec.files if x is not f)
-                if not in_flight and done:
+                # (in_flight first: the scan of every file is O(files), so only when it can end)
+                if not in_flight and all(
+                    x.transferred or x.completed for x in rec.files if x is not f
+                ):
                     # the job's last file: its row and the job's end go in one commit
                     await self._end_transfer_with(rec, f, mark)
                     continue
