@@ -49,13 +49,13 @@ CHROMIUM_ARGS = [
 SERVER_START_TIMEOUT = 60.0  # s, for /api/status to answer
 UI_TIMEOUT = 30_000  # ms, Playwright's default for every wait, click and expect
 KERNEL_TIMEOUT = 90_000  # ms, first page load + kernel start + the setup cell
-BLOCK_TIMEOUT = 15_000  # ms, bound on watching the bar during the 4 s blocking cell
+BLOCK_TIMEOUT = 25_000  # ms, bound on watching the bar during the 10 s blocking cell
 NOTEBOOK = "e2e.ipynb"
 QUICK_FILES, QUICK_SIZE = 3, 400_000
-# slow.bin comes in 48 pieces: each request gets 200 kB, a 0.5 s stall, then a dropped
+# slow.bin comes in 64 pieces: each request gets 200 kB, a 0.5 s stall, then a dropped
 # connection (a known size, so a real bar, unlike a multi-file job whose total stays unknown);
-# 24 s of stalls at least, so it still runs at the Suspend click on a slow, loaded machine.
-SLOW_SIZE, SLOW_CHUNK, SLOW_STALL = 9_600_000, 200_000, 0.5
+# 32 s of stalls at least, so it still runs at the Suspend click on a slow, loaded machine.
+SLOW_SIZE, SLOW_CHUNK, SLOW_STALL = 12_800_000, 200_000, 0.5
 SLOW_TIMEOUT = 120_000  # ms, bound on the slow job's remaining pieces after Resume
 
 STATE_RE = re.compile(
@@ -106,13 +106,13 @@ CELLS = {
     ),
     "queue": "mgr.panel()",
     "block": (
-        "# the kernel is busy for 4 s; the panels above keep moving\n"
+        "# the kernel is busy for 10 s; the panels above keep moving\n"
         "# (first, bounded, until the slow job knows its size: a loaded machine starts it late)\n"
         "until = time.monotonic() + 60\n"
         "while big.progress.bytes_total is None and time.monotonic() < until:\n"
         "    time.sleep(0.05)\n"
         'print("block start", flush=True)\n'
-        "time.sleep(4)\n"
+        "time.sleep(10)\n"  # a loaded machine's front end can lag the kernel by seconds
         'print("block end", flush=True)'
     ),
 }
