@@ -30,7 +30,7 @@ from bitsnb.testing import UploadServer
 
 KiB = 1024
 RATE = 100_000
-SIZE = 300_000
+SIZE = 500_000  # at the cap ≥ 2.4 s even with the slack below; uncapped all in the first second
 SNDBUF = 16 * KiB
 linux_only = pytest.mark.skipif(not tcp_info_available(), reason="TCP_INFO is Linux-only")
 
@@ -78,7 +78,7 @@ def first_second(log: list[tuple[float, int]], began: float, *, cumulative: bool
 def test_a_download_cap_holds_on_the_wire(
     srv: ScriptServer, store: Path, dest: Path, priority: JobPriority
 ) -> None:
-    """The server's clock: 300 kB at 100 kB/s leave it over ≥ 2.5 s, and the first second
+    """The server's clock: 500 kB at 100 kB/s leave it over ≥ 2.4 s, and the first second
     carries at most the cap, a burst and the kernels' buffers (the receive buffer sized to
     rate × round trip by the pacer, so the client's kernel does not pull the file ahead)."""
     body = os.urandom(SIZE)
@@ -95,7 +95,9 @@ def test_a_download_cap_holds_on_the_wire(
     assert (dest / "capped.bin").read_bytes() == body
     sent_by_1s = first_second(log, began, cumulative=True)
     took = log[-1][0] - began
-    slack = 64 * KiB + 2 * SNDBUF + 2 * 16 * KiB  # burst + both kernels' (doubled) buffers
+    # burst + both kernels' (doubled) buffers + the client's first receive window, taken
+    # before the pacer sizes the buffer (a loaded loop watches the response late)
+    slack = 64 * KiB + 2 * SNDBUF + 2 * 16 * KiB + 64 * KiB
     print(f"\n{priority.name}: first second {sent_by_1s} B, all sent after {took:.2f} s")
     assert sent_by_1s <= RATE + slack
     assert took >= (SIZE - slack) / RATE
