@@ -174,32 +174,6 @@ def parse_rate_arg(text: str) -> float | None:
         raise argparse.ArgumentTypeError(exc.message or str(exc)) from None
 
 
-def bandwidth_options(p: argparse.ArgumentParser, *, job: bool) -> None:
-    """--max-bandwidth (the job's own cap: *job*), and the manager-wide options of a command
-    that runs the queue: --background-max-bandwidth, --background {yield,full}."""
-    if job:
-        p.add_argument(
-            "--max-bandwidth",
-            type=parse_rate_arg,
-            metavar="RATE",
-            default=argparse.SUPPRESS,
-            help="cap this job (500k, 5MB, 1.5G, as curl's --limit-rate; off: no cap)",
-        )
-    p.add_argument(
-        "--background-max-bandwidth",
-        type=parse_rate_arg,
-        metavar="RATE",
-        default=None,
-        help="cap the background jobs this process runs, together (Policy.max_bandwidth)",
-    )
-    p.add_argument(
-        "--background",
-        choices=("yield", "full"),
-        default=None,
-        help="background jobs yield to other traffic (default) or use the full bandwidth",
-    )
-
-
 def bandwidth_policy(args: argparse.Namespace, policy: Policy) -> None:
     """The manager-wide bandwidth options into the policy."""
     cap = getattr(args, "background_max_bandwidth", None)
