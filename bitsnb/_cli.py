@@ -25,7 +25,8 @@ Exit codes::
 
 This module is the entry point (``main``: parse, run the verb, map errors to exit codes); the
 parser is in ``_cli_parser``, argument values in ``_cli_args``, the job verbs in ``_cli_jobs``,
-the verbs that transfer or serve in ``_cli_run`` and the views in ``_cli_render``.
+the verbs that transfer or serve in ``_cli_run``, the views in ``_cli_render``, the live
+progress in ``_cli_watch`` and the output streams and exit statuses in ``_cli_output``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ from ._cli_args import Handler, UsageError
 from ._cli_args import parse_code as parse_code
 from ._cli_args import parse_rate_arg as parse_rate_arg
 from ._cli_args import plan_destinations as plan_destinations
-from ._cli_parser import build_parser
-from ._cli_render import (
+from ._cli_output import (
     EXIT_BITS_ERROR,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -53,6 +53,7 @@ from ._cli_render import (
     EXIT_USAGE,
     Output,
 )
+from ._cli_parser import build_parser
 from ._codes import E_INVALIDARG, E_NOTIMPL
 from ._errors import BitsError
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ._bandwidth import parse_rate
-from ._cli_render import Output, safe_text, short_id
+from ._cli_output import Output, safe_text
+from ._cli_render import short_id
 from ._codes import E_INVALIDARG, from_user, hresult_from_errno, http_error
 from ._enums import JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import BitsError, JobNotFoundError, all_errors

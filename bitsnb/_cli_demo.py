@@ -15,7 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._cli_render import Output, Watcher, jobs_table, report_outcome, short_id, watch_job
+from ._cli_output import Output
+from ._cli_render import jobs_table, short_id
+from ._cli_watch import Watcher, report_outcome, watch_job
 from ._enums import JobPriority, JobState
 from ._format import format_bytes
 from ._models import Policy

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from ._checksums import Entry, missing, read_checksums, with_hashes
-from ._cli_render import EXIT_OK, EXIT_TRANSFER_FAILED, Output, safe_text
+from ._cli_output import EXIT_OK, EXIT_TRANSFER_FAILED, Output, safe_text
 from ._codes import BG_E_INVALID_STATE, E_INVALIDARG
 from ._enums import JobState
 from ._errors import BitsError

@@ -16,18 +16,8 @@ from ._cli_args import (
     resolve,
 )
 from ._cli_integrity import cli_entries, verify_job
-from ._cli_render import (
-    EXIT_BITS_ERROR,
-    EXIT_OK,
-    Output,
-    error_lines,
-    job_dict,
-    jobs_csv,
-    jobs_table,
-    print_info,
-    safe_text,
-    short_id,
-)
+from ._cli_output import EXIT_BITS_ERROR, EXIT_OK, Output, safe_text
+from ._cli_render import error_lines, job_dict, jobs_csv, jobs_table, print_info, short_id
 from ._codes import BG_S_PARTIAL_COMPLETE, S_OK
 from ._enums import JobState, JobType, NotifyFlags, ProxyUsage
 from ._errors import BitsError

@@ -21,20 +21,9 @@ from ._cli_args import (
 )
 from ._cli_integrity import cli_entries
 from ._cli_jobs import complete_text, queued_note
-from ._cli_render import (
-    DONE_STATES,
-    EXIT_NOT_IMPLEMENTED,
-    EXIT_OK,
-    EXIT_TRANSFER_FAILED,
-    Output,
-    Watcher,
-    job_dict,
-    jobs_table,
-    report_outcome,
-    safe_text,
-    short_id,
-    watch_job,
-)
+from ._cli_output import EXIT_NOT_IMPLEMENTED, EXIT_OK, EXIT_TRANSFER_FAILED, Output, safe_text
+from ._cli_render import job_dict, jobs_table, short_id
+from ._cli_watch import DONE_STATES, Watcher, report_outcome, watch_job
 from ._enums import JobState, JobType, ProxyUsage
 from ._errors import BitsError
 from ._format import format_bytes

@@ -202,7 +202,8 @@ def _wait_one(job: Job, remaining: float | None, progress: bool) -> JobState:
     """Wait for *job*; on a terminal (or in a log) show its progress as the CLI does."""
     if not progress:
         return job.wait(remaining)
-    from ._cli_render import Output, Watcher, watch_job
+    from ._cli_output import Output
+    from ._cli_watch import Watcher, watch_job
 
     with Watcher(Output(), job, explain_errors=False) as watcher:
         return watch_job(job.manager, job, watcher, timeout=remaining)

@@ -50,6 +50,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._cli_demo",
         "bitsnb._cli_integrity",
         "bitsnb._cli_render",
+        "bitsnb._cli_output",
+        "bitsnb._cli_watch",
         "bitsnb.distributed",
         "bitsnb.frames",
         "bitsnb.helpers",

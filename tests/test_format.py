@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bitsnb import _cli_render
+from bitsnb import _cli_render, _cli_watch
 from bitsnb._format import RateEstimator, format_bytes, format_eta, format_progress, format_rate
 from bitsnb.notebook import _text
 
@@ -58,7 +58,8 @@ def test_cli_and_notebook_show_the_same_bytes() -> None:
     """Both front ends use these functions, not copies of them."""
     assert _text.format_bytes is format_bytes
     assert _cli_render.format_progress is format_progress
-    assert _cli_render.RateEstimator is RateEstimator
+    assert _cli_watch.format_progress is format_progress
+    assert _cli_watch.RateEstimator is RateEstimator
 
 
 def test_rate_estimator_window_and_eta() -> None:
