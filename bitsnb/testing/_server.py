@@ -5,103 +5,34 @@ Standard library only: ``ThreadingHTTPServer`` in a daemon thread, bodies sent w
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import email.utils
-import fnmatch
-import hashlib
 import math
 import os
-import random
 import select
 import socket
 import socketserver
-import stat
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
-import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal, Self, get_args
-
-from awscrt import checksums  # type: ignore[import-untyped]
+from pathlib import Path
+from typing import IO, Any, Self, get_args
 
 from bitsnb._http_rules import RangeNotSatisfiable, format_content_range, parse_range
 from bitsnb.testing._base import ThreadedServer
+from bitsnb.testing._bodies import BodySender
+from bitsnb.testing._content import ServedFiles, if_range_matches, validators
+from bitsnb.testing._digests import DIGEST_KINDS, DigestBook, DigestKind, digest_fields
 from bitsnb.testing._faults import Fault, FaultKind
 
 __all__ = ["DIGEST_KINDS", "DigestKind", "FileServer", "RequestRecord"]
 
-DigestKind = Literal[
-    "repr-sha-256",
-    "repr-sha-512",
-    "digest-sha-256",
-    "amz-sha256",
-    "amz-sha1",
-    "amz-crc32",
-    "amz-crc32c",
-    "amz-crc64nvme",
-    "goog-crc32c",
-    "goog-md5",
-    "content-sha-256",
-    "content-md5",
-]
-"""Digest headers ``FileServer.send_digests`` can add: ``repr-*`` (RFC 9530 Repr-Digest, sent
-when the request has Want-Repr-Digest), ``digest-*`` (RFC 3230 Digest), ``amz-*`` (S3's
-x-amz-checksum-*, sent when the request has ``x-amz-checksum-mode: ENABLED``), ``goog-*``
-(GCS's x-goog-hash) of the whole file; ``content-*`` (RFC 9530 Content-Digest, Content-MD5) of
-the response's own bytes."""
-DIGEST_KINDS: tuple[DigestKind, ...] = get_args(DigestKind)
-
-# kind → (algorithm, scope); the algorithms computed here with hashlib, zlib and awscrt
-_DIGEST_ALGS: dict[str, str] = {
-    "repr-sha-256": "sha256",
-    "repr-sha-512": "sha512",
-    "digest-sha-256": "sha256",
-    "amz-sha256": "sha256",
-    "amz-sha1": "sha1",
-    "amz-crc32": "crc32",
-    "amz-crc32c": "crc32c",
-    "amz-crc64nvme": "crc64nvme",
-    "goog-crc32c": "crc32c",
-    "goog-md5": "md5",
-    "content-sha-256": "sha256",
-    "content-md5": "md5",
-}
-
-
-def _digest_of(alg: str, fh: IO[bytes], start: int, length: int) -> bytes:
-    """The digest of *length* bytes of *fh* from *start* (CRCs big-endian, as S3/GCS send)."""
-    crc = {"crc32": (zlib.crc32, 4), "crc32c": (checksums.crc32c, 4)}
-    crc["crc64nvme"] = (checksums.crc64nvme, 8)
-    h = None if alg in crc else hashlib.new(alg)
-    value = 0
-    fh.seek(start)
-    left = length
-    while left > 0:  # bounded: each pass reads ≥ 1 byte or stops
-        block = fh.read(min(_BLOCK, left))
-        if not block:
-            break
-        left -= len(block)
-        if h is not None:
-            h.update(block)
-        else:
-            value = crc[alg][0](block, value)
-    if h is not None:
-        return h.digest()
-    return int(value).to_bytes(crc[alg][1], "big")
-
-
-_BLOCK = 1 << 20  # random content is generated and written in 1 MiB blocks
-_CHUNK = 1 << 20  # chunk size used by the chunked-encoding fault
 _STOP_JOIN_TIMEOUT = 5.0  # bound on how long stop() waits for its threads
 _MAX_DRAIN = 1 << 20  # largest request body read and discarded to keep a connection alive
 _POLL_INTERVAL = 0.05  # serve_forever poll interval: how fast shutdown() returns
@@ -128,52 +59,6 @@ class RequestRecord:
     def copy(self) -> RequestRecord:
         """Return an independent snapshot of this record."""
         return dataclasses.replace(self, headers=dict(self.headers))
-
-
-def _normalize_name(name: str) -> str:
-    """Return the canonical relative POSIX key for ``name``; refuse absolute or escaping names."""
-    if not name or "\x00" in name or "\\" in name:
-        raise ValueError(f"invalid file name {name!r}")
-    pure = PurePosixPath(name)
-    if pure.is_absolute() or ".." in pure.parts:
-        raise ValueError(f"file name must be relative and stay under root: {name!r}")
-    key = pure.as_posix()
-    if key in ("", "."):
-        raise ValueError(f"invalid file name {name!r}")
-    return key
-
-
-def _write_random(fh: IO[bytes], size: int, seed: int | str) -> None:
-    """Write ``size`` deterministic pseudo-random bytes in 1 MiB blocks (flat memory, fast).
-
-    The first block comes straight from ``random.Random(seed)``; each later block is that block
-    rotated by a seeded offset, with its index in the first 8 bytes, so all blocks differ.
-    """
-    rng = random.Random(seed)
-    base = rng.randbytes(min(size, _BLOCK))
-    fh.write(base)
-    remaining = size - len(base)
-    if remaining <= 0:
-        return
-    src = memoryview(base)
-    view = memoryview(bytearray(_BLOCK))  # reused: fresh 1 MiB buffers cost page faults
-    index = 1
-    while remaining > 0:
-        k = rng.randrange(_BLOCK)
-        view[: _BLOCK - k] = src[k:]
-        view[_BLOCK - k :] = src[:k]
-        view[:8] = index.to_bytes(8, "little")
-        n = min(_BLOCK, remaining)
-        fh.write(view[:n])
-        remaining -= n
-        index += 1
-
-
-def _bytes_writer(data: bytes) -> Callable[[IO[bytes]], None]:
-    def write(fh: IO[bytes]) -> None:
-        fh.write(data)
-
-    return write
 
 
 class _Server(ThreadingHTTPServer):
@@ -387,25 +272,6 @@ class _Handler(BaseHTTPRequestHandler):
         body = f"{fault.code} {phrase} (injected fault)\n".encode()
         self._send_simple(rec, fault.code, body, extra, head=head)
 
-    def _if_range_ok(self, etag: str, last_modified: str, mtime: int) -> bool:
-        value = self.headers.get("If-Range")
-        if value is None:
-            return True
-        value = value.strip()
-        if value.startswith('"'):
-            return value == etag
-        if value.startswith("W/"):
-            return False  # If-Range requires strong comparison
-        if value == last_modified:
-            return True
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return False
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return int(when.timestamp()) == mtime
-
     def _send_file(
         self,
         rec: RequestRecord,
@@ -417,14 +283,14 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         kind = fault.kind if fault is not None else None
         size = st.st_size
-        etag = f'"{size}-{generation}-{st.st_mtime_ns:x}"'
-        last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
+        etag, last_modified = validators(st, generation)
         start, length, status = 0, size, 200
         range_header = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
         if (
             range_header is not None
             and kind != "ignore_range"
-            and self._if_range_ok(etag, last_modified, int(st.st_mtime))
+            and if_range_matches(if_range, etag, last_modified, int(st.st_mtime))
         ):
             try:
                 parsed = parse_range(range_header, size)
@@ -452,123 +318,49 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in ("drop_after", "stall_after", "wrong_length"):
             self.send_header("Connection", "close")
             self.close_connection = True
-        for key, value in self._digest_headers(rec.path, fh, size, start, length):
+        kinds, wrong = self.server.owner._digests_for(rec.path)
+        fields = digest_fields(
+            kinds,
+            wrong,
+            want_repr=self.headers.get("Want-Repr-Digest") is not None,
+            want_amz=(self.headers.get("x-amz-checksum-mode") or "").upper() == "ENABLED",
+            fh=fh,
+            size=size,
+            start=start,
+            length=length,
+        )
+        for key, value in fields:
             self.send_header(key, value)
         self.end_headers()
         if head:
             return
 
+        owner = self.server.owner
+        body = BodySender(
+            self.connection,
+            self.wfile,
+            count=lambda n: owner._add_sent(rec, n),
+            abort=self._abort,
+            closing=lambda: self.close_connection,
+            stopping=owner._stopping,
+        )
         if fault is not None and kind == "no_length":
-            self._send_chunked(rec, fh, start, length)
+            body.chunked(fh, start, length)
         elif fault is not None and kind == "corrupt":
-            self._send_corrupted(rec, fh, start, length, fault.seed)
+            body.corrupted(fh, start, length, fault.seed)
         elif fault is not None and kind == "throttle":
-            self._send_throttled(rec, fh, start, length, fault.nbytes)
-        elif fault is None and self.server.owner.connection_rate:
-            self._send_throttled(rec, fh, start, length, self.server.owner.connection_rate)
+            body.throttled(fh, start, length, fault.nbytes)
+        elif fault is None and owner.connection_rate:
+            body.throttled(fh, start, length, owner.connection_rate)
         elif fault is not None and kind in ("drop_after", "stall_after"):
-            self._send_body(rec, fh, start, min(fault.nbytes, length))
+            body.plain(fh, start, min(fault.nbytes, length))
             if kind == "stall_after":
-                self.server.owner._stopping.wait(fault.seconds)
+                owner._stopping.wait(fault.seconds)
             self._abort()
         else:
-            self._send_body(rec, fh, start, length)
+            body.plain(fh, start, length)
             if kind == "wrong_length":
                 self._abort()
-
-    def _send_body(self, rec: RequestRecord, fh: IO[bytes], offset: int, count: int) -> None:
-        """sendfile() ``count`` bytes from ``offset``; count them (optimistically, then exactly)."""
-        if count <= 0:
-            return
-        owner = self.server.owner
-        # Count before sending so a client that has read the bytes never sees a stale log;
-        # corrected below to what sendfile really returned.
-        owner._add_sent(rec, count)
-        fh.seek(offset)
-        sock: socket.socket = self.connection
-        try:
-            sent = sock.sendfile(fh, offset, count)
-        except OSError:
-            owner._add_sent(rec, max(0, fh.tell() - offset) - count)
-            raise
-        owner._add_sent(rec, sent - count)
-        if sent != count:  # file shrank underneath us: the promised length cannot be met
-            self._abort()
-
-    def _digest_headers(
-        self, name: str, fh: IO[bytes], size: int, start: int, length: int
-    ) -> list[tuple[str, str]]:
-        """The digest headers configured for *name* (right, or each one's first byte flipped)."""
-        kinds, wrong = self.server.owner._digests_for(name)
-        asked_repr = self.headers.get("Want-Repr-Digest") is not None
-        asked_amz = (self.headers.get("x-amz-checksum-mode") or "").upper() == "ENABLED"
-        fields: dict[str, list[str]] = {}
-        for kind in kinds:
-            family = kind.split("-", 1)[0]
-            if (family == "repr" and not asked_repr) or (family == "amz" and not asked_amz):
-                continue
-            alg = _DIGEST_ALGS[kind]
-            whole = family != "content"
-            raw = _digest_of(alg, fh, 0 if whole else start, size if whole else length)
-            if wrong:
-                raw = bytes([raw[0] ^ 0xFF]) + raw[1:]
-            b64 = base64.b64encode(raw).decode()
-            if family in ("repr", "content") and kind != "content-md5":
-                header = "Repr-Digest" if family == "repr" else "Content-Digest"
-                fields.setdefault(header, []).append(f"{kind.split('-', 1)[1]}=:{b64}:")
-            elif kind == "content-md5":
-                fields["Content-MD5"] = [b64]
-            elif family == "digest":
-                fields.setdefault("Digest", []).append(f"SHA-256={b64}")
-            elif family == "amz":
-                fields[f"x-amz-checksum-{alg}"] = [b64]
-            else:
-                fields.setdefault("x-goog-hash", []).append(f"{alg}={b64}")
-        return [(k, ", ".join(v)) for k, v in fields.items()]
-
-    def _send_corrupted(
-        self, rec: RequestRecord, fh: IO[bytes], start: int, length: int, seed: int
-    ) -> None:
-        """The body with one byte changed (seeded place and XOR mask), same length."""
-        if length <= 0:
-            return
-        rng = random.Random(seed)
-        at = rng.randrange(length)
-        mask = rng.randrange(1, 256)
-        self._send_body(rec, fh, start, at)
-        fh.seek(start + at)
-        byte = fh.read(1)
-        self.wfile.write(bytes([byte[0] ^ mask]))
-        self.wfile.flush()
-        self.server.owner._add_sent(rec, 1)
-        self._send_body(rec, fh, start + at + 1, length - at - 1)
-
-    def _send_throttled(
-        self, rec: RequestRecord, fh: IO[bytes], start: int, length: int, rate: int
-    ) -> None:
-        """The body in pieces of ~50 ms worth, each sent when the rate allows (stop interrupts)."""
-        piece = max(1, rate // 20)
-        began = time.monotonic()
-        sent = 0
-        while sent < length:
-            n = min(piece, length - sent)
-            self._send_body(rec, fh, start + sent, n)
-            sent += n
-            due = began + sent / rate - time.monotonic()
-            if due > 0 and self.server.owner._stopping.wait(due):
-                self._abort()
-                return
-
-    def _send_chunked(self, rec: RequestRecord, fh: IO[bytes], start: int, length: int) -> None:
-        pos, end = start, start + length
-        while pos < end and not self.close_connection:
-            n = min(_CHUNK, end - pos)
-            self.wfile.write(b"%x\r\n" % n)
-            self._send_body(rec, fh, pos, n)
-            self.wfile.write(b"\r\n")
-            pos += n
-        if not self.close_connection:
-            self.wfile.write(b"0\r\n\r\n")
 
 
 class FileServer(ThreadedServer[RequestRecord]):
@@ -597,7 +389,7 @@ class FileServer(ThreadedServer[RequestRecord]):
             root = self._tmp.name
         super().__init__(Path(root).absolute())
         self._root.mkdir(parents=True, exist_ok=True)
-        self._root_resolved = self._root.resolve()
+        self._files = ServedFiles(self._root, self._lock)
         self._host = host
         self._port = port
         self._stopping = threading.Event()
@@ -605,11 +397,8 @@ class FileServer(ThreadedServer[RequestRecord]):
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._base_url: str | None = None
-        self._gens: dict[str, int] = {}
-        self._mtimes: dict[str, int] = {}
-        self._seeds: dict[str, int] = {}
         self._handlers: dict[_Handler, threading.Thread] = {}
-        self._digests: list[tuple[str, tuple[DigestKind, ...], bool]] = []
+        self._digests = DigestBook()
         self.connection_rate: int | None = None
         self.max_concurrent: int | None = None
         self.peak_concurrent = 0
@@ -686,58 +475,20 @@ class FileServer(ThreadedServer[RequestRecord]):
 
     def path(self, name: str) -> Path:
         """On-disk path of ``name`` under root (traversal refused with ValueError)."""
-        return self._root / _normalize_name(name)
+        return self._files.path(name)
 
     # -- content -------------------------------------------------------------------------------
 
-    def _next_mtime_locked(self, key: str, target: Path) -> int:
-        prev: int | None = self._mtimes.get(key)
-        if prev is None:
-            with contextlib.suppress(OSError):
-                prev = math.floor(target.stat().st_mtime)
-        now = math.floor(time.time())
-        return now if prev is None or now > prev else prev + 1
-
-    def _replace(self, key: str, writer: Callable[[IO[bytes]], None]) -> None:
-        """Write new content to a temp file, then atomically swap it in with fresh validators."""
-        target = self._root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".bitsnb-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                writer(fh)
-            os.chmod(tmp_name, 0o644)
-            with self._lock:
-                existed = target.exists()
-                mtime = self._next_mtime_locked(key, target)
-                os.utime(tmp_name, (mtime, mtime))
-                os.replace(tmp_name, target)
-                known = key in self._gens
-                self._gens[key] = self._gens.get(key, 0) + 1 if (known or existed) else 0
-                self._mtimes[key] = mtime
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-
     def add_file(self, name: str, data: bytes) -> str:
         """Write ``root/name`` (creating folders) with ``data``; returns its URL."""
-        key = _normalize_name(name)
-        self._replace(key, _bytes_writer(data))
-        return self.url(key)
+        return self.url(self._files.add(name, data))
 
     def add_random_file(self, name: str, size: int, seed: int = 0) -> str:
         """Write ``size`` deterministic pseudo-random bytes (1 MiB blocks); returns its URL.
 
         Sizes of GiB are fine: memory stays flat and writing runs at disk speed.
         """
-        if size < 0:
-            raise ValueError("size must be >= 0")
-        key = _normalize_name(name)
-        self._replace(key, lambda fh: _write_random(fh, size, seed))
-        with self._lock:
-            self._seeds[key] = seed
-        return self.url(key)
+        return self.url(self._files.add_random(name, size, seed))
 
     def send_digests(
         self, name_glob: str, kinds: Iterable[DigestKind], *, wrong: bool = False
@@ -745,59 +496,20 @@ class FileServer(ThreadedServer[RequestRecord]):
         """Answer requests for files matching *name_glob* with these digest headers (see
         ``DigestKind``), right or, with *wrong*, each with its first byte flipped; a later call
         for the same glob replaces it, an empty *kinds* stops them."""
-        chosen = tuple(kinds)
-        for kind in chosen:
-            if kind not in _DIGEST_ALGS:
-                raise ValueError(f"unknown digest kind {kind!r}; known: {DIGEST_KINDS}")
-        glob = name_glob.lstrip("/")
         with self._lock:
-            self._digests = [d for d in self._digests if d[0] != glob]
-            if chosen:
-                self._digests.append((glob, chosen, wrong))
+            self._digests.set(name_glob, kinds, wrong)
 
     def _digests_for(self, name: str) -> tuple[tuple[DigestKind, ...], bool]:
         with self._lock:
-            for glob, kinds, wrong in self._digests:
-                if fnmatch.fnmatchcase(name, glob):
-                    return kinds, wrong
-        return (), False
+            return self._digests.for_name(name)
 
     def change_file(self, name: str, data: bytes | None = None) -> None:
         """Replace the content (``None``: new random bytes, same size); ETag and mtime change."""
-        key = _normalize_name(name)
-        target = self._root / key
-        if not target.is_file():
-            raise FileNotFoundError(f"no such served file: {name!r}")
-        if data is not None:
-            self._replace(key, _bytes_writer(data))
-            return
-        size = target.stat().st_size
-        with self._lock:
-            seed = f"{self._seeds.get(key, 0)}:{key}:{self._gens.get(key, 0) + 1}"
-        self._replace(key, lambda fh: _write_random(fh, size, seed))
+        self._files.change(name, data)
 
     def _open(self, name: str) -> tuple[IO[bytes], os.stat_result, int] | None:
         """Open a served file with its stat and generation, consistently; None if not servable."""
-        try:
-            key = _normalize_name(name)
-        except ValueError:
-            return None
-        with self._lock:
-            try:
-                resolved = (self._root / key).resolve(strict=True)
-            except (OSError, RuntimeError):
-                return None
-            if not resolved.is_relative_to(self._root_resolved) or not resolved.is_file():
-                return None
-            try:
-                fh = open(resolved, "rb")  # closed by the caller
-            except OSError:
-                return None
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                fh.close()
-                return None
-            return fh, st, self._gens.get(key, 0)
+        return self._files.open(name)
 
     # -- request log ---------------------------------------------------------------------------
 
