@@ -61,6 +61,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._helpers_manager",
         "bitsnb.notebook",
         "bitsnb.server",
+        "bitsnb.server._answers",
+        "bitsnb.server._asgi",
+        "bitsnb.server._replies",
+        "bitsnb.server._writing",
         "bitsnb.testing",
         "bitsnb.testing._bodies",  # the packages' submodules inherit their layer; the new ones
         "bitsnb.testing._content",  # of the split of _server.py and _app.py are named anyway

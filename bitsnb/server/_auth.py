@@ -21,7 +21,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["AuthFile", "Authenticator", "auth_line", "hash_password", "verify_password"]
+__all__ = [
+    "AuthFile",
+    "Authenticator",
+    "auth_line",
+    "basic_credentials",
+    "hash_password",
+    "verify_password",
+]
 
 Authenticator = Callable[[str, str], bool]
 """``authenticate(user, password) -> bool``: True lets the request in (HTTP Basic credentials)."""
@@ -129,3 +136,22 @@ class AuthFile:
 
     def __repr__(self) -> str:
         return f"AuthFile({str(self.path)!r}, {len(self._users)} users)"
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) from ``Authorization: Basic ...`` (RFC 7617), else None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not token.strip():
+        return None
+    try:
+        raw = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    user, sep, password = text.partition(":")
+    return (user, password) if sep else None

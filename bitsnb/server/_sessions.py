@@ -9,6 +9,7 @@ until it expires).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from bitsnb.server._protocol import (
     format_session_id,
 )
 
-__all__ = ["Session", "SessionStore", "resolve_destination"]
+__all__ = ["Session", "SessionLocks", "SessionStore", "resolve_destination"]
 
 SessionState = Literal["open", "complete", "closed"]
 _STATE_FILE = "state.json"
@@ -281,3 +282,40 @@ def _read_regular(path: Path) -> str:
             return fh.read().decode("utf-8")
     finally:
         os.close(fd)
+
+
+class SessionLocks:
+    """One asyncio.Lock per session id (strictly one packet per session at a time).
+
+    ``busy()`` is also asked from the expiry thread, so the table has a thread lock too.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._locks: dict[uuid.UUID, tuple[asyncio.Lock, int]] = {}
+        self._guard = threading.Lock()
+
+    def busy(self) -> set[uuid.UUID]:
+        """Sessions with a packet being handled or waiting (safe from any thread)."""
+        with self._guard:
+            return set(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, session_id: uuid.UUID) -> AsyncIterator[None]:
+        """Hold the session's lock for the body of the ``async with``."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            if loop is not self._loop:  # the app was handed to a new server/loop
+                self._loop, self._locks = loop, {}
+            lock, users = self._locks.get(session_id, (asyncio.Lock(), 0))
+            self._locks[session_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[session_id]
+                if users <= 1:
+                    del self._locks[session_id]
+                else:
+                    self._locks[session_id] = (lock, users - 1)

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from bitsnb.server import STATE_DIR, UploadApp, create_app
-from bitsnb.server._app import Message, Receive, Scope, Send
-from bitsnb.server._protocol import format_context
+from bitsnb.server._answers import error_headers
+from bitsnb.server._asgi import Message, Receive, Scope, Send, encode_headers, send_response
 from bitsnb.testing._base import ThreadedServer
 from bitsnb.testing._faults import Fault, FaultKind, format_code
 
@@ -70,10 +70,6 @@ class PacketRecord:
 def _client_address(scope: Scope) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else ""
-
-
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
 class _FaultLayer:
@@ -122,7 +118,7 @@ class _FaultLayer:
                 if fault is not None and fault.kind == "extra_headers":
                     # the fault's headers replace the app's of the same name (a server that
                     # lies about what it received, or names another host for the reply)
-                    extra = _encode(list(fault.headers))
+                    extra = encode_headers(list(fault.headers))
                     names = {name.lower() for name, _ in extra}
                     message = dict(message)
                     message["headers"] = [
@@ -186,18 +182,12 @@ class _FaultLayer:
                 out.insert(0, ("Retry-After", str(math.ceil(fault.retry_after))))
         else:
             value = format_code(fault.hresult, fault.fmt)
-            out = [
-                ("BITS-Packet-Type", "Ack"),
-                ("BITS-Error-Code", value),
-                ("BITS-Error", value),
-                ("BITS-Error-Context", format_context(fault.context)),
-            ]
+            out = [("BITS-Packet-Type", "Ack"), *error_headers(value, fault.context)]
             session = headers.get("bits-session-id", "").strip()
             if session:
                 out.append(("BITS-Session-Id", session))
             out.append(("Content-Length", "0"))
-        await send({"type": "http.response.start", "status": fault.code, "headers": _encode(out)})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send_response(send, fault.code, out)
 
 
 def _tracking_protocol(connections: dict[tuple[str, int], asyncio.Transport]) -> type[Any]:
