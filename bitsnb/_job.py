@@ -2,7 +2,8 @@
 
 Reading a property is free (it reads the job's record); every change goes through the
 ``JobHost`` — the queue's operations (``_jobctl.JobControl``) — which checks the state table,
-stores the change and tells the listeners.
+stores the change and tells the listeners. The calls only some jobs have (one job type, or
+Windows) come from ``_jobtyped.TypedJobCalls``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from . import _codes
 from ._bandwidth import BandwidthStatus, check_rate
 from ._enumerator import Enumerator
 from ._enums import AuthScheme, AuthTarget, JobPriority, JobState, JobType, NotifyFlags, ProxyUsage
-from ._errors import BitsError, InvalidStateError
+from ._errors import BitsError
 from ._jobchecks import (
     check_credentials,
     check_notify_cmd_line,
@@ -26,6 +27,7 @@ from ._jobchecks import (
     check_proxy_settings,
     split_custom_headers,
 )
+from ._jobtyped import TypedJobCalls
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import await_patiently
 from ._records import FileRecord, JobRecord, JobSecrets, error_info, file_info
@@ -34,7 +36,6 @@ from ._store_api import StoreURL
 from ._validate import (
     MAX_DESCRIPTION,
     MAX_DISPLAY_NAME,
-    check_local_name,
     check_ranges,
     check_seconds,
     check_string,
@@ -123,7 +124,7 @@ def job_times(rec: JobRecord) -> JobTimes:
     )
 
 
-class AsyncJob:
+class AsyncJob(TypedJobCalls):
     """A BITS job; methods are coroutines run on the manager's loop."""
 
     def __init__(self, host: JobHost, rec: JobRecord) -> None:
@@ -467,31 +468,6 @@ class AsyncJob:
             return False
         return holder.credentials.pop((AuthTarget(target), AuthScheme(scheme)), None) is not None
 
-    async def set_dynamic_content(self, enable: bool) -> None:
-        """BITS_JOB_PROPERTY_DYNAMIC_CONTENT: downloads only, before the first resume()."""
-        self._download_only("dynamic content")
-        if self._rec.resumed_once:
-            raise BitsError(
-                _codes.BG_E_READ_ONLY_PROPERTY_AFTER_RESUME, "set dynamic_content before resume()"
-            )
-        await self._update(lambda r: setattr(r.settings, "dynamic_content", bool(enable)))
-
-    async def set_high_performance(self, enable: bool) -> None:
-        """BITS_JOB_PROPERTY_HIGH_PERFORMANCE: downloads only, before any file is added."""
-        self._download_only("high performance")
-        if self._rec.files:
-            raise BitsError(
-                _codes.BG_E_READ_ONLY_PROPERTY_AFTER_ADDFILE,
-                "set high_performance before add_file()",
-            )
-        await self._update(lambda r: setattr(r.settings, "high_performance", bool(enable)))
-
-    def _download_only(self, what: str) -> None:
-        if self.type is not JobType.DOWNLOAD:
-            raise BitsError(
-                _codes.BG_E_PROPERTY_SUPPORTED_FOR_DOWNLOAD_JOBS_ONLY, f"{what} is for downloads"
-            )
-
     async def set_remote_name(self, file: int | FileInfo, remote_url: str) -> None:
         """IBackgroundCopyFile2::SetRemoteName: re-point one file (download jobs)."""
         if self.type is not JobType.DOWNLOAD:
@@ -547,82 +523,6 @@ class AsyncJob:
 
         self._host.drop_secrets(self.id)
         await self._update(apply)
-
-    @property
-    def upload_fragment_size(self) -> int:
-        """Bytes per upload Fragment packet (default 8 MiB; a server's 413 halves it)."""
-        return self._rec.settings.upload_fragment_size
-
-    async def set_upload_fragment_size(self, size: int) -> None:
-        """Set the Fragment size of an upload job (5 KiB to 1 GiB, as Windows clients bound it)."""
-        if self.type is JobType.DOWNLOAD:
-            raise BitsError(_codes.E_NOTIMPL, "fragments belong to upload jobs")
-        if isinstance(size, bool) or not isinstance(size, int) or not 5120 <= size <= 1 << 30:
-            raise BitsError(_codes.E_INVALIDARG, f"fragment size {size!r} is not 5 KiB..1 GiB")
-        await self._update(lambda r: setattr(r.settings, "upload_fragment_size", size))
-
-    @property
-    def reply_file_name(self) -> str | None:
-        """Where an upload-reply job puts the server's reply (after complete())."""
-        return self._rec.settings.reply_file_name
-
-    @property
-    def reply_progress(self) -> tuple[int | None, int]:
-        """GetReplyProgress: (bytes total or None before the reply starts, bytes transferred)."""
-        if self.type is not JobType.UPLOAD_REPLY:
-            raise BitsError(_codes.E_NOTIMPL, "only upload-reply jobs have a reply")
-        s = self._rec.settings
-        return s.reply_bytes_total, s.reply_bytes_transferred
-
-    def get_reply_data(self) -> bytes:
-        """GetReplyData: the reply in memory (TRANSFERRED or later; BG_E_TOO_LARGE over 1 MB)."""
-        if self.type is not JobType.UPLOAD_REPLY:
-            raise BitsError(_codes.E_NOTIMPL, "only upload-reply jobs have a reply")
-        s = self._rec.settings
-        if self.state not in (JobState.TRANSFERRED, JobState.ACKNOWLEDGED) or not s.reply_done:
-            raise InvalidStateError(f"the reply is not there yet (the job is {self.state.name})")
-        path = s.reply_file_name if self.state is JobState.ACKNOWLEDGED else s.reply_temp_name
-        if path is None:
-            return b""
-        size = os.path.getsize(path)
-        if size > 1_000_000:
-            raise BitsError(_codes.BG_E_TOO_LARGE, f"the reply is {size} bytes; read {path}")
-        with open(path, "rb") as fh:
-            return fh.read()
-
-    async def set_reply_file_name(self, path: str | os.PathLike[str]) -> None:
-        """SetReplyFileName: upload-reply jobs, before the reply download starts."""
-        if self.type is not JobType.UPLOAD_REPLY:
-            raise BitsError(_codes.E_NOTIMPL, "only upload-reply jobs have a reply file")
-        name = check_local_name(path)
-        s = self._rec.settings
-        if s.reply_temp_name is not None or s.reply_done:
-            raise InvalidStateError("the reply download has started; its name is fixed")
-        await self._update(lambda r: setattr(r.settings, "reply_file_name", name))
-
-    # -- BITS calls that have no meaning off Windows -------------------------------------------
-    def _windows_only(self, call: str) -> BitsError:
-        return BitsError(_codes.E_NOTIMPL, f"{call} is Windows-only and has no bitsnb equivalent")
-
-    async def set_peer_caching_flags(self, flags: int) -> None:
-        """SetPeerCachingFlags: peer caching/BranchCache are Windows-only (E_NOTIMPL)."""
-        raise self._windows_only("set_peer_caching_flags")
-
-    async def set_file_acl_flags(self, flags: int) -> None:
-        """SetFileACLFlags: SMB ACL copying is Windows-only (E_NOTIMPL)."""
-        raise self._windows_only("set_file_acl_flags")
-
-    async def set_client_certificate(self, *args: object) -> None:
-        """SetClientCertificateByID/ByName: Windows certificate stores (E_NOTIMPL)."""
-        raise self._windows_only("set_client_certificate")
-
-    async def set_helper_token(self, *args: object) -> None:
-        """IBitsTokenOptions: helper tokens are Windows-only (E_NOTIMPL)."""
-        raise self._windows_only("set_helper_token")
-
-    async def get_owner_integrity_level(self) -> int:
-        """GetOwnerIntegrityLevel: Windows integrity levels (E_NOTIMPL)."""
-        raise self._windows_only("get_owner_integrity_level")
 
     # -- dunder -------------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:

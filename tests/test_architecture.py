@@ -74,6 +74,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "core": (
         "bitsnb._manager",
         "bitsnb._job",
+        "bitsnb._jobtyped",
         "bitsnb._scheduler",
         "bitsnb._jobrun",
         "bitsnb._completion",
