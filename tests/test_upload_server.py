@@ -198,6 +198,52 @@ def test_upload_reply_serves_the_default_json(srv: UploadServer) -> None:
     assert httpx.get(reply_url, timeout=TIMEOUT).content == got.content  # kept until expiry
     folder = srv.state_dir / sessions(srv)[0]
     assert sorted(os.listdir(folder)) == ["reply", "state.json"]  # the data file is gone
+
+
+@pytest.mark.parametrize(
+    ("range_header", "if_range", "status", "content_range", "body"),
+    [
+        ("bytes=-4", None, 206, "bytes {tail}-{last}/{size}", slice(-4, None)),
+        ("bytes=5-", None, 206, "bytes 5-{last}/{size}", slice(5, None)),
+        ("bytes=0-999999", None, 206, "bytes 0-{last}/{size}", slice(None)),
+        ("bytes=999999-", None, 416, "bytes */{size}", slice(0)),
+        ("bytes=-0", None, 416, "bytes */{size}", slice(0)),
+        ("bytes=0-1,4-5", None, 200, None, slice(None)),  # several ranges: ignored
+        ("items=0-1", None, 200, None, slice(None)),  # another unit: ignored
+        ("bytes=3-1", None, 200, None, slice(None)),  # last before first: ignored
+        ("bytes=999999-5", None, 200, None, slice(None)),  # invalid, even past the end
+        ("bytes=0-99999999999999999999", None, 200, None, slice(None)),  # over 2^63-1: ignored
+        ("bytes=0-9", '"an-old-etag"', 200, None, slice(None)),  # If-Range differs: all of it
+        ("bytes=0-9", "etag", 206, "bytes 0-9/{size}", slice(0, 10)),  # If-Range matches
+    ],
+)
+def test_reply_ranges_follow_the_shared_range_rule(
+    srv: UploadServer,
+    range_header: str,
+    if_range: str | None,
+    status: int,
+    content_range: str | None,
+    body: slice,
+) -> None:
+    """The reply GET reads Range with ``bitsnb._http_rules.parse_range`` (the client's and the
+    test server's rule): one ``bytes=`` range or a suffix; anything else is ignored (RFC 9110
+    §14.2); a start past the end is 416."""
+    data = payload(20_000, seed=3)
+    with client(srv, "ranges.bin") as c:
+        c.create_session()
+        reply_url = c.fragment(data, 0, len(data)).headers["bits-reply-url"]
+    whole = httpx.get(reply_url, timeout=TIMEOUT)
+    size = len(whole.content)
+    headers = {"Range": range_header}
+    if if_range is not None:
+        headers["If-Range"] = whole.headers["etag"] if if_range == "etag" else if_range
+    got = httpx.get(reply_url, headers=headers, timeout=TIMEOUT)
+    assert got.status_code == status
+    expected = None
+    if content_range is not None:
+        expected = content_range.format(tail=size - 4, last=size - 1, size=size)
+    assert got.headers.get("content-range") == expected
+    assert got.content == whole.content[body]
     assert httpx.get(srv.url(".bits-sessions/nope/reply"), timeout=TIMEOUT).status_code == 404
 
 

@@ -10,8 +10,8 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
+from bitsnb._http_rules import RangeNotSatisfiable, format_content_range, parse_range
 from bitsnb.server._asgi import Request, Send, encode_headers, send_response
 from bitsnb.server._protocol import parse_session_id
 from bitsnb.server._sessions import SessionStore
@@ -68,18 +68,20 @@ async def serve_reply(
             ("Cache-Control", "no-store"),
         ]
         status, start, count = 200, 0, size
-        wanted = _single_range(req.header("range"), size)
+        range_header = req.header("range")
         if_range = (req.header("if-range") or "").strip()
-        if wanted is not None and if_range and if_range not in (etag, last_modified):
-            wanted = None
-        if wanted == "unsatisfiable":
+        if if_range and if_range not in (etag, last_modified):
+            range_header = None  # the reply changed since: send all of it
+        try:
+            wanted = parse_range(range_header, size)
+        except RangeNotSatisfiable:
             headers += [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")]
             await send_response(send, 416, headers)
             return
-        if isinstance(wanted, tuple):
-            start, end = wanted
-            status, count = 206, end - start + 1
-            headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+        if wanted is not None:
+            start, count = wanted
+            status = 206
+            headers.append(("Content-Range", format_content_range(start, start + count - 1, size)))
         headers.append(("Content-Length", str(count)))
         encoded = encode_headers(headers)
         await send({"type": "http.response.start", "status": status, "headers": encoded})
@@ -93,26 +95,3 @@ async def serve_reply(
             await send({"type": "http.response.body", "body": data, "more_body": left > 0})
         if left > 0 or head or count == 0:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _single_range(
-    header: str | None, size: int
-) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """A single ``bytes=`` range as (start, end); None = serve it all (absent, multi or odd)."""
-    if not header:
-        return None
-    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header, re.I)
-    if m is None or (not m.group(1) and not m.group(2)):
-        return None
-    if not m.group(1):
-        suffix = int(m.group(2))
-        if suffix == 0:
-            return "unsatisfiable"
-        return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
-    start = int(m.group(1))
-    end = int(m.group(2)) if m.group(2) else size - 1
-    if start >= size:
-        return "unsatisfiable"
-    if end < start:
-        return None
-    return start, min(end, size - 1)
