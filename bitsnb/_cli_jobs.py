@@ -91,45 +91,65 @@ def cmd_addfileset(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def cmd_resume(args: argparse.Namespace, out: Output) -> int:
-    """resume JOB: queue it."""
+def _on_job(
+    args: argparse.Namespace,
+    out: Output,
+    call: Callable[[Job], str],
+    after: Callable[[Job], object] | None = None,
+) -> int:
+    """A verb on one job: open the store, find the job, *call* it and print
+    ``job ID 'NAME': <what call returned>`` (then *after*, still with the store open)."""
     with open_manager(args, active=False) as mgr:
         job = resolve(mgr, args.job)
+        out.line(f"job {short_id(job)} {job.display_name!r}: {call(job)}")
+        if after is not None:
+            after(job)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, out: Output) -> int:
+    """resume JOB: queue it."""
+
+    def call(job: Job) -> str:
         job.resume()
-        out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}")
+        return job.state.name
+
+    def note(job: Job) -> None:
         if job.state in _ACTIVE:
             queued_note(out, job)
-    return EXIT_OK
+
+    return _on_job(args, out, call, note)
 
 
 def cmd_suspend(args: argparse.Namespace, out: Output) -> int:
     """suspend JOB: stop it; data on disk is kept."""
-    with open_manager(args, active=False) as mgr:
-        job = resolve(mgr, args.job)
+
+    def call(job: Job) -> str:
         job.suspend()
-        out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}")
-    return EXIT_OK
+        return job.state.name
+
+    return _on_job(args, out, call)
 
 
 def cmd_cancel(args: argparse.Namespace, out: Output) -> int:
     """cancel JOB: delete its temporary files and end it."""
-    with open_manager(args, active=False) as mgr:
-        job = resolve(mgr, args.job)
+
+    def call(job: Job) -> str:
         hr = job.cancel()
         extra = "" if hr == S_OK else " (BG_S_UNABLE_TO_DELETE_FILES: some temporary files remain)"
-        out.line(f"job {short_id(job)} {job.display_name!r}: {job.state.name}{extra}")
-    return EXIT_OK
+        return f"{job.state.name}{extra}"
+
+    return _on_job(args, out, call)
 
 
 def cmd_complete(args: argparse.Namespace, out: Output) -> int:
     """complete JOB: move the transferred files into place and end it."""
-    with open_manager(args, active=False) as mgr:
-        job = resolve(mgr, args.job)
+
+    def call(job: Job) -> str:
         hr = job.complete()
-        out.line(
-            f"job {short_id(job)} {job.display_name!r}: {job.state.name} ({complete_text(hr)})"
-        )
-    return EXIT_OK
+        return f"{job.state.name} ({complete_text(hr)})"
+
+    return _on_job(args, out, call)
 
 
 def cmd_cleanup(args: argparse.Namespace, out: Output) -> int:
@@ -242,26 +262,16 @@ def cmd_set(args: argparse.Namespace, out: Output) -> int:
         changes.append(("proxy", lambda j: j.set_proxy_settings(usage, args.proxy, args.bypass)))
     if not changes:
         raise UsageError("set: give at least one option to change (see `bitsnb set --help`)")
-    with open_manager(args, active=False) as mgr:
-        job = resolve(mgr, args.job)
+
+    def call(job: Job) -> str:
         for _, apply in changes:
             apply(job)
-        names = ", ".join(name for name, _ in changes)
-        out.line(f"job {short_id(job)} {job.display_name!r}: set {names}")
-    return EXIT_OK
+        return f"set {', '.join(name for name, _ in changes)}"
+
+    return _on_job(args, out, call)
 
 
 # -- bitsadmin parity: the remaining job calls ------------------------------------------------
-def _on_job(args: argparse.Namespace, call: Callable[[Job], str]) -> Callable[[Output], int]:
-    def run(out: Output) -> int:
-        with open_manager(args, active=False) as mgr:
-            job = resolve(mgr, args.job)
-            out.line(f"job {short_id(job)} {safe_text(job.display_name)!r}: {call(job)}")
-        return EXIT_OK
-
-    return run
-
-
 def cmd_setnotifycmdline(args: argparse.Namespace, out: Output) -> int:
     """setnotifycmdline JOB PROGRAM [ARGS...] (or --clear): run PROGRAM when the job ends."""
     if args.clear == bool(args.program):
@@ -275,7 +285,7 @@ def cmd_setnotifycmdline(args: argparse.Namespace, out: Output) -> int:
         job.set_notify_cmd_line(program, " ".join(args.program))
         return f"notify command line set ({program})"
 
-    return _on_job(args, call)(out)
+    return _on_job(args, out, call)
 
 
 def cmd_setnotifyflags(args: argparse.Namespace, out: Output) -> int:
@@ -285,7 +295,7 @@ def cmd_setnotifyflags(args: argparse.Namespace, out: Output) -> int:
         job.notify_flags = args.flags
         return f"notify flags {_flags_text(job.notify_flags)}"
 
-    return _on_job(args, call)(out)
+    return _on_job(args, out, call)
 
 
 def cmd_setcredentials(args: argparse.Namespace, out: Output) -> int:
@@ -296,7 +306,7 @@ def cmd_setcredentials(args: argparse.Namespace, out: Output) -> int:
         job.set_credentials(args.target, args.scheme, user, password)
         return f"{args.target.name.lower()} credentials set ({args.scheme.name})"
 
-    status = _on_job(args, call)(out)
+    status = _on_job(args, out, call)
     out.note(
         "note: credentials are kept in memory only, never in the store: they end with this "
         "process (give them to `bitsnb transfer --credential` to use them)"
@@ -312,7 +322,7 @@ def cmd_removecredentials(args: argparse.Namespace, out: Output) -> int:
         what = f"{args.target.name.lower()} {args.scheme.name} credentials"
         return f"{what} removed" if had else f"no {what} to remove"
 
-    return _on_job(args, call)(out)
+    return _on_job(args, out, call)
 
 
 def cmd_replaceremoteprefix(args: argparse.Namespace, out: Output) -> int:
@@ -322,7 +332,7 @@ def cmd_replaceremoteprefix(args: argparse.Namespace, out: Output) -> int:
         changed = job.replace_remote_prefix(args.old, args.new)
         return "remote names changed" if changed else "no remote name starts with that prefix"
 
-    return _on_job(args, call)(out)
+    return _on_job(args, out, call)
 
 
 def parse_ranges(text: str) -> list[tuple[int, int | None]]:
@@ -361,7 +371,7 @@ def cmd_takeownership(args: argparse.Namespace, out: Output) -> int:
         job.take_ownership()
         return f"owner {safe_text(job.owner)}"
 
-    return _on_job(args, call)(out)
+    return _on_job(args, out, call)
 
 
 def cmd_setreplyfilename(args: argparse.Namespace, out: Output) -> int:
@@ -371,7 +381,7 @@ def cmd_setreplyfilename(args: argparse.Namespace, out: Output) -> int:
         job.set_reply_file_name(local_path(args.path))
         return f"reply file {safe_text(job.reply_file_name or '-')}"
 
-    return _on_job(args, call)(out)
+    return _on_job(args, out, call)
 
 
 def cmd_getreplydata(args: argparse.Namespace, out: Output) -> int:
