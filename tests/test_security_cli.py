@@ -237,6 +237,16 @@ def test_list_and_info_escape_control_characters(here: Cli, dest: Path) -> None:
     assert here.json("info", job)["display_name"] == evil  # JSON keeps the value, escaped
 
 
+def test_job_verbs_show_a_name_escaped_once(here: Cli, dest: Path) -> None:  # noqa: F811
+    """Every verb on one job prints ``job ID 'NAME': ...`` with the name through repr (which
+    escapes every control and format character), not escaped twice."""
+    job = new_job(here, "x\x1b[2J\u202e")
+    outputs = [here.ok("suspend", job), here.ok("setnotifyflags", job, "3")]
+    for out in outputs:
+        assert "\x1b" not in out and "\u202e" not in out
+        assert r"'x\x1b[2J\u202e'" in out  # repr's escapes, once
+
+
 def test_non_utf8_arguments_are_invalidarg_not_internal_errors(
     here: Cli,  # noqa: F811
     server: FileServer,
