@@ -49,7 +49,6 @@ from ._cli_output import (
     EXIT_NOT_IMPLEMENTED,
     EXIT_OK,
     EXIT_TIMEOUT,
-    EXIT_TRANSFER_FAILED,
     EXIT_USAGE,
     Output,
 )
@@ -57,18 +56,7 @@ from ._cli_parser import build_parser
 from ._codes import E_INVALIDARG, E_NOTIMPL
 from ._errors import BitsError
 
-__all__ = [
-    "EXIT_BITS_ERROR",
-    "EXIT_INTERNAL",
-    "EXIT_INTERRUPTED",
-    "EXIT_NOT_IMPLEMENTED",
-    "EXIT_OK",
-    "EXIT_TIMEOUT",
-    "EXIT_TRANSFER_FAILED",
-    "EXIT_USAGE",
-    "build_parser",
-    "main",
-]
+__all__ = ["build_parser", "main"]  # the exit statuses are named in ``_cli_output``
 
 
 def main(argv: Sequence[str] | None = None) -> int:
