@@ -8,7 +8,6 @@ Windows) come from ``_jobtyped.TypedJobCalls``.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from ._jobchecks import (
     check_proxy_settings,
     split_custom_headers,
 )
+from ._jobstats import job_progress, job_times
 from ._jobtyped import TypedJobCalls
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import await_patiently
@@ -43,7 +43,7 @@ from ._validate import (
     is_admin,
 )
 
-__all__ = ["AsyncJob", "JobHost", "ManagerView", "job_progress", "job_times", "record_of"]
+__all__ = ["AsyncJob", "JobHost", "ManagerView", "record_of"]
 
 
 class ManagerView(Protocol):
@@ -96,32 +96,6 @@ class JobHost(Protocol):
     def drop_secrets(self, job_id: uuid.UUID) -> None: ...
     def bandwidth_changed(self, rec: JobRecord) -> None: ...
     def bandwidth(self, rec: JobRecord) -> BandwidthStatus: ...
-
-
-def _utc(ts: float) -> _dt.datetime:
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC)
-
-
-def job_progress(rec: JobRecord) -> JobProgress:
-    """BG_JOB_PROGRESS of a record."""
-    total: int | None = 0
-    done = 0
-    files_done = 0
-    for f in rec.files:
-        if total is not None:
-            total = None if f.bytes_total is None else total + f.bytes_total
-        done += f.bytes_transferred
-        files_done += f.transferred or f.completed
-    return JobProgress(total, done, len(rec.files), files_done)
-
-
-def job_times(rec: JobRecord) -> JobTimes:
-    """BG_JOB_TIMES of a record."""
-    return JobTimes(
-        _utc(rec.created),
-        _utc(rec.modified),
-        _utc(rec.transfer_completed) if rec.transfer_completed is not None else None,
-    )
 
 
 class AsyncJob(TypedJobCalls):

@@ -69,6 +69,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb.testing._bodies",  # the packages' submodules inherit their layer; the new ones
         "bitsnb.testing._content",  # of the split of _server.py and _app.py are named anyway
         "bitsnb.testing._digests",
+        "bitsnb.testing._requests",
     ),
     "blocking API": ("bitsnb._sync", "bitsnb._syncnotify", "bitsnb._viewhooks"),
     "core": (
@@ -121,6 +122,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._integrity",
         "bitsnb._segments",
         "bitsnb._jobchecks",
+        "bitsnb._jobstats",
     ),
     "vocabulary": (
         "bitsnb._enums",

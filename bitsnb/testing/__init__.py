@@ -8,7 +8,8 @@ saw. Used by the test suite, the demo, the benchmarks and the notebooks.
 
 from bitsnb.testing._base import ThreadedServer
 from bitsnb.testing._faults import CodeFormat, Fault, FaultKind
-from bitsnb.testing._server import FileServer, RequestRecord
+from bitsnb.testing._requests import RequestRecord
+from bitsnb.testing._server import FileServer
 from bitsnb.testing._upload import PacketRecord, UploadServer
 
 __all__ = [

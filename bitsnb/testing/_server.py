@@ -1,12 +1,14 @@
 """Loopback HTTP/1.1 static file server with fault injection, for tests, demos and benchmarks.
 
 Standard library only: ``ThreadingHTTPServer`` in a daemon thread, bodies sent with ``sendfile``.
+Here are the handler (one request: faults, Range, headers) and ``FileServer`` (life cycle, the
+request log, admission); the served files are in ``_content``, the digest headers in
+``_digests``, the bodies in ``_bodies`` and the logged request in ``_requests``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import select
@@ -16,9 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,35 +30,13 @@ from bitsnb.testing._bodies import BodySender
 from bitsnb.testing._content import ServedFiles, if_range_matches, validators
 from bitsnb.testing._digests import DIGEST_KINDS, DigestBook, DigestKind, digest_fields
 from bitsnb.testing._faults import Fault, FaultKind
+from bitsnb.testing._requests import RequestRecord, request_name
 
-__all__ = ["DIGEST_KINDS", "DigestKind", "FileServer", "RequestRecord"]
+__all__ = ["DIGEST_KINDS", "DigestKind", "FileServer"]
 
 _STOP_JOIN_TIMEOUT = 5.0  # bound on how long stop() waits for its threads
 _MAX_DRAIN = 1 << 20  # largest request body read and discarded to keep a connection alive
 _POLL_INTERVAL = 0.05  # serve_forever poll interval: how fast shutdown() returns
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """One request as seen by the server (``status`` 0 = no status line was sent).
-
-    ``path`` is the decoded request path without its leading "/" (what fault globs match);
-    ``body_bytes_sent`` counts file-content bytes handed to the socket, not error-text bodies.
-    """
-
-    method: str
-    path: str
-    range: str | None
-    if_range: str | None
-    status: int = 0
-    body_bytes_sent: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    fault: FaultKind | None = None
-    finished: bool = False
-
-    def copy(self) -> RequestRecord:
-        """Return an independent snapshot of this record."""
-        return dataclasses.replace(self, headers=dict(self.headers))
 
 
 class _Server(ThreadingHTTPServer):
@@ -124,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _not_allowed(self) -> None:
-        rec = self._new_record(self._request_name())
+        rec = self._new_record(request_name(self.path))
         owner = self.server.owner
         owner._begin(rec)
         try:
@@ -146,14 +124,6 @@ class _Handler(BaseHTTPRequestHandler):
         """Close the connection abruptly (shutdown now; the socket is closed when we return)."""
         self.close_connection = True
         self._shutdown_socket()
-
-    def _request_name(self) -> str:
-        target = self.path.split("#", 1)[0]
-        if "://" in target.split("?", 1)[0]:  # absolute-form request target
-            target = urllib.parse.urlsplit(target).path or "/"
-        target = target.split("?", 1)[0]
-        name = urllib.parse.unquote(target)
-        return name[1:] if name.startswith("/") else name
 
     def _new_record(self, name: str) -> RequestRecord:
         return RequestRecord(
@@ -193,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, head: bool) -> None:
         owner = self.server.owner
-        name = self._request_name()
+        name = request_name(self.path)
         rec = self._new_record(name)
         owner._begin(rec)
         self.busy = True
