@@ -486,8 +486,14 @@ class Engine:
         try:
             if offset > 0:
                 fh: IO[bytes] = open_private(f.temp_name)
+                try:
+                    fh.seek(offset)
+                    fh.truncate()  # bytes past the offset were never recorded: drop them
+                except OSError:
+                    fh.close()
+                    raise
             else:
-                fh = await create_temp(f.temp_name)
+                fh = await create_temp(f.temp_name)  # empty already: no seek, no truncate
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
@@ -498,8 +504,6 @@ class Engine:
             ctx.on_checkpoint(f, upto)
 
         try:
-            fh.seek(offset)
-            fh.truncate()
             f.bytes_transferred = offset
             last_checkpoint_at = time.monotonic()
             last_checkpoint_bytes = offset

@@ -102,6 +102,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "rules without IO": (
         "bitsnb._http_rules",
+        "bitsnb._response_head",
         "bitsnb._format",
         "bitsnb._planning",
         "bitsnb._net",
