@@ -20,7 +20,7 @@ EXTRA = [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 099 Low\r\n\r\n",
-    b"HTTP/1.1 200 O\x01K\r\n\r\n",
+    b"HTTP/1.1 200 O\x00K\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX: v  \r\n\r\n",
     b'HTTP/1.1 200 OK\r\nETag: "a\x80b"\r\n\r\n',
     b"HTTP/1.1 200 OK\r\nX: a\x7fb\r\n\r\n",
