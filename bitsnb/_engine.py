@@ -64,6 +64,7 @@ from ._http_rules import (
 from ._integrity import (
     Hasher,
     content_digest,
+    digest_fields,
     digest_request_headers,
     known_digest,
     new_hasher,
@@ -299,7 +300,7 @@ class Engine:
                 )
             ctx.on_connected()
             if check.expected is None:  # no known hash: the server's digest of the whole file
-                check.expected = representation_digest(resp.headers)
+                check.expected = representation_digest(digest_fields(resp.headers.raw))
             if self._may_split(f, ctx, resp, offset):
                 assert f.bytes_total is not None
                 run = Split(self, f, ctx, check, [(0, offset, f.bytes_total)], split=False)
@@ -328,7 +329,7 @@ class Engine:
             and not ctx.dynamic_content
             and f.bytes_total is not None
             and strong_etag(f.etag)
-            and content_digest(resp.headers) is None
+            and content_digest(digest_fields(resp.headers.raw)) is None
             and f.bytes_total - offset >= 2 * p.min_segment_bytes
         )
 
@@ -437,7 +438,8 @@ class Engine:
         self, fh: IO[bytes], check: Check, headers: Mapping[str, str], offset: int
     ) -> None:
         """Ready the hashers for a body written from *offset*: the whole file's (its prefix
-        on disk re-hashed, once, unless this process hashed it already) and the response's."""
+        on disk re-hashed, once, unless this process hashed it already) and the response's
+        (*headers*: its digest fields, from ``digest_fields``)."""
         check.content = check.content_hasher = None
         if not (check.expected is not None and check.expected.source == "known hash"):
             check.content = content_digest(headers)  # the user's known hash wins
@@ -510,7 +512,7 @@ class Engine:
             hashers: list[Hasher] = []
             try:
                 if check is not None:
-                    await self.begin_hashes(fh, check, resp.headers, offset)
+                    await self.begin_hashes(fh, check, digest_fields(resp.headers.raw), offset)
                     hashers = check.hashers()
                 # a lean response's body comes as views of its connection's buffer (no copy)
                 chunks = body_views(resp) or resp.aiter_raw()
