@@ -329,8 +329,8 @@ class Engine:
             and not ctx.dynamic_content
             and f.bytes_total is not None
             and strong_etag(f.etag)
-            and content_digest(digest_fields(resp.headers.raw)) is None
             and f.bytes_total - offset >= 2 * p.min_segment_bytes
+            and content_digest(digest_fields(resp.headers.raw)) is None
         )
 
     async def _fetch_segments(self, f: FileRecord, ctx: FileContext) -> None:

@@ -257,19 +257,20 @@ def _strongest(found: list[Digest]) -> Digest | None:
 
 
 _DIGEST_FIELDS = frozenset(
-    {"repr-digest", "digest", "content-digest", "content-md5", "x-goog-hash", *_AMZ}
+    name.encode("ascii")
+    for name in ("repr-digest", "digest", "content-digest", "content-md5", "x-goog-hash", *_AMZ)
 )
 
 
 def digest_fields(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """The digest fields among a response's raw header pairs, names lower-cased: one pass,
-    where each lookup in httpx's ``Headers`` scans every field (ten lookups a response)."""
+    where each lookup in httpx's ``Headers`` decodes and scans every field (ten a response)."""
     out: dict[str, str] = {}
     for name, value in raw:
-        key = name.decode("latin-1").lower()
+        key = name.lower()
         if key in _DIGEST_FIELDS:
-            text = value.decode("latin-1")
-            out[key] = f"{out[key]}, {text}" if key in out else text
+            k, text = key.decode("ascii"), value.decode("latin-1")
+            out[k] = f"{out[k]}, {text}" if k in out else text
     return out
 
 
