@@ -64,6 +64,7 @@ from ._http_rules import (
 from ._integrity import (
     Hasher,
     content_digest,
+    digest_fields,
     digest_request_headers,
     known_digest,
     new_hasher,
@@ -299,7 +300,7 @@ class Engine:
                 )
             ctx.on_connected()
             if check.expected is None:  # no known hash: the server's digest of the whole file
-                check.expected = representation_digest(resp.headers)
+                check.expected = representation_digest(digest_fields(resp.headers.raw))
             if self._may_split(f, ctx, resp, offset):
                 assert f.bytes_total is not None
                 run = Split(self, f, ctx, check, [(0, offset, f.bytes_total)], split=False)
@@ -328,8 +329,8 @@ class Engine:
             and not ctx.dynamic_content
             and f.bytes_total is not None
             and strong_etag(f.etag)
-            and content_digest(resp.headers) is None
             and f.bytes_total - offset >= 2 * p.min_segment_bytes
+            and content_digest(digest_fields(resp.headers.raw)) is None
         )
 
     async def _fetch_segments(self, f: FileRecord, ctx: FileContext) -> None:
@@ -437,7 +438,8 @@ class Engine:
         self, fh: IO[bytes], check: Check, headers: Mapping[str, str], offset: int
     ) -> None:
         """Ready the hashers for a body written from *offset*: the whole file's (its prefix
-        on disk re-hashed, once, unless this process hashed it already) and the response's."""
+        on disk re-hashed, once, unless this process hashed it already) and the response's
+        (*headers*: its digest fields, from ``digest_fields``)."""
         check.content = check.content_hasher = None
         if not (check.expected is not None and check.expected.source == "known hash"):
             check.content = content_digest(headers)  # the user's known hash wins
@@ -486,8 +488,14 @@ class Engine:
         try:
             if offset > 0:
                 fh: IO[bytes] = open_private(f.temp_name)
+                try:
+                    fh.seek(offset)
+                    fh.truncate()  # bytes past the offset were never recorded: drop them
+                except OSError:
+                    fh.close()
+                    raise
             else:
-                fh = await create_temp(f.temp_name)
+                fh = await create_temp(f.temp_name)  # empty already: no seek, no truncate
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
@@ -498,15 +506,13 @@ class Engine:
             ctx.on_checkpoint(f, upto)
 
         try:
-            fh.seek(offset)
-            fh.truncate()
             f.bytes_transferred = offset
             last_checkpoint_at = time.monotonic()
             last_checkpoint_bytes = offset
             hashers: list[Hasher] = []
             try:
                 if check is not None:
-                    await self.begin_hashes(fh, check, resp.headers, offset)
+                    await self.begin_hashes(fh, check, digest_fields(resp.headers.raw), offset)
                     hashers = check.hashers()
                 # a lean response's body comes as views of its connection's buffer (no copy)
                 chunks = body_views(resp) or resp.aiter_raw()

@@ -29,7 +29,7 @@ import importlib.util
 import re
 import threading
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -44,6 +44,7 @@ __all__ = [
     "Digest",
     "Hasher",
     "content_digest",
+    "digest_fields",
     "digest_request_headers",
     "known_digest",
     "new_hasher",
@@ -253,6 +254,24 @@ def _pairs(header: str, value: str, names: Mapping[str, str], scope: Scope) -> l
 def _strongest(found: list[Digest]) -> Digest | None:
     ranked = [d for d in found if d.algorithm in _STRENGTH]
     return min(ranked, key=lambda d: _STRENGTH.index(d.algorithm), default=None)
+
+
+_DIGEST_FIELDS = frozenset(
+    name.encode("ascii")
+    for name in ("repr-digest", "digest", "content-digest", "content-md5", "x-goog-hash", *_AMZ)
+)
+
+
+def digest_fields(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The digest fields among a response's raw header pairs, names lower-cased: one pass,
+    where each lookup in httpx's ``Headers`` decodes and scans every field (ten a response)."""
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key = name.lower()
+        if key in _DIGEST_FIELDS:
+            k, text = key.decode("ascii"), value.decode("latin-1")
+            out[k] = f"{out[k]}, {text}" if k in out else text
+    return out
 
 
 def representation_digest(headers: Mapping[str, str]) -> Digest | None:

@@ -30,7 +30,7 @@ from ._fetchctx import (
 from ._filecheck import Check, Partial
 from ._files import open_private
 from ._http_rules import BadLength, is_transient_status, parse_content_length, parse_content_range
-from ._integrity import new_hasher
+from ._integrity import digest_fields, new_hasher
 from ._models import Policy
 from ._records import FileRecord
 from ._segments import (
@@ -165,7 +165,9 @@ class Split:
         try:
             self.fd = fh.fileno()
             if first is not None:
-                await self.engine.begin_hashes(fh, self.check, first.headers, self.segs[0].done)
+                await self.engine.begin_hashes(
+                    fh, self.check, digest_fields(first.headers.raw), self.segs[0].done
+                )
                 self._start(self.segs[0], None, first)
             else:
                 self._ready_hash()

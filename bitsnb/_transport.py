@@ -2,10 +2,11 @@
 
 httpx's default transport (httpcore, h11, anyio) copies every socket read three times and spends
 about a millisecond of Python per request in its pool (shared/perf-notes.md). This transport
-reads the socket straight into one reusable buffer per connection, has h11 (the parser under
-httpx's own transport) parse each response head and trailer section, and hands the body out as
+reads the socket straight into one reusable buffer per connection, has a vetted parser
+(``_response_head``: llhttp, with h11 as the judge of what llhttp refuses) parse each response
+head and trailer section, and hands the body out as
 views of that buffer, which the engine writes to disk without a copy. Its own are only the
-framing around the body (chunk-size lines) and the limits h11 leaves to its caller: a status in
+framing around the body (chunk-size lines) and the limits the parsers leave to their caller: a status in
 100–599, HTTP/1.x only, at most ``_MAX_INTERIM`` interim responses, and the read timeout as the
 time budget of a whole head. It serves GET and HEAD without a body over http and https; anything
 else (request bodies, other methods) goes to the fallback transport, so httpx's client
@@ -28,15 +29,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import h11
 import httpx
 
 from ._readahead import MIN_FREE, Eof, ReadAhead
+from ._response_head import MAX_HEAD, HeadError, ResponseHead, parse_head
 from ._wide_reads import fallback_transport
 
 __all__ = ["LeanTransport", "body_views", "fallback_transport", "limit_read_ahead"]
 
-_MAX_HEAD = 64 * 1024  # a response head, trailer section or chunk line larger is refused
 _MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
 _MIN_READ_AHEAD = 16 * 1024  # the least read-ahead a capped body is held to
 _IDLE_EXPIRY = 5.0  # seconds an idle keep-alive connection is kept
@@ -47,8 +47,6 @@ _LF = re.compile(rb"\n")  # ends a trailer line, a CR before it optional (as in 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # ends a head (h11's own rule)
 # chunk-size [BWS] [";" chunk-ext] (RFC 9112 §7.1.1); 16 hex digits exceed any file's size
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
-# the request h11 is told was sent, so that it parses the response heads that follow
-_H11_REQUEST = h11.Request(method="GET", target="/", headers=[("Host", "bitsnb")])
 
 
 class _Connection:
@@ -169,7 +167,7 @@ class _Body(httpx.AsyncByteStream):
                 raise httpx.RemoteProtocolError("chunk not followed by CRLF", request=self._request)
 
     async def _trailers(self) -> None:
-        """The trailer section: field lines up to an empty one, checked by h11 as a head's are,
+        """The trailer section: field lines up to an empty one, checked as a head's are,
         with a head's size limit and time budget; then dropped."""
         p = self._conn.proto
         deadline = _deadline(self._timeout)
@@ -179,10 +177,10 @@ class _Body(httpx.AsyncByteStream):
             if line in (b"\n", b"\r\n"):
                 break
             block += line
-            if len(block) > _MAX_HEAD:
+            if len(block) > MAX_HEAD:
                 raise httpx.RemoteProtocolError("trailer section too large", request=self._request)
         if block:
-            _next_event(_parser(), b"HTTP/1.1 200 OK\r\n" + block + b"\r\n", self._request)
+            _checked_head(b"HTTP/1.1 200 OK\r\n" + block + b"\r\n", self._request)
 
     def _broken(self) -> httpx.HTTPError:
         p = self._conn.proto
@@ -225,11 +223,11 @@ async def _read_until(
     scanned = 0
     while True:
         m = end.search(p.buf, p.start + scanned, p.end)
-        if m is not None and m.end() - p.start <= _MAX_HEAD:
+        if m is not None and m.end() - p.start <= MAX_HEAD:
             data = bytes(p.view[p.start : m.end()])
             p.consume(m.end() - p.start)
             return data
-        if m is not None or p.available > _MAX_HEAD:
+        if m is not None or p.available > MAX_HEAD:
             raise httpx.RemoteProtocolError(f"{what} too large", request=request)
         scanned = max(0, p.available - 2)  # a match is at most 3 bytes long
         wait = timeout
@@ -248,25 +246,12 @@ async def _read_until(
             raise
 
 
-def _parser() -> h11.Connection:
-    """An h11 client connection that has sent its request, ready to parse response heads."""
-    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-    parser.send(_H11_REQUEST)
-    return parser
-
-
-def _next_event(
-    parser: h11.Connection, head: bytes, request: httpx.Request
-) -> h11.InformationalResponse | h11.Response:
-    """One whole head (status line, field lines, blank line), parsed and checked by h11."""
-    parser.receive_data(head)
+def _checked_head(head: bytes, request: httpx.Request) -> ResponseHead:
+    """One whole head (status line, field lines, blank line), parsed and checked."""
     try:
-        event = parser.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-    if not isinstance(event, h11.InformationalResponse | h11.Response):
-        raise httpx.RemoteProtocolError(f"unparsable head {head[:60]!r}", request=request)
-    return event
+        return parse_head(head)
+    except HeadError as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from None
 
 
 def _check_header(name: bytes, value: bytes, request: httpx.Request) -> None:
@@ -375,30 +360,30 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self, conn: _Connection, request: httpx.Request, timeout: float | None
     ) -> httpx.Response:
         p = conn.proto
-        parser = _parser()
         deadline = _deadline(timeout)  # the read timeout is also the budget of the whole head
         for _ in range(_MAX_INTERIM + 1):
             head = await _read_until(p, _BLANK_LINE, "response head", timeout, request, deadline)
-            event = _next_event(parser, head, request)
-            if isinstance(event, h11.Response):
+            event = _checked_head(head, request)
+            if event.status >= 200:
                 break
         else:
             raise httpx.RemoteProtocolError(
                 f"more than {_MAX_INTERIM} interim responses", request=request
             )
-        status, version = event.status_code, event.http_version
+        status, version = event.status, event.version
         if status > 599:
             raise httpx.RemoteProtocolError(f"status {status} is not 100–599", request=request)
         if not version.startswith(b"1."):
             raise httpx.RemoteProtocolError(
                 f"HTTP/{version.decode('ascii', 'replace')} is not HTTP/1", request=request
             )
-        # h11 checked the fields: names are tokens, values hold no CR, LF or NUL, obs-folds are
+        # the parser checked the fields: names are tokens, values hold no CR, LF or NUL, obs-folds are
         # unfolded, Transfer-Encoding is "chunked" alone and Content-Length one number
         chunked = False
         length: int | None = None
         close = version == b"1.0"
-        for name, value in event.headers:  # names lower-cased
+        for raw_name, value in event.fields:
+            name = raw_name.lower()
             if name == b"transfer-encoding":
                 chunked = True
             elif name == b"content-length":
@@ -422,7 +407,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         body = _Body(self, conn, request, framing, length or 0, not close, timeout)
         return httpx.Response(
             status,
-            headers=event.headers.raw_items(),
+            headers=event.fields,
             stream=body,
             extensions={
                 "http_version": b"HTTP/" + version,

@@ -113,6 +113,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "rules without IO": (
         "bitsnb._http_rules",
+        "bitsnb._response_head",
         "bitsnb._format",
         "bitsnb._planning",
         "bitsnb._net",
