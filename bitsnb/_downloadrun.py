@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from ._engine import Engine, FileContext, TransferFailure, YieldSlice
 from ._events import Events
+from ._inflight import files_in_flight
 from ._models import Policy
 from ._persist import Records
 from ._records import FileRecord, JobRecord
@@ -37,11 +38,12 @@ class DownloadRun:
         self._engine = engine
 
     async def transfer(self, rec: JobRecord, ctx: FileContext) -> None:
-        """Fetch the job's files, starting them in order, up to ``files_in_flight`` at once.
+        """Fetch the job's files, starting them in order, ``files_in_flight`` at once or more.
 
         BITS transfers a job's files one after the other; bitsnb starts them in the same order
         but overlaps a few, because one small file at a time leaves the connection idle while
-        each file is fsynced and recorded. When a file fails, the files before it still finish
+        each file is fsynced and recorded. A host far away gets more in flight, as its round
+        trip says (``_inflight``), within ``max_connections_per_host``. When a file fails, the files before it still finish
         (as they would have one at a time) and the ones after it stop. Files added while the
         job runs are picked up.
         """
@@ -89,17 +91,40 @@ class DownloadRun:
                     continue
                 await records.change_patiently(rec, functools.partial(mark, f), [f])
                 self._events.notify_file(rec, f)
+                if not stopping and cursor < len(rec.files):
+                    widen(f)
                 if cursor < len(rec.files) and self._scheduler.should_yield(rec.id, rec.priority):
                     stopping = True  # let the files in flight finish, then give up the slot
                     raise YieldSlice
 
         pending_files = sum(1 for f in rec.files if not (f.transferred or f.completed))
-        width = max(1, min(self._policy.files_in_flight, pending_files))
-        tasks = {asyncio.create_task(worker()) for _ in range(width)}
+        tasks: set[asyncio.Task[None]] = set()
+        woken = asyncio.Event()  # a worker ended (or failed): look at them
         first: BaseException | None = None
+
+        def spawn() -> None:
+            task = asyncio.create_task(worker())
+            task.add_done_callback(lambda _: woken.set())
+            tasks.add(task)
+
+        def widen(f: FileRecord) -> None:
+            """More workers while files wait and the host's round trip wants more in flight."""
+            p = self._policy
+            want = files_in_flight(
+                p.files_in_flight, engine.host_rtt(f.remote_name), p.max_connections_per_host
+            )
+            left = len(rec.files) - cursor
+            for _ in range(min(want - len(tasks), left)):
+                spawn()
+
+        for _ in range(max(1, min(self._policy.files_in_flight, pending_files))):
+            spawn()
         try:
             while tasks:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                await woken.wait()
+                woken.clear()
+                done = {t for t in tasks if t.done()}
+                tasks -= done
                 for task in done:
                     exc = None if task.cancelled() else task.exception()
                     if exc is None or isinstance(exc, asyncio.CancelledError):

@@ -74,6 +74,7 @@ from ._models import Policy
 from ._records import FileRecord
 from ._segmented import Split
 from ._segments import check_table, done_bytes
+from ._tcpinfo import response_socket, tcp_info
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
 from ._transport import body_views
 from ._validate import redact_url
@@ -99,6 +100,7 @@ class Engine:
         self._transport = transport
         self._clients: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
         self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._host_rtts: dict[str, float] = {}  # by origin: the last connection's round trip
         self._partials: dict[str, Partial] = {}  # by temp name: files that paused mid-way
         self._hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.bytes_rehashed = 0  # bytes read back from temporary files to hash their prefix
@@ -129,12 +131,23 @@ class Engine:
         return build_client(self._policy, self._transport, proxy, trust_env, limits, lean=lean)
 
     def slot(self, url: str) -> asyncio.Semaphore:
-        parts = urlsplit(url)
-        host = f"{parts.scheme}://{parts.netloc}"
+        host = _origin(url)
         sem = self._host_slots.get(host)
         if sem is None:
             sem = self._host_slots[host] = asyncio.Semaphore(self._policy.max_connections_per_host)
         return sem
+
+    def host_rtt(self, url: str) -> float | None:
+        """The round trip (seconds) of the last connection a response from *url*'s host came
+        on, from the kernel's ``TCP_INFO``; None until one did (or where it cannot be read)."""
+        return self._host_rtts.get(_origin(url))
+
+    def _note_rtt(self, url: str, resp: httpx.Response) -> None:
+        sock = response_socket(resp)
+        info = tcp_info(sock) if sock is not None else None
+        rtt = info.min_rtt or info.best_rtt if info is not None else None
+        if rtt is not None:
+            self._host_rtts[_origin(url)] = rtt
 
     async def aclose(self) -> None:
         """Close every client (and their connections)."""
@@ -298,6 +311,7 @@ class Engine:
                     retry_after=response_retry_after(resp),
                 )
             ctx.on_connected()
+            self._note_rtt(f.remote_name, resp)  # how many files in flight the host wants
             if check.expected is None:  # no known hash: the server's digest of the whole file
                 check.expected = representation_digest(resp.headers)
             if self._may_split(f, ctx, resp, offset):
@@ -553,3 +567,8 @@ class Engine:
             if syncing is not None and syncing.done() and not syncing.cancelled():
                 syncing.exception()  # retrieved, so asyncio does not warn about it
             fh.close()
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
