@@ -78,6 +78,7 @@ from ._tcpinfo import response_socket, tcp_info
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
 from ._transport import body_views
 from ._validate import redact_url
+from ._validators import if_range_value, strong_date
 
 __all__ = [
     "Engine",
@@ -334,23 +335,29 @@ class Engine:
         self, f: FileRecord, ctx: FileContext, resp: httpx.Response, offset: int
     ) -> bool:
         """Whether this file may be fetched in segments: a known size, a strong validator for
-        If-Range, no ranges of its own, no per-response digest to check, enough of it left."""
+        If-Range (a strong ETag, or no ETag and a Last-Modified the Date shows strong), no ranges of its own, no per-response digest to check, enough of it left."""
         p = self._policy
         return (
             p.max_connections_per_file > 1
             and not f.ranges
             and not ctx.dynamic_content
             and f.bytes_total is not None
-            and strong_etag(f.etag)
+            and (
+                strong_etag(f.etag)
+                or (not f.etag and strong_date(f.last_modified, resp.headers.get("date")))
+            )
             and content_digest(resp.headers) is None
             and f.bytes_total - offset >= 2 * p.min_segment_bytes
         )
 
     async def _fetch_segments(self, f: FileRecord, ctx: FileContext) -> None:
-        """Resume a segmented file from its table: every segment left, with If-Range."""
+        """Resume a segmented file from its table: every segment left, with If-Range (its ETag,
+        or its Last-Modified)."""
         total = f.bytes_total
         table = check_table(f.segments or (), total) if total is not None else None
-        if table is None or not strong_etag(f.etag) or ctx.dynamic_content or f.ranges:
+        # a stored table means the validator was judged strong when the file was split
+        if_range = if_range_value(f.etag, f.last_modified)
+        if table is None or if_range is None or ctx.dynamic_content or f.ranges:
             raise Restart
         if all(d == e for _, d, e in table):
             # every byte is on disk but the file was never marked done: fetch its last byte

@@ -112,6 +112,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._segments",
         "bitsnb._jobchecks",
         "bitsnb._inflight",
+        "bitsnb._validators",
     ),
     "vocabulary": (
         "bitsnb._enums",
