@@ -519,8 +519,9 @@ class Engine:
             ctx.on_checkpoint(f, upto)
 
         try:
-            fh.seek(offset)
-            fh.truncate()
+            if offset > 0:  # (a new temporary file is empty: create_temp made it so)
+                fh.seek(offset)
+                fh.truncate()
             f.bytes_transferred = offset
             last_checkpoint_at = time.monotonic()
             last_checkpoint_bytes = offset

@@ -28,6 +28,17 @@ def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
     return verify
 
 
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, which skips ``http.cookiejar``'s work (request and response wrappers,
+    ~0.3 ms a response: a fifth of a small file's time in the loop) for a response that sets
+    no cookie."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
 class _Client(httpx.AsyncClient):
     """An httpx client whose own transports, direct and proxied, come from *make_transport*.
 
@@ -42,6 +53,7 @@ class _Client(httpx.AsyncClient):
     ) -> None:
         self._make_transport = make_transport
         super().__init__(**kwargs)
+        self._cookies = _Cookies(self._cookies)  # httpx's setter would make a plain one
 
     def _init_transport(
         self, *args: Any, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
