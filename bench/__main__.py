@@ -68,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         "--wan-small",
         type=int,
         metavar="N",
-        help="also N files of 16 KiB in one job (plain HTTP and TLS with HTTP/1.1 and HTTP/2)"
-        " against curl --parallel 16; with --wan-size 0 only these",
+        help="also N files of 16 KiB in one job against curl --parallel 16; with --wan-size 0"
+        " only these",
+    )
+    wan.add_argument(
+        "--wan-small-tls",
+        action="store_true",
+        help="the small files also over HTTPS (self-signed), HTTP/1.1 and HTTP/2, bitsnb and curl",
     )
     args = ap.parse_args(argv)
     if args.baseline:
@@ -100,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             wcfg.size = args.wan_size
         if args.wan_small:
             wcfg.small_count = args.wan_small
+        wcfg.small_tls = args.wan_small_tls
         if args.wan_timeout:
             wcfg.sample_timeout = args.wan_timeout
         if args.workdir:

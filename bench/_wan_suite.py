@@ -67,6 +67,7 @@ class WanConfig:
     install: bool = True
     command: str = "python -m bench --wan"
     small_count: int = 0  # files of 16 KiB in one job (0: not run); size 0: no big file
+    small_tls: bool = False  # the small files also over TLS, HTTP/1.1 and HTTP/2
 
     @classmethod
     def for_mode(cls, quick: bool) -> WanConfig:
@@ -90,16 +91,19 @@ def _drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def _small_run(b: Bench, tb: Testbed, small: FileSet, scratch: Path, name: str) -> dict[str, Any]:
+def _small_run(
+    b: Bench, tb: Testbed, small: FileSet, scratch: Path, name: str, *, tls: bool
+) -> dict[str, Any]:
     """Many small files in one job through the path: bitsnb against ``curl --parallel 16``, on
-    plain HTTP and over TLS (HTTP/1.1 and HTTP/2), interleaved, pair by pair."""
+    plain HTTP and (*tls*) over TLS with HTTP/1.1 and HTTP/2, interleaved, pair by pair."""
     dest = scratch / "dest"
     urls = [tb.server_url(r) for r in small.rel_paths]
     lists = write_lists(scratch / f"lists-small-{name}", urls, dest)
-    https = write_lists(
-        scratch / f"lists-small-tls-{name}", [tb.server_tls_url(r) for r in small.rel_paths], dest
-    )
-    clients = b.available(wan_small_clients(b.paths, https, tb.ca_file))
+    https = None
+    if tls:
+        https_urls = [tb.server_tls_url(r) for r in small.rel_paths]
+        https = write_lists(scratch / f"lists-small-tls-{name}", https_urls, dest)
+    clients = b.available(wan_small_clients(b.paths, https, tb.ca_file if tls else None))
     label = f"{name} {small.count}×{small.size_each // 1024}K"
     samples = _interleave(
         b,
@@ -143,7 +147,7 @@ def _profile_run(
         serve=www,
         nginx=paths["nginx"],
         workdir=scratch / f"tb-{name}",
-        tls=small is not None,
+        tls=small is not None and cfg.small_tls,
     ) as tb:
         rtts = tb.connect_rtts(7)
         out["rtt_ms"] = spread([1000 * r for r in rtts]).as_dict()
@@ -167,7 +171,7 @@ def _profile_run(
             wrap=tb.client_argv,
         )
         if small is not None:
-            out["small"] = _small_run(b, tb, small, scratch, name)
+            out["small"] = _small_run(b, tb, small, scratch, name, tls=cfg.small_tls)
         clients = b.available(wan_clients(paths)) if big is not None else []
         samples: list[Sample] = []
         if big is not None:

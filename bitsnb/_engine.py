@@ -102,6 +102,7 @@ class Engine:
         self._clients: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._host_rtts: dict[str, float] = {}  # by origin: the last connection's round trip
+        self._rtt_due: dict[str, float] = {}  # by origin: when to measure it again
         self._partials: dict[str, Partial] = {}  # by temp name: files that paused mid-way
         self._hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.bytes_rehashed = 0  # bytes read back from temporary files to hash their prefix
@@ -144,11 +145,16 @@ class Engine:
         return self._host_rtts.get(_origin(url))
 
     def _note_rtt(self, url: str, resp: httpx.Response) -> None:
+        origin = _origin(url)
+        now = time.monotonic()
+        if now < self._rtt_due.get(origin, 0.0):
+            return  # measured less than a second ago
         sock = response_socket(resp)
         info = tcp_info(sock) if sock is not None else None
         rtt = info.min_rtt or info.best_rtt if info is not None else None
         if rtt is not None:
-            self._host_rtts[_origin(url)] = rtt
+            self._host_rtts[origin] = rtt
+            self._rtt_due[origin] = now + 1.0
 
     async def aclose(self) -> None:
         """Close every client (and their connections)."""
