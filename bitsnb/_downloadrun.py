@@ -8,6 +8,7 @@ import functools
 import time
 from collections.abc import Callable
 
+from . import _codes
 from ._engine import Engine, FileContext, TransferFailure, YieldSlice
 from ._events import Events
 from ._inflight import files_in_flight
@@ -18,6 +19,8 @@ from ._scheduler import Scheduler
 from ._states import Event
 
 __all__ = ["DownloadRun"]
+
+_REFUSALS = frozenset({_codes.http_error(503), _codes.http_error(429)})
 
 
 class DownloadRun:
@@ -43,17 +46,23 @@ class DownloadRun:
         BITS transfers a job's files one after the other; bitsnb starts them in the same order
         but overlaps a few, because one small file at a time leaves the connection idle while
         each file is fsynced and recorded. A host far away gets more in flight, as its round
-        trip says (``_inflight``), within ``max_connections_per_host``. When a file fails, the files before it still finish
-        (as they would have one at a time) and the ones after it stop. Files added while the
-        job runs are picked up.
+        trip says (``_inflight``), within ``max_connections_per_host``; one that refuses the
+        extra requests (503, 429) gets fewer again. When a file fails, the files before it still
+        finish (as they would have one at a time) and the ones after it stop. Files added while
+        the job runs are picked up.
         """
         engine, records = self._engine, self._records
+        base = self._policy.files_in_flight
         cursor = 0
         stopping = False  # a failure or a slice end: start no new file
         in_flight: dict[asyncio.Task[None], FileRecord] = {}
+        again: list[FileRecord] = []  # refused while widened: fetched again, by fewer workers
+        cap: int | None = None  # workers at most, once the host refused a wider run
 
         def next_file() -> FileRecord | None:
             nonlocal cursor
+            if again and not stopping:
+                return again.pop(0)
             while not stopping and cursor < len(rec.files):
                 f = rec.files[cursor]
                 cursor += 1
@@ -76,6 +85,8 @@ class DownloadRun:
                 except TransferFailure as failure:
                     failure.file = f
                     records.try_save(rec, [f])
+                    if narrowed(f, failure):
+                        return  # this worker ends; the file goes to one that stays
                     raise
                 except BaseException:
                     records.try_save(rec, [f])
@@ -107,12 +118,26 @@ class DownloadRun:
             task.add_done_callback(lambda _: woken.set())
             tasks.add(task)
 
+        def narrowed(f: FileRecord, failure: TransferFailure) -> bool:
+            """A host that refuses (503, 429) a request while the run is wider than
+            ``files_in_flight``: one worker fewer from now on (bounded: the width only falls,
+            never below ``files_in_flight``) and the file fetched again, not an error."""
+            nonlocal cap
+            live = sum(1 for t in tasks if not t.done())  # this worker among them
+            if failure.code not in _REFUSALS or live <= base or stopping:
+                return False
+            again.append(f)
+            cap = max(base, min(cap if cap is not None else live, live - 1))
+            return True
+
         def widen(f: FileRecord) -> None:
             """More workers while files wait and the host's round trip wants more in flight."""
             p = self._policy
             want = files_in_flight(
                 p.files_in_flight, engine.host_rtt(f.remote_name), p.max_connections_per_host
             )
+            if cap is not None:
+                want = min(want, cap)
             left = len(rec.files) - cursor
             for _ in range(min(want - len(tasks), left)):
                 spawn()
@@ -125,6 +150,8 @@ class DownloadRun:
                 woken.clear()
                 done = {t for t in tasks if t.done()}
                 tasks -= done
+                if again and not stopping and not tasks:
+                    spawn()  # a given-back file whose workers all ended meanwhile
                 for task in done:
                     exc = None if task.cancelled() else task.exception()
                     if exc is None or isinstance(exc, asyncio.CancelledError):

@@ -89,3 +89,40 @@ def test_a_far_host_gets_more_in_flight(tmp_path: Path) -> None:
     print(f"160 files through 50 ms: {len(conns)} connections")
     assert 4 < len(conns) <= 8
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{i}.bin" for i in range(160))
+
+
+@pytest.mark.skipif(_WHY is not None, reason=f"WAN testbed: {_WHY}")
+def test_a_far_host_that_refuses_more_gets_fewer(tmp_path: Path) -> None:
+    """Through a 50 ms path, a slow server that answers 503 beyond 4 requests at once (the
+    test server in the server namespace): the job widens, is refused, narrows again and transfers
+    every file without an error, and the refused files were fetched again."""
+    www = tmp_path / "www"
+    names = [f"s/{i}.bin" for i in range(80)]
+    (www / "s").mkdir(parents=True)
+    for name in names:
+        (www / name).write_bytes(os.urandom(16 * 1024))
+    server = FileServer(www, host=_wan.SERVER_IP)  # bound in the server namespace below
+    server.max_concurrent = 4
+    server.connection_rate = 100_000  # each file takes ~0.16 s: the requests overlap there too
+    dest = tmp_path / "dest"
+    with _wan.Testbed("rtt50", workdir=tmp_path / "tb") as tb:
+        _wan.in_namespace(tb.server_ns, server.start)  # its sockets live in the server's side
+        try:
+            urls = tmp_path / "urls.txt"
+            urls.write_text("".join(server.url(n) + "\n" for n in names))
+            done = tb.run_client(
+                [sys.executable, "-m", "bench._run_bitsnb", "--url-file", str(urls), str(dest)],
+                timeout=120,
+                cwd=str(REPO),
+            )
+        finally:
+            server.stop()
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert result["states"] == {"TRANSFERRED": 1}
+    refused = [r.path for r in server.requests if r.status == 503]
+    print(f"refused {len(refused)} requests; server's live peak {server.peak_concurrent}")
+    assert refused, "the run never went past the server's 4"
+    fetched = {r.path for r in server.requests if r.status == 200}
+    assert set(refused) <= fetched  # each refused file came again
+    assert sorted(p.name for p in dest.rglob("*.bin")) == sorted(n.split("/")[1] for n in names)
