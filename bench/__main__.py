@@ -64,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     wan.add_argument("--wan-size", type=_size, help="file size (full: 1G, quick: 64M)")
     wan.add_argument("--wan-timeout", type=float, help="seconds per sample (full: 300, quick: 30)")
+    wan.add_argument(
+        "--wan-small",
+        type=int,
+        metavar="N",
+        help="also N files of 16 KiB in one job against curl --parallel 16; with --wan-size 0"
+        " only these",
+    )
+    wan.add_argument(
+        "--wan-small-tls",
+        action="store_true",
+        help="the small files also over HTTPS (self-signed), HTTP/1.1 and HTTP/2, bitsnb and curl",
+    )
     args = ap.parse_args(argv)
     if args.baseline:
         os.environ[BASELINE_ENV] = str(args.baseline.resolve())
@@ -89,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             wcfg.profiles = wanted
         if args.reps:
             wcfg.reps = max(1, args.reps)
-        if args.wan_size:
+        if args.wan_size is not None:
             wcfg.size = args.wan_size
+        if args.wan_small:
+            wcfg.small_count = args.wan_small
+        wcfg.small_tls = args.wan_small_tls
         if args.wan_timeout:
             wcfg.sample_timeout = args.wan_timeout
         if args.workdir:

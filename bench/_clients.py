@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PARALLEL", "Client", "ListFiles", "wan_clients", "write_lists"]
+__all__ = ["PARALLEL", "Client", "ListFiles", "wan_clients", "wan_small_clients", "write_lists"]
 
 PARALLEL = 16
 """Files at once for the parallel references, and bitsnb's many-jobs policy limits."""
@@ -302,3 +302,70 @@ def wan_clients(paths: dict[str, str]) -> list[Client]:
             Client("aria2c -x16 -s16 -k1M", "aria2c", aria2("-x16", "-s16", "-k1M")),
         ]
     )
+
+
+def wan_small_clients(
+    paths: dict[str, str], https: ListFiles | None = None, ca_file: Path | None = None
+) -> list[Client]:
+    """Clients of the WAN small-files run: bitsnb (default ``Policy()``, and 16 connections per
+    host as curl has), ``curl --parallel 16``; with *https* lists (and the server's *ca_file*)
+    the same over TLS: bitsnb on HTTP/1.1 and with ``Policy(http2=True)``, curl forced to
+    HTTP/1.1 and curl multiplexing over HTTP/2."""
+
+    def bitsnb(lists: ListFiles | None, *extra: str) -> Argv:
+        def argv(_u: Sequence[str], d: Path, lf: ListFiles) -> list[str]:
+            urls = (lists or lf).urls
+            return [_py(), "-m", "bench._run_bitsnb", *extra, "--url-file", str(urls), str(d)]
+
+        return argv
+
+    def curl(lists: ListFiles | None, *extra: str) -> Argv:
+        def argv(_u: Sequence[str], _d: Path, lf: ListFiles) -> list[str]:
+            cfg = (lists or lf).curl
+            return [paths["curl"], "-s", *extra, "--parallel", "--parallel-max", str(PARALLEL), "-K", str(cfg)]  # fmt: skip
+
+        return argv
+
+    hosts = f"max_connections_per_host={PARALLEL}"
+    out = [
+        Client("bitsnb", "python", bitsnb(None), is_bitsnb=True, note="one job, default Policy()"),
+        Client(
+            f"bitsnb {PARALLEL}/host",
+            "python",
+            bitsnb(None, "--policy", hosts),
+            is_bitsnb=True,
+            note=f"one job, Policy({hosts})",
+        ),
+        Client(f"curl --parallel {PARALLEL}", "curl", curl(None), note="HTTP/1.1"),
+    ]
+    if https is not None and ca_file is not None:
+        verify = f"verify={ca_file}"
+        out += [
+            Client(
+                "bitsnb https h1",
+                "python",
+                bitsnb(https, "--policy", verify, "--policy", hosts),
+                is_bitsnb=True,
+                note=f"TLS, HTTP/1.1, Policy({hosts})",
+            ),
+            Client(
+                "bitsnb https h2",
+                "python",
+                bitsnb(https, "--policy", verify, "--policy", hosts, "--policy", "http2=true"),
+                is_bitsnb=True,
+                note=f"TLS, Policy(http2=True, {hosts}): streams on one connection",
+            ),
+            Client(
+                "curl https h1",
+                "curl",
+                curl(https, "--cacert", str(ca_file), "--http1.1"),
+                note=f"TLS, HTTP/1.1, {PARALLEL} connections",
+            ),
+            Client(
+                "curl https h2",
+                "curl",
+                curl(https, "--cacert", str(ca_file)),
+                note=f"TLS, HTTP/2 multiplexed, {PARALLEL} streams",
+            ),
+        ]
+    return with_baseline(out)

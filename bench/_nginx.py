@@ -54,7 +54,7 @@ http {{
     gzip off;
     open_file_cache max=10000 inactive=60s;
     server {{
-        listen {host}:{port};
+        listen {host}:{port};{tls}
         server_name localhost;
         root {root};
         location / {{ {limit} }}
@@ -108,6 +108,8 @@ class Nginx:
         prefix: Sequence[str] = (),
         ready: Callable[[str, int], bool] | None = None,
         limit_rate: str | None = None,
+        tls: tuple[Path, Path] | None = None,
+        tls_port: int = 443,
     ) -> None:
         self.binary = binary
         self.root = root
@@ -117,6 +119,8 @@ class Nginx:
         self.prefix = list(prefix)
         self.ready = ready or _can_connect
         self.limit_rate = limit_rate
+        self.tls = tls  # (certificate, key): also HTTPS with HTTP/2 (ALPN) on tls_port
+        self.tls_port = tls_port
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -139,6 +143,10 @@ class Nginx:
         """The URL of a file under the served root."""
         return f"http://{self.host}:{self.port}/{rel.lstrip('/')}"
 
+    def tls_url(self, rel: str) -> str:
+        """The https URL of a file under the served root (with ``tls`` given)."""
+        return f"https://{self.host}:{self.tls_port}/{rel.lstrip('/')}"
+
     def start(self, timeout: float = 15.0) -> Self:
         """Write the config and start nginx; returns once it accepts connections."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +163,13 @@ class Nginx:
                     run=self.run_dir,
                     host=self.host,
                     port=self.port,
+                    tls=(
+                        f"\n        listen {self.host}:{self.tls_port} ssl http2;"
+                        f"\n        ssl_certificate {self.tls[0]};"
+                        f"\n        ssl_certificate_key {self.tls[1]};"
+                        if self.tls
+                        else ""
+                    ),
                     root=self.root,
                     limit=(
                         f"limit_rate {self.limit_rate}; }}\n        location /nolimit/ {{ alias {self.root}/;"

@@ -278,7 +278,9 @@ class Testbed:
         workdir: Path | None = None,
         max_seconds: float = 3 * 3600.0,
         log: Callable[[str], None] | None = None,
+        tls: bool = False,
     ) -> None:
+        self.tls = tls  # nginx also serves HTTPS + HTTP/2 on 443, a self-signed certificate
         self.profile = PROFILES[profile] if isinstance(profile, str) else profile
         self.serve = serve
         self.nginx_binary = nginx
@@ -440,11 +442,42 @@ class Testbed:
             prefix=self.server_argv([]),
             ready=self._reachable,
             limit_rate=self.profile.limit_rate,
+            tls=self._certificate() if self.tls else None,
         )
         try:
             self.nginx.start(timeout=20.0)
         except Exception as exc:
             raise TestbedError(str(exc)) from exc
+
+    @property
+    def ca_file(self) -> Path:
+        """The self-signed certificate nginx's HTTPS uses (``tls=True``): a client's CA file."""
+        return self.workdir / "tls-cert.pem"
+
+    def _certificate(self) -> tuple[Path, Path]:
+        """A one-day self-signed P-256 certificate for the server's address (openssl)."""
+        key = self.workdir / "tls-key.pem"
+        done = subprocess.run(
+            [
+                shutil.which("openssl") or "openssl",
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-days", "1", "-subj", f"/CN={self.server_host}",
+                "-addext", f"subjectAltName=IP:{self.server_host}",
+                "-keyout", str(key), "-out", str(self.ca_file),
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise TestbedError(f"openssl could not make a certificate: {done.stderr[-300:]!r}")
+        return self.ca_file, key
+
+    def server_tls_url(self, path: str) -> str:
+        """The https URL of *path* (``tls=True``), as the client namespace sees it."""
+        if self.nginx is None or not self.tls:
+            raise TestbedError("no HTTPS: pass serve=FOLDER and tls=True to Testbed")
+        return self.nginx.tls_url(path)
 
     def _reachable(self, host: str, port: int) -> bool:
         """Whether a client in the client namespace can open a TCP connection to host:port."""

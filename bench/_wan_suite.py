@@ -26,12 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from . import _report
-from ._clients import BASELINE_ENV, wan_clients, write_lists
+from ._clients import BASELINE_ENV, wan_clients, wan_small_clients, write_lists
 from ._files import FileSet
 from ._stats import spread
 from ._tools import Toolbox
 from ._wan import PROFILES, Testbed, TestbedError, unavailable
-from ._workloads import Bench, Sample, _rotate, _summarize, run_sample
+from ._workloads import (
+    MANY_METRICS,
+    Bench,
+    Sample,
+    _derive_many,
+    _interleave,
+    _rotate,
+    _show_many,
+    _summarize,
+    run_sample,
+)
 
 __all__ = ["WanConfig", "run_wan"]
 
@@ -56,6 +66,8 @@ class WanConfig:
     out_dir: Path = field(default_factory=lambda: REPO / "bench" / "results")
     install: bool = True
     command: str = "python -m bench --wan"
+    small_count: int = 0  # files of 16 KiB in one job (0: not run); size 0: no big file
+    small_tls: bool = False  # the small files also over TLS, HTTP/1.1 and HTTP/2
 
     @classmethod
     def for_mode(cls, quick: bool) -> WanConfig:
@@ -79,14 +91,64 @@ def _drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def _small_run(
+    b: Bench, tb: Testbed, small: FileSet, scratch: Path, name: str, *, tls: bool
+) -> dict[str, Any]:
+    """Many small files in one job through the path: bitsnb against ``curl --parallel 16``, on
+    plain HTTP and (*tls*) over TLS with HTTP/1.1 and HTTP/2, interleaved, pair by pair."""
+    dest = scratch / "dest"
+    urls = [tb.server_url(r) for r in small.rel_paths]
+    lists = write_lists(scratch / f"lists-small-{name}", urls, dest)
+    https = None
+    if tls:
+        https_urls = [tb.server_tls_url(r) for r in small.rel_paths]
+        https = write_lists(scratch / f"lists-small-tls-{name}", https_urls, dest)
+    clients = b.available(wan_small_clients(b.paths, https, tb.ca_file if tls else None))
+    label = f"{name} {small.count}×{small.size_each // 1024}K"
+    samples = _interleave(
+        b,
+        label,
+        clients,
+        urls,
+        dest,
+        lists,
+        count=small.count,
+        total=small.total,
+        timeout=max(60.0, small.count * 0.1),
+        derive=_derive_many(small.count),
+        show=_show_many,
+    )
+    summary, ratios = _summarize(samples, clients, MANY_METRICS)
+    return {
+        "title": f"{small.count:,} files of {small.size_each // 1024} KiB in one job",
+        "count": small.count,
+        "clients": [{"name": c.name, "note": c.note} for c in clients],
+        "samples": samples,
+        "summary": summary,
+        "ratios": ratios,
+    }
+
+
 def _profile_run(
-    cfg: WanConfig, name: str, www: Path, big: FileSet, paths: dict[str, str], scratch: Path
+    cfg: WanConfig,
+    name: str,
+    www: Path,
+    big: FileSet | None,
+    paths: dict[str, str],
+    scratch: Path,
+    small: FileSet | None = None,
 ) -> dict[str, Any]:
     profile = PROFILES[name]
-    size = big.size_each
+    size = big.size_each if big is not None else 0
     out: dict[str, Any] = {"profile": profile.as_dict(), "size": size}
     t0 = time.monotonic()
-    with Testbed(profile, serve=www, nginx=paths["nginx"], workdir=scratch / f"tb-{name}") as tb:
+    with Testbed(
+        profile,
+        serve=www,
+        nginx=paths["nginx"],
+        workdir=scratch / f"tb-{name}",
+        tls=small is not None and cfg.small_tls,
+    ) as tb:
         rtts = tb.connect_rtts(7)
         out["rtt_ms"] = spread([1000 * r for r in rtts]).as_dict()
         # without nginx's per-connection cap: the path's (bottleneck's, relay's) own ceiling
@@ -108,12 +170,15 @@ def _profile_run(
             say=_say,
             wrap=tb.client_argv,
         )
-        url = tb.server_url(big.rel_paths[0])
-        dest = scratch / "dest"
-        lists = write_lists(scratch / f"lists-{name}", [url], dest)
-        clients = b.available(wan_clients(paths))
+        if small is not None:
+            out["small"] = _small_run(b, tb, small, scratch, name, tls=cfg.small_tls)
+        clients = b.available(wan_clients(paths)) if big is not None else []
         samples: list[Sample] = []
-        for r in range(cfg.reps):
+        if big is not None:
+            url = tb.server_url(big.rel_paths[0])
+            dest = scratch / "dest"
+            lists = write_lists(scratch / f"lists-{name}", [url], dest)
+        for r in range(cfg.reps if big is not None else 0):
             for client in _rotate(clients, r):
                 stats0, cpu0 = tb.relay_stats(), tb.relay_cpu_s()
                 s = run_sample(
@@ -172,6 +237,10 @@ def _profile_md(w: dict[str, Any]) -> list[str]:
         return [*lines, f"FAILED: {w['error']}", ""]
     rtt = _report._sp(w["rtt_ms"])
     c = w["ceiling"]
+    if "small" in w:
+        lines += _small_md(w["small"], rtt.fmt(2))
+    if not w["size"]:
+        return lines
     lines += [
         f"One file of {w['size'] / MiB:.0f} MiB. Measured RTT (TCP connect through the relay):"
         f" {rtt.fmt(2)} ms. Ceiling of the path ({c['connections']} raw connections, windows"
@@ -240,6 +309,44 @@ def _profile_md(w: dict[str, Any]) -> list[str]:
             lines.append(f"- FAILED {s['tool']} round {s.get('round', 0) + 1}: {s.get('error')}")
     lines.append("")
     return lines
+
+
+def _small_md(m: dict[str, Any], rtt: str) -> list[str]:
+    lines = [f"#### {m['title']} (measured RTT {rtt} ms)", ""]
+    busy = _report.load_line(m.get("samples", []))
+    if busy:
+        lines += [f"_{busy}_", ""]
+    notes = {x["name"]: x.get("note", "") for x in m.get("clients", [])}
+    rows = [
+        [
+            tool,
+            _report._sp(v.get("files_per_s")).fmt(0),
+            _report._sp(v.get("files_per_s_exit")).fmt(0),
+            _report._sp(v.get("cpu_ms_per_file")).fmt(2),
+            notes.get(tool, ""),
+        ]
+        for tool, v in m["summary"].items()
+    ]
+    lines += _report._table(
+        ["client", "files/s durable", "files/s to exit", "CPU-ms/file", "note"], rows
+    )
+    lines += [
+        "",
+        "Ratios bitsnb / reference, files/s durable, pair by pair (median [min–max]):",
+        "",
+    ]
+    lines += _report._table(
+        ["bitsnb", "reference", "files/s durable"],
+        [
+            [ours, ref, _report._sp(v.get("files_per_s")).fmt(2) + "×"]
+            for ours, refs in m.get("ratios", {}).items()
+            for ref, v in refs.items()
+        ],
+    )
+    for s in m["samples"]:
+        if not s.get("ok"):
+            lines.append(f"- FAILED {s['tool']} round {s.get('round', 0) + 1}: {s.get('error')}")
+    return [*lines, ""]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -315,7 +422,12 @@ def run_wan(cfg: WanConfig) -> dict[str, Any] | None:
     try:
         www = scratch / "www"
         www.mkdir()
-        big = FileSet.create(www, f"wan-{cfg.size // MiB}m", 1, cfg.size)
+        big = FileSet.create(www, f"wan-{cfg.size // MiB}m", 1, cfg.size) if cfg.size else None
+        small = (
+            FileSet.create(www, f"wan-small{cfg.small_count}", cfg.small_count, 16 * 1024)
+            if cfg.small_count
+            else None
+        )
         with open(www / CEILING_FILE, "wb") as fh:
             fh.truncate(4 * GiB)
         for prog in ("curl", "aria2c"):
@@ -324,7 +436,7 @@ def run_wan(cfg: WanConfig) -> dict[str, Any] | None:
         for name in cfg.profiles:
             _say(f"\n== WAN profile {name}: {PROFILES[name].describe()} ==")
             try:
-                w = _profile_run(cfg, name, www, big, paths, scratch)
+                w = _profile_run(cfg, name, www, big, paths, scratch, small)
             except TestbedError as exc:
                 w = {"title": name, "error": str(exc)}
                 _say(f"  FAILED to set up: {exc}")

@@ -8,8 +8,10 @@ import functools
 import time
 from collections.abc import Callable
 
+from . import _codes
 from ._engine import Engine, FileContext, TransferFailure, YieldSlice
 from ._events import Events
+from ._inflight import files_in_flight
 from ._models import Policy
 from ._persist import Records
 from ._records import FileRecord, JobRecord
@@ -17,6 +19,8 @@ from ._scheduler import Scheduler
 from ._states import Event
 
 __all__ = ["DownloadRun"]
+
+_REFUSALS = frozenset({_codes.http_error(503), _codes.http_error(429)})
 
 
 class DownloadRun:
@@ -37,21 +41,28 @@ class DownloadRun:
         self._engine = engine
 
     async def transfer(self, rec: JobRecord, ctx: FileContext) -> None:
-        """Fetch the job's files, starting them in order, up to ``files_in_flight`` at once.
+        """Fetch the job's files, starting them in order, ``files_in_flight`` at once or more.
 
         BITS transfers a job's files one after the other; bitsnb starts them in the same order
         but overlaps a few, because one small file at a time leaves the connection idle while
-        each file is fsynced and recorded. When a file fails, the files before it still finish
-        (as they would have one at a time) and the ones after it stop. Files added while the
-        job runs are picked up.
+        each file is fsynced and recorded. A host far away gets more in flight, as its round
+        trip says (``_inflight``), within ``max_connections_per_host``; one that refuses the
+        extra requests (503, 429) gets fewer again. When a file fails, the files before it still
+        finish (as they would have one at a time) and the ones after it stop. Files added while
+        the job runs are picked up.
         """
         engine, records = self._engine, self._records
+        base = self._policy.files_in_flight
         cursor = 0
         stopping = False  # a failure or a slice end: start no new file
         in_flight: dict[asyncio.Task[None], FileRecord] = {}
+        again: list[FileRecord] = []  # refused while widened: fetched again, by fewer workers
+        cap: int | None = None  # workers at most, once the host refused a wider run
 
         def next_file() -> FileRecord | None:
             nonlocal cursor
+            if again and not stopping:
+                return again.pop(0)
             while not stopping and cursor < len(rec.files):
                 f = rec.files[cursor]
                 cursor += 1
@@ -74,6 +85,8 @@ class DownloadRun:
                 except TransferFailure as failure:
                     failure.file = f
                     records.try_save(rec, [f])
+                    if narrowed(f, failure):
+                        return  # this worker ends; the file goes to one that stays
                     raise
                 except BaseException:
                     records.try_save(rec, [f])
@@ -89,17 +102,56 @@ class DownloadRun:
                     continue
                 await records.change_patiently(rec, functools.partial(mark, f), [f])
                 self._events.notify_file(rec, f)
+                if not stopping and cursor < len(rec.files):
+                    widen(f)
                 if cursor < len(rec.files) and self._scheduler.should_yield(rec.id, rec.priority):
                     stopping = True  # let the files in flight finish, then give up the slot
                     raise YieldSlice
 
         pending_files = sum(1 for f in rec.files if not (f.transferred or f.completed))
-        width = max(1, min(self._policy.files_in_flight, pending_files))
-        tasks = {asyncio.create_task(worker()) for _ in range(width)}
+        tasks: set[asyncio.Task[None]] = set()
+        woken = asyncio.Event()  # a worker ended (or failed): look at them
         first: BaseException | None = None
+
+        def spawn() -> None:
+            task = asyncio.create_task(worker())
+            task.add_done_callback(lambda _: woken.set())
+            tasks.add(task)
+
+        def narrowed(f: FileRecord, failure: TransferFailure) -> bool:
+            """A host that refuses (503, 429) a request while the run is wider than
+            ``files_in_flight``: one worker fewer from now on (bounded: the width only falls,
+            never below ``files_in_flight``) and the file fetched again, not an error."""
+            nonlocal cap
+            live = sum(1 for t in tasks if not t.done())  # this worker among them
+            if failure.code not in _REFUSALS or live <= base or stopping:
+                return False
+            again.append(f)
+            cap = max(base, min(cap if cap is not None else live, live - 1))
+            return True
+
+        def widen(f: FileRecord) -> None:
+            """More workers while files wait and the host's round trip wants more in flight."""
+            p = self._policy
+            want = files_in_flight(
+                p.files_in_flight, engine.host_rtt(f.remote_name), p.max_connections_per_host
+            )
+            if cap is not None:
+                want = min(want, cap)
+            left = len(rec.files) - cursor
+            for _ in range(min(want - len(tasks), left)):
+                spawn()
+
+        for _ in range(max(1, min(self._policy.files_in_flight, pending_files))):
+            spawn()
         try:
             while tasks:
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                await woken.wait()
+                woken.clear()
+                done = {t for t in tasks if t.done()}
+                tasks -= done
+                if again and not stopping and not tasks:
+                    spawn()  # a given-back file whose workers all ended meanwhile
                 for task in done:
                     exc = None if task.cancelled() else task.exception()
                     if exc is None or isinstance(exc, asyncio.CancelledError):

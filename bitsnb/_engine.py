@@ -75,9 +75,11 @@ from ._models import Policy
 from ._records import FileRecord
 from ._segmented import Split
 from ._segments import check_table, done_bytes
+from ._tcpinfo import response_socket, tcp_info
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
 from ._transport import body_views
 from ._validate import redact_url
+from ._validators import if_range_value, strong_date
 
 __all__ = [
     "Engine",
@@ -100,6 +102,8 @@ class Engine:
         self._transport = transport
         self._clients: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
         self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._host_rtts: dict[str, float] = {}  # by origin: the last connection's round trip
+        self._rtt_due: dict[str, float] = {}  # by origin: when to measure it again
         self._partials: dict[str, Partial] = {}  # by temp name: files that paused mid-way
         self._hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.bytes_rehashed = 0  # bytes read back from temporary files to hash their prefix
@@ -130,12 +134,28 @@ class Engine:
         return build_client(self._policy, self._transport, proxy, trust_env, limits, lean=lean)
 
     def slot(self, url: str) -> asyncio.Semaphore:
-        parts = urlsplit(url)
-        host = f"{parts.scheme}://{parts.netloc}"
+        host = _origin(url)
         sem = self._host_slots.get(host)
         if sem is None:
             sem = self._host_slots[host] = asyncio.Semaphore(self._policy.max_connections_per_host)
         return sem
+
+    def host_rtt(self, url: str) -> float | None:
+        """The round trip (seconds) of the last connection a response from *url*'s host came
+        on, from the kernel's ``TCP_INFO``; None until one did (or where it cannot be read)."""
+        return self._host_rtts.get(_origin(url))
+
+    def _note_rtt(self, url: str, resp: httpx.Response) -> None:
+        origin = _origin(url)
+        now = time.monotonic()
+        if now < self._rtt_due.get(origin, 0.0):
+            return  # measured less than a second ago
+        sock = response_socket(resp)
+        info = tcp_info(sock) if sock is not None else None
+        rtt = info.min_rtt or info.best_rtt if info is not None else None
+        if rtt is not None:
+            self._host_rtts[origin] = rtt
+            self._rtt_due[origin] = now + 1.0
 
     async def aclose(self) -> None:
         """Close every client (and their connections)."""
@@ -299,6 +319,7 @@ class Engine:
                     retry_after=response_retry_after(resp),
                 )
             ctx.on_connected()
+            self._note_rtt(f.remote_name, resp)  # how many files in flight the host wants
             if check.expected is None:  # no known hash: the server's digest of the whole file
                 check.expected = representation_digest(digest_fields(resp.headers.raw))
             if self._may_split(f, ctx, resp, offset):
@@ -321,23 +342,29 @@ class Engine:
         self, f: FileRecord, ctx: FileContext, resp: httpx.Response, offset: int
     ) -> bool:
         """Whether this file may be fetched in segments: a known size, a strong validator for
-        If-Range, no ranges of its own, no per-response digest to check, enough of it left."""
+        If-Range (a strong ETag, or no ETag and a Last-Modified the Date shows strong), no ranges of its own, no per-response digest to check, enough of it left."""
         p = self._policy
         return (
             p.max_connections_per_file > 1
             and not f.ranges
             and not ctx.dynamic_content
             and f.bytes_total is not None
-            and strong_etag(f.etag)
+            and (
+                strong_etag(f.etag)
+                or (not f.etag and strong_date(f.last_modified, resp.headers.get("date")))
+            )
             and f.bytes_total - offset >= 2 * p.min_segment_bytes
             and content_digest(digest_fields(resp.headers.raw)) is None
         )
 
     async def _fetch_segments(self, f: FileRecord, ctx: FileContext) -> None:
-        """Resume a segmented file from its table: every segment left, with If-Range."""
+        """Resume a segmented file from its table: every segment left, with If-Range (its ETag,
+        or its Last-Modified)."""
         total = f.bytes_total
         table = check_table(f.segments or (), total) if total is not None else None
-        if table is None or not strong_etag(f.etag) or ctx.dynamic_content or f.ranges:
+        # a stored table means the validator was judged strong when the file was split
+        if_range = if_range_value(f.etag, f.last_modified)
+        if table is None or if_range is None or ctx.dynamic_content or f.ranges:
             raise Restart
         if all(d == e for _, d, e in table):
             # every byte is on disk but the file was never marked done: fetch its last byte
@@ -559,3 +586,8 @@ class Engine:
             if syncing is not None and syncing.done() and not syncing.cancelled():
                 syncing.exception()  # retrieved, so asyncio does not warn about it
             fh.close()
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -15,6 +15,7 @@ from ._enums import ErrorContext
 from ._failures import TransferFailure
 from ._http_rules import retry_after
 from ._records import FileRecord
+from ._validators import strong_etag
 
 __all__ = [
     "YIELD_MID_FILE_BYTES",
@@ -76,10 +77,6 @@ def invalid_response(message: str, *, transient: bool) -> TransferFailure:
         transient=transient,
         message=message,
     )
-
-
-def strong_etag(etag: str | None) -> bool:
-    return bool(etag) and not etag.startswith("W/")  # type: ignore[union-attr]
 
 
 def worth_yielding(f: FileRecord) -> bool:

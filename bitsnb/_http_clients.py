@@ -28,6 +28,17 @@ def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
     return verify
 
 
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, which skips ``http.cookiejar``'s work (request and response wrappers,
+    ~0.3 ms a response: a fifth of a small file's time in the loop) for a response that sets
+    no cookie."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
 class _Client(httpx.AsyncClient):
     """An httpx client whose own transports, direct and proxied, come from *make_transport*.
 
@@ -42,6 +53,7 @@ class _Client(httpx.AsyncClient):
     ) -> None:
         self._make_transport = make_transport
         super().__init__(**kwargs)
+        self._cookies = _Cookies(self._cookies)  # httpx's setter would make a plain one
 
     def _init_transport(
         self, *args: Any, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
@@ -66,7 +78,8 @@ def build_client(
     """An httpx client with the policy's timeouts, TLS, redirect rules and headers.
 
     *lean*: plain GETs go through ``LeanTransport``; proxied requests, and what the lean
-    transport does not serve, go through httpx's own transport with larger reads.
+    transport does not serve, go through httpx's own transport with larger reads. With
+    ``policy.http2`` that one offers HTTP/2 and serves every https request.
     """
     p = policy
     tls: ssl.SSLContext | None = None
@@ -76,13 +89,18 @@ def build_client(
         if tls is None:  # one TLS context (CA bundle loaded once) for all of them
             tls = httpx.create_ssl_context(verify=_ssl_context(p.verify), trust_env=trust_env)
         fallback = fallback_transport(
-            p.read_size, verify=tls, limits=limits, trust_env=trust_env, proxy=through
+            p.read_size,
+            verify=tls,
+            limits=limits,
+            trust_env=trust_env,
+            proxy=through,
+            http2=p.http2,
         )
         if not lean or through is not None:
             return fallback
         return LeanTransport(
             fallback,
-            ssl_context=tls,
+            ssl_context=None if p.http2 else tls,  # None: https goes to the HTTP/2 transport
             read_size=p.read_size,
             max_idle_per_host=limits.max_keepalive_connections or 1,
             receive_buffer=p.receive_buffer,

@@ -44,6 +44,7 @@ from ._segments import (
 from ._tempfile import create_temp, hash_prefix, preallocate, pwrite_all
 from ._transport import body_views
 from ._validate import redact_url
+from ._validators import if_range_value
 
 __all__ = ["SegmentHost", "Split"]
 
@@ -373,7 +374,7 @@ class Split:
         client = self.engine.client(ctx.proxy, ctx.trust_env)
         headers = self.engine.digest_headers(f, ctx)
         headers["Range"] = f"bytes={seg.done}-{seg.end - 1}"
-        headers["If-Range"] = f.etag or ""
+        headers["If-Range"] = if_range_value(f.etag, f.last_modified) or ""
         async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
             if self._accept(resp, seg):
                 ctx.on_connected()
@@ -393,13 +394,18 @@ class Split:
     def _accept(self, resp: httpx.Response, seg: _Seg) -> bool:
         """True for a 206 of *seg*'s range, False for the same file whole; else raises."""
         status, etag = resp.status_code, resp.headers.get("etag")
+        modified = resp.headers.get("last-modified")
+        # without an ETag, the Last-Modified is the validator
+        by_date = not self.f.etag and modified != self.f.last_modified
         if status == 206:
             content_range = resp.headers.get("content-range")
             span = parse_content_range(content_range)
             if span is None or span.first != seg.done or span.last is None:
                 raise invalid_response(f"bad Content-Range {content_range!r}", transient=True)
-            if (span.total is not None and span.total != self.total) or (
-                etag and etag != self.f.etag
+            if (
+                (span.total is not None and span.total != self.total)
+                or (etag and etag != self.f.etag)
+                or (modified and by_date)
             ):
                 raise Restart
             return True
@@ -408,7 +414,7 @@ class Split:
                 size = parse_content_length(resp.headers.get("content-length"))
             except BadLength as exc:
                 raise invalid_response(f"bad Content-Length: {exc}", transient=True) from None
-            if etag != self.f.etag or size != self.total:
+            if etag != self.f.etag or by_date or size != self.total:
                 raise Restart  # If-Range failed: the file changed
             return False
         if status == 416:

@@ -124,6 +124,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._segments",
         "bitsnb._jobchecks",
         "bitsnb._jobstats",
+        "bitsnb._inflight",
+        "bitsnb._validators",
     ),
     "vocabulary": (
         "bitsnb._enums",

@@ -276,7 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
         if kind != "no_validators":
-            self.send_header("ETag", "W/" + etag if kind == "weak_etag" else etag)
+            if self.server.owner.send_etag or kind == "weak_etag":
+                self.send_header("ETag", "W/" + etag if kind == "weak_etag" else etag)
             self.send_header("Last-Modified", last_modified)
         if status == 206:
             self.send_header("Content-Range", format_content_range(start, start + length - 1, size))
@@ -340,7 +341,8 @@ class FileServer(ThreadedServer[RequestRecord]):
     ``FaultKind`` but the upload ones (``bits_error``, ``extra_headers``).
     ``connection_rate`` (bytes/s) caps every response without a fault, as mirrors cap each
     connection; ``max_concurrent`` answers 503 to a GET beyond that many requests at once;
-    ``peak_concurrent`` is the most requests it answered at once.
+    ``peak_concurrent`` is the most requests it answered at once. ``send_etag = False`` makes
+    every file answer with Last-Modified but no ETag, as many mirrors and object stores do.
     """
 
     fault_kinds = frozenset(get_args(FaultKind)) - {"bits_error", "extra_headers"}
@@ -372,6 +374,7 @@ class FileServer(ThreadedServer[RequestRecord]):
         self.connection_rate: int | None = None
         self.max_concurrent: int | None = None
         self.peak_concurrent = 0
+        self.send_etag = True
 
     def __repr__(self) -> str:
         return f"FileServer(root={str(self._root)!r}, url={self._base_url!r})"
