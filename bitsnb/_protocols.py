@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ._enums import JobPriority, JobState, JobType
+from ._jobtable import JobTable
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes
 from ._store_api import StoreURL
 
@@ -80,6 +81,8 @@ class ManagerView(Protocol):
     @property
     def store_path(self) -> os.PathLike[str] | StoreURL: ...
     def enum_jobs(self, all_users: bool = False, *, include_finished: bool = False) -> Jobs: ...
+    def job_table(self, all_users: bool = False, *, include_finished: bool = False) -> JobTable: ...
+    def file_workers(self, job_id: uuid.UUID | str) -> dict[int, str]: ...
     def subscribe(self, listener: Callable[[JobEventView], None]) -> Callable[[], None]: ...
 
 

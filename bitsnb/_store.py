@@ -25,6 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from . import _codes
 from ._errors import BitsError, StoreBusyError
+from ._jobtable import JobTable
 from ._records import FileRecord, JobRecord
 from ._store_rows import (
     FILE_COLUMNS,
@@ -41,6 +42,8 @@ from ._store_rows import (
     file_placed,
     job_from,
     job_params,
+    job_table_from,
+    job_table_sql,
 )
 
 
@@ -97,6 +100,8 @@ def _locked(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenat
 
     return locked
 
+
+_TABLE_COLUMNS = {"worker": "NULL", "settings": "j.settings"}  # see JOB_TABLE
 
 # How long one statement waits for another process's write lock before it gives up with
 # ``StoreBusyError``: the manager calls the store on its event loop, which must never wait
@@ -386,6 +391,21 @@ class Store:
             ).fetchall()
         jobs = self._attach_files(self._jobs_from(rows))
         return jobs, max(since_ns, int(newest or 0))
+
+    @_locked
+    def job_table(self, include_finished: bool = False, owner: str | None = None) -> JobTable:
+        """The queue as columns (non-final jobs unless *include_finished*; *owner*'s only when
+        given): one query, no record per job. No worker is named (the processes of a SQLite
+        store share one machine)."""
+        sql, args = job_table_sql(_TABLE_COLUMNS, "rowid", include_finished, owner, "?")
+        table, bad = job_table_from(self._db.execute(sql, args).fetchall())
+        for job_id in bad:
+            self._mark_damaged(job_id, ValueError("a value no bitsnb knows"))
+        return table
+
+    def file_workers(self, job_id: uuid.UUID) -> dict[int, str]:
+        """Who holds which file of the job: nobody is named on SQLite."""
+        return {}
 
     def _tx_read(self) -> _ReadTransaction:
         return _ReadTransaction(self._db)

@@ -13,15 +13,18 @@ import uuid
 from typing import Any
 
 from ._enums import ErrorContext, JobPriority, JobState, JobType
+from ._jobtable import JobTable
 from ._records import SECRET_HEADERS, ErrorRecord, FileRecord, JobRecord, JobSettings
 
 __all__ = [
     "FILE_COLUMNS",
     "FINAL",
     "JOB_COLUMNS",
+    "JOB_TABLE",
     "MIGRATIONS",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SETTINGS_CHANGED",
     "START_JOB",
     "UPDATE_JOB",
     "UPSERT_FILE",
@@ -30,6 +33,8 @@ __all__ = [
     "file_placed",
     "job_from",
     "job_params",
+    "job_table_from",
+    "job_table_sql",
     "settings_from",
     "settings_json",
 ]
@@ -139,6 +144,29 @@ START_JOB = (
 UPSERT_FILE = (
     f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+# the queue as a table (``job_table_from``): each job's row with its files summed up by the
+# database (count, done, bytes; the total only when every size is known) and who holds it;
+# {worker} is the holder's expression (NULL on SQLite), {settings} the settings' (see
+# SETTINGS_CHANGED)
+JOB_TABLE = (
+    "SELECT j.id, j.display_name, j.type, j.owner, j.priority, j.state, j.created, j.modified,"
+    " j.transfer_completed, j.error_code, {settings}, COALESCE(f.n, 0), COALESCE(f.done, 0),"
+    " CASE WHEN COALESCE(f.known, 0) = COALESCE(f.n, 0) THEN COALESCE(f.total, 0) END,"
+    " COALESCE(f.bytes, 0), {worker} FROM jobs j LEFT JOIN (SELECT job_id, COUNT(*) AS n,"
+    " CAST(SUM(CASE WHEN transferred <> 0 OR completed <> 0 THEN 1 ELSE 0 END) AS BIGINT)"
+    " AS done, COUNT(bytes_total) AS known, CAST(SUM(bytes_total) AS BIGINT) AS total,"
+    " CAST(SUM(bytes_transferred) AS BIGINT) AS bytes FROM files GROUP BY job_id) f"
+    " ON f.job_id = j.id"
+)
+# the settings' text only where it differs from the row before's (NULL: the same), so a queue
+# whose jobs share their settings sends the text once, not per job (a server's rows cross a
+# socket; SQLite's window sorts slower than it reads, so it sends ``j.settings``)
+SETTINGS_CHANGED = (
+    "CASE WHEN j.settings = lag(j.settings) OVER (ORDER BY j.{seq}) THEN NULL ELSE j.settings END"
+)
+_TABLE_STATES = frozenset(int(s) for s in JobState)
+_TABLE_TYPES = frozenset(int(t) for t in JobType)
+_TABLE_PRIORITIES = frozenset(int(p) for p in JobPriority)
 
 
 def _public_headers(text: str | None) -> str | None:
@@ -348,3 +376,86 @@ def file_placed(text: str | None) -> tuple[int, int, int] | None:
     except (TypeError, ValueError):
         return None
     return size, mtime_ns, inode
+
+
+def job_table_sql(
+    columns: dict[str, str], seq: str, include_finished: bool, owner: str | None, mark: str
+) -> tuple[str, tuple[object, ...]]:
+    """``JOB_TABLE`` for one store (its *columns*' expressions, *seq* the creation order's
+    column, *mark* its placeholder), narrowed to the
+    non-final jobs unless *include_finished*, and to *owner*'s when given; with its arguments."""
+    where: list[str] = [] if include_finished else [f"j.state NOT IN {FINAL}"]
+    args: tuple[object, ...] = ()
+    if owner is not None:
+        where.append(f"j.owner = {mark}")
+        args = (owner,)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    sql = JOB_TABLE.format(**columns).replace("{seq}", seq)
+    return sql + clause + f" ORDER BY j.{seq}", args
+
+
+def job_table_from(rows: list[tuple[Any, ...]]) -> tuple[JobTable, list[str]]:
+    """``JOB_TABLE``'s rows as columns; the settings' text decoded once per distinct text.
+    Returns the table and the ids of rows left out (a state, type or priority no bitsnb
+    knows, or settings that cannot be read: the rest of the queue is shown)."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 16
+    readable = (
+        set(columns[5]) <= _TABLE_STATES
+        and set(columns[2]) <= _TABLE_TYPES
+        and set(columns[4]) <= _TABLE_PRIORITIES
+    )
+    cap_of: list[float | None] = []
+    bad: list[str] = []
+    cap: float | None = None
+    text: object = None
+    unreadable = False
+    for i, value in enumerate(columns[10]):
+        if value is not None and value != text:  # settings unlike the row before's
+            text = value
+            try:
+                cap, unreadable = _decode_settings(str(text)).get("max_bandwidth"), False
+            except (ValueError, TypeError):
+                unreadable = True
+        if unreadable:
+            bad.append(str(columns[0][i]))
+        cap_of.append(cap)
+    c = columns
+    if not readable or bad:  # some rows are damaged: the rest without them
+        damaged = set(bad)
+        keep = [
+            i
+            for i, r in enumerate(rows)
+            if r[5] in _TABLE_STATES
+            and r[2] in _TABLE_TYPES
+            and r[4] in _TABLE_PRIORITIES
+            and str(r[0]) not in damaged
+        ]
+        kept = set(keep)
+        bad = [str(r[0]) for i, r in enumerate(rows) if i not in kept]
+        if not keep:
+            return JobTable(), bad
+        c = list(zip(*[rows[i] for i in keep], strict=True))
+        cap_of = [cap_of[i] for i in keep]
+    n = len(c[0])
+    return (
+        JobTable(
+            ids=list(c[0]),
+            names=list(c[1]),
+            types=list(c[2]),
+            states=list(c[5]),
+            priorities=list(c[4]),
+            owners=list(c[3]),
+            created=list(c[6]),
+            modified=list(c[7]),
+            completed=list(c[8]),
+            error_codes=list(c[9]),
+            max_bandwidth=cap_of,
+            files_total=list(c[11]),
+            files_done=list(c[12]),
+            bytes_total=list(c[13]),
+            bytes_done=list(c[14]),
+            workers=list(c[15]),
+            rates=[None] * n,
+        ),
+        bad,
+    )

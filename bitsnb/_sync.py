@@ -24,6 +24,7 @@ from ._errors import get_error_description
 from ._events import WAIT_DONE, JobEvent
 from ._format import format_bytes
 from ._job import AsyncJob, record_of
+from ._jobtable import JobTable
 from ._manager import AsyncManager, control_of
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import call_patiently
@@ -157,6 +158,19 @@ class Manager:
     ) -> str:
         """GetErrorDescription: the sentence for an HRESULT (the upload reading for uploads)."""
         return get_error_description(code, language, job_type=job_type)
+
+    def job_table(self, all_users: bool = False, *, include_finished: bool = False) -> JobTable:
+        """The caller's jobs (or everybody's, for root) as columns, read from the store in one
+        query (what ``bitsnb.jobs_frame`` builds on), with who holds each job and the live
+        progress of the jobs this manager runs."""
+        ctl = control_of(self._amgr)
+        table = ctl.read_table(all_users, include_finished)  # here: the loop keeps running
+        return self._runtime.call(ctl.live_table, table)
+
+    def file_workers(self, job_id: uuid.UUID | str) -> dict[int, str]:
+        """Who holds which file of the job now (file index → worker), as the store says;
+        empty on SQLite and when nobody does."""
+        return control_of(self._amgr).file_workers(job_id)
 
     def damaged_jobs(self) -> dict[uuid.UUID, str]:
         """Jobs whose stored rows cannot be read, and why (the rest of the queue works)."""

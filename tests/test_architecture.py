@@ -123,6 +123,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._enumerator",
         "bitsnb._protocols",
         "bitsnb._store_api",
+        "bitsnb._jobtable",
         "bitsnb._bandwidth",  # BandwidthWindow and rate checks: Policy's own vocabulary
     ),
 }
