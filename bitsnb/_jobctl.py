@@ -302,6 +302,11 @@ class JobControl:
         store = self.records.store
         return store.patiently(store.file_workers, key)
 
+    def job_workers(self) -> dict[str, str]:
+        """Who holds which job now (job id's text → worker), as the store says."""
+        store = self.records.store
+        return store.patiently(store.job_workers)
+
     def damaged_jobs(self) -> dict[uuid.UUID, str]:
         """Rows the store could not read (seen so far), and why."""
         return dict(self.records.store.damaged)

@@ -246,6 +246,11 @@ class AsyncManager:
         empty on SQLite and when nobody does."""
         return await asyncio.to_thread(self._control().file_workers, job_id)
 
+    async def job_workers(self) -> dict[str, str]:
+        """Who holds which job now (job id's text → worker: a lease holder, or a shared job's
+        batch holders), as the store says; empty on SQLite."""
+        return await asyncio.to_thread(self._control().job_workers)
+
     async def get_error_description(
         self, code: int, language: str | int | None = "en", *, job_type: JobType | None = None
     ) -> str:

@@ -407,6 +407,10 @@ class Store:
         """Who holds which file of the job: nobody is named on SQLite."""
         return {}
 
+    def job_workers(self) -> dict[str, str]:
+        """Who holds which job: nobody is named on SQLite."""
+        return {}
+
     def _tx_read(self) -> _ReadTransaction:
         return _ReadTransaction(self._db)
 

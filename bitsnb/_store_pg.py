@@ -181,6 +181,25 @@ _JOB_HOLDER = (
     f"SELECT lease_owner FROM jobs WHERE id = %s AND lease_owner <> '{SHARED}'"
     f" AND lease_expires >= {DB_NOW}"
 )
+# who holds which job now (the queue panel's worker column): whole leases, then shared jobs'
+# live batches; an index probe each (jobs_lease, bitsnb_batches_job), not a scan of the queue
+_JOB_WORKERS = (
+    f"SELECT id, lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_owner <> '{SHARED}'"
+    f" AND lease_expires >= {DB_NOW} UNION ALL SELECT job_id, string_agg(DISTINCT owner, ', '"
+    f" ORDER BY owner) FROM bitsnb_batches WHERE expires >= {DB_NOW} GROUP BY job_id"
+)
+# each worker's share of the cluster now: jobs held whole (and their files not yet done, and
+# bytes done), then batches of shared jobs' files held
+_ACTIVITY = (
+    "SELECT j.lease_owner, COUNT(DISTINCT j.id), COUNT(f.idx) FILTER (WHERE f.transferred = 0"
+    " AND f.completed = 0), CAST(COALESCE(SUM(f.bytes_transferred), 0) AS BIGINT) FROM jobs j"
+    f" LEFT JOIN files f ON f.job_id = j.id WHERE j.lease_owner IS NOT NULL AND j.lease_owner"
+    f" <> '{SHARED}' AND j.lease_expires >= {DB_NOW} GROUP BY j.lease_owner"
+)
+_BATCH_ACTIVITY = (
+    "SELECT owner, COUNT(DISTINCT job_id), CAST(COALESCE(SUM(cardinality(idxs)), 0) AS BIGINT)"
+    f" FROM bitsnb_batches WHERE expires >= {DB_NOW} GROUP BY owner"
+)
 # at most this many empty ranges (files done already: a resumed job) skipped by one claim
 _SKIPS = 1000
 
@@ -743,6 +762,25 @@ class PgStore:
                 todo = conn.execute(f"SELECT idx FROM files WHERE job_id=%s AND {_TODO}", (key,))
                 held.update((int(r[0]), str(row[0])) for r in todo)
         return held
+
+    @_locked
+    def job_workers(self) -> dict[str, str]:
+        """Who holds which job now: job id (text) → the lease holder, or a shared job's
+        batch holders (``a, b``); jobs nobody holds are not listed."""
+        return {str(job_id): str(worker) for job_id, worker in self._all(_JOB_WORKERS)}
+
+    @_locked
+    def activity(self) -> dict[str, tuple[int, int, int]]:
+        """Each worker holding anything now: ``(jobs held, files held, bytes done in the jobs
+        it holds whole)``; a shared job's batch counts as its job and its files."""
+        out: dict[str, tuple[int, int, int]] = {}
+        with self._pool.connection() as conn:
+            for owner, jobs, files, done in conn.execute(_ACTIVITY):
+                out[str(owner)] = (int(jobs), int(files), int(done))
+            for owner, jobs, files in conn.execute(_BATCH_ACTIVITY):
+                held, todo, done = out.get(str(owner), (0, 0, 0))
+                out[str(owner)] = (held + int(jobs), todo + int(files), done)
+        return out
 
     @_locked
     def errors_by_writer(self) -> dict[str, int]:

@@ -167,6 +167,11 @@ class Manager:
         table = ctl.read_table(all_users, include_finished)  # here: the loop keeps running
         return self._runtime.call(ctl.live_table, table)
 
+    def job_workers(self) -> dict[str, str]:
+        """Who holds which job now (job id's text → worker: a lease holder, or a shared job's
+        batch holders), as the store says; empty on SQLite."""
+        return control_of(self._amgr).job_workers()
+
     def file_workers(self, job_id: uuid.UUID | str) -> dict[int, str]:
         """Who holds which file of the job now (file index → worker), as the store says;
         empty on SQLite and when nobody does."""

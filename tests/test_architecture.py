@@ -111,6 +111,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._integrity",
         "bitsnb._segments",
         "bitsnb._jobchecks",
+        "bitsnb._cluster",
     ),
     "vocabulary": (
         "bitsnb._enums",
