@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -32,7 +31,7 @@ from ._enums import JobState
 from ._errors import BitsError, StoreBusyError
 from ._jobtable import JobTable
 from ._records import FileRecord, JobRecord
-from ._store import lease_holder_dead
+from ._store import lease_holder_dead, retry_busy
 from ._store_api import StoreURL
 from ._store_pg_rows import (
     CHANNEL,
@@ -44,6 +43,7 @@ from ._store_pg_rows import (
     FINAL,
     INSERT_JOB,
     PG_JOB_COLUMNS,
+    PG_PLACED_FILE,
     RENEW,
     START_JOB,
     UPDATE_JOB,
@@ -55,13 +55,16 @@ from ._store_pg_rows import (
 from ._store_rows import (
     SCHEMA_VERSION,
     SETTINGS_CHANGED,
+    attach_files,
     file_from,
     file_params,
-    file_placed,
-    job_from,
     job_params,
     job_table_from,
     job_table_sql,
+    jobs_from,
+    mark_damaged,
+    only_job,
+    placed_answer,
 )
 
 __all__ = ["PgStore"]
@@ -389,16 +392,7 @@ class PgStore:
     def patiently(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Call the store method *fn*, retrying while the store is busy or unreachable, for up
         to the busy timeout. Blocks the calling thread: never call it on the loop."""
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.005
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except StoreBusyError:
-                if time.monotonic() + pause > deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
+        return retry_busy(self.busy_timeout, fn, *args, **kwargs)
 
     # -- plumbing ---------------------------------------------------------------------------------
     @_locked
@@ -501,53 +495,25 @@ class PgStore:
                 "DELETE FROM files WHERE job_id=%s AND idx>=%s", (str(job_id), first_index)
             )
 
-    def _jobs_from(self, rows: Iterable[Any]) -> list[JobRecord]:
-        jobs = []
-        for row in rows:
-            try:
-                jobs.append(job_from(row))
-            except (ValueError, TypeError, KeyError) as exc:
-                self._mark_damaged(row[0], exc)
-        return jobs
-
-    def _mark_damaged(self, job_id: object, exc: Exception) -> None:
-        try:
-            key = uuid.UUID(str(job_id))
-        except ValueError:
-            return
-        self.damaged[key] = f"{type(exc).__name__}: {exc}"
-
     def _attach_files(
         self, conn: psycopg.Connection[Any], jobs: list[JobRecord]
     ) -> list[JobRecord]:
         if not jobs:
             return jobs
-        by_id = {str(j.id): j for j in jobs}
         sql = f"SELECT {FILE_COLUMNS} FROM files"
         if len(jobs) <= 500:
-            rows = conn.execute(
-                f"{sql} WHERE job_id = ANY(%s) ORDER BY job_id, idx", (list(by_id),)
-            )
+            ids = [str(j.id) for j in jobs]
+            rows = conn.execute(f"{sql} WHERE job_id = ANY(%s) ORDER BY job_id, idx", (ids,))
         else:
             rows = conn.execute(f"{sql} ORDER BY job_id, idx")
-        bad: set[str] = set()
-        for row in rows:
-            job = by_id.get(str(row[0]))
-            if job is None:
-                continue
-            try:
-                job.files.append(file_from(row))
-            except (ValueError, TypeError, KeyError) as exc:
-                bad.add(str(row[0]))
-                self._mark_damaged(row[0], exc)
-        return [j for j in jobs if str(j.id) not in bad]
+        return attach_files(jobs, rows, self.damaged)
 
     def _load(self, where: str, params: tuple[object, ...]) -> list[JobRecord]:
         """Jobs and their files from one snapshot (a REPEATABLE READ read transaction)."""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             rows = conn.execute(f"SELECT {PG_JOB_COLUMNS} FROM jobs {where}", params).fetchall()
-            return self._attach_files(conn, self._jobs_from(rows))
+            return self._attach_files(conn, jobs_from(rows, self.damaged))
 
     @_locked
     def version_of(self, job_id: uuid.UUID) -> int | None:
@@ -559,18 +525,7 @@ class PgStore:
     def placed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
         """The hash and (size, mtime_ns, inode) of the file a job last completed at
         *local_name*, verified (None when no job did, or recorded no hash)."""
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT f.hash, f.placed FROM files f JOIN jobs j ON j.id = f.job_id"
-                " WHERE f.local_name=%s AND f.completed=1 AND f.hash IS NOT NULL"
-                " AND f.validation_state=1 AND f.placed IS NOT NULL"
-                " ORDER BY j.modified DESC LIMIT 1",
-                (local_name,),
-            ).fetchone()
-        if row is None:
-            return None
-        placed = file_placed(row[1])
-        return None if placed is None else (str(row[0]), placed)
+        return placed_answer(self._one(PG_PLACED_FILE, (local_name,)))
 
     @_locked
     def load_job(self, job_id: uuid.UUID) -> JobRecord | None:
@@ -582,12 +537,8 @@ class PgStore:
             ).fetchone()
             if row is None:
                 return None
-            jobs = self._attach_files(conn, self._jobs_from([row]))
-        if not jobs:
-            raise BitsError(
-                _codes.E_FAIL, f"job {job_id} is damaged in the store: {self.damaged.get(job_id)}"
-            )
-        return jobs[0]
+            jobs = self._attach_files(conn, jobs_from([row], self.damaged))
+        return only_job(jobs, job_id, self.damaged)
 
     @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:
@@ -747,7 +698,7 @@ class PgStore:
             rows = conn.cursor(binary=True).execute(sql, args).fetchall()
         table, bad = job_table_from(rows)
         for job_id in bad:
-            self._mark_damaged(job_id, ValueError("a value no bitsnb knows"))
+            mark_damaged(self.damaged, job_id, ValueError("a value no bitsnb knows"))
         return table
 
     @_locked

@@ -101,96 +101,37 @@ def jobs_to_frame(jobs: Iterable[JobView], workers: dict[str, str] | None = None
     files_total, files_transferred, created, modified, transfer_completed, error_code (hex
     text), error_name, error_description, owner, max_bandwidth (the cap in force over it,
     bytes/s), rate (bytes/s on the wire now; NA when not running) and worker (who holds the
-    job: *workers* maps a job id's text to its holder; NA when nobody does). The error columns are filled only while a
-    job is in ERROR or TRANSIENT_ERROR (as ``job.error``). Built column by column from the
-    jobs' public properties in one pass (``bitsnb.Job`` and ``bitsnb.AsyncJob`` both fit).
+    job: *workers* maps a job id's text to its holder; NA when nobody does). The error
+    columns are filled only while a job is in ERROR or TRANSIENT_ERROR (as ``job.error``).
+    The jobs' public properties are read in one pass into a ``JobTable`` (``bitsnb.Job`` and
+    ``bitsnb.AsyncJob`` both fit), framed by ``table_to_frame``.
     """
-    views = list(jobs)
-    n = len(views)
-    ids: list[str] = []
-    names: list[str] = []
-    owners: list[str] = []
-    types = np.empty(n, dtype="int8")
-    states = np.empty(n, dtype="int8")
-    prios = np.empty(n, dtype="int8")
-    bytes_total = np.zeros(n, dtype="int64")
-    total_known = np.ones(n, dtype=bool)
-    bytes_done = np.zeros(n, dtype="int64")
-    files_total = np.zeros(n, dtype="int64")
-    files_done = np.zeros(n, dtype="int64")
-    created: list[float] = []
-    modified: list[float] = []
-    completed: list[float] = []
-    no_completion: list[bool] = []
-    err_codes: list[int | None] = []
-    caps: list[float | None] = []
-    rates: list[float | None] = []
-
-    for i, job in enumerate(views):
+    table = JobTable()
+    for job in jobs:
         state = job.state
-        ids.append(str(job.id))
-        names.append(job.display_name)
-        owners.append(job.owner)
-        types[i] = job.type
-        states[i] = state
-        prios[i] = job.priority
+        table.ids.append(str(job.id))
+        table.names.append(job.display_name)
+        table.owners.append(job.owner)
+        table.types.append(int(job.type))
+        table.states.append(int(state))
+        table.priorities.append(int(job.priority))
         p = job.progress
-        if p.bytes_total is None:
-            total_known[i] = False
-        else:
-            bytes_total[i] = p.bytes_total
-        bytes_done[i] = p.bytes_transferred
-        files_total[i] = p.files_total
-        files_done[i] = p.files_transferred
+        table.bytes_total.append(p.bytes_total)
+        table.bytes_done.append(p.bytes_transferred)
+        table.files_total.append(p.files_total)
+        table.files_done.append(p.files_transferred)
         t = job.times
-        created.append(t.creation.timestamp())
-        modified.append(t.modification.timestamp())
+        table.created.append(t.creation.timestamp())
+        table.modified.append(t.modification.timestamp())
         tc = t.transfer_completion
-        completed.append(0.0 if tc is None else tc.timestamp())
-        no_completion.append(tc is None)
+        table.completed.append(None if tc is None else tc.timestamp())
         err = job.error if state in _ERROR_STATES else None
-        err_codes.append(None if err is None else err.code)
+        table.error_codes.append(None if err is None else err.code)
         bw = getattr(job, "bandwidth", None)  # the cap in force and the rate on the wire now
-        caps.append(getattr(bw, "cap", None))
-        rates.append(getattr(bw, "rate", None))
-
-    # percent follows JobProgress.percent: 100 for an empty total once every file is done
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pct = np.where(
-            bytes_total > 0,
-            100.0 * bytes_done / np.where(bytes_total > 0, bytes_total, 1),
-            np.where(files_total == files_done, 100.0, 0.0),
-        )
-    unknown = ~total_known
-
-    described = {c: lookup_error(c) for c in set(err_codes) if c is not None}
-    err_hex = [None if c is None else f"0x{c:08X}" for c in err_codes]
-    err_name = [None if c is None else described[c].name for c in err_codes]
-    err_text = [None if c is None else described[c].description for c in err_codes]
-
-    columns: dict[str, object] = {
-        "display_name": pd.array(names, dtype="string"),
-        "type": pd.Categorical.from_codes(types, dtype=TYPE_DTYPE),
-        "state": pd.Categorical.from_codes(states, dtype=STATE_DTYPE),
-        "priority": pd.Categorical.from_codes(prios, dtype=PRIORITY_DTYPE),
-        "bytes_total": pd.arrays.IntegerArray(bytes_total, unknown.copy()),
-        "bytes_transferred": pd.array(bytes_done, dtype="Int64"),
-        "percent": pd.arrays.FloatingArray(pct.astype("float64"), unknown.copy()),
-        "files_total": pd.array(files_total, dtype="Int64"),
-        "files_transferred": pd.array(files_done, dtype="Int64"),
-        "created": _times(created),
-        "modified": _times(modified),
-        "transfer_completed": _times(completed, no_completion),
-        "error_code": pd.array(err_hex, dtype="string"),
-        "error_name": pd.array(err_name, dtype="string"),
-        "error_description": pd.array(err_text, dtype="string"),
-        "owner": pd.array(owners, dtype="string"),
-        "max_bandwidth": pd.array(caps, dtype="Float64"),
-        "rate": pd.array(rates, dtype="Float64"),
-        "worker": pd.array([(workers or {}).get(i) for i in ids], dtype="string"),
-    }
-    index = pd.Index(ids, dtype="string", name="job_id")
-    return pd.DataFrame(columns, index=index, columns=_JOB_COLUMNS, copy=False)
+        table.max_bandwidth.append(getattr(bw, "cap", None))
+        table.rates.append(getattr(bw, "rate", None))
+    table.workers = [(workers or {}).get(i) for i in table.ids]
+    return table_to_frame(table)
 
 
 def _texts(values: list[str] | list[str | None]) -> pd.api.extensions.ExtensionArray:

@@ -34,12 +34,6 @@ def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def pg_location(postgres: Postgres) -> str:
-    """A fresh PostgreSQL database."""
-    return postgres.new_database()
-
-
-@pytest.fixture
 def raw() -> Iterator[list[JobStore]]:
     """Raw stores opened by a test, closed at its end."""
     stores: list[JobStore] = []
@@ -123,13 +117,13 @@ def test_empty_queue_and_damaged_rows(location: str, raw: list[JobStore]) -> Non
 
 
 def test_worker_column_names_who_holds_a_job_and_its_files(
-    pg_location: str, raw: list[JobStore], dest: Path
+    url: str, raw: list[JobStore], dest: Path
 ) -> None:
     """From a manager that runs nothing (the client's kernel): the lease holder of a job held
     whole, the holders of a shared job's file batches (jobs and files frames), NA for a job
     nobody holds; a holder whose lease ran out is no longer named."""
     quiet = bitsnb.Policy(max_active_jobs=0)
-    with bitsnb.Manager(store=pg_location, policy=quiet) as mgr:
+    with bitsnb.Manager(store=url, policy=quiet) as mgr:
         whole = mgr.create_job("whole")
         whole.add_file("http://h.example/w.bin", dest / "w.bin")
         shared = mgr.create_job("shared")
@@ -137,10 +131,10 @@ def test_worker_column_names_who_holds_a_job_and_its_files(
         shared.resume()
         idle = mgr.create_job("idle")
 
-        holder = _open(pg_location, OTHER, raw)
+        holder = _open(url, OTHER, raw)
         assert holder.claim(whole.id, 60.0) is not None
-        first = _open(pg_location, OTHER, raw)
-        second = _open(pg_location, THIRD, raw)
+        first = _open(url, OTHER, raw)
+        second = _open(url, THIRD, raw)
         _, a = first.claim_files(shared.id, 2, 60.0)  # type: ignore[attr-defined]
         _, b = second.claim_files(shared.id, 3, 60.0)  # type: ignore[attr-defined]
         assert [f.index for f in a] == [0, 1] and [f.index for f in b] == [2, 3, 4]
@@ -172,11 +166,11 @@ def test_sqlite_names_no_worker(tmp_path: Path, raw: list[JobStore]) -> None:
 
 
 def test_pg_table_reads_what_other_managers_wrote(
-    pg_location: str, raw: list[JobStore], dest: Path
+    url: str, raw: list[JobStore], dest: Path
 ) -> None:
     """Files a manager of another machine saved show in the frame as that store has them."""
-    other = _open(pg_location, OTHER, raw)
-    with bitsnb.Manager(store=pg_location, policy=bitsnb.Policy(max_active_jobs=0)) as mgr:
+    other = _open(url, OTHER, raw)
+    with bitsnb.Manager(store=url, policy=bitsnb.Policy(max_active_jobs=0)) as mgr:
         job = mgr.create_job("theirs")
         job.add_file_set([(f"http://h.example/{i}", dest / f"{i}") for i in range(4)])
         rec = other.load_job(job.id)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from _support.helpers import wait_until
-from _support.postgres import Postgres
 
 import bitsnb
 from bitsnb import BitsError
@@ -27,12 +26,6 @@ from bitsnb._store_pg import PgStore  # noqa: E402
 TIMEOUT = 30.0
 CLAIMER = "claimer-host:7:cccc"  # another machine's manager: only expiry frees its batch
 MIB = 1 << 20
-
-
-@pytest.fixture
-def url(postgres: Postgres) -> str:
-    """A fresh database."""
-    return postgres.new_database()
 
 
 def test_rates_from_readings() -> None:
