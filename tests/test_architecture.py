@@ -98,6 +98,11 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._store_open",
         "bitsnb._store_pg",
         "bitsnb._store_pg_rows",
+        "bitsnb._store_pg_conn",
+        "bitsnb._store_pg_schema",
+        "bitsnb._store_pg_copy",
+        "bitsnb._store_pg_shares",
+        "bitsnb._store_pg_views",
         "bitsnb._tcpinfo",
     ),
     "rules without IO": (

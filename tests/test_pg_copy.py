@@ -13,7 +13,8 @@ import bitsnb
 from bitsnb._records import FileRecord, JobRecord
 
 psycopg = pytest.importorskip("psycopg")
-from bitsnb._store_pg import COPY_FROM, PgStore  # noqa: E402
+from bitsnb._store_pg import PgStore  # noqa: E402
+from bitsnb._store_pg_copy import COPY_FROM  # noqa: E402
 
 
 def _file(i: int) -> FileRecord:
