@@ -14,7 +14,7 @@ index (the full id kept in a column), sizes in units (``20.0 MB``), percentages 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -134,10 +134,19 @@ def jobs_to_frame(jobs: Iterable[JobView], workers: dict[str, str] | None = None
     return table_to_frame(table)
 
 
-def _texts(values: list[str] | list[str | None]) -> pd.api.extensions.ExtensionArray:
+def _texts(values: Sequence[str | None]) -> pd.api.extensions.ExtensionArray:
     """A ``string`` column from a list (by way of an object array: pandas converts that one in
-    C, a list of many ``None`` one by one)."""
+    C, a list of many ``None`` one by one; a column of nothing but ``None`` is all NA)."""
+    if values.count(None) == len(values):  # the error columns of a healthy queue, no workers
+        return pd.array(np.full(len(values), pd.NA, dtype=object), dtype="string")
     return pd.array(np.asarray(values, dtype=object), dtype="string")
+
+
+def _floats(values: list[float | None]) -> pd.api.extensions.ExtensionArray:
+    """A ``Float64`` column from a list, ``None`` as NA (numpy reads ``None`` as NaN in C)."""
+    data = np.array(values, dtype="float64")
+    missing = np.isnan(data)
+    return pd.arrays.FloatingArray(np.where(missing, 0.0, data), missing)
 
 
 def table_to_frame(table: JobTable) -> pd.DataFrame:
@@ -193,8 +202,8 @@ def table_to_frame(table: JobTable) -> pd.DataFrame:
         "error_name": _texts(err_name),
         "error_description": _texts(err_text),
         "owner": _texts(table.owners),
-        "max_bandwidth": pd.array(table.max_bandwidth, dtype="Float64"),
-        "rate": pd.array(table.rates, dtype="Float64"),
+        "max_bandwidth": _floats(table.max_bandwidth),
+        "rate": _floats(table.rates),
         "worker": _texts(table.workers),
     }
     index = pd.Index(table.ids, dtype="string", name="job_id")
