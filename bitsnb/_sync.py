@@ -62,9 +62,20 @@ def _close_all() -> None:
 class JobEnumerator(Enumerator["Job"]):
     """EnumJobs' answer: a snapshot of jobs with a cursor; ``to_frame()`` gives a DataFrame."""
 
+    def __init__(
+        self,
+        items: Sequence[Job],
+        position: int = 0,
+        *,
+        workers: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(items, position)
+        self._workers = workers
+
     def to_frame(self) -> Any:
-        """One row per job, indexed by job id: a pandas DataFrame (needs pandas)."""
-        return views.jobs_frame(self[:])
+        """One row per job, indexed by job id: a pandas DataFrame (needs pandas); its worker
+        column says who holds each job now (on a PostgreSQL store)."""
+        return views.jobs_frame(self[:], self._workers() if self._workers is not None else None)
 
 
 class Manager:
@@ -151,7 +162,7 @@ class Manager:
     ) -> JobEnumerator:
         """EnumJobs: a snapshot of the queue (your jobs, or everybody's for root)."""
         jobs = self._call(control_of(self._amgr).enum_jobs, all_users, include_finished)
-        return JobEnumerator([self._wrap(j) for j in jobs])
+        return JobEnumerator([self._wrap(j) for j in jobs], workers=self.job_workers)
 
     def get_error_description(
         self, code: int, language: str | int | None = "en", *, job_type: JobType | None = None

@@ -140,6 +140,7 @@ def test_worker_column_names_who_holds_a_job_and_its_files(
         assert [f.index for f in a] == [0, 1] and [f.index for f in b] == [2, 3, 4]
 
         frame = jobs_frame(mgr)
+        pd.testing.assert_frame_equal(frame, mgr.enum_jobs().to_frame())  # the views' way too
         assert frame.loc[str(whole.id), "worker"] == OTHER
         assert frame.loc[str(shared.id), "worker"] == f"{OTHER}, {THIRD}"
         assert pd.isna(frame.loc[str(idle.id), "worker"])
