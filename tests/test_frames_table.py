@@ -4,6 +4,7 @@ holds a job or a file) from the client's kernel on PostgreSQL, NA on SQLite."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import bitsnb
 from bitsnb import JobPriority, JobState
 from bitsnb._store_api import JobStore
 from bitsnb._store_open import open_store, store_location
-from bitsnb.frames import files_to_frame, jobs_frame, table_to_frame
+from bitsnb.frames import files_to_frame, jobs_frame, jobs_to_frame, table_to_frame
 from bitsnb.testing import FileServer
 
 TIMEOUT = 20.0
@@ -183,3 +184,19 @@ def test_pg_table_reads_what_other_managers_wrote(
         row = jobs_frame(mgr).loc[str(job.id)]
         assert row["files_transferred"] == 3 and row["bytes_transferred"] == 300
         assert row["bytes_total"] is pd.NA  # one size still unknown
+
+
+def test_async_manager_table(location: str, dest: Path) -> None:
+    """``AsyncManager.job_table`` (read off the loop) frames as its jobs' views do; its
+    ``job_workers``/``file_workers`` answer like the blocking manager's."""
+
+    async def main() -> None:
+        async with bitsnb.AsyncManager(store=location) as amgr:
+            job = await amgr.create_job("async")
+            await job.add_file("http://h.example/a", str(dest / "a"))
+            views = jobs_to_frame(list(await amgr.enum_jobs()))
+            pd.testing.assert_frame_equal(table_to_frame(await amgr.job_table()), views)
+            assert await amgr.job_workers() == {}
+            assert await amgr.file_workers(job.id) == {}
+
+    asyncio.run(main())
