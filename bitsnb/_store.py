@@ -28,7 +28,9 @@ from ._errors import BitsError, StoreBusyError
 from ._jobtable import JobTable
 from ._records import FileRecord, JobRecord
 from ._store_rows import (
+    APART_SUMS,
     FILE_COLUMNS,
+    FILE_SUMS,
     FINAL,
     JOB_COLUMNS,
     MIGRATIONS,
@@ -120,7 +122,7 @@ def _locked(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenat
     return locked
 
 
-_TABLE_COLUMNS = {"worker": "NULL", "settings": "j.settings"}  # see JOB_TABLE
+_TABLE_COLUMNS = {"worker": "NULL", "settings": "j.settings", **APART_SUMS}  # see JOB_TABLE
 
 # How long one statement waits for another process's write lock before it gives up with
 # ``StoreBusyError``: the manager calls the store on its event loop, which must never wait
@@ -364,7 +366,10 @@ class Store:
         given): one query, no record per job. No worker is named (the processes of a SQLite
         store share one machine)."""
         sql, args = job_table_sql(_TABLE_COLUMNS, "rowid", include_finished, owner, "?")
-        table, bad = job_table_from(self._db.execute(sql, args).fetchall())
+        with self._tx_read():  # the jobs and their files' sums from one snapshot
+            rows = self._db.execute(sql, args).fetchall()
+            sums = {str(r[0]): r for r in self._db.execute(FILE_SUMS)}
+        table, bad = job_table_from(rows, sums)
         for job_id in bad:
             mark_damaged(self.damaged, job_id, ValueError("a value no bitsnb knows"))
         return table

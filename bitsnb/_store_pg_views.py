@@ -11,7 +11,7 @@ from ._jobtable import JobTable
 from ._store_pg_conn import PgBase, locked
 from ._store_pg_rows import DB_NOW
 from ._store_pg_shares import SHARED, TODO
-from ._store_rows import SETTINGS_CHANGED, job_table_from, job_table_sql, mark_damaged
+from ._store_rows import JOINED_SUMS, SETTINGS_CHANGED, job_table_from, job_table_sql, mark_damaged
 
 __all__ = ["PgViews"]
 
@@ -21,7 +21,7 @@ _WORKER = (
     f" ORDER BY b.owner) FROM bitsnb_batches b WHERE b.job_id = j.id AND b.expires >= {DB_NOW})"
     f" WHEN j.lease_expires >= (SELECT {DB_NOW}) THEN j.lease_owner END"
 )
-_TABLE_COLUMNS = {"worker": _WORKER, "settings": SETTINGS_CHANGED}  # see JOB_TABLE
+_TABLE_COLUMNS = {"worker": _WORKER, "settings": SETTINGS_CHANGED, **JOINED_SUMS}  # JOB_TABLE
 _BATCH_HOLDERS = (
     "SELECT u.idx, b.owner FROM bitsnb_batches b, unnest(b.idxs) AS u(idx)"
     f" WHERE b.job_id = %s AND b.expires >= {DB_NOW}"

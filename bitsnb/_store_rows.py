@@ -20,10 +20,13 @@ from ._jobtable import JobTable
 from ._records import SECRET_HEADERS, ErrorRecord, FileRecord, JobRecord, JobSettings
 
 __all__ = [
+    "APART_SUMS",
     "FILE_COLUMNS",
+    "FILE_SUMS",
     "FINAL",
     "JOB_COLUMNS",
     "JOB_TABLE",
+    "JOINED_SUMS",
     "MIGRATIONS",
     "PLACED_FILE",
     "SCHEMA",
@@ -161,20 +164,27 @@ PLACED_FILE = (
     " AND f.validation_state=1 AND f.placed IS NOT NULL"
     " ORDER BY j.modified DESC LIMIT 1"
 )
-# the queue as a table (``job_table_from``): each job's row with its files summed up by the
-# database (count, done, bytes; the total only when every size is known) and who holds it;
-# {worker} is the holder's expression (NULL on SQLite), {settings} the settings' (see
-# SETTINGS_CHANGED)
+# each job's files summed up by the database: count, done, the total bytes (NULL unless every
+# size is known) and the bytes done (SQLite reads them apart: its join cost more than a dict)
+FILE_SUMS = (
+    "SELECT job_id, COUNT(*) AS n,"
+    " CAST(SUM(CASE WHEN transferred <> 0 OR completed <> 0 THEN 1 ELSE 0 END) AS BIGINT) AS done,"
+    " CASE WHEN COUNT(bytes_total) = COUNT(*) THEN CAST(SUM(bytes_total) AS BIGINT) END AS total,"
+    " CAST(SUM(bytes_transferred) AS BIGINT) AS bytes FROM files GROUP BY job_id"
+)
+# the queue as a table (``job_table_from``): each job's row, its files' sums (``{sums}`` and
+# ``{join}``: joined here, or 0s and ``FILE_SUMS`` read apart) and who holds it; {worker} is
+# the holder's expression (NULL on SQLite), {settings} the settings' (see SETTINGS_CHANGED)
 JOB_TABLE = (
     "SELECT j.id, j.display_name, j.type, j.owner, j.priority, j.state, j.created, j.modified,"
-    " j.transfer_completed, j.error_code, {settings}, COALESCE(f.n, 0), COALESCE(f.done, 0),"
-    " CASE WHEN COALESCE(f.known, 0) = COALESCE(f.n, 0) THEN COALESCE(f.total, 0) END,"
-    " COALESCE(f.bytes, 0), {worker} FROM jobs j LEFT JOIN (SELECT job_id, COUNT(*) AS n,"
-    " CAST(SUM(CASE WHEN transferred <> 0 OR completed <> 0 THEN 1 ELSE 0 END) AS BIGINT)"
-    " AS done, COUNT(bytes_total) AS known, CAST(SUM(bytes_total) AS BIGINT) AS total,"
-    " CAST(SUM(bytes_transferred) AS BIGINT) AS bytes FROM files GROUP BY job_id) f"
-    " ON f.job_id = j.id"
+    " j.transfer_completed, j.error_code, {settings}, {sums}, {worker} FROM jobs j{join}"
 )
+JOINED_SUMS = {
+    "sums": "COALESCE(f.n, 0), COALESCE(f.done, 0), CASE WHEN f.n IS NULL THEN 0 ELSE f.total"
+    " END, COALESCE(f.bytes, 0)",
+    "join": f" LEFT JOIN ({FILE_SUMS}) f ON f.job_id = j.id",
+}
+APART_SUMS = {"sums": "0, 0, 0, 0", "join": ""}
 # the settings' text only where it differs from the row before's (NULL: the same), so a queue
 # whose jobs share their settings sends the text once, not per job (a server's rows cross a
 # socket; SQLite's window sorts slower than it reads, so it sends ``j.settings``)
@@ -411,8 +421,11 @@ def job_table_sql(
     return sql + clause + f" ORDER BY j.{seq}", args
 
 
-def job_table_from(rows: list[tuple[Any, ...]]) -> tuple[JobTable, list[str]]:
-    """``JOB_TABLE``'s rows as columns; the settings' text decoded once per distinct text.
+def job_table_from(
+    rows: list[tuple[Any, ...]], sums: dict[str, tuple[Any, ...]] | None = None
+) -> tuple[JobTable, list[str]]:
+    """``JOB_TABLE``'s rows as columns; the settings' text decoded once per distinct text;
+    the files' sums from *sums* (``FILE_SUMS``' rows by job id) when they were read apart.
     Returns the table and the ids of rows left out (a state, type or priority no bitsnb
     knows, or settings that cannot be read: the rest of the queue is shown)."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * 16
@@ -454,6 +467,10 @@ def job_table_from(rows: list[tuple[Any, ...]]) -> tuple[JobTable, list[str]]:
         c = list(zip(*[rows[i] for i in keep], strict=True))
         cap_of = [cap_of[i] for i in keep]
     n = len(c[0])
+    if sums:  # read apart: each job's, or nothing (no files: 0s, a known total of 0)
+        none = (None, 0, 0, 0, 0)
+        per = [sums.get(job_id, none) for job_id in c[0]]
+        c[11:15] = [tuple(p[k] for p in per) for k in range(1, 5)]
     return (
         JobTable(
             ids=list(c[0]),
