@@ -28,9 +28,7 @@ from ._errors import BitsError, StoreBusyError
 from ._jobtable import JobTable
 from ._records import FileRecord, JobRecord
 from ._store_rows import (
-    APART_SUMS,
     FILE_COLUMNS,
-    FILE_SUMS,
     FINAL,
     JOB_COLUMNS,
     MIGRATIONS,
@@ -43,13 +41,12 @@ from ._store_rows import (
     attach_files,
     file_params,
     job_params,
-    job_table_from,
-    job_table_sql,
     jobs_from,
     mark_damaged,
     only_job,
     placed_answer,
 )
+from ._store_table import APART_SUMS, FILE_SUMS, job_table_from, job_table_sql
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

@@ -11,7 +11,8 @@ from ._jobtable import JobTable
 from ._store_pg_conn import PgBase, locked
 from ._store_pg_rows import DB_NOW
 from ._store_pg_shares import SHARED, TODO
-from ._store_rows import JOINED_SUMS, SETTINGS_CHANGED, job_table_from, job_table_sql, mark_damaged
+from ._store_rows import mark_damaged
+from ._store_table import JOINED_SUMS, SETTINGS_CHANGED, job_table_from, job_table_sql
 
 __all__ = ["PgViews"]
 

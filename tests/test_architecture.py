@@ -103,6 +103,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._store_pg_copy",
         "bitsnb._store_pg_shares",
         "bitsnb._store_pg_views",
+        "bitsnb._store_table",
         "bitsnb._tcpinfo",
     ),
     "rules without IO": (
