@@ -58,10 +58,10 @@ from .helpers import (
 # The package root plugs the notebook views into the blocking API: the views (frames, panels)
 # import the API, never the other way round. Each one imports its module on first use, so
 # ``import bitsnb`` stays free of pandas and ipywidgets.
-def _jobs_frame(jobs: object) -> object:
+def _jobs_frame(jobs: object, workers: dict[str, str] | None = None) -> object:
     from .frames import jobs_to_frame
 
-    return jobs_to_frame(jobs)  # type: ignore[arg-type]
+    return jobs_to_frame(jobs, workers)  # type: ignore[arg-type]
 
 
 def _files_frame(job: object) -> object:

@@ -30,8 +30,9 @@ from ._enums import JobPriority, JobState, JobType
 from ._errors import BitsError, InvalidStateError, JobNotFoundError
 from ._events import Events
 from ._integrity import parse_known_hash
-from ._job import AsyncJob
-from ._jobrun import Runner
+from ._job import AsyncJob, job_progress
+from ._jobrun import RUNNING, Runner
+from ._jobtable import JobTable
 from ._models import Policy
 from ._persist import STARTABLE, Records
 from ._records import FileRecord, JobRecord, JobSecrets
@@ -261,6 +262,50 @@ class JobControl:
             recs = sorted(jobs.values(), key=lambda r: r.seq)
         owner = self.policy.owner
         return Enumerator([self.handle(r) for r in recs if all_users or r.owner == owner])
+
+    def read_table(self, all_users: bool, include_finished: bool) -> JobTable:
+        """The caller's jobs (or everybody's, for root) as columns, straight from the store
+        (any thread: the store serialises its users); ``live_table`` then adds what only this
+        manager knows."""
+        if all_users and not is_admin():
+            raise BitsError(_codes.E_ACCESSDENIED, "only root may list every user's jobs")
+        store = self.records.store
+        owner = None if all_users else self.policy.owner
+        return store.patiently(store.job_table, include_finished, owner)
+
+    def live_table(self, table: JobTable) -> JobTable:
+        """On the loop: the jobs this manager runs take their live progress and rate (the
+        store has their last save), and every job the cap in force over it."""
+        running = [rec for rec in self.records.jobs.values() if rec.state in RUNNING]
+        where = {job_id: i for i, job_id in enumerate(table.ids)} if running else {}
+        for rec in running:
+            i = where.get(str(rec.id))
+            if i is None:
+                continue
+            p = job_progress(rec)
+            table.states[i] = int(rec.state)
+            table.files_total[i], table.files_done[i] = p.files_total, p.files_transferred
+            table.bytes_total[i], table.bytes_done[i] = p.bytes_total, p.bytes_transferred
+            table.rates[i] = self.bandwidth(rec).rate
+        cap = self._runner.budgets.cap
+        if cap is not None:  # BandwidthStatus.cap's rule: the manager's cap over background jobs
+            fg = int(JobPriority.FOREGROUND)
+            table.max_bandwidth = [
+                c if p == fg else (cap if c is None else min(c, cap))
+                for c, p in zip(table.max_bandwidth, table.priorities, strict=True)
+            ]
+        return table
+
+    def file_workers(self, job_id: uuid.UUID | str) -> dict[int, str]:
+        """Who holds which file of the job now (by file index), as the store says."""
+        key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+        store = self.records.store
+        return store.patiently(store.file_workers, key)
+
+    def job_workers(self) -> dict[str, str]:
+        """Who holds which job now (job id's text → worker), as the store says."""
+        store = self.records.store
+        return store.patiently(store.job_workers)
 
     def damaged_jobs(self) -> dict[uuid.UUID, str]:
         """Rows the store could not read (seen so far), and why."""

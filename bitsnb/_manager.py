@@ -31,6 +31,7 @@ from ._events import Events, JobEvent
 from ._job import AsyncJob
 from ._jobctl import JobControl
 from ._jobrun import RUNNING, Runner
+from ._jobtable import JobTable
 from ._models import Policy
 from ._persist import Records, await_patiently
 from ._records import JobSecrets
@@ -229,6 +230,26 @@ class AsyncManager:
         return await await_patiently(
             self.policy.store_busy_timeout, ctl.enum_jobs, all_users, include_finished
         )
+
+    async def job_table(
+        self, all_users: bool = False, *, include_finished: bool = False
+    ) -> JobTable:
+        """The caller's jobs (or everybody's, for root) as columns, read from the store in one
+        query (no job object each: what a frame of 100,000 jobs needs), with who holds each
+        job and the live progress of the jobs this manager runs."""
+        ctl = self._control()
+        table = await asyncio.to_thread(ctl.read_table, all_users, include_finished)
+        return ctl.live_table(table)
+
+    async def file_workers(self, job_id: uuid.UUID | str) -> dict[int, str]:
+        """Who holds which file of the job now (file index → worker), as the store says;
+        empty on SQLite and when nobody does."""
+        return await asyncio.to_thread(self._control().file_workers, job_id)
+
+    async def job_workers(self) -> dict[str, str]:
+        """Who holds which job now (job id's text → worker: a lease holder, or a shared job's
+        batch holders), as the store says; empty on SQLite."""
+        return await asyncio.to_thread(self._control().job_workers)
 
     async def get_error_description(
         self, code: int, language: str | int | None = "en", *, job_type: JobType | None = None

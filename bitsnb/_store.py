@@ -21,27 +21,35 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 from . import _codes
 from ._errors import BitsError, StoreBusyError
+from ._jobtable import JobTable
 from ._records import FileRecord, JobRecord
 from ._store_rows import (
     FILE_COLUMNS,
     FINAL,
     JOB_COLUMNS,
     MIGRATIONS,
+    PLACED_FILE,
     SCHEMA,
     SCHEMA_VERSION,
     START_JOB,
     UPDATE_JOB,
     UPSERT_FILE,
-    file_from,
+    attach_files,
     file_params,
-    file_placed,
-    job_from,
     job_params,
+    jobs_from,
+    mark_damaged,
+    only_job,
+    placed_answer,
 )
+from ._store_table import APART_SUMS, FILE_SUMS, job_table_from, job_table_sql
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def lease_name() -> str:
@@ -64,6 +72,23 @@ def lease_holder_dead(holder: str) -> bool:
     return False
 
 
+def retry_busy(
+    busy_timeout: float, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs
+) -> _R:
+    """Call *fn*, again while it answers ``StoreBusyError`` (backing off from 5 ms to 100 ms),
+    for up to *busy_timeout* seconds; a store's ``patiently`` (both stores)."""
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.005
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except StoreBusyError:
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+
 def _store_error(path: Path, exc: Exception) -> BitsError:
     text = str(exc)
     if isinstance(exc, OverflowError):
@@ -82,10 +107,6 @@ def _store_error(path: Path, exc: Exception) -> BitsError:
     return BitsError(_codes.E_INVALIDARG, f"cannot use the store {path} ({text})")
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
 def _locked(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
     @functools.wraps(method)
     def locked(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -97,6 +118,8 @@ def _locked(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenat
 
     return locked
 
+
+_TABLE_COLUMNS = {"worker": "NULL", "settings": "j.settings", **APART_SUMS}  # see JOB_TABLE
 
 # How long one statement waits for another process's write lock before it gives up with
 # ``StoreBusyError``: the manager calls the store on its event loop, which must never wait
@@ -168,16 +191,7 @@ class Store:
     def patiently(self, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Call the store method *fn*, retrying while another process holds the write lock,
         for up to the busy timeout. Blocks the calling thread: never call it on the loop."""
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.005
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except StoreBusyError:
-                if time.monotonic() + pause > deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
+        return retry_busy(self.busy_timeout, fn, *args, **kwargs)
 
     # -- plumbing -------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
@@ -284,47 +298,18 @@ class Store:
                 "DELETE FROM files WHERE job_id=? AND idx>=?", (str(job_id), first_index)
             )
 
-    def _jobs_from(self, rows: Iterable[Any]) -> list[JobRecord]:
-        """Records of *rows*; a row that cannot be read (a state no bitsnb knows, corrupt
-        settings) is left out and listed in ``damaged``, so the rest of the queue works."""
-        jobs = []
-        for row in rows:
-            try:
-                jobs.append(job_from(row))
-            except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
-                self._mark_damaged(row[0], exc)
-        return jobs
-
-    def _mark_damaged(self, job_id: object, exc: Exception) -> None:
-        try:
-            key = uuid.UUID(str(job_id))
-        except ValueError:
-            return
-        self.damaged[key] = f"{type(exc).__name__}: {exc}"
-
     def _attach_files(self, jobs: list[JobRecord]) -> list[JobRecord]:
         if not jobs:
             return jobs
-        by_id = {str(j.id): j for j in jobs}
         if len(jobs) <= 500:
             marks = ",".join("?" * len(jobs))
             rows = self._db.execute(
                 f"SELECT {FILE_COLUMNS} FROM files WHERE job_id IN ({marks}) ORDER BY job_id, idx",
-                list(by_id),
+                [str(j.id) for j in jobs],
             )
         else:
             rows = self._db.execute(f"SELECT {FILE_COLUMNS} FROM files ORDER BY job_id, idx")
-        bad: set[str] = set()
-        for row in rows:
-            job = by_id.get(str(row[0]))
-            if job is None:
-                continue
-            try:
-                job.files.append(file_from(row))
-            except (ValueError, TypeError, KeyError) as exc:
-                bad.add(str(row[0]))
-                self._mark_damaged(row[0], exc)
-        return [j for j in jobs if str(j.id) not in bad]
+        return attach_files(jobs, rows, self.damaged)
 
     @_locked
     def version_of(self, job_id: uuid.UUID) -> int | None:
@@ -340,35 +325,20 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        jobs = self._attach_files(self._jobs_from([row]))
-        if not jobs:
-            raise BitsError(
-                _codes.E_FAIL, f"job {job_id} is damaged in the store: {self.damaged.get(job_id)}"
-            )
-        return jobs[0]
+        return only_job(self._attach_files(jobs_from([row], self.damaged)), job_id, self.damaged)
 
     @_locked
     def placed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
         """The hash and (size, mtime_ns, inode) of the file a job last completed at
         *local_name*, verified (None when no job did, or recorded no hash)."""
-        row = self._db.execute(
-            "SELECT f.hash, f.placed FROM files f JOIN jobs j ON j.id = f.job_id"
-            " WHERE f.local_name=? AND f.completed=1 AND f.hash IS NOT NULL"
-            " AND f.validation_state=1 AND f.placed IS NOT NULL"
-            " ORDER BY j.modified DESC LIMIT 1",
-            (local_name,),
-        ).fetchone()
-        if row is None:
-            return None
-        placed = file_placed(row[1])
-        return None if placed is None else (str(row[0]), placed)
+        return placed_answer(self._db.execute(PLACED_FILE, (local_name,)).fetchone())
 
     @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:
         """Every job (by default only the non-final ones), in creation order."""
         where = "" if include_finished else f"WHERE state NOT IN {FINAL}"
         rows = self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs {where} ORDER BY rowid")
-        return self._attach_files(self._jobs_from(rows))
+        return self._attach_files(jobs_from(rows, self.damaged))
 
     @_locked
     def changed_by_others(self, since_ns: int) -> tuple[list[JobRecord], int]:
@@ -384,8 +354,30 @@ class Store:
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE written_ns > ? AND writer != ?",
                 (since_ns, self.writer),
             ).fetchall()
-        jobs = self._attach_files(self._jobs_from(rows))
+        jobs = self._attach_files(jobs_from(rows, self.damaged))
         return jobs, max(since_ns, int(newest or 0))
+
+    @_locked
+    def job_table(self, include_finished: bool = False, owner: str | None = None) -> JobTable:
+        """The queue as columns (non-final jobs unless *include_finished*; *owner*'s only when
+        given): one query, no record per job. No worker is named (the processes of a SQLite
+        store share one machine)."""
+        sql, args = job_table_sql(_TABLE_COLUMNS, "rowid", include_finished, owner, "?")
+        with self._tx_read():  # the jobs and their files' sums from one snapshot
+            rows = self._db.execute(sql, args).fetchall()
+            sums = {str(r[0]): r for r in self._db.execute(FILE_SUMS)}
+        table, bad = job_table_from(rows, sums)
+        for job_id in bad:
+            mark_damaged(self.damaged, job_id, ValueError("a value no bitsnb knows"))
+        return table
+
+    def file_workers(self, job_id: uuid.UUID) -> dict[int, str]:
+        """Who holds which file of the job: nobody is named on SQLite."""
+        return {}
+
+    def job_workers(self) -> dict[str, str]:
+        """Who holds which job: nobody is named on SQLite."""
+        return {}
 
     def _tx_read(self) -> _ReadTransaction:
         return _ReadTransaction(self._db)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from ._enums import JobState
-from ._store_rows import FILE_COLUMNS, FINAL, JOB_COLUMNS, MIGRATIONS, SCHEMA, SET_JOB
+from ._store_rows import FILE_COLUMNS, FINAL, JOB_COLUMNS, MIGRATIONS, PLACED_FILE, SCHEMA, SET_JOB
 
 __all__ = [
     "CHANNEL",
@@ -25,6 +25,7 @@ __all__ = [
     "INSERT_JOB",
     "PG_EXTRAS",
     "PG_JOB_COLUMNS",
+    "PG_PLACED_FILE",
     "RENEW",
     "START_JOB",
     "UPDATE_JOB",
@@ -79,6 +80,7 @@ CREATE TRIGGER bitsnb_jobs_changed AFTER INSERT OR UPDATE OF version ON jobs
     FOR EACH ROW EXECUTE FUNCTION bitsnb_notify();
 """
 
+PG_PLACED_FILE = _pg(PLACED_FILE)
 PG_JOB_COLUMNS = re.sub(r"\browid\b", "seq", JOB_COLUMNS)
 
 INSERT_JOB = (

@@ -10,9 +10,12 @@ import dataclasses
 import functools
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
+from . import _codes
 from ._enums import ErrorContext, JobPriority, JobState, JobType
+from ._errors import BitsError
 from ._records import SECRET_HEADERS, ErrorRecord, FileRecord, JobRecord, JobSettings
 
 __all__ = [
@@ -20,18 +23,25 @@ __all__ = [
     "FINAL",
     "JOB_COLUMNS",
     "MIGRATIONS",
+    "PLACED_FILE",
     "SCHEMA",
     "SCHEMA_VERSION",
     "START_JOB",
     "UPDATE_JOB",
     "UPSERT_FILE",
+    "attach_files",
     "file_from",
     "file_params",
     "file_placed",
     "job_from",
     "job_params",
+    "jobs_from",
+    "mark_damaged",
+    "only_job",
+    "placed_answer",
     "settings_from",
     "settings_json",
+    "settings_values",
 ]
 
 SCHEMA_VERSION = 4
@@ -139,6 +149,14 @@ START_JOB = (
 UPSERT_FILE = (
     f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+# the hash and placement of the file a job last completed at a local name, verified
+# (``placed_answer``: download()'s cache)
+PLACED_FILE = (
+    "SELECT f.hash, f.placed FROM files f JOIN jobs j ON j.id = f.job_id"
+    " WHERE f.local_name=? AND f.completed=1 AND f.hash IS NOT NULL"
+    " AND f.validation_state=1 AND f.placed IS NOT NULL"
+    " ORDER BY j.modified DESC LIMIT 1"
+)
 
 
 def _public_headers(text: str | None) -> str | None:
@@ -174,6 +192,11 @@ def _encode_settings(values: tuple[object, ...]) -> str:
 
 def settings_from(text: str) -> JobSettings:
     return JobSettings(**_decode_settings(text))
+
+
+def settings_values(text: str) -> dict[str, Any]:
+    """The settings' text decoded (cached: one decoding per distinct text); do not change it."""
+    return _decode_settings(text)
 
 
 _SETTING_KEYS = frozenset(_SETTING_NAMES)
@@ -348,3 +371,61 @@ def file_placed(text: str | None) -> tuple[int, int, int] | None:
     except (TypeError, ValueError):
         return None
     return size, mtime_ns, inode
+
+
+def mark_damaged(damaged: dict[uuid.UUID, str], job_id: object, exc: Exception) -> None:
+    """Note in *damaged* why the row of *job_id* cannot be read (an id that is not one: not)."""
+    try:
+        key = uuid.UUID(str(job_id))
+    except ValueError:
+        return
+    damaged[key] = f"{type(exc).__name__}: {exc}"
+
+
+def jobs_from(rows: Iterable[Any], damaged: dict[uuid.UUID, str]) -> list[JobRecord]:
+    """Records of job *rows*; a row that cannot be read (a state no bitsnb knows, corrupt
+    settings) is left out and noted in *damaged*, so the rest of the queue works."""
+    jobs = []
+    for row in rows:
+        try:
+            jobs.append(job_from(row))
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            mark_damaged(damaged, row[0], exc)
+    return jobs
+
+
+def attach_files(
+    jobs: list[JobRecord], rows: Iterable[Any], damaged: dict[uuid.UUID, str]
+) -> list[JobRecord]:
+    """Give each file row (``FILE_COLUMNS``, by job then index) to its job among *jobs* (rows
+    of other jobs are skipped); a job with a file row that cannot be read is left out and
+    noted in *damaged*. Returns the jobs kept, in their order."""
+    by_id = {str(j.id): j for j in jobs}
+    bad: set[str] = set()
+    for row in rows:
+        job = by_id.get(str(row[0]))
+        if job is None:
+            continue
+        try:
+            job.files.append(file_from(row))
+        except (ValueError, TypeError, KeyError) as exc:
+            bad.add(str(row[0]))
+            mark_damaged(damaged, row[0], exc)
+    return [j for j in jobs if str(j.id) not in bad]
+
+
+def placed_answer(row: Any) -> tuple[str, tuple[int, int, int]] | None:
+    """``PLACED_FILE``'s row as ``(hash, (size, mtime_ns, inode))``; None without one."""
+    if row is None:
+        return None
+    placed = file_placed(row[1])
+    return None if placed is None else (str(row[0]), placed)
+
+
+def only_job(jobs: list[JobRecord], job_id: uuid.UUID, damaged: dict[uuid.UUID, str]) -> JobRecord:
+    """The one job read by id; a job whose rows could not be read is ``E_FAIL``."""
+    if not jobs:
+        raise BitsError(
+            _codes.E_FAIL, f"job {job_id} is damaged in the store: {damaged.get(job_id)}"
+        )
+    return jobs[0]

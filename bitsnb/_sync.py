@@ -24,6 +24,7 @@ from ._errors import get_error_description
 from ._events import WAIT_DONE, JobEvent
 from ._format import format_bytes
 from ._job import AsyncJob, record_of
+from ._jobtable import JobTable
 from ._manager import AsyncManager, control_of
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
 from ._persist import call_patiently
@@ -61,9 +62,20 @@ def _close_all() -> None:
 class JobEnumerator(Enumerator["Job"]):
     """EnumJobs' answer: a snapshot of jobs with a cursor; ``to_frame()`` gives a DataFrame."""
 
+    def __init__(
+        self,
+        items: Sequence[Job],
+        position: int = 0,
+        *,
+        workers: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
+        super().__init__(items, position)
+        self._workers = workers
+
     def to_frame(self) -> Any:
-        """One row per job, indexed by job id: a pandas DataFrame (needs pandas)."""
-        return views.jobs_frame(self[:])
+        """One row per job, indexed by job id: a pandas DataFrame (needs pandas); its worker
+        column says who holds each job now (on a PostgreSQL store)."""
+        return views.jobs_frame(self[:], self._workers() if self._workers is not None else None)
 
 
 class Manager:
@@ -150,13 +162,31 @@ class Manager:
     ) -> JobEnumerator:
         """EnumJobs: a snapshot of the queue (your jobs, or everybody's for root)."""
         jobs = self._call(control_of(self._amgr).enum_jobs, all_users, include_finished)
-        return JobEnumerator([self._wrap(j) for j in jobs])
+        return JobEnumerator([self._wrap(j) for j in jobs], workers=self.job_workers)
 
     def get_error_description(
         self, code: int, language: str | int | None = "en", *, job_type: JobType | None = None
     ) -> str:
         """GetErrorDescription: the sentence for an HRESULT (the upload reading for uploads)."""
         return get_error_description(code, language, job_type=job_type)
+
+    def job_table(self, all_users: bool = False, *, include_finished: bool = False) -> JobTable:
+        """The caller's jobs (or everybody's, for root) as columns, read from the store in one
+        query (what ``bitsnb.jobs_frame`` builds on), with who holds each job and the live
+        progress of the jobs this manager runs."""
+        ctl = control_of(self._amgr)
+        table = ctl.read_table(all_users, include_finished)  # here: the loop keeps running
+        return self._runtime.call(ctl.live_table, table)
+
+    def job_workers(self) -> dict[str, str]:
+        """Who holds which job now (job id's text → worker: a lease holder, or a shared job's
+        batch holders), as the store says; empty on SQLite."""
+        return control_of(self._amgr).job_workers()
+
+    def file_workers(self, job_id: uuid.UUID | str) -> dict[int, str]:
+        """Who holds which file of the job now (file index → worker), as the store says;
+        empty on SQLite and when nobody does."""
+        return control_of(self._amgr).file_workers(job_id)
 
     def damaged_jobs(self) -> dict[uuid.UUID, str]:
         """Jobs whose stored rows cannot be read, and why (the rest of the queue works)."""

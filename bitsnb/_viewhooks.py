@@ -19,7 +19,7 @@ class ViewHooks:
     """The notebook views of jobs and managers (DataFrames, panels), plugged in by the package
     root (``bitsnb/__init__.py``): the views depend on this API, never the other way round."""
 
-    jobs_frame: Callable[[Sequence[Any]], Any] = _no_views
+    jobs_frame: Callable[[Sequence[Any], dict[str, str] | None], Any] = _no_views
     files_frame: Callable[[Any], Any] = _no_views
     job_panel: Callable[..., Any] = _no_views
     queue_panel: Callable[..., Any] = _no_views

@@ -14,7 +14,7 @@ index (the full id kept in a column), sizes in units (``20.0 MB``), percentages 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,8 +23,9 @@ import pandas as pd
 from ._enums import JobPriority, JobState, JobType
 from ._errors import all_errors, lookup_error
 from ._format import format_bytes
+from ._jobtable import JobTable
 from ._models import FileInfo
-from ._protocols import JobView, ManagerView
+from ._protocols import JobView, ManagerView, is_blocking
 from ._validate import redact_url
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "jobs_to_frame",
     "styled_files",
     "styled_jobs",
+    "table_to_frame",
 ]
 
 if TYPE_CHECKING:
@@ -77,7 +79,9 @@ _JOB_COLUMNS = [
     "owner",
     "max_bandwidth",
     "rate",
+    "worker",
 ]
+_ERROR_CODES = np.array([int(s) for s in _ERROR_STATES], dtype="int8")
 
 
 def _times(values: list[float], missing: list[bool] | None = None) -> pd.DatetimeIndex:
@@ -90,111 +94,131 @@ def _times(values: list[float], missing: list[bool] | None = None) -> pd.Datetim
     return times.as_unit("ns")
 
 
-def jobs_to_frame(jobs: Iterable[JobView]) -> pd.DataFrame:
+def jobs_to_frame(jobs: Iterable[JobView], workers: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per job, indexed by job id (text), with typed columns.
 
     Columns: display_name, type, state, priority, bytes_total, bytes_transferred, percent,
     files_total, files_transferred, created, modified, transfer_completed, error_code (hex
     text), error_name, error_description, owner, max_bandwidth (the cap in force over it,
-    bytes/s) and rate (bytes/s on the wire now; NA when not running). The error columns are filled only while a
-    job is in ERROR or TRANSIENT_ERROR (as ``job.error``). Built column by column from the
-    jobs' public properties in one pass (``bitsnb.Job`` and ``bitsnb.AsyncJob`` both fit).
+    bytes/s), rate (bytes/s on the wire now; NA when not running) and worker (who holds the
+    job: *workers* maps a job id's text to its holder; NA when nobody does). The error
+    columns are filled only while a job is in ERROR or TRANSIENT_ERROR (as ``job.error``).
+    The jobs' public properties are read in one pass into a ``JobTable`` (``bitsnb.Job`` and
+    ``bitsnb.AsyncJob`` both fit), framed by ``table_to_frame``.
     """
-    views = list(jobs)
-    n = len(views)
-    ids: list[str] = []
-    names: list[str] = []
-    owners: list[str] = []
-    types = np.empty(n, dtype="int8")
-    states = np.empty(n, dtype="int8")
-    prios = np.empty(n, dtype="int8")
-    bytes_total = np.zeros(n, dtype="int64")
-    total_known = np.ones(n, dtype=bool)
-    bytes_done = np.zeros(n, dtype="int64")
-    files_total = np.zeros(n, dtype="int64")
-    files_done = np.zeros(n, dtype="int64")
-    created: list[float] = []
-    modified: list[float] = []
-    completed: list[float] = []
-    no_completion: list[bool] = []
-    err_codes: list[int | None] = []
-    caps: list[float | None] = []
-    rates: list[float | None] = []
-
-    for i, job in enumerate(views):
+    table = JobTable()
+    for job in jobs:
         state = job.state
-        ids.append(str(job.id))
-        names.append(job.display_name)
-        owners.append(job.owner)
-        types[i] = job.type
-        states[i] = state
-        prios[i] = job.priority
+        table.ids.append(str(job.id))
+        table.names.append(job.display_name)
+        table.owners.append(job.owner)
+        table.types.append(int(job.type))
+        table.states.append(int(state))
+        table.priorities.append(int(job.priority))
         p = job.progress
-        if p.bytes_total is None:
-            total_known[i] = False
-        else:
-            bytes_total[i] = p.bytes_total
-        bytes_done[i] = p.bytes_transferred
-        files_total[i] = p.files_total
-        files_done[i] = p.files_transferred
+        table.bytes_total.append(p.bytes_total)
+        table.bytes_done.append(p.bytes_transferred)
+        table.files_total.append(p.files_total)
+        table.files_done.append(p.files_transferred)
         t = job.times
-        created.append(t.creation.timestamp())
-        modified.append(t.modification.timestamp())
+        table.created.append(t.creation.timestamp())
+        table.modified.append(t.modification.timestamp())
         tc = t.transfer_completion
-        completed.append(0.0 if tc is None else tc.timestamp())
-        no_completion.append(tc is None)
+        table.completed.append(None if tc is None else tc.timestamp())
         err = job.error if state in _ERROR_STATES else None
-        err_codes.append(None if err is None else err.code)
+        table.error_codes.append(None if err is None else err.code)
         bw = getattr(job, "bandwidth", None)  # the cap in force and the rate on the wire now
-        caps.append(getattr(bw, "cap", None))
-        rates.append(getattr(bw, "rate", None))
+        table.max_bandwidth.append(getattr(bw, "cap", None))
+        table.rates.append(getattr(bw, "rate", None))
+    table.workers = [(workers or {}).get(i) for i in table.ids]
+    return table_to_frame(table)
 
-    # percent follows JobProgress.percent: 100 for an empty total once every file is done
+
+def _texts(values: Sequence[str | None]) -> pd.api.extensions.ExtensionArray:
+    """A ``string`` column from a list (by way of an object array: pandas converts that one in
+    C, a list of many ``None`` one by one; a column of nothing but ``None`` is all NA)."""
+    if values.count(None) == len(values):  # the error columns of a healthy queue, no workers
+        return pd.array(np.full(len(values), pd.NA, dtype=object), dtype="string")
+    return pd.array(np.asarray(values, dtype=object), dtype="string")
+
+
+def _floats(values: list[float | None]) -> pd.api.extensions.ExtensionArray:
+    """A ``Float64`` column from a list, ``None`` as NA (numpy reads ``None`` as NaN in C)."""
+    data = np.array(values, dtype="float64")
+    missing = np.isnan(data)
+    return pd.arrays.FloatingArray(np.where(missing, 0.0, data), missing)
+
+
+def table_to_frame(table: JobTable) -> pd.DataFrame:
+    """``jobs_to_frame``'s frame (same columns, same dtypes) from a ``JobTable`` (what
+    ``Manager.job_table`` reads in one query): each column built whole from its list, the
+    error texts looked up once per code, so 100,000 jobs take a fraction of a second."""
+    n = len(table)
+    states = np.asarray(table.states, dtype="int8")
+    known = np.array([t is not None for t in table.bytes_total], dtype=bool)
+    total = np.array([0 if t is None else t for t in table.bytes_total], dtype="int64")
+    done = np.asarray(table.bytes_done, dtype="int64")
+    files_total = np.asarray(table.files_total, dtype="int64")
+    files_done = np.asarray(table.files_done, dtype="int64")
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = np.where(
-            bytes_total > 0,
-            100.0 * bytes_done / np.where(bytes_total > 0, bytes_total, 1),
+            total > 0,
+            100.0 * done / np.where(total > 0, total, 1),
             np.where(files_total == files_done, 100.0, 0.0),
         )
-    unknown = ~total_known
-
-    described = {c: lookup_error(c) for c in set(err_codes) if c is not None}
-    err_hex = [None if c is None else f"0x{c:08X}" for c in err_codes]
-    err_name = [None if c is None else described[c].name for c in err_codes]
-    err_text = [None if c is None else described[c].description for c in err_codes]
-
+    unknown = ~known
+    failing = np.flatnonzero(np.isin(states, _ERROR_CODES))
+    codes: list[int | None] = [None] * n
+    for i in failing:
+        codes[i] = table.error_codes[i]
+    described = {c: lookup_error(c) for c in set(codes) if c is not None}
+    err_hex: list[str | None] = [None] * n
+    err_name: list[str | None] = [None] * n
+    err_text: list[str | None] = [None] * n
+    for i in failing:
+        code = codes[i]
+        if code is not None:
+            err_hex[i] = f"0x{code:08X}"
+            err_name[i], err_text[i] = described[code].name, described[code].description
+    no_completion = [t is None for t in table.completed]
     columns: dict[str, object] = {
-        "display_name": pd.array(names, dtype="string"),
-        "type": pd.Categorical.from_codes(types, dtype=TYPE_DTYPE),
+        "display_name": _texts(table.names),
+        "type": pd.Categorical.from_codes(np.asarray(table.types, dtype="int8"), dtype=TYPE_DTYPE),
         "state": pd.Categorical.from_codes(states, dtype=STATE_DTYPE),
-        "priority": pd.Categorical.from_codes(prios, dtype=PRIORITY_DTYPE),
-        "bytes_total": pd.arrays.IntegerArray(bytes_total, unknown.copy()),
-        "bytes_transferred": pd.array(bytes_done, dtype="Int64"),
+        "priority": pd.Categorical.from_codes(
+            np.asarray(table.priorities, dtype="int8"), dtype=PRIORITY_DTYPE
+        ),
+        "bytes_total": pd.arrays.IntegerArray(total, unknown.copy()),
+        "bytes_transferred": pd.arrays.IntegerArray(done, np.zeros(n, dtype=bool)),
         "percent": pd.arrays.FloatingArray(pct.astype("float64"), unknown.copy()),
-        "files_total": pd.array(files_total, dtype="Int64"),
-        "files_transferred": pd.array(files_done, dtype="Int64"),
-        "created": _times(created),
-        "modified": _times(modified),
-        "transfer_completed": _times(completed, no_completion),
-        "error_code": pd.array(err_hex, dtype="string"),
-        "error_name": pd.array(err_name, dtype="string"),
-        "error_description": pd.array(err_text, dtype="string"),
-        "owner": pd.array(owners, dtype="string"),
-        "max_bandwidth": pd.array(caps, dtype="Float64"),
-        "rate": pd.array(rates, dtype="Float64"),
+        "files_total": pd.arrays.IntegerArray(files_total, np.zeros(n, dtype=bool)),
+        "files_transferred": pd.arrays.IntegerArray(files_done, np.zeros(n, dtype=bool)),
+        "created": _times(table.created),
+        "modified": _times(table.modified),
+        "transfer_completed": _times(
+            [0.0 if t is None else t for t in table.completed], no_completion
+        ),
+        "error_code": _texts(err_hex),
+        "error_name": _texts(err_name),
+        "error_description": _texts(err_text),
+        "owner": _texts(table.owners),
+        "max_bandwidth": _floats(table.max_bandwidth),
+        "rate": _floats(table.rates),
+        "worker": _texts(table.workers),
     }
-    index = pd.Index(ids, dtype="string", name="job_id")
+    index = pd.Index(table.ids, dtype="string", name="job_id")
     return pd.DataFrame(columns, index=index, columns=_JOB_COLUMNS, copy=False)
 
 
 def jobs_frame(
     mgr: ManagerView, all_users: bool = False, include_finished: bool = False
 ) -> pd.DataFrame:
-    """The manager's queue as a DataFrame (``mgr.enum_jobs(...)`` then ``jobs_to_frame``)."""
-    return jobs_to_frame(list(mgr.enum_jobs(all_users, include_finished=include_finished)))
+    """The manager's queue as a DataFrame: ``mgr.job_table(...)`` (one query of the store, with
+    each job's worker and the live progress of the jobs *mgr* runs) then ``table_to_frame``."""
+    return table_to_frame(mgr.job_table(all_users, include_finished=include_finished))
 
 
-def files_to_frame(job: JobView) -> pd.DataFrame:
+def files_to_frame(job: JobView, workers: dict[int, str] | None = None) -> pd.DataFrame:
     """One row per file of *job*, indexed by the file's index.
 
     Columns: remote_name, local_name, bytes_total (Int64, ``<NA>`` while unknown),
@@ -202,9 +226,13 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
     text, ``<NA>`` when none), verified (boolean: True once the file matched the known hash or
     the server's digest, False when a check failed or it was declared invalid, ``<NA>`` while
     nothing was checked).
-    bytes_transferred, transferred, completed, temporary_name, connections (in use now).
+    bytes_transferred, transferred, completed, temporary_name, connections (in use now),
+    worker (who holds the file now, by its index in *workers*; by default the job's manager
+    asks its store, ``Manager.file_workers``: NA when nobody does, and always on SQLite).
     """
     files = job.files
+    if workers is None:
+        workers = _file_workers(job)
     totals = [f.progress.bytes_total for f in files]
     return pd.DataFrame(
         {
@@ -221,9 +249,21 @@ def files_to_frame(job: JobView) -> pd.DataFrame:
             "hash": pd.array([f.hash for f in files], dtype="string"),
             "verified": pd.array([_verified(f) for f in files], dtype="boolean"),
             "connections": np.array([f.connections for f in files], dtype="int64"),
+            "worker": _texts([workers.get(f.index) for f in files]),
         },
         index=pd.Index([f.index for f in files], dtype="int64", name="index"),
     )
+
+
+def _file_workers(job: JobView) -> dict[int, str]:
+    """Who holds which file of *job*, from its manager's store (a blocking manager only: an
+    ``AsyncJob``'s manager answers with a coroutine, and a frame is built here, now)."""
+    manager = getattr(job, "manager", None)
+    ask = getattr(manager, "file_workers", None)
+    if ask is None or not is_blocking(ask) or getattr(manager, "closed", False):
+        return {}
+    workers: dict[int, str] = ask(job.id)
+    return workers
 
 
 def _verified(f: FileInfo) -> bool | None:

@@ -13,6 +13,9 @@ from _support.raw_http import ScriptServer
 import bitsnb
 from bitsnb.testing import FileServer
 
+# the PostgreSQL tests' ``url`` and ``opened`` fixtures (a fresh database, raw stores on it)
+pytest_plugins = ["_support.pg_fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,6 +109,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._store_open",
         "bitsnb._store_pg",
         "bitsnb._store_pg_rows",
+        "bitsnb._store_pg_conn",
+        "bitsnb._store_pg_schema",
+        "bitsnb._store_pg_copy",
+        "bitsnb._store_pg_shares",
+        "bitsnb._store_pg_views",
+        "bitsnb._store_table",
         "bitsnb._tcpinfo",
     ),
     "rules without IO": (
@@ -126,6 +132,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._jobstats",
         "bitsnb._inflight",
         "bitsnb._validators",
+        "bitsnb._cluster",
     ),
     "vocabulary": (
         "bitsnb._enums",
@@ -138,6 +145,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._enumerator",
         "bitsnb._protocols",
         "bitsnb._store_api",
+        "bitsnb._jobtable",
         "bitsnb._bandwidth",  # BandwidthWindow and rate checks: Policy's own vocabulary
     ),
 }

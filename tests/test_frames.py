@@ -38,6 +38,7 @@ JOB_DTYPES = {
     "owner": "string",
     "max_bandwidth": "Float64",
     "rate": "Float64",
+    "worker": "string",
 }
 
 
@@ -158,6 +159,7 @@ def test_files_frame(manager: bitsnb.Manager, server: FileServer, dest: Path) ->
         "hash": "string",
         "verified": "boolean",
         "connections": "int64",
+        "worker": "string",
     }
     assert before["bytes_total"].isna().all()
     assert not before["transferred"].any()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,32 +20,10 @@ from _support.postgres import Postgres
 import bitsnb
 from bitsnb import JobState
 from bitsnb._records import JobRecord
-from bitsnb._store_api import StoreURL
 from bitsnb.testing import FileServer
 
 psycopg = pytest.importorskip("psycopg")
 from bitsnb._store_pg import PgStore  # noqa: E402
-
-
-@pytest.fixture
-def url(postgres: Postgres) -> str:
-    """A fresh database."""
-    return postgres.new_database()
-
-
-@pytest.fixture
-def opened(url: str) -> Iterator[Callable[[str], PgStore]]:
-    """Open PgStores on the database (closed at the end)."""
-    stores: list[PgStore] = []
-
-    def open_one(writer: str) -> PgStore:
-        store = PgStore(StoreURL(url), writer, 5.0)
-        stores.append(store)
-        return store
-
-    yield open_one
-    for s in stores:
-        s.close()
 
 
 def _queued(store: PgStore, n: int) -> list[JobRecord]:

@@ -5,38 +5,16 @@ byte by byte (a store made with the database's locale is rewritten once, rows ke
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from _support.postgres import Postgres
 
 import bitsnb
 from bitsnb._records import FileRecord, JobRecord
-from bitsnb._store_api import StoreURL
 
 psycopg = pytest.importorskip("psycopg")
-from bitsnb._store_pg import COPY_FROM, PgStore  # noqa: E402
-
-
-@pytest.fixture
-def url(postgres: Postgres) -> str:
-    """A fresh database."""
-    return postgres.new_database()
-
-
-@pytest.fixture
-def opened(url: str) -> Iterator[Callable[[str], PgStore]]:
-    """Open PgStores on the database (closed at the end)."""
-    stores: list[PgStore] = []
-
-    def open_one(writer: str) -> PgStore:
-        store = PgStore(StoreURL(url), writer, 5.0)
-        stores.append(store)
-        return store
-
-    yield open_one
-    for s in stores:
-        s.close()
+from bitsnb._store_pg import PgStore  # noqa: E402
+from bitsnb._store_pg_copy import COPY_FROM  # noqa: E402
 
 
 def _file(i: int) -> FileRecord:

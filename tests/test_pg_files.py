@@ -9,40 +9,17 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from _support.helpers import wait_until
-from _support.postgres import Postgres
 
 import bitsnb
 from bitsnb import JobState
 from bitsnb._records import FileRecord, JobRecord
-from bitsnb._store_api import StoreURL
 
 psycopg = pytest.importorskip("psycopg")
 from bitsnb._store_pg import PgStore  # noqa: E402
-
-
-@pytest.fixture
-def url(postgres: Postgres) -> str:
-    """A fresh database."""
-    return postgres.new_database()
-
-
-@pytest.fixture
-def opened(url: str) -> Iterator[Callable[[str], PgStore]]:
-    """Open PgStores on the database (closed at the end)."""
-    stores: list[PgStore] = []
-
-    def open_one(writer: str) -> PgStore:
-        store = PgStore(StoreURL(url), writer, 5.0)
-        stores.append(store)
-        return store
-
-    yield open_one
-    for s in stores:
-        s.close()
 
 
 def _job(store: PgStore, n: int, state: JobState = JobState.QUEUED) -> JobRecord:

@@ -7,6 +7,9 @@ thread, a few times a second at most, and stop on ``close()`` or when the manage
 A panel shown by bitsnb (``display_job``, ``show_panel``, the helpers) carries a display id: its
 saved ``text/plain`` and ``text/html`` follow the job, so a saved notebook shows the final state.
 
+``bitsnb.notebook.cluster_panel(store)`` shows the workers of a shared PostgreSQL queue (what each
+holds, its rate, its errors), read from the store.
+
 ``settings.compact = True`` (or ``job_panel(job, compact=True)``) draws job panels on one line,
 as tqdm does; the default is the detailed panel. Importing this package is cheap: ipywidgets is
 only imported when a panel is built.
@@ -15,24 +18,33 @@ only imported when a panel is built.
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import socket
 import sys
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from .. import _codes
+from .._errors import BitsError
 from .._format import RateEstimator
 from .._protocols import JobControl, ManagerView, is_blocking
+from .._store_api import StoreURL
+from .._store_open import store_location
 from ._text import job_line
 
 if TYPE_CHECKING:
-    from ._panels import JobPanel, JobSnapshot, QueuePanel
+    from ._panels import ClusterPanel, JobPanel, JobSnapshot, QueuePanel
 
 __all__ = [
+    "ClusterPanel",
     "JobPanel",
     "JobSnapshot",
     "QueuePanel",
     "RateEstimator",
+    "cluster_panel",
     "display_job",
     "in_kernel",
     "job_panel",
@@ -53,7 +65,7 @@ class Settings:
 
 settings = Settings()
 
-_LAZY = frozenset({"JobPanel", "JobSnapshot", "QueuePanel"})
+_LAZY = frozenset({"ClusterPanel", "JobPanel", "JobSnapshot", "QueuePanel"})
 
 
 def _load_panels() -> ModuleType:
@@ -99,6 +111,34 @@ def queue_panel(
     if since is not None and since.tzinfo is None:
         since = since.astimezone()
     panel: QueuePanel = _load_panels().QueuePanel(mgr, jobs=jobs, since=since)
+    return panel
+
+
+def cluster_panel(
+    store: ManagerView | str | os.PathLike[str] | StoreURL, *, interval: float = 1.0
+) -> ClusterPanel:
+    """A live table of the workers of a shared PostgreSQL queue: each worker's jobs and files
+    held, its rate and its jobs in error, and the totals, read from the store every *interval*
+    seconds (*store*: a ``postgresql://`` URL, or a ``Manager`` on one). A SQLite store has
+    no cluster: ``BitsError(E_INVALIDARG)``."""
+    where = store_location(store.store_path if hasattr(store, "store_path") else store)
+    if not isinstance(where, StoreURL):
+        raise BitsError(
+            _codes.E_INVALIDARG,
+            f"the cluster panel needs a PostgreSQL store (postgresql://…), not the SQLite "
+            f"file {where}",
+        )
+    from .._store_pg import PgStore
+
+    viewer = f"view:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    source = PgStore(where, viewer, 10.0)
+    try:
+        panel: ClusterPanel = _load_panels().ClusterPanel(
+            source, interval=interval, owns_store=True
+        )
+    except BaseException:
+        source.close()
+        raise
     return panel
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,6 +32,9 @@ from ._text import (
 BIG_QUEUE = 1000
 """Above this many jobs the queue panel refreshes once a second (state changes after 0.5 s)."""
 
+WORKERS_EVERY = 2.0
+"""Seconds between two reads of who holds which job (the worker column): leases move slowly."""
+
 
 _SORTS: dict[str, tuple[Callable[[JobSnapshot], Any], bool]] = {
     "newest": (lambda s: s.times.creation if s.times else _dt.datetime.min, True),
@@ -56,6 +60,7 @@ _COLUMNS = (
     ("files", "4em"),
     ("speed", "6.5em"),
     ("ETA", "3.5em"),
+    ("worker", "9em"),
     ("created", "8em"),
     ("error", ""),
 )
@@ -158,6 +163,8 @@ class QueuePanel(Panel):
         self._moved = 0
         self._rate = RateEstimator()
         self._note = ""
+        self._workers: dict[str, str] = {}  # job id → who holds it (PostgreSQL), as last read
+        self._workers_due = 0.0
         self._armed: str | None = None
         self._need_enum = self._scope is None
         subscribed = self._subscribe()
@@ -168,6 +175,7 @@ class QueuePanel(Panel):
         select.observe(self._on_select, names="value")
         for method, button in buttons.items():
             button.on_click(lambda _button, method=method: self._on_click(method))
+        self._read_workers()
         with self._ui_lock:
             self._read(set(self._handles))
             self._render()
@@ -247,6 +255,27 @@ class QueuePanel(Panel):
         self._need_enum = False
         return True
 
+    def _read_workers(self) -> bool:
+        """Who holds which job, read again every ``WORKERS_EVERY`` seconds (one query of a
+        PostgreSQL store; nothing on SQLite); True when that changed."""
+        now = time.monotonic()
+        mgr = self._mgr
+        if now < self._workers_due or mgr is None:
+            return False
+        self._workers_due = now + WORKERS_EVERY
+        try:
+            workers = mgr.job_workers()
+        except CALL_ERRORS:
+            return False
+        changed = workers != self._workers
+        self._workers = workers
+        return changed
+
+    @property
+    def workers(self) -> dict[str, str]:
+        """Who holds which job (job id's text → worker), as last read."""
+        return dict(self._workers)
+
     def _read(self, ids: Iterable[uuid.UUID]) -> None:
         """Read these jobs again (and count the bytes they moved since they were last read)."""
         seen = self._seen_bytes
@@ -286,8 +315,9 @@ class QueuePanel(Panel):
             if changes.created or unknown or self._need_enum:
                 self._need_enum = True
                 self._enumerate()  # on failure: try again next tick
+        moved = self._read_workers()
         active = {k for k, s in self._snaps.items() if s.state in ACTIVE_STATES}
-        if not changes and not active and not self._need_enum:
+        if not changes and not active and not self._need_enum and not moved:
             return True  # idle: nothing to send
         with self._ui_lock:
             if not self.live:
@@ -454,6 +484,7 @@ class QueuePanel(Panel):
         if s.error is not None and s.state is JobState.TRANSIENT_ERROR:
             err_short += " (retrying)"
         name = escape(s.display_name)
+        worker = escape(self._workers.get(str(s.id), ""))
         return (
             f'<tr><td title="{s.id}">{str(s.id)[:8]}</td>'
             f'<td title="{name}">{name}</td>'
@@ -463,14 +494,14 @@ class QueuePanel(Panel):
             f"<td>{format_bytes(p.bytes_transferred)} / {est.total_text}</td>"
             f"<td>{p.files_transferred}/{p.files_total}</td>"
             f'<td title="{escape(s.bandwidth)}">{speed}{bandwidth_mark(s.bandwidth)}</td>'
-            f"<td>{eta}</td><td>{created}</td>"
+            f'<td>{eta}</td><td title="{worker}">{worker}</td><td>{created}</td>'
             f'<td title="{escape(err)}" style="color:{colour}">{escape(err_short)}</td></tr>'
         )
 
     def _table_html(self, rows: list[JobSnapshot]) -> str:
         css = (
             "<style>.bitsnb-q{border-collapse:collapse;font-size:12px;table-layout:fixed;"
-            "width:100%;min-width:72em;line-height:1.5;color:var(--jp-ui-font-color1, #222)}"
+            "width:100%;min-width:81em;line-height:1.5;color:var(--jp-ui-font-color1, #222)}"
             ".bitsnb-q td,.bitsnb-q th{padding:1px 6px;text-align:left;white-space:nowrap;"
             "overflow:hidden;text-overflow:ellipsis}"
             ".bitsnb-q th{position:sticky;top:0;z-index:1;"

@@ -79,46 +79,19 @@ class Postgres:
             f"-c listen_addresses='' -k {self.socket_dir} -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-w",
-            "-s",
-            "-o",
-            options,
-            "-l",
-            str(self.root / "server.log"),
-            "start",
-        )
+        self._pg_ctl("-o", options, "-l", str(self.root / "server.log"), "start")
 
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every connection is cut, the data stays."""
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-w",
-            "-s",
-            "-m",
-            "fast",
-            "-l",
-            str(self.root / "server.log"),
-            "restart",
-        )
+        self._pg_ctl("-m", "fast", "-l", str(self.root / "server.log"), "restart")
 
     def stop(self) -> None:
         """``pg_ctl stop -m immediate`` (the data is thrown away anyway)."""
-        self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-w",
-            "-s",
-            "-m",
-            "immediate",
-            "stop",
-        )
+        self._pg_ctl("-m", "immediate", "stop")
+
+    def _pg_ctl(self, *argv: str) -> None:
+        """``pg_ctl -D <data> -w -s …`` (waits for the server; quiet)."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-w", "-s", *argv)
 
 
 @contextmanager
