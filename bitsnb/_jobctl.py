@@ -30,8 +30,9 @@ from ._enums import JobPriority, JobState, JobType
 from ._errors import BitsError, InvalidStateError, JobNotFoundError
 from ._events import Events
 from ._integrity import parse_known_hash
-from ._job import AsyncJob, job_progress
+from ._job import AsyncJob
 from ._jobrun import RUNNING, Runner
+from ._jobstats import job_progress
 from ._jobtable import JobTable
 from ._models import Policy
 from ._persist import STARTABLE, Records
