@@ -41,6 +41,7 @@ from ._store_rows import (
     file_placed,
     job_from,
     job_params,
+    placed_text,
 )
 
 
@@ -142,7 +143,7 @@ class Store:
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.execute("PRAGMA journal_size_limit=67108864")
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
-            if version < SCHEMA_VERSION or not {"jobs", "files"} <= tables:
+            if version < SCHEMA_VERSION or not {"jobs", "files", "hashed_files"} <= tables:
                 with self._tx():  # a new store, or one that lost a table: the rest keeps working
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
@@ -362,6 +363,27 @@ class Store:
             return None
         placed = file_placed(row[1])
         return None if placed is None else (str(row[0]), placed)
+
+    @_locked
+    def hashed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
+        """The hash and (size, mtime_ns, inode) recorded for a file bitsnb hashed at
+        *local_name* without having written it (None when none was)."""
+        row = self._db.execute(
+            "SELECT hash, placed FROM hashed_files WHERE local_name=?", (local_name,)
+        ).fetchone()
+        if row is None:
+            return None
+        placed = file_placed(row[1])
+        return None if placed is None else (str(row[0]), placed)
+
+    @_locked
+    def record_hash(self, local_name: str, hash_: str, placed: tuple[int, int, int]) -> None:
+        """Record that the file at *local_name*, as *placed* says it was, hashes to *hash_*."""
+        self._write(
+            "INSERT INTO hashed_files (local_name, hash, placed) VALUES (?, ?, ?) ON CONFLICT"
+            " (local_name) DO UPDATE SET hash=excluded.hash, placed=excluded.placed",
+            (local_name, hash_, placed_text(placed)),
+        )
 
     @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:

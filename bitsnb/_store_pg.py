@@ -58,6 +58,7 @@ from ._store_rows import (
     file_placed,
     job_from,
     job_params,
+    placed_text,
 )
 
 __all__ = ["PgStore"]
@@ -314,7 +315,7 @@ class PgStore:
                         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
                     )
                 }
-                if version < SCHEMA_VERSION or not {"jobs", "files"} <= tables:
+                if version < SCHEMA_VERSION or not {"jobs", "files", "hashed_files"} <= tables:
                     conn.execute(pg_schema())
                     for statement in migration_statements(version):
                         conn.execute(statement)
@@ -531,6 +532,26 @@ class PgStore:
             return None
         placed = file_placed(row[1])
         return None if placed is None else (str(row[0]), placed)
+
+    @_locked
+    def hashed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
+        """The hash and (size, mtime_ns, inode) recorded for a file bitsnb hashed at
+        *local_name* without having written it (None when none was)."""
+        row = self._one("SELECT hash, placed FROM hashed_files WHERE local_name=%s", (local_name,))
+        if row is None:
+            return None
+        placed = file_placed(row[1])
+        return None if placed is None else (str(row[0]), placed)
+
+    @_locked
+    def record_hash(self, local_name: str, hash_: str, placed: tuple[int, int, int]) -> None:
+        """Record that the file at *local_name*, as *placed* says it was, hashes to *hash_*."""
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO hashed_files (local_name, hash, placed) VALUES (%s, %s, %s) ON"
+                " CONFLICT (local_name) DO UPDATE SET hash=EXCLUDED.hash, placed=EXCLUDED.placed",
+                (local_name, hash_, placed_text(placed)),
+            )
 
     @_locked
     def load_job(self, job_id: uuid.UUID) -> JobRecord | None:

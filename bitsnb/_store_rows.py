@@ -30,6 +30,7 @@ __all__ = [
     "file_placed",
     "job_from",
     "job_params",
+    "placed_text",
     "settings_from",
     "settings_json",
 ]
@@ -87,6 +88,13 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_local ON files(local_name);
+-- files bitsnb did not write, hashed once and found matching (the cache of download), with
+-- the hash ("alg:hex") and "[size, mtime_ns, inode]" when hashed: made when missing, no step
+CREATE TABLE IF NOT EXISTS hashed_files (
+    local_name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    placed TEXT NOT NULL
+);
 """
 
 # what each version adds to the one before, as (table, column, declaration): a store of an
@@ -336,6 +344,11 @@ def file_from(row: Any) -> FileRecord:
         if segments
         else None,
     )
+
+
+def placed_text(placed: tuple[int, int, int]) -> str:
+    """(size, mtime_ns, inode) as the ``placed`` JSON both tables keep."""
+    return json.dumps(list(placed))
 
 
 def file_placed(text: str | None) -> tuple[int, int, int] | None:
