@@ -1,14 +1,24 @@
 """Issue 15's audit, the gaps filled against the real FileServer: xxh64/xxh128 known hashes;
 every whole-representation digest kind checking a resumed file (right and wrong) and every
 per-response kind covering its own range only; the user's known hash over every lying digest
-on a resumed file."""
+on a resumed file; a segmented file with a known hash SIGKILLed mid-way, resumed and verified
+(and a segment's bytes corrupted on disk while the process was dead, caught)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
+from _support.helpers import temp_files, wait_until
 
 import bitsnb
 from bitsnb import JobState
@@ -18,6 +28,7 @@ from bitsnb.testing._server import DIGEST_KINDS
 
 BG_E_VALIDATION_FAILED = 0x80200053
 KIB = 1024
+MIB = 1024 * KIB
 WHOLE_KINDS = [k for k in DIGEST_KINDS if not k.startswith("content")]
 CONTENT_KINDS = [k for k in DIGEST_KINDS if k.startswith("content")]
 
@@ -140,3 +151,92 @@ def test_known_hash_wins_over_every_lying_digest_on_a_resumed_file(
     assert job.files[0].hash == known
     reqs = [r for r in server.requests if r.path == name]
     assert all("Want-Repr-Digest" not in r.headers for r in reqs)
+
+
+_SEGMENTED_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import bitsnb
+    store, url, local, known = sys.argv[1:5]
+    policy = bitsnb.Policy(min_retry_delay_floor=0.05, poll_interval=0.05, lease_seconds=2.0,
+                           checkpoint_interval=0.1, min_segment_bytes=512 * 1024,
+                           segment_window=0.2)
+    mgr = bitsnb.Manager(store=store, policy=policy)
+    job = mgr.create_job("child")
+    job.add_file(url, local, known_hash=known)
+    job.resume()
+    print(job.id, flush=True)
+    time.sleep(60)  # the parent kills us long before this
+    """
+)
+
+
+def _segments(store: Path, job_id: uuid.UUID) -> list[list[int]] | None:
+    db = sqlite3.connect(store)
+    try:
+        row = db.execute("SELECT segments FROM files WHERE job_id=?", (str(job_id),)).fetchone()
+    finally:
+        db.close()
+    return json.loads(row[0]) if row and row[0] else None
+
+
+@pytest.mark.parametrize("corrupt", [False, True], ids=["verifies", "segment-corrupted"])
+def test_segmented_file_resumed_after_sigkill_verifies(
+    store: Path, policy: bitsnb.Policy, server: FileServer, dest: Path, corrupt: bool
+) -> None:
+    """A file with a known hash fetched in segments, the process SIGKILLed once two segments
+    are checkpointed: a new manager resumes the table and verifies the file (its prefix on
+    disk re-hashed, each byte at most once); a byte of a finished part of a segment changed
+    on disk while the process was dead is caught (BG_E_VALIDATION_FAILED), and resume()
+    fetches the file again, right."""
+    size = 8 * MIB
+    server.connection_rate = 500_000  # slow enough to be caught mid-file on a loaded machine
+    url = server.add_random_file("seg.bin", size, seed=35)
+    data = server.path("seg.bin").read_bytes()
+    known = "sha256:" + hashlib.sha256(data).hexdigest()
+    local = dest / "seg.bin"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SEGMENTED_CHILD, str(store), url, str(local), known],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "the child said nothing"
+        job_id = uuid.UUID(proc.stdout.readline().strip())
+
+        def split_and_checkpointed() -> bool:
+            table = _segments(store, job_id)
+            return table is not None and sum(d > s for s, d, _ in table) >= 2
+
+        wait_until(split_and_checkpointed, 30, "a checkpointed table of two segments")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    table = _segments(store, job_id)
+    assert table is not None
+    if corrupt:  # a byte the table says is done, in the last segment that has some
+        start, done, _ = [seg for seg in table if seg[1] > seg[0]][-1]
+        (tmp,) = temp_files(dest)
+        with open(dest / tmp, "r+b") as fh:
+            fh.seek((start + done) // 2)
+            byte = fh.read(1)
+            fh.seek((start + done) // 2)
+            fh.write(bytes([byte[0] ^ 0x5A]))
+    server.connection_rate = None
+    policy.lease_seconds = 60.0  # taken over from the dead pid
+    with bitsnb.Manager(store=store, policy=policy) as mgr:
+        job = mgr.get_job(job_id)
+        state = job.wait(timeout=60)
+        assert rehashed(mgr) <= size
+        if corrupt:
+            assert state is JobState.ERROR
+            assert job.error is not None and job.error.code == BG_E_VALIDATION_FAILED
+            assert not local.exists()
+            job.resume()
+            state = job.wait(timeout=60)
+        assert state is JobState.TRANSFERRED, job.error
+        assert job.files[0].hash == known
+        job.complete()
+    assert local.read_bytes() == data
