@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import random
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +62,25 @@ def test_kept_views_hashed_and_each_released_once(piece: int) -> None:
     inline_pieces = -(-100_000 // piece)
     assert lender.kept == -(-len(DATA) // piece) - inline_pieces
     assert lender.released == lender.kept
+
+
+def test_abandoned_hasher_gives_every_view_back_and_ends() -> None:
+    """A file that stops mid-way (its hasher never asked for a digest): the idle worker still
+    hashes what waits, releases every kept view (the connection's buffers come back) and
+    ends, leaving no thread."""
+    lender = Lender()
+    h = BackgroundHasher(new_hasher("sha256"), inline=0, wake=64 * MIB, linger=0.01)
+    view = memoryview(DATA)
+    for i in range(0, 2 * MIB, 128 * KIB):  # far below *wake*: only idleness starts the hash
+        h.update_kept(view[i : i + 128 * KIB], lender.keep)
+    del h
+    deadline = time.monotonic() + 10
+    while lender.released < lender.kept or any(
+        t.name == "bitsnb-hash" for t in threading.enumerate()
+    ):
+        assert time.monotonic() < deadline, (lender.kept, lender.released)
+        time.sleep(0.01)
+    assert lender.kept == 16
 
 
 def test_copied_and_kept_bytes_stay_in_order() -> None:
