@@ -47,6 +47,10 @@ def sample():
             seen[(int(tid), names.get(int(tid), "?"))] = cpu_of(tid)
         except OSError:
             pass
+def machine():
+    with open("/proc/stat") as fh:
+        v = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / tick, (v[3] + v[4]) / tick  # busy, idle (+ iowait)
 def sampler():
     for _ in range(10000):  # bounded: 0.05 s a pass, the run's timeout is 600 s
         sample()
@@ -60,10 +64,12 @@ with bitsnb.Manager(store=store, policy=policy) as mgr:
     sample()
     base, cpu0 = dict(seen), sum(os.times()[:2])  # the imports and the store: not counted
     watcher.start()
+    m0 = machine()
     t = time.perf_counter()
     job.resume()
     state = job.wait(timeout=600)
     elapsed = time.perf_counter() - t
+    m1 = machine()
     sample()
     done.set()
     cpu = sum(os.times()[:2]) - cpu0
@@ -73,6 +79,7 @@ with bitsnb.Manager(store=store, policy=policy) as mgr:
         parts[kind] = parts.get(kind, 0.0) + secs - base.get(key, 0.0)
     print(json.dumps({"state": state.name, "seconds": elapsed, "cpu": cpu,
                       "loop_cpu": parts.get("bitsnb-loop", 0.0), "parts": parts,
+                      "busy": m1[0] - m0[0], "idle": m1[1] - m0[1],
                       "hash": job.files[0].hash}))
     job.cancel()
 """
@@ -115,7 +122,8 @@ def _run(
         float(result["cpu"]),
         float(result["loop_cpu"]),
         server_cpu,
-        {str(k): float(v) for k, v in result["parts"].items()},
+        {str(k): float(v) for k, v in result["parts"].items()}
+        | {"machine busy": float(result["busy"]), "machine idle": float(result["idle"])},
     )
 
 
