@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 
@@ -112,8 +113,13 @@ def with_hashes(
 
 def in_place(manager: Manager, path: str, known: str) -> bool:
     """Does *path* already hold the file *known* says? Trusted without reading when a job of
-    the store completed it and it is unchanged since; any other file there is hashed once."""
-    if not os.path.isfile(path):
+    the store completed it, or bitsnb hashed it, and it is unchanged since; any other file
+    there is hashed once, and recorded when it matches."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
         return False
     if manager.verified_hash(path) == known:
         return True
@@ -122,6 +128,7 @@ def in_place(manager: Manager, path: str, known: str) -> bool:
     except OSError:
         return False
     if got == known:
+        manager.record_hash(path, got, seen=(st.st_size, st.st_mtime_ns, st.st_ino))
         return True
     log.info("%s does not match its known hash (%s): downloading it again", path, got)
     return False

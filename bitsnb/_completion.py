@@ -30,6 +30,7 @@ __all__ = [
     "fsync_dirs",
     "move_reply",
     "move_transferred",
+    "record_hash",
     "temp_name",
     "verified_hash",
 ]
@@ -127,17 +128,34 @@ def _placed(f: FileRecord) -> tuple[int, int, int] | None:
 
 
 def verified_hash(store: JobStore, local_name: str) -> str | None:
-    """The hash a job verified for the file it completed at *local_name*, if the file is still
-    as complete() left it (same size, mtime_ns and inode); None otherwise."""
-    found = store.placed_file(local_name)
-    if found is None:
-        return None
-    hash_, placed = found
+    """The hash a job verified for the file it completed at *local_name*, or that bitsnb
+    recorded on hashing it there, if the file is still as it was then (same size, mtime_ns and
+    inode); None otherwise."""
     try:
         st = os.stat(local_name)
     except OSError:
         return None
-    return hash_ if (st.st_size, st.st_mtime_ns, st.st_ino) == placed else None
+    now = (st.st_size, st.st_mtime_ns, st.st_ino)
+    for found in (store.placed_file(local_name), store.hashed_file(local_name)):
+        if found is not None and found[1] == now:
+            return found[0]
+    return None
+
+
+def record_hash(
+    store: JobStore, local_name: str, hash_: str, seen: tuple[int, int, int] | None
+) -> bool:
+    """Record that the file at *local_name* hashes to *hash_*, as it is now (and as *seen*
+    says it was when hashed, if given); False, recording nothing, when it is gone or changed."""
+    try:
+        st = os.stat(local_name)
+    except OSError:
+        return False
+    now = (st.st_size, st.st_mtime_ns, st.st_ino)
+    if seen is not None and tuple(seen) != now:
+        return False
+    store.record_hash(local_name, hash_, now)
+    return True
 
 
 def delete_untransferred(rec: JobRecord) -> None:

@@ -48,7 +48,7 @@ from ._filecheck import (
     Check,
     Partial,
     check_content,
-    update_all,
+    feeder,
     validation_failure,
     verify,
 )
@@ -77,7 +77,7 @@ from ._segmented import Split
 from ._segments import check_table, done_bytes
 from ._tcpinfo import response_socket, tcp_info
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
-from ._transport import body_views
+from ._transport import body_views, keep_view
 from ._validate import redact_url
 from ._validators import if_range_value, strong_date
 
@@ -541,13 +541,16 @@ class Engine:
                 if check is not None:
                     await self.begin_hashes(fh, check, digest_fields(resp.headers.raw), offset)
                     hashers = check.hashers()
-                # a lean response's body comes as views of its connection's buffer (no copy)
-                chunks = body_views(resp) or resp.aiter_raw()
+                # a lean response's body comes as views of its connection's buffer (no copy);
+                # a hasher on its own thread is lent those views themselves (kept until hashed)
+                lean = body_views(resp)
+                chunks = lean or resp.aiter_raw()
+                feed = feeder(hashers, None if lean is None else lambda: keep_view(resp))
                 throttle = ctx.throttle
                 async for chunk in chunks:
                     fh.write(chunk)
-                    if hashers:  # on the loop: measured faster than a thread hop per view
-                        update_all(hashers, memoryview(chunk))
+                    if hashers:
+                        feed(memoryview(chunk))
                     if check is not None and check.whole is not None:
                         check.whole.hashed += len(chunk)
                     f.bytes_transferred += len(chunk)

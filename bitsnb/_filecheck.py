@@ -3,16 +3,25 @@ verdicts on the whole file's digest and on each response's Content-Digest."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import _codes
 from ._enums import ErrorContext
 from ._failures import TransferFailure
-from ._integrity import Digest, Hasher, new_hasher
+from ._integrity import BackgroundHasher, Digest, Hasher, Release, new_hasher
 from ._records import FileRecord
 from ._tempfile import truncate_temp
 
-__all__ = ["Check", "Partial", "check_content", "update_all", "validation_failure", "verify"]
+__all__ = [
+    "Check",
+    "Partial",
+    "check_content",
+    "feeder",
+    "update_all",
+    "validation_failure",
+    "verify",
+]
 
 
 def validation_failure(f: FileRecord, message: str) -> TransferFailure:
@@ -55,6 +64,27 @@ class Check:
 def update_all(hashers: list[Hasher], view: memoryview) -> None:
     for h in hashers:
         h.update(view)
+
+
+def feeder(
+    hashers: list[Hasher], keep: Callable[[], Release] | None
+) -> Callable[[memoryview], None]:
+    """What hashes each view of a body: with *keep* (the transport lends views it can keep
+    valid), a hasher on its own thread is handed the view itself, no copy; the rest hash it
+    in place, before the next view is taken."""
+    kept = [h for h in hashers if isinstance(h, BackgroundHasher)] if keep is not None else []
+    rest = [h for h in hashers if h not in kept]
+    if keep is None or not kept:
+        return lambda view: update_all(rest, view)
+    keeper = keep
+
+    def feed(view: memoryview) -> None:
+        for h in rest:
+            h.update(view)
+        for k in kept:
+            k.update_kept(view, keeper)
+
+    return feed
 
 
 def check_content(f: FileRecord, check: Check) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "BackgroundHasher",
     "Digest",
     "Hasher",
+    "Release",
     "content_digest",
     "digest_fields",
     "digest_request_headers",
@@ -335,18 +336,27 @@ def parse_checksums(text: str, source: str = "SHA256SUMS") -> dict[str, str]:
     return out
 
 
+Release = Callable[[], None]
+"""Gives a kept view back to its lender (callable once, from any thread)."""
+
+
 class BackgroundHasher:
     """A hasher fed from the caller's thread and run on a thread of its own.
 
-    ``update`` hashes in place until *inline* bytes went by (small files never see a thread);
-    after that it copies the bytes into *block*-sized buffers (the views a transport lends are
-    reused once the caller moves on) and hands each full one to a worker thread, which hashes
-    it while the caller goes on receiving and writing: hashlib releases the GIL on large
-    buffers, so the hash runs on another core. At most *depth* blocks wait; a caller that gets
-    that far ahead waits for one (the hash is then the bottleneck). A worker that has had
-    nothing to do for *linger* seconds hashes the partly filled block too, lets its buffers go
-    and ends, so a hasher kept for a paused file holds neither memory nor a thread.
-    ``digest`` waits for the rest and answers.
+    The first *inline* bytes are hashed in place (small files never see a thread). After that
+    the bytes go to a worker thread, which hashes them while the caller goes on receiving and
+    writing (hashlib releases the GIL on large buffers, so the hash runs on another core):
+
+    - ``update_kept`` hands over the caller's view itself, no copy: the lender (the lean
+      transport's receive buffers) keeps it valid until the worker has hashed it and called
+      its release; the lender's pool bounds how far the caller gets ahead;
+    - ``update`` copies into *block*-sized buffers (for views that are reused once the caller
+      moves on); at most *depth* full blocks wait, a caller that gets that far ahead waits.
+
+    The worker is woken once *wake* bytes wait (not per view), hashes until none is left,
+    and, idle for *linger* seconds, hashes whatever waits (a partly filled block too), lets
+    its buffers go and ends, so a hasher kept for a paused file holds neither memory nor a
+    thread. ``digest`` waits for the rest and answers.
     """
 
     def __init__(
@@ -356,17 +366,23 @@ class BackgroundHasher:
         inline: int = 8 << 20,
         block: int = 4 << 20,
         depth: int = 3,
+        wake: int = 2 << 20,
         linger: float = 0.05,
     ) -> None:
         self._hasher = hasher
         self._inline = inline
         self._block = block
         self._depth = depth
+        self._wake = wake
         self._linger = linger
         self._buf: memoryview | None = None  # the block being filled (a bytearray's view)
         self._fill = 0
         self._free: list[memoryview] = []
-        self._pending: collections.deque[tuple[memoryview, int]] = collections.deque()
+        # views waiting for the worker, with their release (None: one of our blocks)
+        self._pending: collections.deque[tuple[memoryview, Release | None]] = collections.deque()
+        self._waiting = 0  # bytes in _pending
+        self._own = 0  # of our blocks in _pending
+        self._flush = False  # digest() waits: hash everything now
         self._running = False
         self._cond = threading.Condition()
 
@@ -389,42 +405,84 @@ class BackgroundHasher:
                 self._fill += n
                 view = view[n:]
                 if self._fill == self._block:
-                    while len(self._pending) >= self._depth:  # bounded: wait for the worker
+                    while self._own >= self._depth:  # bounded: wait for the worker
                         self._cond.wait()
                     self._queue_block()
 
-    def _queue_block(self) -> None:
-        """The block being filled goes to the worker, started if need be (lock held)."""
-        assert self._buf is not None
-        self._pending.append((self._buf, self._fill))
-        self._buf = None
-        self._fill = 0
-        self._cond.notify_all()
+    def update_kept(self, view: memoryview, keep: Callable[[], Release], /) -> None:
+        """Hash *view* without copying it: past the inline bytes, *keep()* is called to keep
+        it valid, and the release it returns is called once the worker hashed it."""
+        if self._inline > 0:
+            self._inline -= len(view)
+            self._hasher.update(view)
+            return
+        release = keep()
+        with self._cond:
+            if self._buf is not None and self._fill:  # copied bytes before it go first
+                self._queue_block()
+            self._queue(view, release)
+
+    def _queue(self, view: memoryview, release: Release | None) -> None:
+        """*view* to the worker, started if need be, woken once enough waits (lock held)."""
+        self._pending.append((view, release))
+        before = self._waiting
+        self._waiting += len(view)
+        if before < self._wake <= self._waiting:
+            self._cond.notify_all()
         if not self._running:
             self._running = True
             threading.Thread(target=self._work, name="bitsnb-hash", daemon=True).start()
 
+    def _queue_block(self) -> None:
+        """The block being filled goes to the worker (lock held)."""
+        assert self._buf is not None
+        buf, fill = self._buf, self._fill
+        self._buf = None
+        self._fill = 0
+        self._own += 1
+        self._queue(buf[:fill], None)
+
+    def _next(self, draining: bool) -> tuple[memoryview, Release | None] | None:
+        """The next view to hash, waiting for enough of them (lock held); None: idle, end."""
+        while True:
+            if self._pending and (draining or self._flush or self._waiting >= self._wake):
+                return self._pending[0]
+            draining = False
+            if self._cond.wait(self._linger):
+                continue
+            if self._pending:  # idle for a while: hash what waits
+                draining = True
+            elif self._buf is not None and self._fill:  # and a partly filled block
+                self._queue_block()
+                draining = True
+            else:
+                self._running = False
+                self._buf = None
+                self._free.clear()
+                self._cond.notify_all()
+                return None
+
     def _work(self) -> None:
+        draining = True
         while True:
             with self._cond:
-                while not self._pending:
-                    if self._cond.wait(self._linger) or self._pending:
-                        continue
-                    if self._buf is not None and self._fill:  # idle: the partial block too
-                        self._pending.append((self._buf, self._fill))
-                        self._buf = None
-                        continue
-                    self._running = False
-                    self._buf = None
-                    self._free.clear()
-                    self._cond.notify_all()
+                item = self._next(draining)
+                if item is None:
                     return
-                buf, fill = self._pending[0]
-            self._hasher.update(buf[:fill])
+            view, release = item
+            try:
+                self._hasher.update(view)
+            finally:
+                if release is not None:
+                    release()
             with self._cond:
                 self._pending.popleft()
-                if len(self._free) < self._depth:
-                    self._free.append(buf)
+                self._waiting -= len(view)
+                if release is None:
+                    self._own -= 1
+                    if len(self._free) < self._depth:
+                        self._free.append(memoryview(view.obj))  # the whole block again
+                draining = bool(self._pending)
                 self._cond.notify_all()
 
     def digest(self) -> bytes:
@@ -432,8 +490,13 @@ class BackgroundHasher:
         with self._cond:
             if self._buf is not None and self._fill:
                 self._queue_block()
-            while self._pending:
-                self._cond.wait()
+            self._flush = True
+            self._cond.notify_all()
+            try:
+                while self._pending:
+                    self._cond.wait()
+            finally:
+                self._flush = False
             return self._hasher.digest()
 
 

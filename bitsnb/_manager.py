@@ -22,12 +22,13 @@ import httpx
 
 from . import _codes
 from ._bandwidth import check_rate
-from ._completion import FolderSync, verified_hash
+from ._completion import FolderSync, record_hash, verified_hash
 from ._engine import Engine
 from ._enumerator import Enumerator
 from ._enums import JobPriority, JobType
 from ._errors import BitsError, get_error_description
 from ._events import Events, JobEvent
+from ._integrity import parse_known_hash
 from ._job import AsyncJob
 from ._jobctl import JobControl
 from ._jobrun import RUNNING, Runner
@@ -271,6 +272,29 @@ class AsyncManager:
         path = os.path.abspath(os.fspath(local_name))
         return await await_patiently(
             self.policy.store_busy_timeout, verified_hash, parts.store, path
+        )
+
+    async def record_hash(
+        self,
+        local_name: str | os.PathLike[str],
+        hash: str,
+        *,
+        seen: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """Record that the file at *local_name*, as it is now (size, mtime_ns, inode), hashes to
+        *hash* ("alg:hex"), so that ``verified_hash`` trusts it until it changes; with *seen*
+        (what it was when hashed), nothing is recorded (False) if it changed since."""
+        try:
+            checked = parse_known_hash(hash)
+        except ValueError as exc:
+            raise BitsError(_codes.E_INVALIDARG, f"hash {hash!r}: {exc}") from None
+        parts = self._parts
+        if parts is None:
+            self._control()  # raises: not started, or closed
+            raise AssertionError("unreachable")
+        path = os.path.abspath(os.fspath(local_name))
+        return await await_patiently(
+            self.policy.store_busy_timeout, record_hash, parts.store, path, checked, seen
         )
 
     async def set_max_bandwidth(self, bytes_per_second: float | None) -> None:

@@ -1,15 +1,36 @@
 """One lean connection's receive side: asyncio's buffered protocol reading into one reusable
-buffer, lent out as views, reading paused while the buffer is full or the read-ahead reached."""
+buffer, lent out as views, reading paused while the buffer is full or the read-ahead reached.
+
+A lent view may be *kept* past its turn (``keep``: the body's hasher on its own thread reads
+it there, no copy): its buffer is then never moved or written over before the view's release,
+and reading goes on in another buffer of the connection's small pool (at most ``MAX_BLOCKS``
+buffers; with all of them kept, reading pauses until one is released, it never grows).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
 
 import httpx
 
-__all__ = ["MIN_FREE", "Eof", "ReadAhead"]
+__all__ = ["MAX_BLOCKS", "MIN_FREE", "Eof", "ReadAhead"]
 
 MIN_FREE = 64 * 1024  # compact the buffer before a read would get less room than this
+MAX_BLOCKS = 8  # buffers one connection may have while views of them are kept
+
+
+class _Block:
+    """One receive buffer and how many kept views of it are still out."""
+
+    __slots__ = ("buf", "kept", "view")
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.kept = 0
 
 
 class Eof(Exception):
@@ -20,8 +41,9 @@ class ReadAhead(asyncio.BufferedProtocol):
     """One connection's receive side: a byte buffer ``[start, end)`` and one waiter."""
 
     def __init__(self, size: int) -> None:
-        self.buf = bytearray(size)
-        self.view = memoryview(self.buf)
+        self._block = _Block(size)
+        self.buf = self._block.buf
+        self.view = self._block.view
         self.start = 0
         self.end = 0
         self.held = 0  # bytes from ``start`` lent out as a view; not moved until consumed
@@ -33,14 +55,24 @@ class ReadAhead(asyncio.BufferedProtocol):
         self._paused = False
         self.received = 0  # bytes ever received (tells a stale keep-alive from a reply)
         self.high = size  # reading pauses once this many bytes wait unread (read-ahead)
+        self._lent: _Block = self._block  # the buffer the last lent view is of
+        self._spare: list[_Block] = []  # released buffers, for the next switch
+        self._blocks = 1  # buffers this connection has (current, kept and spare)
+        self._starved = False  # paused until a kept buffer comes back
+        self._lock = threading.Lock()  # kept counts: released on the hasher's thread
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.start == self.end and not self.held:
+        if self._block.kept:  # bytes before ``end`` may not move: go on after them, or switch
+            if len(self.buf) - self.end < MIN_FREE and not self.held:
+                self._switch()
+        elif self.start == self.end and not self.held:
             self.start = self.end = 0
         elif len(self.buf) - self.end < MIN_FREE and self.start and not self.held:
             self._compact()
@@ -76,23 +108,86 @@ class ReadAhead(asyncio.BufferedProtocol):
         meanwhile: it cannot be compacted under a lent view, and ``get_buffer`` must not
         answer with no room (asyncio drops the connection)."""
         self.held = n
+        self._lent = self._block
         if self.end == len(self.buf):
             self._pause()
         return self.view[self.start : self.start + n]
+
+    def keep(self) -> Callable[[], None]:
+        """Keep the view lent last valid after ``consume``, until the returned function is
+        called (once, from any thread): its buffer is not reused meanwhile."""
+        block = self._lent
+        with self._lock:
+            block.kept += 1
+
+        def release() -> None:
+            with self._lock:
+                block.kept -= 1
+                if block.kept or block is self._block:
+                    return
+                self._spare.append(block)
+                if not self._starved or self._loop is None:
+                    return
+                self._starved = False
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing waits to read
+                self._loop.call_soon_threadsafe(self._make_room)
+
+        return release
 
     def consume(self, n: int) -> None:
         """Drop *n* bytes from the front (and let reading go on if the buffer was full)."""
         self.start += n
         self.held = 0
-        if self.start == self.end:
+        if self.start == self.end and not self._block.kept:
             self.start = self.end = 0
-        if self._paused:
-            if len(self.buf) - self.end < MIN_FREE and self.start and not self.held:
+        self._make_room()
+
+    def _make_room(self) -> None:
+        """A paused read goes on once there is room: compacted, or another buffer taken."""
+        if not self._paused or self.held:
+            return
+        if len(self.buf) - self.end < MIN_FREE:
+            if self._block.kept:
+                self._switch()
+            elif self.start:
                 self._compact()
-            if self.end < len(self.buf) and self.end - self.start < self.high:
-                self._paused = False
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.resume_reading()
+        if self.end < len(self.buf) and self.end - self.start < self.high:
+            self._paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _switch(self) -> None:
+        """Go on reading in another buffer (the unread bytes copied to its front): a spare
+        one, or a new one while the pool is below MAX_BLOCKS; else starve until a release."""
+        with self._lock:
+            old = self._block
+            if not old.kept:  # released meanwhile: this buffer can be compacted after all
+                new = None
+            elif self._spare:
+                new = self._spare.pop()
+            elif self._blocks < MAX_BLOCKS:
+                self._blocks += 1
+                new = _Block(len(old.buf))
+            else:
+                self._starved = True
+                self._pause()
+                return
+            if new is not None:
+                self._block = new
+        if new is None:
+            if self.start:
+                self._compact()
+            return
+        n = self.end - self.start
+        new.buf[:n] = old.buf[self.start : self.end]
+        self.buf, self.view = new.buf, new.view
+        self.start, self.end = 0, n
+
+    def trim(self) -> None:
+        """Let spare buffers go (the connection goes idle)."""
+        with self._lock:
+            self._blocks -= len(self._spare)
+            self._spare.clear()
 
     async def wait_more(self, timeout: float | None) -> None:
         """Return once a byte more than now is buffered; raise ``Eof`` or ``ReadTimeout``.
@@ -103,7 +198,7 @@ class ReadAhead(asyncio.BufferedProtocol):
             raise Eof
         if self._paused and not self.held:
             self.consume(0)  # make room: the caller needs more than a full buffer's worth
-            if self._paused:
+            if self._paused and not (self._starved or self._spare):  # (not a kept buffer's wait)
                 raise httpx.RemoteProtocolError("the response does not fit the read buffer")
         fut = self._waiter = asyncio.get_running_loop().create_future()
         self._want = self.available + 1

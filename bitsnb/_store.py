@@ -45,6 +45,7 @@ from ._store_rows import (
     mark_damaged,
     only_job,
     placed_answer,
+    placed_text,
 )
 from ._store_table import APART_SUMS, FILE_SUMS, job_table_from, job_table_sql
 
@@ -165,7 +166,7 @@ class Store:
             self._db.execute("PRAGMA wal_autocheckpoint=10000")
             self._db.execute("PRAGMA journal_size_limit=67108864")
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
-            if version < SCHEMA_VERSION or not {"jobs", "files"} <= tables:
+            if version < SCHEMA_VERSION or not {"jobs", "files", "hashed_files"} <= tables:
                 with self._tx():  # a new store, or one that lost a table: the rest keeps working
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
@@ -332,6 +333,25 @@ class Store:
         """The hash and (size, mtime_ns, inode) of the file a job last completed at
         *local_name*, verified (None when no job did, or recorded no hash)."""
         return placed_answer(self._db.execute(PLACED_FILE, (local_name,)).fetchone())
+
+    @_locked
+    def hashed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
+        """The hash and (size, mtime_ns, inode) recorded for a file bitsnb hashed at
+        *local_name* without having written it (None when none was)."""
+        return placed_answer(
+            self._db.execute(
+                "SELECT hash, placed FROM hashed_files WHERE local_name=?", (local_name,)
+            ).fetchone()
+        )
+
+    @_locked
+    def record_hash(self, local_name: str, hash_: str, placed: tuple[int, int, int]) -> None:
+        """Record that the file at *local_name*, as *placed* says it was, hashes to *hash_*."""
+        self._write(
+            "INSERT INTO hashed_files (local_name, hash, placed) VALUES (?, ?, ?) ON CONFLICT"
+            " (local_name) DO UPDATE SET hash=excluded.hash, placed=excluded.placed",
+            (local_name, hash_, placed_text(placed)),
+        )
 
     @_locked
     def load_jobs(self, include_finished: bool = False) -> list[JobRecord]:

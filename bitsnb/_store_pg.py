@@ -60,6 +60,7 @@ from ._store_rows import (
     jobs_from,
     only_job,
     placed_answer,
+    placed_text,
 )
 
 __all__ = ["PgStore"]
@@ -251,6 +252,24 @@ class PgStore(PgShares, PgViews):
         """The hash and (size, mtime_ns, inode) of the file a job last completed at
         *local_name*, verified (None when no job did, or recorded no hash)."""
         return placed_answer(self._one(PG_PLACED_FILE, (local_name,)))
+
+    @locked
+    def hashed_file(self, local_name: str) -> tuple[str, tuple[int, int, int]] | None:
+        """The hash and (size, mtime_ns, inode) recorded for a file bitsnb hashed at
+        *local_name* without having written it (None when none was)."""
+        return placed_answer(
+            self._one("SELECT hash, placed FROM hashed_files WHERE local_name=%s", (local_name,))
+        )
+
+    @locked
+    def record_hash(self, local_name: str, hash_: str, placed: tuple[int, int, int]) -> None:
+        """Record that the file at *local_name*, as *placed* says it was, hashes to *hash_*."""
+        with self._pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO hashed_files (local_name, hash, placed) VALUES (%s, %s, %s) ON"
+                " CONFLICT (local_name) DO UPDATE SET hash=EXCLUDED.hash, placed=EXCLUDED.placed",
+                (local_name, hash_, placed_text(placed)),
+            )
 
     @locked
     def load_job(self, job_id: uuid.UUID) -> JobRecord | None:

@@ -52,7 +52,7 @@ def open_schema(conn: psycopg.Connection[Any], where: StoreURL, busy_timeout: fl
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
             )
         }
-        if version < SCHEMA_VERSION or not {"jobs", "files"} <= tables:
+        if version < SCHEMA_VERSION or not {"jobs", "files", "hashed_files"} <= tables:
             conn.execute(pg_schema())
             for statement in migration_statements(version):
                 conn.execute(statement)

@@ -39,6 +39,7 @@ __all__ = [
     "mark_damaged",
     "only_job",
     "placed_answer",
+    "placed_text",
     "settings_from",
     "settings_json",
     "settings_values",
@@ -97,6 +98,13 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS files_local ON files(local_name);
+-- files bitsnb did not write, hashed once and found matching (the cache of download), with
+-- the hash ("alg:hex") and "[size, mtime_ns, inode]" when hashed: made when missing, no step
+CREATE TABLE IF NOT EXISTS hashed_files (
+    local_name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    placed TEXT NOT NULL
+);
 """
 
 # what each version adds to the one before, as (table, column, declaration): a store of an
@@ -359,6 +367,11 @@ def file_from(row: Any) -> FileRecord:
         if segments
         else None,
     )
+
+
+def placed_text(placed: tuple[int, int, int]) -> str:
+    """(size, mtime_ns, inode) as the ``placed`` JSON both tables keep."""
+    return json.dumps(list(placed))
 
 
 def file_placed(text: str | None) -> tuple[int, int, int] | None:

@@ -197,6 +197,17 @@ class Manager:
         unchanged since (same size, mtime and inode); else None."""
         return self._runtime.run(self._amgr.verified_hash(local_name))
 
+    def record_hash(
+        self,
+        local_name: str | os.PathLike[str],
+        hash: str,
+        *,
+        seen: tuple[int, int, int] | None = None,
+    ) -> bool:
+        """Record that the file at *local_name*, as it is now, hashes to *hash* ("alg:hex"), so
+        that ``verified_hash`` trusts it until it changes (False: it changed since *seen*)."""
+        return self._runtime.run(self._amgr.record_hash(local_name, hash, seen=seen))
+
     def set_max_bandwidth(self, bytes_per_second: float | None) -> None:
         """The cap of background jobs together (bytes/s; None removes it), live."""
         self._runtime.run(self._amgr.set_max_bandwidth(bytes_per_second))

@@ -26,7 +26,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -35,7 +35,13 @@ from ._readahead import MIN_FREE, Eof, ReadAhead
 from ._response_head import MAX_HEAD, HeadError, ResponseHead, parse_head
 from ._wide_reads import fallback_transport
 
-__all__ = ["LeanTransport", "body_views", "fallback_transport", "limit_read_ahead"]
+__all__ = [
+    "LeanTransport",
+    "body_views",
+    "fallback_transport",
+    "keep_view",
+    "limit_read_ahead",
+]
 
 _MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
 _MIN_READ_AHEAD = 16 * 1024  # the least read-ahead a capped body is held to
@@ -428,6 +434,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     def _release(self, conn: _Connection) -> None:
         conn.proto.high = len(conn.proto.buf)
+        conn.proto.trim()
         if self._closed:
             conn.close()
             return
@@ -462,6 +469,14 @@ def limit_read_ahead(response: httpx.Response, nbytes: int | None) -> bool:
     # lowered: reading pauses at the next arrival; raised: the next consume() resumes it
     p.high = len(p.buf) if nbytes is None else max(_MIN_READ_AHEAD, min(nbytes, len(p.buf)))
     return True
+
+
+def keep_view(response: httpx.Response) -> Callable[[], None]:
+    """Keep the view of a ``body_views`` body lent last valid until the returned function is
+    called (from any thread, once): its buffer is not reused meanwhile (``ReadAhead.keep``)."""
+    body = response.extensions["bitsnb_body"]
+    assert isinstance(body, _Body)
+    return body._conn.proto.keep()
 
 
 def body_views(response: httpx.Response) -> AsyncIterator[memoryview] | None:
