@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import dataclasses
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import httpx
 
@@ -31,8 +28,8 @@ from ._filecheck import Check, Partial, feeder
 from ._files import open_private
 from ._http_rules import BadLength, is_transient_status, parse_content_length, parse_content_range
 from ._integrity import digest_fields, new_hasher
-from ._models import Policy
 from ._records import FileRecord
+from ._segment_parts import Conn, NoRanges, Seg, SegmentHost, connection_ended
 from ._segments import (
     contiguous_end,
     done_bytes,
@@ -46,67 +43,13 @@ from ._transport import body_views, keep_view
 from ._validate import redact_url
 from ._validators import if_range_value
 
-__all__ = ["SegmentHost", "Split"]
-
-
-class SegmentHost(Protocol):
-    """What a segmented download takes from the engine: its policy, clients, host slots,
-    request headers, hashing and the count of bytes read back."""
-
-    bytes_rehashed: int
-
-    @property
-    def policy(self) -> Policy: ...
-
-    def client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient: ...
-
-    def slot(self, url: str) -> asyncio.Semaphore: ...
-
-    def digest_headers(self, f: FileRecord, ctx: FileContext) -> dict[str, str]: ...
-
-    async def begin_hashes(
-        self, fh: IO[bytes], check: Check, headers: Mapping[str, str], offset: int
-    ) -> None: ...
-
-    def hash_pool(self) -> concurrent.futures.ThreadPoolExecutor: ...
+__all__ = ["Split"]
 
 
 _MAX_REQUESTS = 1024  # requests one connection of a segmented download makes, at most
 _JUDGE_SECONDS = 1.0  # a connection on trial is dropped for a small gain only after this long
 _BUSY_LOOP = 0.8  # share of the time the loop's thread computes, above which none is added
 _MAX_RESTARTS = 8  # times a segmented download starts a connection anew when none is left
-
-
-class _NoRanges(Exception):
-    """A second connection's Range was answered with the whole file: stay on the ones there."""
-
-
-@dataclass(eq=False)
-class _Conn:
-    """One connection of a segmented download: the segment it fills and how fast."""
-
-    slot: asyncio.Semaphore | None  # an extra connection's host slot (None: the download's own)
-    seg: _Seg | None = None
-    began: float | None = None  # when its current response's first body byte came
-    bytes: int = 0  # body bytes of its current response
-    rate: float = 0.0  # its rate over its last response
-    retire: bool = False  # one connection too many: stop at the next chunk
-
-    def now_rate(self, now: float) -> float:
-        """Its rate over the current response (the last one's before a byte came)."""
-        if self.began is None or now <= self.began:
-            return self.rate
-        return self.bytes / (now - self.began)
-
-
-@dataclass(eq=False)
-class _Seg:
-    """Bytes [start, end) of the file, written up to *done*."""
-
-    start: int
-    done: int
-    end: int
-    owner: _Conn | None = None
 
 
 class Split:
@@ -139,10 +82,10 @@ class Split:
         self.engine, self.f, self.ctx, self.check = engine, f, ctx, check
         self.policy = engine.policy
         self.total = f.bytes_total
-        self.segs = [_Seg(a, b, c) for a, b, c in table]
+        self.segs = [Seg(a, b, c) for a, b, c in table]
         self.split = split  # the store holds a table: the file is (to be) preallocated
         self.fd = -1
-        self.conns: dict[asyncio.Task[None], _Conn] = {}
+        self.conns: dict[asyncio.Task[None], Conn] = {}
         self.cap = max(1, self.policy.max_connections_per_file)
         self.ranges_ok = True  # False once a Range was answered with the whole file
         self.primary_free = True
@@ -154,7 +97,7 @@ class Split:
         self.cp_bytes = f.bytes_transferred
         self.base_rate = 0.0
         self.window: tuple[float, int] | None = None  # (time, bytes) the window began at
-        self.trial: _Conn | None = None  # the connection last added, on trial
+        self.trial: Conn | None = None  # the connection last added, on trial
         self.cpu_from = 0.0  # the loop thread's CPU time when the window began
         self.samples: collections.deque[tuple[float, int]] = collections.deque()  # (time, bytes)
         self.adding = True
@@ -234,7 +177,7 @@ class Split:
             if not self.conns:
                 self.restarts += 1
                 if self.failure is not None or self.restarts > _MAX_RESTARTS:
-                    raise self.failure or _connection_ended()
+                    raise self.failure or connection_ended()
                 await self._start_pending()
             self._checkpoint_due()
             self._hash_more()
@@ -251,7 +194,7 @@ class Split:
             exc = None if task.cancelled() else task.exception()
             if exc is None:
                 continue
-            if isinstance(exc, _NoRanges):
+            if isinstance(exc, NoRanges):
                 self.ranges_ok, self.adding, self.cap = False, False, 1
                 continue
             transient = isinstance(exc, httpx.HTTPError) or (
@@ -267,10 +210,8 @@ class Split:
                 exc = network_failure(exc)
             raise exc
 
-    def _start(
-        self, seg: _Seg, slot: asyncio.Semaphore | None, resp: httpx.Response | None
-    ) -> _Conn:
-        conn = _Conn(slot, seg)
+    def _start(self, seg: Seg, slot: asyncio.Semaphore | None, resp: httpx.Response | None) -> Conn:
+        conn = Conn(slot, seg)
         seg.owner = conn
         if slot is None:
             self.primary_free = False
@@ -305,7 +246,7 @@ class Split:
         return [(s.start, s.done, s.end) for s in self.segs]
 
     # -- one connection -------------------------------------------------------------------------
-    async def _work(self, conn: _Conn, resp: httpx.Response | None) -> None:
+    async def _work(self, conn: Conn, resp: httpx.Response | None) -> None:
         try:
             for _ in range(_MAX_REQUESTS):
                 seg = conn.seg
@@ -323,7 +264,7 @@ class Split:
                         await first.aclose()
                 else:
                     await self._request(conn, seg)
-            raise _connection_ended()
+            raise connection_ended()
         finally:
             if conn.seg is not None:
                 self._give_back(conn.seg)
@@ -333,7 +274,7 @@ class Split:
             else:
                 conn.slot.release()
 
-    def _give_back(self, seg: _Seg) -> None:
+    def _give_back(self, seg: Seg) -> None:
         """*seg* has no connection now: an untouched one joins the segment before it."""
         seg.owner = None
         i = self.segs.index(seg)
@@ -341,7 +282,7 @@ class Split:
             self.segs[i - 1].end = seg.end
             del self.segs[i]
 
-    def _next_for(self, conn: _Conn) -> _Seg | None:
+    def _next_for(self, conn: Conn) -> Seg | None:
         """A free connection's next segment: one nobody fills, else half of the largest range
         left, else the tail of a straggler (None: nothing worth a request)."""
         for seg in self.segs:
@@ -363,13 +304,13 @@ class Split:
             cut = takeover_point(last.done, last.end, rates[id(last)], conn.rate)
         return self._cut(last, cut, conn) if cut is not None else None
 
-    def _cut(self, seg: _Seg, cut: int, owner: _Conn | None) -> _Seg:
-        new = _Seg(cut, cut, seg.end, owner)
+    def _cut(self, seg: Seg, cut: int, owner: Conn | None) -> Seg:
+        new = Seg(cut, cut, seg.end, owner)
         seg.end = cut
         self.segs.insert(self.segs.index(seg) + 1, new)
         return new
 
-    async def _request(self, conn: _Conn, seg: _Seg) -> None:
+    async def _request(self, conn: Conn, seg: Seg) -> None:
         f, ctx = self.f, self.ctx
         client = self.engine.client(ctx.proxy, ctx.trust_env)
         headers = self.engine.digest_headers(f, ctx)
@@ -382,16 +323,16 @@ class Split:
                 return
             # the whole file for a Range: fine for the one connection left, not for more
             if len(self.conns) > 1:
-                raise _NoRanges
+                raise NoRanges
             self.ranges_ok, self.adding, self.cap = False, False, 1
-            whole = _Seg(0, 0, self.total, conn)
+            whole = Seg(0, 0, self.total, conn)
             self.segs = [whole]
             conn.seg = whole
             f.bytes_transferred = 0
             ctx.on_connected()
             await self._stream(conn, resp)
 
-    def _accept(self, resp: httpx.Response, seg: _Seg) -> bool:
+    def _accept(self, resp: httpx.Response, seg: Seg) -> bool:
         """True for a 206 of *seg*'s range, False for the same file whole; else raises."""
         status, etag = resp.status_code, resp.headers.get("etag")
         modified = resp.headers.get("last-modified")
@@ -427,7 +368,7 @@ class Split:
             retry_after=response_retry_after(resp),
         )
 
-    async def _stream(self, conn: _Conn, resp: httpx.Response) -> None:
+    async def _stream(self, conn: Conn, resp: httpx.Response) -> None:
         """Write *resp*'s body at its segment's offsets until the segment (which may shrink
         or grow meanwhile) is full or the body ends."""
         seg = conn.seg
@@ -548,7 +489,7 @@ class Split:
         self.trial = self._start(new, slot, None)
         self.window = None
 
-    async def _first_split(self) -> _Seg | None:
+    async def _first_split(self) -> Seg | None:
         """Split the one segment in two: the table goes to the store (as far as an fdatasync
         covered the first), then the file is preallocated; None if the store did not take it."""
         if self.syncing is not None:
@@ -666,12 +607,3 @@ class Split:
             table = self.f.segments or table  # the last table a sync covered
         self.f.segments = table
         self.f.bytes_transferred = done_bytes(table)
-
-
-def _connection_ended() -> TransferFailure:
-    return TransferFailure(
-        _codes.ERROR_WINHTTP_CONNECTION_ERROR,
-        ErrorContext.REMOTE_FILE,
-        transient=True,
-        message="the connections ended before the file was complete",
-    )

@@ -94,6 +94,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._wide_reads",
         "bitsnb._engine",
         "bitsnb._segmented",
+        "bitsnb._segment_parts",
         "bitsnb._fetchctx",
         "bitsnb._filecheck",
         "bitsnb._tempfile",

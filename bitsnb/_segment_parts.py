@@ -1,0 +1,86 @@
+"""What a segmented download is made of: the engine it runs on (a protocol, so that
+``_segmented`` never imports ``_engine``), its connections and its segments."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+import httpx
+
+from . import _codes
+from ._enums import ErrorContext
+from ._failures import TransferFailure
+from ._fetchctx import FileContext
+from ._filecheck import Check
+from ._models import Policy
+from ._records import FileRecord
+
+__all__ = ["Conn", "NoRanges", "Seg", "SegmentHost", "connection_ended"]
+
+
+class SegmentHost(Protocol):
+    """What a segmented download takes from the engine: its policy, clients, host slots,
+    request headers, hashing and the count of bytes read back."""
+
+    bytes_rehashed: int
+
+    @property
+    def policy(self) -> Policy: ...
+
+    def client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient: ...
+
+    def slot(self, url: str) -> asyncio.Semaphore: ...
+
+    def digest_headers(self, f: FileRecord, ctx: FileContext) -> dict[str, str]: ...
+
+    async def begin_hashes(
+        self, fh: IO[bytes], check: Check, headers: Mapping[str, str], offset: int
+    ) -> None: ...
+
+    def hash_pool(self) -> concurrent.futures.ThreadPoolExecutor: ...
+
+
+class NoRanges(Exception):
+    """A second connection's Range was answered with the whole file: stay on the ones there."""
+
+
+@dataclass(eq=False)
+class Conn:
+    """One connection of a segmented download: the segment it fills and how fast."""
+
+    slot: asyncio.Semaphore | None  # an extra connection's host slot (None: the download's own)
+    seg: Seg | None = None
+    began: float | None = None  # when its current response's first body byte came
+    bytes: int = 0  # body bytes of its current response
+    rate: float = 0.0  # its rate over its last response
+    retire: bool = False  # one connection too many: stop at the next chunk
+
+    def now_rate(self, now: float) -> float:
+        """Its rate over the current response (the last one's before a byte came)."""
+        if self.began is None or now <= self.began:
+            return self.rate
+        return self.bytes / (now - self.began)
+
+
+@dataclass(eq=False)
+class Seg:
+    """Bytes [start, end) of the file, written up to *done*."""
+
+    start: int
+    done: int
+    end: int
+    owner: Conn | None = None
+
+
+def connection_ended() -> TransferFailure:
+    """Every connection ended and bytes are still missing: a transient failure."""
+    return TransferFailure(
+        _codes.ERROR_WINHTTP_CONNECTION_ERROR,
+        ErrorContext.REMOTE_FILE,
+        transient=True,
+        message="the connections ended before the file was complete",
+    )
