@@ -14,6 +14,11 @@ The engine tells ``Pacer.watch`` of each response body it reads (and when it is 
   the cap or the yield rate — for a background one, shared by the connections under it), its ``SO_RCVBUF`` is set to the share
   × round trip (``receive_buffer_for``), and the lean transport's read-ahead to the same
   (``limit_read_ahead``), so neither the kernel nor userspace pulls megabytes ahead.
+- **the yield window**: a yielding connection's window is also held to what the yielding
+  connections' kernels delivered together lately (its peak over ``PEAK_HOLD``) × (base +
+  ``QUEUE_SHARE`` × the target), split among them: the sender can then queue at most that
+  much, however late the delay signal comes (``tcpi_rcv_rtt`` lags a round trip or more:
+  slow start had filled a 250 ms buffer before it showed, and Reno then regrew for seconds).
 - **rates**: each job's current rate, from the bytes its connections' kernels took off the wire.
 
 Where ``TCP_INFO`` is missing, "yield" falls back to "full" (said once, by ``background_mode``).
@@ -26,8 +31,9 @@ import contextlib
 import itertools
 import socket
 import uuid
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -49,6 +55,13 @@ SLOW_EVERY = 20
 MIN_RATE = 16_000.0
 """The yield rate's floor (bytes/s) below LEDBAT's two segments a round trip."""
 
+QUEUE_SHARE = 0.75
+"""A yielding connection's window is what it delivered × (base + this × the target): the
+queue the sender can build is then at most that, whatever the delay signal's lag."""
+
+PEAK_HOLD = 1.0
+"""Seconds a connection's delivered peak sizes its window (it bridges a slow-down)."""
+
 _WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
 
@@ -68,6 +81,37 @@ class _Conn:
     seen_bytes: int | None = None  # bytes_received at the last fast sample
 
 
+@dataclass
+class _Delivery:
+    """What the yielding connections' kernels took, together: the rate over about a round trip
+    and the peak of that over ``PEAK_HOLD`` (their windows are sized from it)."""
+
+    total: int = 0  # bytes, ever
+    arrivals: deque[tuple[float, int]] = field(default_factory=deque)  # (t, total)
+    peaks: deque[tuple[float, float]] = field(default_factory=deque)  # (t, rate), falling
+
+    def add(self, now: float, nbytes: int, rtt: float | None) -> None:
+        self.total += nbytes
+        self.arrivals.append((now, self.total))
+        span = max(0.06, 1.5 * (rtt or 0.0))
+        while len(self.arrivals) > 2 and self.arrivals[1][0] <= now - span:
+            self.arrivals.popleft()
+        t0, b0 = self.arrivals[0]
+        if now - t0 < 0.5 * span:
+            return
+        rate = (self.total - b0) / (now - t0)
+        while self.peaks and self.peaks[-1][1] <= rate:
+            self.peaks.pop()
+        self.peaks.append((now, rate))
+        while self.peaks[0][0] <= now - PEAK_HOLD:
+            self.peaks.popleft()
+
+    @property
+    def peak(self) -> float | None:
+        """The highest rate delivered lately (bytes/s), None before a round trip of data."""
+        return self.peaks[0][1] if self.peaks else None
+
+
 class Pacer:
     """Samples watched connections; drives the yield rate, receive buffers and job rates."""
 
@@ -85,7 +129,8 @@ class Pacer:
         self._probe = probe
         ok = tcp_info_available() if available is None else available
         self.mode = background_mode(policy.background, tcp_info_available=ok)
-        self.controller = YieldController()
+        # the window bounds the queue at QUEUE_SHARE of the target: slow start ends below it
+        self.controller = YieldController(exit_at=0.5 * QUEUE_SHARE)
         self._tick = tick
         self._conns: dict[int, _Conn] = {}
         self._keys = itertools.count(1)
@@ -93,6 +138,7 @@ class Pacer:
         self._granted = 0
         self._rates: dict[uuid.UUID, float] = {}
         self._stamp: float | None = None
+        self._delivery = _Delivery()
 
     # -- what the runner and the panels read ----------------------------------------------------
     @property
@@ -178,6 +224,7 @@ class Pacer:
         nbytes, self._granted = granted - self._granted, granted
         pressed = self._budgets.manager.waiting > 0
         fed = False
+        delivered = 0
         if slow:
             elapsed = now - self._stamp if self._stamp is not None else 0.0
             self._stamp = now
@@ -194,6 +241,8 @@ class Pacer:
             # the kernel's estimate moves only with new data: a sample without any is stale
             got = info.bytes_received
             fresh = got is None or got != conn.seen_bytes
+            if yields and got is not None and conn.seen_bytes is not None:
+                delivered += max(0, got - conn.seen_bytes)
             conn.seen_bytes = got
             if rtt:
                 conn.rtt_min = rtt if conn.rtt_min is None else min(conn.rtt_min, rtt)
@@ -213,6 +262,7 @@ class Pacer:
                 conn.received = info.bytes_received
                 self._resize(conn)
         if fed:
+            self._delivery.add(now, delivered, self.controller.base_delay)
             self._budgets.set_yield_rate(self.controller.rate)
         if slow and elapsed > 0:
             for job_id, got in per_job.items():
@@ -266,6 +316,14 @@ class Pacer:
                 receive_buffer_for(share, conn.rtt_min, headroom=min(headroom, 16.0), floor=floor)
                 or MAX_RECEIVE_BUFFER
             )
+            peak = self._delivery.peak
+            if self._yields(conn) and peak is not None and conn.rtt_min:
+                # what the path delivered × (base + a share of the target), split among the
+                # yielding connections: at most that much queue, before the delay shows it
+                # (slow start overshot a 250 ms buffer; Reno's regrowth took seconds)
+                n = sum(1 for c in self._conns.values() if self._yields(c))
+                allow = conn.rtt_min + QUEUE_SHARE * self.controller.target
+                want = min(want, max(floor, int(peak * allow / max(1, n))))
         if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:
             return
         # the userspace read buffer too, or it pulls a megabyte ahead of the kernel's window
