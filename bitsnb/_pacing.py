@@ -285,6 +285,10 @@ class Pacer:
         return min(shares, default=None)
 
     def _resize(self, conn: _Conn) -> None:
+        if conn.rcvbuf is not None and self._yields(conn) and self.controller.phase == "slowdown":
+            # a slow-down stops reading, not the window: a buffer cut below what is in flight
+            # makes the kernel drop the segments that land (Reno then halves and regrows)
+            return
         share = self._share(conn)
         if share is None:
             if conn.rcvbuf is None:

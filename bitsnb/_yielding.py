@@ -20,7 +20,8 @@ should use). No clock, no IO, so synthetic traces test it.
   trip (at most that above what was delivered) until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
   target ``rate × (1 + gain × (target − delay) / target)`` with LEDBAT++'s dynamic gain
   1 / min(16, ⌈2 × target / base⌉), and above it the multiplicative decrease
-  ``rate × max(½, 1 − (delay / target − 1))``. It never goes below ``min_rate`` (BITS keeps a
+  ``rate × max(½, 1 − (delay / target − 1))``, no more than halved in two round trips while
+  the delay is under twice the target (its signal lags the cuts). It never goes below ``min_rate`` (BITS keeps a
   trickle going) nor above ``max_rate``, and it does not grow while the bytes received stay
   under half of it (the allowance is not being used: the server or the disk is the limit).
 - **Connections**: halved on a decrease, one more per round trip while the delay is under half
@@ -142,6 +143,8 @@ class YieldController:
         self._resume_rate = self.rate
         self._hold_until = 0.0  # after a slow-down: no fall below the resumed rate before this
         self._recovering = False  # after a slow-down, until delivery is back to its rate
+        self._cut_from = self.rate  # the rate when the last episode of decreases began
+        self._cut_until = 0.0  # ...and when it ends
 
     # -- input --------------------------------------------------------------------------------
     def on_sample(
@@ -274,7 +277,16 @@ class YieldController:
         else:
             # LEDBAT++'s multiplicative decrease, from what the path delivers (at most halved)
             cut = max(0.5, 1 + off)
-            self.rate = self._clamp(min(self.rate, delivered) * cut)
+            rate = min(self.rate, delivered) * cut
+            if now >= self._cut_until:  # a new episode of queue
+                self._cut_from = self.rate
+                self._cut_until = now + 2 * max(rtt, self.update_every)
+            elif delay <= 2 * self.target:
+                # a mild excess (a new connection's first window): at most halved an episode,
+                # the delay shows a cut a round trip or more late (it cut 13.5 → 2.9 MB/s
+                # on stale samples); over twice the target (a foreground flow) cut on
+                rate = max(rate, 0.5 * self._cut_from)
+            self.rate = self._clamp(rate)
             self.connections = max(1, self.connections // 2)
 
     def _gain(self) -> float:
