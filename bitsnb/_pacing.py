@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import socket
 import uuid
@@ -37,8 +38,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ._bandwidth import MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
+from ._bandwidth import DEFAULT_RTT, MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
 from ._buckets import Budgets, burst_for
+from ._connectbuf import use as use_connect_buffer
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
 from ._transport import limit_read_ahead
@@ -193,6 +195,30 @@ class Pacer:
 
         return unwatch
 
+    def size_new_connections(self, job_id: uuid.UUID, foreground: bool) -> None:
+        """The calling task's (a job's run) new connections start with the window of its cap."""
+        use_connect_buffer(functools.partial(self._connect_size, job_id, foreground))
+
+    def _connect_size(self, job_id: uuid.UUID, foreground: bool) -> int | None:
+        """The receive buffer a new connection of the job starts with: its share of a cap for
+        a guessed round trip, at most one burst (the first window offered is never taken back;
+        the body's round trip then sizes it), None when no cap is set (the yield rate sizes
+        windows once a round trip is known)."""
+        shares: list[float] = []
+        job_rate = self._budgets.job(job_id).rate
+        if job_rate is not None:
+            n = 1 + sum(1 for c in self._conns.values() if c.job_id == job_id)
+            shares.append(job_rate / n)
+        cap = self._budgets.cap
+        if cap is not None and not foreground:
+            n = 1 + sum(1 for c in self._conns.values() if not c.foreground)
+            shares.append(cap / n)
+        if not shares:
+            return None
+        share = min(shares)
+        first = min(burst_for(share), share * DEFAULT_RTT)  # ≤ a burst, ≤ a WAN round trip
+        return int(min(MAX_RECEIVE_BUFFER, max(MIN_RECEIVE_BUFFER, first)))
+
     def retune(self) -> None:
         """A cap changed: receive buffers follow now, not at the next slow sample."""
         for conn in list(self._conns.values()):
@@ -307,8 +333,10 @@ class Pacer:
             # a window of a few segments at least, or the receiver's silly-window avoidance
             # waits for a delayed ACK per segment (a 64 KiB loopback MSS stalled at 16 KiB)
             # (four segments; two for a slow cap, whose first second they would swell)
-            segments = 4 if yields or share >= 1e6 else 2
-            floor = max(MIN_RECEIVE_BUFFER, segments * conn.mss)
+            if yields or share >= 1e6:
+                floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss)
+            else:  # a slow cap: a burst, not segments (loopback's two were +128 KiB at once)
+                floor = max(MIN_RECEIVE_BUFFER, min(2 * conn.mss, burst_for(share)))
             if yields:
                 # the window a yield rate gets: rate × (base + target), so the queue it lets
                 # the sender build stays near the target even before the rate has come down

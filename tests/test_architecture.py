@@ -99,6 +99,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._store_pg",
         "bitsnb._store_pg_rows",
         "bitsnb._tcpinfo",
+        "bitsnb._connectbuf",
     ),
     "rules without IO": (
         "bitsnb._http_rules",

@@ -95,9 +95,9 @@ def test_a_download_cap_holds_on_the_wire(
     assert (dest / "capped.bin").read_bytes() == body
     sent_by_1s = first_second(log, began, cumulative=True)
     took = log[-1][0] - began
-    # burst + both kernels' (doubled) buffers + the client's first receive window, taken
-    # before the pacer sizes the buffer (a loaded loop watches the response late)
-    slack = 64 * KiB + 2 * SNDBUF + 2 * 16 * KiB + 64 * KiB
+    # burst + both kernels' (doubled) buffers: the client's receive buffer is sized before it
+    # connects, so its first window is not Linux's ten segments (640 KiB on loopback)
+    slack = 64 * KiB + 2 * SNDBUF + 2 * 16 * KiB
     print(f"\n{priority.name}: first second {sent_by_1s} B, all sent after {took:.2f} s")
     assert sent_by_1s <= RATE + slack
     assert took >= (SIZE - slack) / RATE
