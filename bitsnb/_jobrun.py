@@ -374,6 +374,7 @@ class Runner:
             foreground=foreground,
             throttle=self.budgets.throttle(rec.id, host, foreground=foreground),
             watch=functools.partial(self.pacer.watch, rec.id, foreground),
+            may_add_connection=functools.partial(self.pacer.may_add_connection, foreground),
         )
 
     async def _run(self, rec: JobRecord, *, started: bool) -> None:

@@ -195,6 +195,15 @@ class Pacer:
 
         return unwatch
 
+    def may_add_connection(self, foreground: bool) -> bool:
+        """Whether a background file may open one more segment: fewer yielding connections
+        than the controller's count (halved as it slows down, one more a round trip while the
+        queue is under half the target); FOREGROUND and "full" always may."""
+        if foreground or self.mode != "yield":
+            return True
+        n = sum(1 for c in self._conns.values() if self._yields(c))
+        return n < self.controller.connections
+
     def size_new_connections(self, job_id: uuid.UUID, foreground: bool) -> None:
         """The calling task's (a job's run) new connections start with the window of its cap."""
         use_connect_buffer(functools.partial(self._connect_size, job_id, foreground))
