@@ -1,11 +1,12 @@
-"""``python -m bench._bandwidth [--full | --chart PNG] [SECONDS]``: a background job behind a bottleneck.
+"""``python -m bench._bandwidth [--full] [--fg-job] [--chart PNG] [SECONDS]``: a background job behind a bottleneck.
 
 The WAN testbed (``bench/_wan.py``) with the issue's path: 50 ms round trip, a 100 Mbit/s
 drop-tail bottleneck in the relay with a 250 ms buffer (5 BDP), a Reno server. In the client
 namespace ``bench/_bandwidth_client.py`` runs one NORMAL bitsnb job (``Policy()``: yield, or
 ``--full``), a TCP-connect probe every 100 ms, and a curl (the foreground flow) from 40 % to
-70 % of the run. Prints, for alone / with curl / after curl: bitsnb's and curl's MB/s and the
-probe's p95 connect time (one round trip + the bottleneck's queue). Bounded by SECONDS + 60.
+70 % of the run (``--fg-job``: a FOREGROUND bitsnb job in the same manager instead). Prints, for
+alone / with curl / after curl: bitsnb's and the foreground flow's MB/s and the probe's p95
+connect time (one round trip + the bottleneck's queue). Bounded by SECONDS + 60.
 ``--chart PNG`` runs yield then full (SECONDS + 60 each) and draws both runs' rates over time.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from ._wan import Profile, Testbed, unavailable
 
-__all__ = ["BOTTLENECK", "phases", "run", "write_chart"]
+__all__ = ["BOTTLENECK", "foreground_start", "phases", "run", "write_chart"]
 
 BOTTLENECK = Profile("rtt50-100mbit-250ms", 50, 9000, 12.5e6, 5.0, server_cc="reno")
 CLIENT = Path(__file__).resolve().parent / "_bandwidth_client.py"
@@ -30,7 +31,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run(
-    *, full: bool = False, seconds: float = 24.0, nginx: str = "/usr/sbin/nginx"
+    *,
+    full: bool = False,
+    seconds: float = 24.0,
+    nginx: str = "/usr/sbin/nginx",
+    fg_job: bool = False,
 ) -> dict[str, Any]:
     """One run: the client's samples and probes (see ``_bandwidth_client``)."""
     why = unavailable()
@@ -56,6 +61,7 @@ def run(
                 str(fg[0]),
                 str(fg[1]),
                 *(["--full"] if full else []),
+                *(["--fg-job"] if fg_job else []),
             ]
             env = {**os.environ, "PYTHONPATH": str(REPO)}
             r = tb.run_client(argv, timeout=seconds + 60, env=env)
@@ -97,6 +103,20 @@ def phases(out: dict[str, Any]) -> dict[str, dict[str, float]]:
     return res
 
 
+def foreground_start(out: dict[str, Any]) -> dict[str, float]:
+    """The foreground flow's start (the issue: ≥ 80 % of the link within 2 s, ≥ 75 % over its
+    first 60 MB): its bytes/s from 1.5 to 2.5 s after it began, and over its first 60 MB
+    (NaN if it got less)."""
+    fg0 = out["fg"][0]
+    rows = [s for s in out["samples"] if s[0] >= fg0]
+    first = next((s for s in rows if s[2] >= 60e6), None)
+    base = rows[0] if rows else None
+    avg = math.nan
+    if first is not None and base is not None and first[0] > base[0]:
+        avg = (first[2] - base[2]) / (first[0] - base[0])
+    return {"at_2s": _rate(out["samples"], fg0 + 1.5, fg0 + 2.5, 2), "first_60MB": avg}
+
+
 def _series(samples: list[list[Any]], col: int, step: int = 5) -> tuple[list[float], list[float]]:
     """Rate (MB/s) over time from cumulative byte samples, each over *step* samples (~0.5 s)."""
     xs: list[float] = []
@@ -126,7 +146,8 @@ def write_chart(path: Path, runs: dict[str, dict[str, Any]]) -> str | None:
         ax.axvspan(fg0, fg1, color="tab:orange", alpha=0.12, label="curl running")
         ax.axhline(link, color="grey", linestyle="--", linewidth=1, label=f"link {link:.1f} MB/s")
         ax.plot(*_series(out["samples"], 1), color="tab:blue", label="bitsnb (NORMAL job)")
-        ax.plot(*_series(out["samples"], 2), color="tab:orange", label="curl (foreground)")
+        flow = "FOREGROUND job" if out.get("foreground") == "job" else "curl (foreground)"
+        ax.plot(*_series(out["samples"], 2), color="tab:orange", label=flow)
         ph = phases(out)
         delay = ", ".join(
             f"{name} {1000 * (row['probe_p95'] - BOTTLENECK.rtt_ms / 1000):.0f} ms"
@@ -147,12 +168,18 @@ def write_chart(path: Path, runs: dict[str, dict[str, Any]]) -> str | None:
 
 
 def _print(out: dict[str, Any]) -> None:
-    print(BOTTLENECK.describe(), "| mode:", out["mode"])
+    flow = "FOREGROUND job" if out.get("foreground") == "job" else "curl"
+    print(BOTTLENECK.describe(), "| mode:", out["mode"], "| foreground flow:", flow)
     for name, row in phases(out).items():
         print(
-            f"{name:>11}: bitsnb {row['bitsnb'] / 1e6:6.2f} MB/s  curl {row['curl'] / 1e6:6.2f}"
+            f"{name:>11}: bitsnb {row['bitsnb'] / 1e6:6.2f} MB/s  {flow} {row['curl'] / 1e6:6.2f}"
             f" MB/s  probe p95 {1000 * row['probe_p95']:5.0f} ms"
         )
+    st = foreground_start(out)
+    print(
+        f"{flow} at 2 s: {st['at_2s'] / 1e6:.2f} MB/s, over its first 60 MB:"
+        f" {st['first_60MB'] / 1e6:.2f} MB/s (link {BOTTLENECK.rate / 1e6:.1f})"
+    )
 
 
 def _opt(argv: list[str], name: str) -> str | None:
@@ -170,7 +197,7 @@ def main(argv: list[str]) -> int:
     rest = [a for a in argv if not a.startswith("--") and a not in (chart, saved)]
     seconds = float(rest[0]) if rest else 24.0
     if chart is None:
-        _print(run(full="--full" in argv, seconds=seconds))
+        _print(run(full="--full" in argv, seconds=seconds, fg_job="--fg-job" in argv))
         return 0
     if saved:  # redraw from a previous run's data
         runs = json.loads(Path(saved).read_text())

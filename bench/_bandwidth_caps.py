@@ -1,98 +1,205 @@
-"""``python -m bench._bandwidth_caps``: cap accuracy on loopback, on the server's own clock.
+"""``python -m bench._bandwidth_caps [--conns 1,16,200] [--cpu] [RATE ...]``: caps on the server's clock.
 
-A raw HTTP server (a thread, no library) sends each response 16 KiB at a time from a 16 KiB
-send buffer and logs when each write was taken by its kernel; a bitsnb job capped at 100 kB/s,
-5 MB/s and 50 MB/s (``job.set_max_bandwidth``; one connection) downloads 6 s worth of bytes.
-Per cap: the bytes in the first second, each later 1 s window's rate against the cap, and the
-whole transfer's rate. The server's write clock runs ahead of the wire by at most its send
-buffer plus the client's receive buffer and read-ahead (both sized by bitsnb to the cap)."""
+A raw HTTP server (another process, a thread per connection, no library) sends each response in chunks of 1 % of the cap (1–16
+KiB) from a 16 KiB send buffer and logs when each write was taken by its kernel; one bitsnb job
+capped at 100 kB/s, 5 MB/s and 50 MB/s (``job.set_max_bandwidth``) downloads 6 s worth of bytes
+over 1, 16 and 200 connections (that many files, all in flight). Per case: the bytes in the
+first second over the cap, the worst later 1 s window against the cap, and the whole transfer's
+rate (the request's arrival to the last write). The write clock runs ahead of the wire by at
+most the server's send buffers plus the client's receive buffers and read-ahead (sized by
+bitsnb to the cap) — per connection, so with 200 connections by up to 200 first windows.
+``--cpu``: CPU seconds per GiB of bitsnb's process (the server is another process) for 512 MB
+over one connection at 50 MB/s capped against the same bytes uncapped."""
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import bitsnb
 
-__all__ = ["measure"]
+__all__ = ["cpu_cost", "measure"]
 
-CHUNK = 16 * 1024
+SNDBUF = 16 * 1024
 SECONDS = 6.0
 
 
-def _serve(listener: socket.socket, size: int, log: list[tuple[float, int]]) -> None:
-    conn, _ = listener.accept()
+def _serve_one(conn: socket.socket, size: int, chunk: int, log: list[tuple[float, int]]) -> None:
     with conn:
         conn.settimeout(60)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHUNK)
+        if chunk <= SNDBUF:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         head = b""
         while b"\r\n\r\n" not in head:  # the request head (bounded by the timeout)
             got = conn.recv(65536)
             if not got:
                 return
             head += got
+        log.append((time.monotonic(), 0))  # the request arrived
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
-        block = b"\0" * CHUNK
+        block = b"\0" * chunk
         sent = 0
         while sent < size:
-            n = min(CHUNK, size - sent)
+            n = min(chunk, size - sent)
             conn.sendall(block[:n])
             sent += n
-            log.append((time.monotonic(), sent))
+            log.append((time.monotonic(), n))
 
 
-def measure(rate: float) -> dict[str, float]:
-    """One capped download; figures as the module docstring says."""
-    size = int(rate * SECONDS)
+def _serve(
+    listener: socket.socket, n: int, size: int, chunk: int, log: list[tuple[float, int]]
+) -> list[threading.Thread]:
+    threads = []
+    for _ in range(n):  # bounded: one accept per file
+        conn, _ = listener.accept()
+        t = threading.Thread(target=_serve_one, args=(conn, size, chunk, log), daemon=True)
+        t.start()
+        threads.append(t)
+    return threads
+
+
+def _serve_process(listener: socket.socket, n: int, size: int, chunk: int, out: Connection) -> None:
+    """The server of ``measure``: serve *n* responses, then send the write log back."""
     log: list[tuple[float, int]] = []
-    listener = socket.create_server(("127.0.0.1", 0))
+    for t in _serve(listener, n, size, chunk, log):
+        t.join(timeout=SECONDS * 3 + 60)
+    out.send(log)
+
+
+def _download(
+    port: int, files: int, rate: float | None, tmp: Path, timeout: float
+) -> bitsnb.JobState:
+    policy = bitsnb.Policy(
+        background="full",
+        files_in_flight=files,
+        max_connections_per_host=files,
+        max_connections_per_file=1,
+        max_files_per_job=max(200, files),
+    )
+    with bitsnb.Manager(store=tmp / "jobs.db", policy=policy) as mgr:
+        job = mgr.create_job("capped")
+        job.set_max_bandwidth(rate)
+        job.add_file_set(
+            [(f"http://127.0.0.1:{port}/f{i}", tmp / f"f{i}.bin") for i in range(files)]
+        )
+        job.resume()
+        state = job.wait(timeout=timeout)
+        job.cancel()
+    return state
+
+
+def measure(rate: float, conns: int = 1) -> dict[str, float]:
+    """One capped download over *conns* connections; figures as the module docstring says."""
+    size = max(1, int(rate * SECONDS / conns))
+    chunk = max(1024, min(SNDBUF, int(rate / 100)))
+    log: list[tuple[float, int]] = []
+    listener = socket.create_server(("127.0.0.1", 0), backlog=conns)
     port = listener.getsockname()[1]
-    server = threading.Thread(target=_serve, args=(listener, size, log), daemon=True)
-    server.start()
+    ctx = multiprocessing.get_context("fork")
+    theirs, ours = ctx.Pipe(duplex=False)
+    server = ctx.Process(
+        target=_serve_process, args=(listener, conns, size, chunk, ours), daemon=True
+    )
+    server.start()  # its own process: a thread would share bitsnb's GIL (and skew the clock)
     with tempfile.TemporaryDirectory() as tmp:
-        policy = bitsnb.Policy(background="full")
-        with bitsnb.Manager(store=Path(tmp) / "jobs.db", policy=policy) as mgr:
-            job = mgr.create_job("capped")
-            job.set_max_bandwidth(rate)
-            job.add_file(f"http://127.0.0.1:{port}/f", Path(tmp) / "f.bin")
-            began = time.monotonic()
-            job.resume()
-            state = job.wait(timeout=SECONDS * 3 + 30)
-            job.cancel()
+        began = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
+        state = _download(port, conns, rate, Path(tmp), SECONDS * 3 + 60)
+    if theirs.poll(30):
+        log = theirs.recv()
     server.join(timeout=10)
+    if server.is_alive():
+        server.kill()
     listener.close()
     if state is not bitsnb.JobState.TRANSFERRED or not log:
         raise RuntimeError(f"the capped download ended {state.name}")
-    first = max((n for t, n in log if t - began < 1.0), default=0)
+    log.sort()
+    start = min(t for t, n in log if n == 0)  # the first request's arrival
+    total_bytes = size * conns
+    cum: list[tuple[float, int]] = []
+    acc = 0
+    for t, n in log:
+        acc += n
+        cum.append((t, acc))
+
+    def by(s: float) -> int:
+        return max((b for t, b in cum if t - start < s), default=0)
+
     windows = []
-    for k in range(1, int(SECONDS)):
-        a = max((n for t, n in log if t - began < k), default=0)
-        b = max((n for t, n in log if t - began < k + 1), default=0)
-        if b >= size:
+    for k in range(1, int(SECONDS) + 2):
+        a, b = by(k), by(k + 1)
+        if b >= total_bytes:
             break
         windows.append((b - a) / rate)
-    total = size / (log[-1][0] - began)
+    total = total_bytes / (cum[-1][0] - start)
     return {
         "rate": rate,
-        "first_second_over_cap": first - rate,
+        "conns": conns,
+        "first_second_over_cap": by(1.0) - rate,
         "worst_window": max(windows, key=lambda w: abs(w - 1)) if windows else float("nan"),
+        "windows": len(windows),
         "total": total / rate,
+        "setup": start - began,
     }
 
 
+def _serve_forked(listener: socket.socket, nbytes: int) -> None:
+    """The CPU run's server, in its own process (a thread would share bitsnb's GIL and CPU)."""
+    conn, _ = listener.accept()
+    _serve_one(conn, nbytes, 256 * 1024, [])
+
+
+def cpu_cost(rate: float | None, nbytes: int = 512_000_000) -> float:
+    """bitsnb's CPU seconds per GiB for one download of *nbytes* at *rate* (None: uncapped)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = multiprocessing.get_context("fork").Process(
+        target=_serve_forked, args=(listener, nbytes), daemon=True
+    )
+    server.start()  # before the manager's threads exist
+    with tempfile.TemporaryDirectory() as tmp:
+        cpu0 = time.process_time()
+        state = _download(port, 1, rate, Path(tmp), 600)
+        cpu = time.process_time() - cpu0
+    server.join(timeout=30)
+    if server.is_alive():
+        server.kill()
+    listener.close()
+    if state is not bitsnb.JobState.TRANSFERRED:
+        raise RuntimeError(f"the download ended {state.name}")
+    return cpu / (nbytes / 2**30)
+
+
 def main(argv: list[str]) -> int:
+    conns = [1]
+    if "--conns" in argv:
+        i = argv.index("--conns")
+        conns = [int(c) for c in argv[i + 1].split(",")]
+        argv = argv[:i] + argv[i + 2 :]
+    if "--cpu" in argv:
+        free, capped = cpu_cost(None), cpu_cost(50e6)
+        print(
+            f"CPU per GiB: uncapped {free:.2f} s, capped at 50 MB/s {capped:.2f} s "
+            f"({100 * (capped / free - 1):+.1f} %)"
+        )
+        argv = [a for a in argv if a != "--cpu"]
+        if not argv and "--conns" not in sys.argv:
+            return 0
     rates = [float(a) for a in argv] or [100e3, 5e6, 50e6]
     for rate in rates:
-        m = measure(rate)
-        print(
-            f"cap {rate / 1e6:g} MB/s: first second {m['first_second_over_cap'] / 1024:+.0f} KiB "
-            f"over the cap; worst later 1 s window {100 * (m['worst_window'] - 1):+.1f} %; "
-            f"whole transfer {100 * (m['total'] - 1):+.1f} %"
-        )
+        for n in conns:
+            m = measure(rate, n)
+            print(
+                f"cap {rate / 1e6:g} MB/s, {n} conn: first second "
+                f"{m['first_second_over_cap'] / 1024:+.0f} KiB over the cap; worst of "
+                f"{m['windows']:.0f} later 1 s windows {100 * (m['worst_window'] - 1):+.1f} %; "
+                f"whole transfer {100 * (m['total'] - 1):+.1f} %"
+            )
     return 0
 
 

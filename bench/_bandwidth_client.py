@@ -4,8 +4,10 @@
 (NORMAL) bitsnb job downloads URL under the default ``Policy()`` (background="yield") or
 ``--full``; a probe opens a TCP connection to the server every 100 ms and records how long the
 connect took (one round trip, plus whatever queue the bottleneck holds); between FG_START and
-FG_STOP a ``curl`` (the foreground flow, Reno like any program) downloads the same URL. Every
-100 ms the bytes each has so far are recorded. Prints one JSON object; bounded by SECONDS.
+FG_STOP a ``curl`` (the foreground flow, Reno like any program) downloads the same URL, or with
+``--fg-job`` a FOREGROUND bitsnb job in the same manager (never under the yield rate). Every
+100 ms the bytes each has so far are recorded ("curl" is the foreground flow's column either
+way). Prints one JSON object; bounded by SECONDS.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import bitsnb
 
 def main(argv: list[str]) -> int:
     full = "--full" in argv
+    fg_job = "--fg-job" in argv
     args = [a for a in argv if not a.startswith("--")]
     url, store, outdir, seconds = args[0], Path(args[1]), Path(args[2]), float(args[3])
     fg = (float(args[4]), float(args[5])) if len(args) >= 6 else None
@@ -49,6 +52,8 @@ def main(argv: list[str]) -> int:
     samples: list[tuple[float, int, int, str]] = []
     curl_file = outdir / "curl.out"
     curl: subprocess.Popen[bytes] | None = None
+    fg_file = outdir / "fg.bin"
+    foreground: bitsnb.Job | None = None
     policy = bitsnb.Policy(background="full" if full else "yield")
     with bitsnb.Manager(store=store, policy=policy) as mgr:
         job = mgr.create_job("background")
@@ -56,11 +61,19 @@ def main(argv: list[str]) -> int:
         prober = threading.Thread(target=probe, daemon=True)
         prober.start()
         job.resume()
+        got = 0
         for _ in range(int(seconds * 10)):  # bounded: SECONDS at 10 samples a second
             now = time.monotonic() - t0
             if now >= seconds or job.state.is_final or job.state is bitsnb.JobState.TRANSFERRED:
                 break
-            if fg is not None and curl is None and now >= fg[0]:
+            if fg is not None and fg_job and foreground is None and now >= fg[0]:
+                foreground = mgr.create_job("foreground", priority=bitsnb.JobPriority.FOREGROUND)
+                foreground.add_file(url, fg_file)
+                foreground.resume()
+            if fg is not None and foreground is not None and now >= fg[1]:
+                if not foreground.state.is_final:
+                    foreground.cancel()
+            if fg is not None and not fg_job and curl is None and now >= fg[0]:
                 curl = subprocess.Popen(
                     ["curl", "-s", "--noproxy", "*", "-o", str(curl_file), url],
                     stdout=subprocess.DEVNULL,
@@ -69,7 +82,10 @@ def main(argv: list[str]) -> int:
             if fg is not None and curl is not None and now >= fg[1] and curl.poll() is None:
                 curl.terminate()
                 curl.wait(timeout=10)
-            got = curl_file.stat().st_size if curl_file.exists() else 0
+            if foreground is not None:
+                got = foreground.progress.bytes_transferred if now < fg[1] else got
+            else:
+                got = curl_file.stat().st_size if curl_file.exists() else 0
             status = job.bandwidth.state or ""
             samples.append((now, job.progress.bytes_transferred, got, status))
             time.sleep(0.1)
@@ -78,9 +94,13 @@ def main(argv: list[str]) -> int:
             curl.terminate()
             curl.wait(timeout=10)
         job.cancel()
+        if foreground is not None and not foreground.state.is_final:
+            foreground.cancel()
     prober.join(timeout=10)
-    print(json.dumps({"samples": samples, "probes": probes, "mode": policy.background}))
-    for f in (curl_file, outdir / "bg.bin"):
+    flow = "job" if fg_job else "curl"
+    out = {"samples": samples, "probes": probes, "mode": policy.background, "foreground": flow}
+    print(json.dumps(out))
+    for f in (curl_file, fg_file, outdir / "bg.bin"):
         with __import__("contextlib").suppress(OSError):
             os.unlink(f)
     return 0

@@ -60,6 +60,8 @@ class FileContext:
     throttle: Throttle | None = None  # the bandwidth budgets the body's bytes are taken from
     # a body starts (the bandwidth loop samples its connection); returns the call for its end
     watch: Callable[[httpx.Response], Callable[[], None]] = lambda resp: _unwatched
+    # whether a segmented file may open one more connection (the yield controller's count)
+    may_add_connection: Callable[[], bool] = lambda: True
 
 
 def _unwatched() -> None:

@@ -374,6 +374,7 @@ class Runner:
             foreground=foreground,
             throttle=self.budgets.throttle(rec.id, host, foreground=foreground),
             watch=functools.partial(self.pacer.watch, rec.id, foreground),
+            may_add_connection=functools.partial(self.pacer.may_add_connection, foreground),
         )
 
     async def _run(self, rec: JobRecord, *, started: bool) -> None:
@@ -387,6 +388,7 @@ class Runner:
                     await self._records.set_state_patiently(rec, Event.TAKE_OVER)
                 await self._records.set_state_patiently(rec, Event.START)
             ctx = self._file_context(rec)
+            self.pacer.size_new_connections(rec.id, rec.priority is JobPriority.FOREGROUND)
             remaining = rec.settings.maximum_download_time - rec.active_seconds
             async with asyncio.timeout(max(0.0, remaining)):
                 if rec.type is JobType.DOWNLOAD:

@@ -14,6 +14,11 @@ The engine tells ``Pacer.watch`` of each response body it reads (and when it is 
   the cap or the yield rate — for a background one, shared by the connections under it), its ``SO_RCVBUF`` is set to the share
   × round trip (``receive_buffer_for``), and the lean transport's read-ahead to the same
   (``limit_read_ahead``), so neither the kernel nor userspace pulls megabytes ahead.
+- **the yield window**: a yielding connection's window is also held to what the yielding
+  connections' kernels delivered together lately (its peak over ``PEAK_HOLD``) × (base +
+  ``QUEUE_SHARE`` × the target), split among them: the sender can then queue at most that
+  much, however late the delay signal comes (``tcpi_rcv_rtt`` lags a round trip or more:
+  slow start had filled a 250 ms buffer before it showed, and Reno then regrew for seconds).
 - **rates**: each job's current rate, from the bytes its connections' kernels took off the wire.
 
 Where ``TCP_INFO`` is missing, "yield" falls back to "full" (said once, by ``background_mode``).
@@ -23,16 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import socket
 import uuid
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
-from ._bandwidth import MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
+from ._bandwidth import DEFAULT_RTT, MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
 from ._buckets import Budgets, burst_for
+from ._connectbuf import use as use_connect_buffer
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
 from ._transport import limit_read_ahead
@@ -48,6 +56,13 @@ SLOW_EVERY = 20
 
 MIN_RATE = 16_000.0
 """The yield rate's floor (bytes/s) below LEDBAT's two segments a round trip."""
+
+QUEUE_SHARE = 0.75
+"""A yielding connection's window is what it delivered × (base + this × the target): the
+queue the sender can build is then at most that, whatever the delay signal's lag."""
+
+PEAK_HOLD = 1.0
+"""Seconds a connection's delivered peak sizes its window (it bridges a slow-down)."""
 
 _WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
@@ -68,6 +83,37 @@ class _Conn:
     seen_bytes: int | None = None  # bytes_received at the last fast sample
 
 
+@dataclass
+class _Delivery:
+    """What the yielding connections' kernels took, together: the rate over about a round trip
+    and the peak of that over ``PEAK_HOLD`` (their windows are sized from it)."""
+
+    total: int = 0  # bytes, ever
+    arrivals: deque[tuple[float, int]] = field(default_factory=deque)  # (t, total)
+    peaks: deque[tuple[float, float]] = field(default_factory=deque)  # (t, rate), falling
+
+    def add(self, now: float, nbytes: int, rtt: float | None) -> None:
+        self.total += nbytes
+        self.arrivals.append((now, self.total))
+        span = max(0.06, 1.5 * (rtt or 0.0))
+        while len(self.arrivals) > 2 and self.arrivals[1][0] <= now - span:
+            self.arrivals.popleft()
+        t0, b0 = self.arrivals[0]
+        if now - t0 < 0.5 * span:
+            return
+        rate = (self.total - b0) / (now - t0)
+        while self.peaks and self.peaks[-1][1] <= rate:
+            self.peaks.pop()
+        self.peaks.append((now, rate))
+        while self.peaks[0][0] <= now - PEAK_HOLD:
+            self.peaks.popleft()
+
+    @property
+    def peak(self) -> float | None:
+        """The highest rate delivered lately (bytes/s), None before a round trip of data."""
+        return self.peaks[0][1] if self.peaks else None
+
+
 class Pacer:
     """Samples watched connections; drives the yield rate, receive buffers and job rates."""
 
@@ -85,7 +131,8 @@ class Pacer:
         self._probe = probe
         ok = tcp_info_available() if available is None else available
         self.mode = background_mode(policy.background, tcp_info_available=ok)
-        self.controller = YieldController()
+        # the window bounds the queue at QUEUE_SHARE of the target: slow start ends below it
+        self.controller = YieldController(exit_at=0.5 * QUEUE_SHARE)
         self._tick = tick
         self._conns: dict[int, _Conn] = {}
         self._keys = itertools.count(1)
@@ -93,6 +140,7 @@ class Pacer:
         self._granted = 0
         self._rates: dict[uuid.UUID, float] = {}
         self._stamp: float | None = None
+        self._delivery = _Delivery()
 
     # -- what the runner and the panels read ----------------------------------------------------
     @property
@@ -147,6 +195,41 @@ class Pacer:
 
         return unwatch
 
+    def may_add_connection(self, foreground: bool) -> bool:
+        """Whether a background file may open one more segment: fewer yielding connections
+        than the controller's count (halved as it slows down, one more a round trip while the
+        queue is under half the target); FOREGROUND and "full" always may."""
+        if foreground or self.mode != "yield":
+            return True
+        n = sum(1 for c in self._conns.values() if self._yields(c))
+        return n < self.controller.connections
+
+    def size_new_connections(self, job_id: uuid.UUID, foreground: bool) -> None:
+        """The calling task's (a job's run) new connections start with the window of its cap."""
+        use_connect_buffer(functools.partial(self._connect_size, job_id, foreground))
+
+    def _connect_size(self, job_id: uuid.UUID, foreground: bool) -> int | None:
+        """The receive buffer a new connection of the job starts with: its share of a slow
+        cap (under 1 MB/s) for a guessed round trip, at most one burst (the first window offered is never taken back;
+        the body's round trip then sizes it), None when no cap is set (the yield rate sizes
+        windows once a round trip is known)."""
+        shares: list[float] = []
+        job_rate = self._budgets.job(job_id).rate
+        if job_rate is not None:
+            n = 1 + sum(1 for c in self._conns.values() if c.job_id == job_id)
+            shares.append(job_rate / n)
+        cap = self._budgets.cap
+        if cap is not None and not foreground:
+            n = 1 + sum(1 for c in self._conns.values() if not c.foreground)
+            shares.append(cap / n)
+        if not shares or min(shares) >= 1e6:
+            # a fast cap: Linux's first window is under a second's worth, and a fixed buffer
+            # from the start measured slower (50 MB/s: −13 % against −5 %, one run each)
+            return None
+        share = min(shares)
+        first = min(burst_for(share), share * DEFAULT_RTT)  # ≤ a burst, ≤ a WAN round trip
+        return int(min(MAX_RECEIVE_BUFFER, max(MIN_RECEIVE_BUFFER, first)))
+
     def retune(self) -> None:
         """A cap changed: receive buffers follow now, not at the next slow sample."""
         for conn in list(self._conns.values()):
@@ -178,6 +261,7 @@ class Pacer:
         nbytes, self._granted = granted - self._granted, granted
         pressed = self._budgets.manager.waiting > 0
         fed = False
+        delivered = 0
         if slow:
             elapsed = now - self._stamp if self._stamp is not None else 0.0
             self._stamp = now
@@ -194,6 +278,8 @@ class Pacer:
             # the kernel's estimate moves only with new data: a sample without any is stale
             got = info.bytes_received
             fresh = got is None or got != conn.seen_bytes
+            if yields and got is not None and conn.seen_bytes is not None:
+                delivered += max(0, got - conn.seen_bytes)
             conn.seen_bytes = got
             if rtt:
                 conn.rtt_min = rtt if conn.rtt_min is None else min(conn.rtt_min, rtt)
@@ -213,6 +299,7 @@ class Pacer:
                 conn.received = info.bytes_received
                 self._resize(conn)
         if fed:
+            self._delivery.add(now, delivered, self.controller.base_delay)
             self._budgets.set_yield_rate(self.controller.rate)
         if slow and elapsed > 0:
             for job_id, got in per_job.items():
@@ -235,6 +322,10 @@ class Pacer:
         return min(shares, default=None)
 
     def _resize(self, conn: _Conn) -> None:
+        if conn.rcvbuf is not None and self._yields(conn) and self.controller.phase == "slowdown":
+            # a slow-down stops reading, not the window: a buffer cut below what is in flight
+            # makes the kernel drop the segments that land (Reno then halves and regrows)
+            return
         share = self._share(conn)
         if share is None:
             if conn.rcvbuf is None:
@@ -253,8 +344,10 @@ class Pacer:
             # a window of a few segments at least, or the receiver's silly-window avoidance
             # waits for a delayed ACK per segment (a 64 KiB loopback MSS stalled at 16 KiB)
             # (four segments; two for a slow cap, whose first second they would swell)
-            segments = 4 if yields or share >= 1e6 else 2
-            floor = max(MIN_RECEIVE_BUFFER, segments * conn.mss)
+            if yields or share >= 1e6:
+                floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss)
+            else:  # a slow cap: a burst, not segments (loopback's two were +128 KiB at once)
+                floor = max(MIN_RECEIVE_BUFFER, min(2 * conn.mss, burst_for(share)))
             if yields:
                 # the window a yield rate gets: rate × (base + target), so the queue it lets
                 # the sender build stays near the target even before the rate has come down
@@ -266,6 +359,14 @@ class Pacer:
                 receive_buffer_for(share, conn.rtt_min, headroom=min(headroom, 16.0), floor=floor)
                 or MAX_RECEIVE_BUFFER
             )
+            peak = self._delivery.peak
+            if self._yields(conn) and peak is not None and conn.rtt_min:
+                # what the path delivered × (base + a share of the target), split among the
+                # yielding connections: at most that much queue, before the delay shows it
+                # (slow start overshot a 250 ms buffer; Reno's regrowth took seconds)
+                n = sum(1 for c in self._conns.values() if self._yields(c))
+                allow = conn.rtt_min + QUEUE_SHARE * self.controller.target
+                want = min(want, max(floor, int(peak * allow / max(1, n))))
         if conn.rcvbuf is not None and abs(want - conn.rcvbuf) <= _RESIZE * conn.rcvbuf:
             return
         # the userspace read buffer too, or it pulls a megabyte ahead of the kernel's window

@@ -464,6 +464,8 @@ class Split:
             self.cap = max(1, len(self.conns) - 1)
 
     async def _add(self) -> None:
+        if not self.ctx.may_add_connection():  # the yield controller wants no more now
+            return
         left = [s for s in self.segs if s.done < s.end]
         if not left or not self.ranges_ok:
             return

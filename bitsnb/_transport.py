@@ -31,6 +31,8 @@ from typing import Any
 
 import httpx
 
+from ._connectbuf import connect_sized
+from ._connectbuf import wanted as connect_buffer
 from ._readahead import MIN_FREE, Eof, ReadAhead
 from ._response_head import MAX_HEAD, HeadError, ResponseHead, parse_head
 from ._wide_reads import fallback_transport
@@ -344,9 +346,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         kwargs: dict[str, Any] = {}
         if scheme == "https":
             kwargs = {"ssl": self._ssl, "server_hostname": host}
+        size = connect_buffer()  # a cap's window from the first segment on (_connectbuf)
         try:
             async with asyncio.timeout(timeout):
-                await loop.create_connection(lambda: proto, host, port, **kwargs)
+                if size is None:
+                    await loop.create_connection(lambda: proto, host, port, **kwargs)
+                else:
+                    sized = await connect_sized(host, port, size)
+                    await loop.create_connection(lambda: proto, sock=sized, **kwargs)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(
                 f"connecting to {host}:{port} timed out", request=request
@@ -356,7 +363,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except OSError as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
         sock = proto.transport.get_extra_info("socket") if proto.transport else None
-        if self._rcvbuf and sock is not None:
+        if size is not None:  # nor userspace: reading pauses at a burst until the pacer says
+            proto.high = max(_MIN_READ_AHEAD, min(size, len(proto.buf)))
+        if self._rcvbuf and sock is not None and size is None:
             # a fixed receive buffer turns the kernel's autotuning off, which would otherwise
             # let tens of MiB sit in flight (lost on a kill, queued behind a slow disk)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)

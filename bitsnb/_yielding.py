@@ -20,16 +20,22 @@ should use). No clock, no IO, so synthetic traces test it.
   trip (at most that above what was delivered) until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
   target ``rate × (1 + gain × (target − delay) / target)`` with LEDBAT++'s dynamic gain
   1 / min(16, ⌈2 × target / base⌉), and above it the multiplicative decrease
-  ``rate × max(½, 1 − (delay / target − 1))``. It never goes below ``min_rate`` (BITS keeps a
+  ``rate × max(½, 1 − (delay / target − 1))``, no more than halved in two round trips while
+  the delay is under twice the target (its signal lags the cuts). It never goes below ``min_rate`` (BITS keeps a
   trickle going) nor above ``max_rate``, and it does not grow while the bytes received stay
   under half of it (the allowance is not being used: the server or the disk is the limit).
 - **Connections**: halved on a decrease, one more per round trip while the delay is under half
   the target (many connections, each with its own window, build queue a rate cannot undo fast).
 - **Periodic slow-down** (LEDBAT++): two round trips after slow start ends, and then 9 × the
   last slow-down's length after each (its length counted until what is delivered is back to
-  90 % of the rate before it: the sender's window regrows for seconds after), the rate falls
-  to ``min_rate`` for two round trips (the queue drains, every connection sees the true base),
-  then doubles back to where it was; for four round trips after, it does not fall below that.
+  90 % of the rate before it: the sender's window regrows for seconds after), but at least
+  ``slowdown_gap`` s apart (each cost ~0.5 s of the link in the testbed: at 9× alone that was
+  5 %), the rate falls to ``min_rate`` for two round trips (the queue drains, every connection
+  sees the true base), then goes back to where it was at once (``jump_back``: the pacer's
+  windows, sized from what was delivered, bound the burst; else it doubles back); until
+  delivery has recovered it does not fall below that while the delay is under the target.
+- **Slow start ends** at ``exit_at`` × the target (LEDBAT++: ¾; the pacer, whose windows hold
+  the queue under ¾ of the target, passes less).
 - **Freshness**: a connection without a round trip for ``stale`` s shows no queue (the kernel
   updates its estimate only as data arrives); the pacer sets ``min_rate`` to LEDBAT's two
   segments a round trip.
@@ -106,6 +112,9 @@ class YieldController:
         current_samples: int = 4,
         update_every: float = 0.025,
         stale: float = 1.0,
+        slowdown_gap: float = 10.0,
+        jump_back: bool = True,
+        exit_at: float = 0.75,
     ) -> None:
         self.target = target
         self.min_rate = min_rate
@@ -115,6 +124,9 @@ class YieldController:
         self.current_samples = current_samples
         self.update_every = update_every
         self.stale = stale
+        self.slowdown_gap = slowdown_gap
+        self.jump_back = jump_back
+        self.exit_at = exit_at
         self.rate = self._clamp(initial_rate)
         self.connections = max_connections
         self.phase: Phase = "slow start"
@@ -131,6 +143,8 @@ class YieldController:
         self._resume_rate = self.rate
         self._hold_until = 0.0  # after a slow-down: no fall below the resumed rate before this
         self._recovering = False  # after a slow-down, until delivery is back to its rate
+        self._cut_from = self.rate  # the rate when the last episode of decreases began
+        self._cut_until = 0.0  # ...and when it ends
 
     # -- input --------------------------------------------------------------------------------
     def on_sample(
@@ -214,9 +228,9 @@ class YieldController:
                 return
             self.phase = "ramp"
         if self.phase == "ramp":
-            if delay > self.target or self.rate * 2 >= self._resume_rate:
+            if delay > self.target or self.rate * 2 >= self._resume_rate or self.jump_back:
                 if delay <= self.target:
-                    self.rate = self._clamp(min(self.rate * 2, self._resume_rate))
+                    self.rate = self._clamp(self._resume_rate)
                 self.phase = "avoidance"
                 # for a few round trips what was delivered still shows the slow-down, not
                 # the path: the rate does not fall below the one it came back to
@@ -233,13 +247,13 @@ class YieldController:
             # a slow-down costs until the sender's window has grown back, not only while the
             # rate is down (measured: seconds behind a Reno server): 9 × that, ≤ 10 % of time
             self._recovering = False
-            self._next_slowdown = now + 9 * (now - self._slowdown_start)
+            self._next_slowdown = now + max(9 * (now - self._slowdown_start), self.slowdown_gap)
         if self._next_slowdown is not None and now >= self._next_slowdown:
             self._start_slowdown(now, rtt)
             return
 
         if self.phase == "slow start":
-            if delay < 0.75 * self.target:
+            if delay < self.exit_at * self.target:
                 # LEDBAT++'s slow start: the dynamic gain, not doubling, per round trip (the
                 # delay it reacts to is a round trip or more late: doubling overshot a 250 ms
                 # buffer at 100 Mbit/s before the first sample showed the queue)
@@ -255,7 +269,7 @@ class YieldController:
             # allowed unless it is over twice what is used (the sender, not we, holds back:
             # a rate cut to it would shrink the window and then the sender's own window)
             grown = min(self.rate * step, delivered * step)
-            if now < self._hold_until:
+            if now < self._hold_until or self._recovering:
                 grown = max(grown, min(self.rate, self._resume_rate))
             self.rate = self._clamp(grown)
             if off > 0.5:
@@ -263,7 +277,16 @@ class YieldController:
         else:
             # LEDBAT++'s multiplicative decrease, from what the path delivers (at most halved)
             cut = max(0.5, 1 + off)
-            self.rate = self._clamp(min(self.rate, delivered) * cut)
+            rate = min(self.rate, delivered) * cut
+            if now >= self._cut_until:  # a new episode of queue
+                self._cut_from = self.rate
+                self._cut_until = now + 2 * max(rtt, self.update_every)
+            elif delay <= 2 * self.target:
+                # a mild excess (a new connection's first window): at most halved an episode,
+                # the delay shows a cut a round trip or more late (it cut 13.5 → 2.9 MB/s
+                # on stale samples); over twice the target (a foreground flow) cut on
+                rate = max(rate, 0.5 * self._cut_from)
+            self.rate = self._clamp(rate)
             self.connections = max(1, self.connections // 2)
 
     def _gain(self) -> float:

@@ -117,6 +117,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._store_pg_views",
         "bitsnb._store_table",
         "bitsnb._tcpinfo",
+        "bitsnb._connectbuf",
     ),
     "rules without IO": (
         "bitsnb._http_rules",
