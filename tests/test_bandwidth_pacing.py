@@ -8,6 +8,7 @@ bytes are bounded above by the cap, the bucket's burst and the two kernels' buff
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import socket
@@ -16,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from _support.raw_http import ScriptServer
 
@@ -217,3 +219,39 @@ def test_the_controllers_connection_count_gates_new_background_segments() -> Non
     full = Pacer(bitsnb.Policy(background="full"), Budgets(), available=True)
     full.controller.connections = 0
     assert full.may_add_connection(False)
+
+
+def test_a_loopback_connection_never_yields() -> None:
+    """Traffic to this host crosses no link another program shares: a background body there is
+    not held to the yield rate (a cap still is); the same body from another address yields."""
+    budgets = Budgets()
+    pacer = Pacer(bitsnb.Policy(background="yield"), budgets, available=True)
+    if pacer.mode != "yield":
+        pytest.skip("TCP_INFO is not available here")
+
+    async def watch_from(host: str) -> float | None:
+        with socket.create_server((host, 0)) as srv:
+            cli = socket.create_connection(srv.getsockname()[:2])
+            try:
+                resp = httpx.Response(200, extensions={"bitsnb_socket": cli})
+                unwatch = pacer.watch(uuid.uuid4(), False, resp)
+                rate = budgets.yield_rate
+                unwatch()
+                await pacer.aclose()
+                return rate
+            finally:
+                cli.close()
+
+    assert asyncio.run(watch_from("127.0.0.1")) is None
+    others = [a for a in _local_addresses() if not a.startswith("127.")]
+    if others:  # an address of this machine that is not loopback stands for a remote peer
+        assert asyncio.run(watch_from(others[0])) is not None
+
+
+def _local_addresses() -> list[str]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: it only picks a route
+            return [s.getsockname()[0]]
+        except OSError:
+            return []
