@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=300, help="jobs per round")
     parser.add_argument("--kills", type=int, default=15, help="worker kills per round")
     parser.add_argument("--max-size", type=int, default=4 << 20, help="largest file, bytes")
+    parser.add_argument(
+        "--store", default=None, help="a postgresql:// URL (default: a SQLite file in workdir)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="kept for inspection if given")
     args = parser.parse_args(argv)
 
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs=args.jobs,
             kills=args.kills,
             max_size=args.max_size,
+            store=args.store,
         )
         report = run_soak(cfg, minutes=args.minutes, echo=lambda text: print(text, flush=True))
         print("== total\n" + report.format(), flush=True)

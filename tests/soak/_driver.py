@@ -6,7 +6,8 @@ worker starts; workers (``_worker.py``) just keep a Manager open on the store. A
 the driver SIGKILLs a worker and starts another, at times runs two at once, asks a worker to
 cancel a job or to complete the TRANSFERRED ones. Then it checks: every job that could finish is
 ACKNOWLEDGED with files whose SHA-256 is that of the server's CURRENT content, no temporary
-file is left, and the store passes ``PRAGMA integrity_check``.
+file is left, and the store is sound (SQLite: ``PRAGMA integrity_check``; PostgreSQL: the
+checks of ``_store_check``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,6 +36,7 @@ from bitsnb import JobPriority, JobState
 from bitsnb.testing import FileServer
 
 from ._faulty_server import FaultyFiles
+from ._store_check import Store, store_soundness, store_states
 
 WORKER = Path(__file__).with_name("_worker.py")
 CANCEL_SUFFIX = "-cancel"  # the worker's sweep leaves these alone
@@ -66,7 +67,9 @@ class SoakConfig:
     cancel_share: float = 0.05  # jobs created to be cancelled mid-soak
     no_range_share: float = 0.03  # jobs whose server refuses a resume (fatal by design)
     late_share: float = 0.4  # jobs created SUSPENDED and resumed by a worker during the kills
+    overlap_share: float = 0.35  # chance per chaos step of a second manager when one runs
     settle_timeout: float = 150.0  # bound on waiting for every job to settle after the kills
+    store: str | None = None  # a ``postgresql://`` URL; None: ``workdir/jobs.db`` (SQLite)
     round: int = 0
 
 
@@ -175,7 +178,7 @@ class SoakReport:
             f"  bytes sent {_mib(self.bytes_sent)}; re-sent {_mib(self.bytes_resent)} "
             f"(sent for delivered files beyond one copy); "
             f"abandoned {_mib(self.bytes_abandoned)} (cancelled / by-design jobs)",
-            f"  store integrity_check: {self.integrity}",
+            f"  store sound: {self.integrity}",
             f"  lost {len(self.lost)}, corrupted {len(self.corrupted)}, "
             f"temporary files left {len(self.temp_left)}",
         ]
@@ -198,7 +201,7 @@ def _mib(n: int) -> str:
 class Worker:
     """One worker process, its stdout lines collected by a thread, its stderr in a log file."""
 
-    def __init__(self, store: Path, log_path: Path, max_seconds: float) -> None:
+    def __init__(self, store: Store, log_path: Path, max_seconds: float) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost")
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
             env.pop(name, None)
@@ -288,27 +291,6 @@ class Worker:
             return [line for line in self.lines if line.startswith(prefix)]
 
 
-# -- the store, read-only ---------------------------------------------------------------------
-def _store_states(store: Path) -> dict[uuid.UUID, JobState]:
-    """Every job's state as the store holds it (read-only, while workers write)."""
-    if not store.exists():
-        return {}
-    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
-    try:
-        return {uuid.UUID(r[0]): JobState(r[1]) for r in db.execute("SELECT id, state FROM jobs")}
-    finally:
-        db.close()
-
-
-def integrity_check(store: Path) -> str:
-    """``PRAGMA integrity_check`` of the store (``ok`` when sound)."""
-    db = sqlite3.connect(store, timeout=10)
-    try:
-        return "; ".join(str(r[0]) for r in db.execute("PRAGMA integrity_check"))
-    finally:
-        db.close()
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -349,7 +331,7 @@ def plan_jobs(cfg: SoakConfig, files: FaultyFiles, dest: Path) -> list[PlannedJo
     return jobs
 
 
-def create_jobs(store: Path, server: FileServer, jobs: list[PlannedJob]) -> None:
+def create_jobs(store: Store, server: FileServer, jobs: list[PlannedJob]) -> None:
     """Create every job (and resume the ones not ``late``) through a manager that never
     transfers, then close it."""
     policy = bitsnb.Policy(min_retry_delay_floor=0.05, max_active_jobs=0)
@@ -367,7 +349,7 @@ def create_jobs(store: Path, server: FileServer, jobs: list[PlannedJob]) -> None
 class _Chaos:
     """Kills, restarts and overlapping workers, with the counts the report needs."""
 
-    def __init__(self, cfg: SoakConfig, store: Path, logs: Path) -> None:
+    def __init__(self, cfg: SoakConfig, store: Store, logs: Path) -> None:
         self.cfg = cfg
         self.store = store
         self.logs = logs
@@ -428,7 +410,7 @@ def _settled(states: dict[uuid.UUID, JobState], ids: list[uuid.UUID]) -> bool:
 
 
 def _finish_and_check(
-    store: Path, jobs: list[PlannedJob], files: FaultyFiles, dest: Path, report: SoakReport
+    store: Store, jobs: list[PlannedJob], files: FaultyFiles, dest: Path, report: SoakReport
 ) -> set[uuid.UUID]:
     """complete() what is TRANSFERRED, cancel the rest, check every file; the delivered ids."""
     refused = files.range_refused()
@@ -496,10 +478,11 @@ def _finish_and_check(
 
 
 def run_round(cfg: SoakConfig, server: FileServer, files: FaultyFiles) -> SoakReport:
-    """One soak round on ``cfg.workdir/jobs.db`` (kept across rounds); returns its report."""
+    """One soak round on ``cfg.store`` or ``cfg.workdir/jobs.db`` (kept across rounds); returns
+    its report."""
     t0 = time.monotonic()
     report = SoakReport(seed=cfg.seed, rounds=1)
-    store = cfg.workdir / "jobs.db"
+    store: Store = cfg.store if cfg.store is not None else cfg.workdir / "jobs.db"
     dest = cfg.workdir / "dest" / f"round-{cfg.round}"
     logs = cfg.workdir / "logs"
     dest.mkdir(parents=True, exist_ok=True)
@@ -527,7 +510,7 @@ def run_round(cfg: SoakConfig, server: FileServer, files: FaultyFiles) -> SoakRe
         # kill phase: a chaos action every kill_gap seconds until the kills are done
         while chaos.kills < cfg.kills:
             time.sleep(chaos.rng.uniform(*cfg.kill_gap))
-            if _settled(_store_states(store), ids):
+            if _settled(store_states(store), ids):
                 break
             rng = chaos.rng
             if rng.random() < 0.1:
@@ -540,7 +523,7 @@ def run_round(cfg: SoakConfig, server: FileServer, files: FaultyFiles) -> SoakRe
                     time.sleep(rng.uniform(0.0, 0.6))  # a while with nobody running
             if not chaos.live:
                 chaos.start()
-            elif len(chaos.live) < 2 and rng.random() < 0.35:
+            elif len(chaos.live) < 2 and rng.random() < cfg.overlap_share:
                 chaos.start()  # two managers on the store at once
             if len(to_release) > batch:
                 now, to_release = to_release[:batch], to_release[batch:]
@@ -552,7 +535,7 @@ def run_round(cfg: SoakConfig, server: FileServer, files: FaultyFiles) -> SoakRe
         report.kill_phase = time.monotonic() - t_kills
         # settle phase: no more kills; resume what is left, sweep, until every job has settled
         deadline = time.monotonic() + cfg.settle_timeout
-        while not _settled(states := _store_states(store), ids):
+        while not _settled(states := store_states(store), ids):
             if time.monotonic() > deadline:
                 stuck = Counter(states[i].name for i in ids if states.get(i) in _ACTIVE)
                 report.problems.append(f"jobs did not settle in {cfg.settle_timeout} s: {stuck}")
@@ -599,7 +582,7 @@ def run_round(cfg: SoakConfig, server: FileServer, files: FaultyFiles) -> SoakRe
                     f"{rec.path} {rec.method} range={rec.range} if-range={rec.if_range} "
                     f"status={rec.status} fault={rec.fault} body={rec.body_bytes_sent}\n"
                 )
-    report.integrity = integrity_check(store)
+    report.integrity = store_soundness(store)
 
     names = {n for p in jobs for n, _ in p.files}
     report.faults = files.hits()
