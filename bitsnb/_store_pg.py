@@ -161,13 +161,14 @@ class PgStore(PgShares, PgViews):
         if rec.id in self._lost:
             return False  # taken over while we ran it: nothing of this run is written
         token = self._held.get(rec.id)
-        mine = (self.writer, self.writer) if release else (None, None)
-        params: tuple[object, ...] = (*job_params(rec), self.writer, *mine, str(rec.id))
+        mine = self.writer if release else None
+        final = rec.state.is_final  # a final job's lease goes, whoever holds it
+        key = str(rec.id)
+        params: tuple[object, ...] = (*job_params(rec), self.writer, mine, final, mine, final, key)
         if token is None:
             sql, params = UPDATE_JOB, (*params, rec.version)
         else:
             sql, params = UPDATE_JOB_FENCED, (*params, rec.version, self.writer, token)
-        key = str(rec.id)
         rows = [file_params(key, f) for f in files]  # the id's text once, not per file
         with self._pool.connection() as conn:
             if rows:

@@ -90,11 +90,13 @@ INSERT_JOB = (
     " retry_at, active_seconds, resumed_once, version, writer, written_ns)"
     f" VALUES ({','.join(['%s'] * 20)},1,%s,{_NOW_NS}) RETURNING seq"
 )
-# the row's fields, a new version, our writer name; then the lease columns (below)
+# the row's fields, a new version, our writer name; then the lease columns (below): given up
+# when it is ours to release, or whoever holds it when the save makes the job final (a final
+# job is nobody's to run; a dead holder's lease left on it named it that manager's for ever)
 _SET = _pg(SET_JOB.replace("written_ns=?", f"written_ns={_NOW_NS}"))
 _RELEASE = (
-    " lease_expires=CASE WHEN lease_owner=%s THEN NULL ELSE lease_expires END,"
-    " lease_owner=CASE WHEN lease_owner=%s THEN NULL ELSE lease_owner END"
+    " lease_expires=CASE WHEN lease_owner=%s OR %s::boolean THEN NULL ELSE lease_expires END,"
+    " lease_owner=CASE WHEN lease_owner=%s OR %s::boolean THEN NULL ELSE lease_owner END"
 )
 # a save by a manager that holds no lease of the job (an application's call): its version only
 UPDATE_JOB = _SET + _RELEASE + " WHERE id=%s AND version=%s"
