@@ -1,8 +1,9 @@
 """The CI soak: 150 jobs (1 KiB-2 MiB, mixed priorities) under seeded faults and 8 worker kills,
-every delivered file byte-exact, nothing lost, nothing left behind, the store sound; and the
-regressions the soak found, as small deterministic tests.
+every delivered file byte-exact, nothing lost, nothing left behind, the store sound; the same on
+a PostgreSQL store (100 jobs, 8 kills, mostly two managers at once); and the regressions the soak
+found, as small deterministic tests.
 
-The long version is ``python -m tests.soak --minutes N --seed S``.
+The long version is ``python -m tests.soak --minutes N --seed S [--store postgresql://…]``.
 """
 
 from __future__ import annotations
