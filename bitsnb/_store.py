@@ -245,11 +245,13 @@ class Store:
         in the row's own UPDATE, and a save without files is a single statement.
         """
         job_id = str(rec.id)
+        mine = self.writer if release else None
+        final = rec.state.is_final  # a final job's lease goes, whoever holds it
         params = (
             *job_params(rec),
             self.writer,
             time.time_ns(),
-            *((self.writer, self.writer) if release else (None, None)),
+            *(mine, final, mine, final),
             job_id,
             rec.version,
         )

@@ -142,10 +142,12 @@ SET_JOB = (
     " version=version+1, writer=?, written_ns=?,"
 )
 # a save: the row, if nobody changed it since we read it (its version); given our writer name
-# (twice, before the id), it also gives up our lease in the same statement
+# (twice, before the id), it also gives up our lease in the same statement, and a save that
+# makes the job final (the flags) clears the lease whoever holds it: a final job is nobody's to
+# run, and a dead holder's lease left on it named that manager for ever (the soak found it)
 UPDATE_JOB = (
-    SET_JOB + " lease_expires=CASE WHEN lease_owner=? THEN NULL ELSE lease_expires END,"
-    " lease_owner=CASE WHEN lease_owner=? THEN NULL ELSE lease_owner END"
+    SET_JOB + " lease_expires=CASE WHEN lease_owner=? OR ? THEN NULL ELSE lease_expires END,"
+    " lease_owner=CASE WHEN lease_owner=? OR ? THEN NULL ELSE lease_owner END"
     " WHERE id=? AND version=?"
 )
 # a job's start: the save and the lease in one statement, if the row is as we read it and

@@ -177,7 +177,9 @@ def test_panel_text_of_a_bandwidth_status() -> None:
 
 
 def test_a_running_capped_job_says_throttled(store: Path, dest: Path, srv: ScriptServer) -> None:
-    srv.scripts["/slow"] = timed_body(os.urandom(400_000), [])
+    # 30 s of body at the cap, so that the job is still running whenever the rate is judged
+    # (a loaded CI machine took longer than the 4 s of a smaller one to show it); cancelled after
+    srv.scripts["/slow"] = timed_body(os.urandom(3_000_000), [])
     with bitsnb.Manager(store=store, policy=fast_policy()) as mgr:
         job = mgr.create_job("capped")
         job.set_max_bandwidth(RATE)

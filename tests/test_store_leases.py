@@ -81,3 +81,23 @@ def test_a_jobs_last_file_and_its_end_are_one_commit(
     finally:
         reader.close()
     assert job.complete() == 0
+
+
+def test_a_final_save_takes_the_holders_lease_with_it(store: Path) -> None:
+    """A holds the job's lease; B's non-final save leaves it to A, B's final save (cancel,
+    complete) clears it: a final job is nobody's to run (the PostgreSQL soak found leases of
+    killed managers left on final jobs; SQLite's save had the same rule)."""
+    a = Store(store, f"host:{os.getpid()}:a")
+    b = Store(store, f"{os.uname().nodename}:{os.getpid()}:b")
+    for final in (JobState.CANCELLED, JobState.ACKNOWLEDGED):
+        rec = _job(a)
+        rec.state = JobState.QUEUED
+        assert a.claim(rec.id, 30.0) == 1
+        rec.display_name = "renamed by B"
+        assert b.save_job(rec)
+        assert _lease(b, rec) == (a.writer, 2)  # a non-final save is no reason to drop it
+        rec.state = final
+        assert b.save_job(rec)
+        assert _lease(b, rec) == (None, 3)
+    a.close()
+    b.close()
