@@ -60,10 +60,13 @@ _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?")
 class _Connection:
     """One keep-alive HTTP/1.1 connection (the request side is a plain ``write``)."""
 
-    def __init__(self, origin: tuple[str, str, int], proto: ReadAhead) -> None:
+    def __init__(
+        self, origin: tuple[str, str, int], proto: ReadAhead, sized: int | None = None
+    ) -> None:
         self.origin = origin
         self.proto = proto
         self.idle_since = 0.0
+        self.sized = sized  # the receive buffer it was opened with for a cap (None: the kernel's)
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -369,7 +372,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             # a fixed receive buffer turns the kernel's autotuning off, which would otherwise
             # let tens of MiB sit in flight (lost on a kill, queued behind a slow disk)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._rcvbuf)
-        return _Connection(origin, proto)
+        return _Connection(origin, proto, size)
 
     async def _response(
         self, conn: _Connection, request: httpx.Request, timeout: float | None
@@ -434,9 +437,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
+        want = connect_buffer()
         while idle:
             conn = idle.pop()
-            if conn.usable():
+            # a connection opened for another cap keeps that receive buffer (fixed, so the
+            # kernel never grows it: an uncapped body crawled through a 200 kB/s one)
+            if conn.usable() and conn.sized == want:
                 return conn
             conn.close()
         return None
