@@ -196,6 +196,13 @@ class AsyncManager:
             raise RuntimeError("The manager is not started: use 'async with AsyncManager()'.")
         return self._ctl
 
+    def _open_parts(self) -> _Parts:
+        parts = self._parts
+        if parts is None:
+            self._control()  # raises: not started, or closed
+            raise AssertionError("unreachable")
+        return parts
+
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
@@ -265,10 +272,7 @@ class AsyncManager:
     async def verified_hash(self, local_name: str | os.PathLike[str]) -> str | None:
         """The hash ("alg:hex") a job of this store verified for the file it completed at
         *local_name*, if the file is unchanged since (same size, mtime and inode); else None."""
-        parts = self._parts
-        if parts is None:
-            self._control()  # raises: not started, or closed
-            raise AssertionError("unreachable")
+        parts = self._open_parts()
         path = os.path.abspath(os.fspath(local_name))
         return await await_patiently(
             self.policy.store_busy_timeout, verified_hash, parts.store, path
@@ -288,10 +292,7 @@ class AsyncManager:
             checked = parse_known_hash(hash)
         except ValueError as exc:
             raise BitsError(_codes.E_INVALIDARG, f"hash {hash!r}: {exc}") from None
-        parts = self._parts
-        if parts is None:
-            self._control()  # raises: not started, or closed
-            raise AssertionError("unreachable")
+        parts = self._open_parts()
         path = os.path.abspath(os.fspath(local_name))
         return await await_patiently(
             self.policy.store_busy_timeout, record_hash, parts.store, path, checked, seen
@@ -307,10 +308,7 @@ class AsyncManager:
 
     def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
         """Call *listener* (on the manager's loop) for every job event; returns an unsubscribe."""
-        parts = self._parts
-        if parts is None:
-            self._control()  # raises: not started, or closed
-            raise AssertionError("unreachable")
+        parts = self._open_parts()
         return parts.events.subscribe(listener)
 
 
