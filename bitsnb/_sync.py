@@ -7,7 +7,6 @@ the same inside a running Jupyter kernel (whose loop is busy running the cell) a
 from __future__ import annotations
 
 import asyncio
-import atexit
 import os
 import uuid
 import weakref
@@ -27,36 +26,15 @@ from ._job import AsyncJob, record_of
 from ._jobtable import JobTable
 from ._manager import AsyncManager, control_of
 from ._models import ErrorInfo, FileInfo, JobProgress, JobTimes, Policy
-from ._persist import call_patiently
 from ._runtime import LoopThread
 from ._store_api import StoreURL
+from ._syncbridge import WINDOWS_ONLY, Bridge, closed, keep_open
 from ._syncnotify import SyncNotify
 from ._viewhooks import ViewHooks, views
 
 __all__ = ["Job", "JobEnumerator", "Manager", "ViewHooks", "views"]
 
 _T = TypeVar("_T")
-
-
-_open_managers: weakref.WeakSet[Manager] = weakref.WeakSet()
-_WINDOWS_ONLY = frozenset(
-    {
-        "set_peer_caching_flags",
-        "set_file_acl_flags",
-        "set_client_certificate",
-        "set_helper_token",
-        "get_owner_integrity_level",
-    }
-)
-
-
-@atexit.register
-def _close_all() -> None:
-    for mgr in list(_open_managers):
-        try:
-            mgr.close()
-        except Exception:  # interpreter shutdown: best effort
-            pass
 
 
 class JobEnumerator(Enumerator["Job"]):
@@ -91,12 +69,13 @@ class Manager:
         self._runtime = LoopThread()
         self._amgr = AsyncManager(store, policy=policy, transport=transport)
         self._jobs: weakref.WeakValueDictionary[uuid.UUID, Job] = weakref.WeakValueDictionary()
+        self._bridge = Bridge(self._runtime, self._amgr.policy.store_busy_timeout, self._wrap)
         try:
             self._runtime.run(self._amgr.start())
         except BaseException:
             self._runtime.stop()
             raise
-        _open_managers.add(self)
+        keep_open(self)
 
     @property
     def async_manager(self) -> AsyncManager:
@@ -126,16 +105,9 @@ class Manager:
     def _wrap(self, ajob: AsyncJob) -> Job:
         job = self._jobs.get(ajob.id)
         if job is None or job.async_job is not ajob:
-            job = Job(self, ajob)
+            job = Job(self, ajob, self._bridge)
             self._jobs[ajob.id] = job
         return job
-
-    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run a queue operation that never waits with one trip through the loop; while
-        another process holds the store's lock, retry here (the loop never waits on it)."""
-        return call_patiently(
-            self._amgr.policy.store_busy_timeout, lambda: self._runtime.call(fn, *args)
-        )
 
     def create_job(
         self,
@@ -146,8 +118,7 @@ class Manager:
         description: str = "",
     ) -> Job:
         """CreateJob: a new, empty job in SUSPENDED."""
-        if self._runtime.in_loop_thread or not self._runtime.running:
-            self._runtime.call(_nothing)  # the refusal every blocking call gives there
+        self._bridge.refuse_here()
         # the checks and the insert in this thread (the store serialises its users); the
         # loop admits the job before its next look at the queue: no trip through it here
         ctl = control_of(self._amgr)
@@ -155,13 +126,13 @@ class Manager:
 
     def get_job(self, job_id: uuid.UUID | str) -> Job:
         """GetJob: the job with that id; ``BitsError(BG_E_NOT_FOUND)`` when there is none."""
-        return self._wrap(self._call(control_of(self._amgr).get_job, job_id))
+        return self._wrap(self._bridge.call(control_of(self._amgr).get_job, job_id))
 
     def enum_jobs(
         self, all_users: bool = False, *, include_finished: bool = False
     ) -> JobEnumerator:
         """EnumJobs: a snapshot of the queue (your jobs, or everybody's for root)."""
-        jobs = self._call(control_of(self._amgr).enum_jobs, all_users, include_finished)
+        jobs = self._bridge.call(control_of(self._amgr).enum_jobs, all_users, include_finished)
         return JobEnumerator([self._wrap(j) for j in jobs], workers=self.job_workers)
 
     def get_error_description(
@@ -214,7 +185,7 @@ class Manager:
 
     def subscribe(self, listener: Callable[[JobEvent], None]) -> Callable[[], None]:
         """Call *listener(event)* on the loop thread for each job event; returns unsubscribe."""
-        return self._runtime.run(_subscribe(self._amgr, listener))
+        return self._runtime.call(self._amgr.subscribe, listener)
 
     def close(self) -> None:
         """Stop transfers (data stays for next time), release the store and the loop thread."""
@@ -225,7 +196,7 @@ class Manager:
                 self._runtime.run(self._amgr.aclose(), timeout=30)
         finally:
             self._runtime.stop()
-            _open_managers.discard(self)
+            closed(self)
 
     def __enter__(self) -> Manager:
         return self
@@ -243,30 +214,21 @@ class Manager:
         return views.queue_panel(self, jobs=jobs, since=since)
 
 
-def _nothing() -> None:
-    pass
-
-
-async def _subscribe(
-    amgr: AsyncManager, listener: Callable[[JobEvent], None]
-) -> Callable[[], None]:
-    return amgr.subscribe(listener)
-
-
 class Job:
     """A BITS job, blocking API: properties read instantly, methods wait for the manager."""
 
-    def __init__(self, manager: Manager, ajob: AsyncJob) -> None:
+    def __init__(self, manager: Manager, ajob: AsyncJob, bridge: Bridge) -> None:
         self._mgr = manager
         self._ajob = ajob
         self._ctl = control_of(manager.async_manager)
+        self._bridge = bridge
 
     def _run(self, coro: Any, timeout: float | None = None) -> Any:
-        return self._mgr._runtime.run(coro, timeout)
+        return self._bridge.run(coro, timeout)
 
     def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run a queue operation that never waits (add files, resume...) on the loop."""
-        return self._mgr._call(fn, record_of(self._ajob), *args)
+        return self._bridge.call(fn, record_of(self._ajob), *args)
 
     @property
     def async_job(self) -> AsyncJob:
@@ -509,7 +471,7 @@ class Job:
 
     async def wait_async(self, timeout: float | None = None) -> JobState:
         """``await job.wait_async()`` from any running loop (a notebook cell, say)."""
-        fut = self._mgr._runtime.submit(self._ajob.wait(timeout))
+        fut = self._bridge.submit(self._ajob.wait(timeout))
         return await asyncio.wrap_future(fut)
 
     def set_priority(self, priority: JobPriority | int) -> None:
@@ -519,7 +481,7 @@ class Job:
     def set_notify_interface(self, target: Any) -> None:
         """An object with job_transferred/job_error/job_modification/file_transferred methods;
         they run in a worker thread and receive this ``Job``, so they may call its methods."""
-        wrapped = None if target is None else SyncNotify(self._mgr._wrap, target)
+        wrapped = None if target is None else SyncNotify(self._bridge.wrap, target)
         self._run(self._ajob.set_notify_interface(wrapped))
 
     def set_notify_cmd_line(self, program: str | None, parameters: str | None = None) -> None:
@@ -595,7 +557,7 @@ class Job:
 
     def __getattr__(self, name: str) -> Any:
         # the Windows-only BITS calls (set_peer_caching_flags, ...) raise E_NOTIMPL
-        if name in _WINDOWS_ONLY:
+        if name in WINDOWS_ONLY:
             call = getattr(self._ajob, name)
             return lambda *args: self._run(call(*args))
         raise AttributeError(name)

@@ -11,7 +11,7 @@ class stands for a read property ``x`` and an ``async def set_x(value)`` on the 
 setter's value parameter and ``set_x``'s one parameter agree in kind and annotation.
 
 Differences by design are allowlisted below, each with its reason. The Windows-only BITS calls
-that ``Job`` serves through ``__getattr__`` (``bitsnb._sync._WINDOWS_ONLY``) count as present.
+that ``Job`` serves through ``__getattr__`` (``bitsnb._syncbridge.WINDOWS_ONLY``) count as present.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 import bitsnb
-from bitsnb import _codes, _sync
+from bitsnb import _codes, _syncbridge
 
 #: Members only the blocking Job has.
 JOB_ONLY: dict[str, str] = {
@@ -216,7 +216,7 @@ def test_job_and_async_job_stay_in_step(manager: bitsnb.Manager) -> None:
         async_only=ASYNC_JOB_ONLY,
         plain=PLAIN_ON_BOTH,
         awaitable=AWAITABLE_ON_BOTH,
-        served=_sync._WINDOWS_ONLY,
+        served=_syncbridge.WINDOWS_ONLY,
     )
     if found:
         pytest.fail(_report("Job and AsyncJob differ", found), pytrace=False)
@@ -244,7 +244,7 @@ def test_windows_only_calls_are_served_and_refused(manager: bitsnb.Manager) -> N
     """The names Job serves through __getattr__ are not on the class, exist as coroutines on
     AsyncJob, and reach it: each raises E_NOTIMPL."""
     job = manager.create_job("windows")
-    for name in sorted(_sync._WINDOWS_ONLY):
+    for name in sorted(_syncbridge.WINDOWS_ONLY):
         assert not hasattr(bitsnb.Job, name), name
         assert inspect.iscoroutinefunction(getattr(bitsnb.AsyncJob, name)), name
     with pytest.raises(bitsnb.BitsError) as info:

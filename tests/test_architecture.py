@@ -71,7 +71,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb.testing._digests",
         "bitsnb.testing._requests",
     ),
-    "blocking API": ("bitsnb._sync", "bitsnb._syncnotify", "bitsnb._viewhooks"),
+    "blocking API": (
+        "bitsnb._sync",
+        "bitsnb._syncbridge",
+        "bitsnb._syncnotify",
+        "bitsnb._viewhooks",
+    ),
     "core": (
         "bitsnb._manager",
         "bitsnb._job",
