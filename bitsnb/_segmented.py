@@ -9,7 +9,7 @@ import collections
 import dataclasses
 import os
 import time
-from typing import IO, Any
+from typing import IO
 
 import httpx
 
@@ -24,11 +24,12 @@ from ._fetchctx import (
     response_retry_after,
     worth_yielding,
 )
-from ._filecheck import Check, Partial, feeder
+from ._filecheck import Check, feeder
 from ._files import open_private
 from ._http_rules import BadLength, is_transient_status, parse_content_length, parse_content_range
-from ._integrity import digest_fields, new_hasher
+from ._integrity import digest_fields
 from ._records import FileRecord
+from ._segment_hash import PrefixHash
 from ._segment_parts import Conn, NoRanges, Seg, SegmentHost, connection_ended
 from ._segments import (
     contiguous_end,
@@ -38,7 +39,7 @@ from ._segments import (
     split_point,
     takeover_point,
 )
-from ._tempfile import create_temp, hash_prefix, preallocate, pwrite_all
+from ._tempfile import create_temp, preallocate, pwrite_all
 from ._transport import body_views, keep_view
 from ._validate import redact_url
 from ._validators import if_range_value
@@ -91,7 +92,7 @@ class Split:
         self.primary_free = True
         self.failure: BaseException | None = None
         self.restarts = 0
-        self.hashing: asyncio.Task[None] | None = None
+        self.hash = PrefixHash(engine, check)
         self.syncing: asyncio.Task[None] | None = None
         self.cp_at = time.monotonic()
         self.cp_bytes = f.bytes_transferred
@@ -114,7 +115,7 @@ class Split:
                 )
                 self._start(self.segs[0], None, first)
             else:
-                self._ready_hash()
+                self.hash.ready(contiguous_end(self._table()))
                 await self._start_pending()
             try:
                 await self._loop()
@@ -156,18 +157,6 @@ class Split:
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
 
-    def _ready_hash(self) -> None:
-        """A resumed table: the whole file's hasher, from the prefix this process hashed."""
-        check = self.check
-        check.content = check.content_hasher = None
-        if check.expected is None:
-            check.whole = None
-            return
-        alg = check.expected.algorithm
-        whole = check.whole
-        if whole is None or whole.algorithm != alg or whole.hashed > contiguous_end(self._table()):
-            check.whole = Partial(alg, new_hasher(alg), 0)
-
     async def _loop(self) -> None:
         tick = max(0.02, min(0.1, self.policy.segment_window / 5))
         while True:  # bounded: ends when every segment is written, or raises
@@ -180,7 +169,7 @@ class Split:
                     raise self.failure or connection_ended()
                 await self._start_pending()
             self._checkpoint_due()
-            self._hash_more()
+            self.hash.more(self.fd, contiguous_end(self._table()))
             await self._maybe_add()
             if self.conns:
                 await asyncio.wait(list(self.conns), timeout=tick)
@@ -394,7 +383,7 @@ class Split:
                 n = min(len(chunk), seg.end - pos)
                 view = memoryview(chunk)[:n]
                 pwrite_all(fd, view, pos)
-                if whole is not None and pos == whole.hashed and self.hashing is None:
+                if whole is not None and self.hash.inline_at(pos):
                     feed(view)
                     whole.hashed += n
                 seg.done = pos + n
@@ -544,39 +533,10 @@ class Split:
         else:
             self.ctx.on_checkpoint(self.f, table[0][1])
 
-    def _hash_more(self) -> None:
-        """Read back and hash what other connections wrote, once the prefix reaches it."""
-        whole = self.check.whole
-        if whole is None or self.hashing is not None:
-            return
-        start, target = whole.hashed, contiguous_end(self._table())
-        if target > start:
-            self.check.sound = False
-            self.hashing = asyncio.create_task(self._hash_range(whole, start, target))
-
-    async def _hash_range(self, whole: Partial, start: int, target: int) -> None:
-        try:
-            read = await asyncio.get_running_loop().run_in_executor(
-                self.engine.hash_pool(), hash_prefix, self.fd, whole.hasher, start, target
-            )
-        finally:
-            self.hashing = None
-        whole.hashed = target
-        self.engine.bytes_rehashed += read
-        self.check.sound = True
-
     async def _finish(self) -> None:
         """Every byte is written: hash the rest, sync, and the file needs no table."""
         try:
-            whole = self.check.whole
-            for _ in range(3):  # bounded: the second pass hashes to the end
-                if self.hashing is not None:
-                    await self.hashing
-                if whole is None or whole.hashed >= self.total:
-                    break
-                self._hash_more()
-            if whole is not None and whole.hashed < self.total:
-                raise OSError(5, "could not read back the temporary file to hash it")
+            await self.hash.finish(self.fd, self.total)
             if self.syncing is not None:
                 await self.syncing
                 self.syncing = None
@@ -594,7 +554,7 @@ class Split:
         if self.conns:
             await asyncio.gather(*self.conns, return_exceptions=True)
         self.conns.clear()
-        waits: list[asyncio.Future[Any]] = [x for x in (self.hashing, self.syncing) if x]
+        waits = self.hash.pending() + ([self.syncing] if self.syncing else [])
         if waits:
             await asyncio.wait(waits)  # the descriptor stays open while a thread uses it
         if self.syncing is not None and not self.syncing.cancelled():

@@ -100,6 +100,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._engine",
         "bitsnb._segmented",
         "bitsnb._segment_parts",
+        "bitsnb._segment_hash",
         "bitsnb._fetchctx",
         "bitsnb._filecheck",
         "bitsnb._tempfile",
