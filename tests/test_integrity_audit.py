@@ -7,18 +7,11 @@ on a resumed file; a segmented file with a known hash SIGKILLed mid-way, resumed
 from __future__ import annotations
 
 import hashlib
-import json
-import select
-import signal
-import sqlite3
-import subprocess
-import sys
-import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
-from _support.helpers import temp_files, wait_until
+from _support.helpers import temp_files
+from _support.segmented_kill import kill_when_split
 
 import bitsnb
 from bitsnb import JobState
@@ -73,6 +66,20 @@ def test_xxhash_known_hashes(
     assert not (dest / "y.bin").exists()
 
 
+def _dropped_then_resumed(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, name: str, known: str | None = None
+) -> tuple[bitsnb.Job, JobState]:
+    """Fetch *name* with its connection dropped after 100 KiB: a 200, then a 206 for the rest."""
+    server.inject(name, Fault.drop_after(100 * KIB))
+    job = manager.create_job(name)
+    job.minimum_retry_delay = 0.05
+    job.add_file(server.url(name), dest / name, known_hash=known)
+    job.resume()
+    state = job.wait(timeout=20)
+    assert requests_for(server, name) == [200, 206]
+    return job, state
+
+
 @pytest.mark.parametrize("wrong", [False, True], ids=["right", "wrong"])
 @pytest.mark.parametrize("kind", WHOLE_KINDS)
 def test_whole_digest_checks_a_resumed_file(
@@ -82,15 +89,9 @@ def test_whole_digest_checks_a_resumed_file(
     representation checks the file as a whole (right: its hash recorded; wrong: caught),
     and the prefix this process hashed is not read back."""
     name = "w.bin"
-    url = server.add_random_file(name, 256 * KIB, seed=32)
+    server.add_random_file(name, 256 * KIB, seed=32)
     server.send_digests(name, [kind], wrong=wrong)  # type: ignore[list-item]
-    server.inject(name, Fault.drop_after(100 * KIB))
-    job = manager.create_job(kind)
-    job.minimum_retry_delay = 0.05
-    job.add_file(url, dest / name)
-    job.resume()
-    state = job.wait(timeout=20)
-    assert requests_for(server, name) == [200, 206]
+    job, state = _dropped_then_resumed(manager, server, dest, name)
     assert rehashed(manager) == 0
     if wrong:
         assert state is JobState.ERROR
@@ -112,15 +113,9 @@ def test_content_digest_covers_its_own_range(
     """Content-Digest / Content-MD5 on a resumed file: the 206's digest is of its range only
     (right: accepted); wrong: the response is caught."""
     name = "c.bin"
-    url = server.add_random_file(name, 256 * KIB, seed=33)
+    server.add_random_file(name, 256 * KIB, seed=33)
     server.send_digests(name, [kind], wrong=wrong)  # type: ignore[list-item]
-    server.inject(name, Fault.drop_after(100 * KIB))
-    job = manager.create_job(kind)
-    job.minimum_retry_delay = 0.05
-    job.add_file(url, dest / name)
-    job.resume()
-    state = job.wait(timeout=20)
-    assert requests_for(server, name) == [200, 206]
+    job, state = _dropped_then_resumed(manager, server, dest, name)
     if wrong:
         assert state is JobState.ERROR
         assert job.error is not None and job.error.code == BG_E_VALIDATION_FAILED
@@ -138,46 +133,14 @@ def test_known_hash_wins_over_every_lying_digest_on_a_resumed_file(
     """Every digest header wrong on both responses, the user's known hash right: accepted,
     the recorded hash the known one; digests were not even asked for."""
     name = "l.bin"
-    url = server.add_random_file(name, 256 * KIB, seed=34)
+    server.add_random_file(name, 256 * KIB, seed=34)
     known = "sha256:" + hashlib.sha256(server.path(name).read_bytes()).hexdigest()
     server.send_digests(name, DIGEST_KINDS, wrong=True)
-    server.inject(name, Fault.drop_after(100 * KIB))
-    job = manager.create_job("liar, resumed")
-    job.minimum_retry_delay = 0.05
-    job.add_file(url, dest / name, known_hash=known)
-    job.resume()
-    assert job.wait(timeout=20) is JobState.TRANSFERRED
-    assert requests_for(server, name) == [200, 206]
+    job, state = _dropped_then_resumed(manager, server, dest, name, known)
+    assert state is JobState.TRANSFERRED
     assert job.files[0].hash == known
     reqs = [r for r in server.requests if r.path == name]
     assert all("Want-Repr-Digest" not in r.headers for r in reqs)
-
-
-_SEGMENTED_CHILD = textwrap.dedent(
-    """
-    import sys, time
-    import bitsnb
-    store, url, local, known = sys.argv[1:5]
-    policy = bitsnb.Policy(min_retry_delay_floor=0.05, poll_interval=0.05, lease_seconds=2.0,
-                           checkpoint_interval=0.1, min_segment_bytes=512 * 1024,
-                           segment_window=0.2)
-    mgr = bitsnb.Manager(store=store, policy=policy)
-    job = mgr.create_job("child")
-    job.add_file(url, local, known_hash=known)
-    job.resume()
-    print(job.id, flush=True)
-    time.sleep(60)  # the parent kills us long before this
-    """
-)
-
-
-def _segments(store: Path, job_id: uuid.UUID) -> list[list[int]] | None:
-    db = sqlite3.connect(store)
-    try:
-        row = db.execute("SELECT segments FROM files WHERE job_id=?", (str(job_id),)).fetchone()
-    finally:
-        db.close()
-    return json.loads(row[0]) if row and row[0] else None
 
 
 @pytest.mark.parametrize("corrupt", [False, True], ids=["verifies", "segment-corrupted"])
@@ -195,27 +158,7 @@ def test_segmented_file_resumed_after_sigkill_verifies(
     data = server.path("seg.bin").read_bytes()
     known = "sha256:" + hashlib.sha256(data).hexdigest()
     local = dest / "seg.bin"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SEGMENTED_CHILD, str(store), url, str(local), known],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "the child said nothing"
-        job_id = uuid.UUID(proc.stdout.readline().strip())
-
-        def split_and_checkpointed() -> bool:
-            table = _segments(store, job_id)
-            return table is not None and sum(d > s for s, d, _ in table) >= 2
-
-        wait_until(split_and_checkpointed, 30, "a checkpointed table of two segments")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    table = _segments(store, job_id)
-    assert table is not None
+    job_id, table = kill_when_split(store, url, local, known)
     if corrupt:  # a byte the table says is done, in the last segment that has some
         start, done, _ = [seg for seg in table if seg[1] > seg[0]][-1]
         (tmp,) = temp_files(dest)

@@ -6,18 +6,12 @@ straggler's tail taken over, and a known hash verified over the segments."""
 from __future__ import annotations
 
 import hashlib
-import json
-import select
-import signal
 import sqlite3
-import subprocess
-import sys
-import textwrap
-import uuid
 from pathlib import Path
 
 import pytest
 from _support.helpers import temp_files, wait_until
+from _support.segmented_kill import resume_killed, stored_table
 
 import bitsnb
 from bitsnb import JobState
@@ -247,7 +241,7 @@ def test_a_file_changed_between_segments_starts_again(
         job.resume()
         wait_until(lambda: job.files[0].connections >= 2, 30, "a second connection")
         job.suspend()
-        assert _table(store, job.id) is not None  # the table was kept
+        assert stored_table(store, job.id) is not None  # the table was kept
         server.change_file("big.bin")
         server.connection_rate = None
         server.reset_log()
@@ -297,33 +291,6 @@ def test_a_straggler_tail_is_taken_over(
 
 
 # -- a crash ---------------------------------------------------------------------------------------
-_CHILD = textwrap.dedent(
-    """
-    import sys, time
-    import bitsnb
-    store, url, local = sys.argv[1:4]
-    policy = bitsnb.Policy(min_retry_delay_floor=0.05, poll_interval=0.05, lease_seconds=2.0,
-                           checkpoint_interval=0.1, min_segment_bytes=512 * 1024,
-                           segment_window=0.2)
-    mgr = bitsnb.Manager(store=store, policy=policy)
-    job = mgr.create_job("child")
-    job.add_file(url, local)
-    job.resume()
-    print(job.id, flush=True)
-    time.sleep(60)  # the parent kills us long before this
-    """
-)
-
-
-def _table(store: Path, job_id: uuid.UUID) -> list[list[int]] | None:
-    db = sqlite3.connect(store)
-    try:
-        row = db.execute("SELECT segments FROM files WHERE job_id=?", (str(job_id),)).fetchone()
-    finally:
-        db.close()
-    return json.loads(row[0]) if row and row[0] else None
-
-
 def test_segments_resume_after_sigkill_byte_exact(
     store: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
 ) -> None:
@@ -332,43 +299,9 @@ def test_segments_resume_after_sigkill_byte_exact(
     byte-exact."""
     size = 10 * MIB
     server.connection_rate = 500_000  # slow enough to be caught mid-file on a loaded machine
-    url = server.add_random_file("victim.bin", size, seed=8)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(store), url, str(dest / "victim.bin")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "the child said nothing"
-        job_id = uuid.UUID(proc.stdout.readline().strip())
-
-        def split_and_checkpointed() -> bool:
-            table = _table(store, job_id)
-            return table is not None and sum(d > s for s, d, _ in table) >= 2
-
-        wait_until(split_and_checkpointed, 30, "a checkpointed table of two segments")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    table = _table(store, job_id)
-    assert table is not None
-    kept = done_bytes([(s, d, e) for s, d, e in table])
-    server.connection_rate = None
-    server.reset_log()
-    policy.lease_seconds = 60.0  # taken over from the dead pid
-    with bitsnb.Manager(store=store, policy=policy) as mgr:
-        job = mgr.get_job(job_id)
-        assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
-        job.complete()
-    reqs = server.requests
-    assert reqs and all(r.range is not None and r.status == 206 for r in reqs)
+    server.add_random_file("victim.bin", size, seed=8)
+    _, reqs = resume_killed(store, policy, server, "victim.bin", dest / "victim.bin")
     assert all(r.if_range and r.if_range.startswith('"') for r in reqs)
-    starts = {int(r.range.split("=")[1].split("-")[0]) for r in reqs if r.range}
-    assert {d for s, d, e in table if d < e} <= starts  # every open segment resumed
-    assert server.bytes_sent("victim.bin") <= size - kept + 2 * MIB
-    assert (dest / "victim.bin").read_bytes() == server.path("victim.bin").read_bytes()
 
 
 def test_a_schema_2_store_gets_the_segment_column(
@@ -387,4 +320,4 @@ def test_a_schema_2_store_gets_the_segment_column(
     with bitsnb.Manager(store=store, policy=policy) as mgr:
         (f,) = mgr.get_job(job_id).files
         assert f.connections == 0
-    assert _table(store, job_id) is None
+    assert stored_table(store, job_id) is None

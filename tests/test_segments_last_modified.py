@@ -6,24 +6,16 @@ starts again. Against the real loopback server with ``send_etag = False``."""
 from __future__ import annotations
 
 import email.utils
-import json
 import os
-import select
-import signal
-import sqlite3
-import subprocess
-import sys
-import textwrap
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from _support.helpers import wait_until
+from _support.segmented_kill import resume_killed, stored_table
 
 import bitsnb
 from bitsnb import JobState
-from bitsnb._segments import done_bytes
 from bitsnb._validators import STRONG_DATE_MARGIN, if_range_value, strong_date
 from bitsnb.testing import FileServer
 
@@ -143,7 +135,7 @@ def test_a_file_changed_between_segments_starts_again(
         job.resume()
         wait_until(lambda: job.files[0].connections >= 2, 30, "a second connection")
         job.suspend()
-        assert _table(store, job.id) is not None  # the table was kept
+        assert stored_table(store, job.id) is not None  # the table was kept
         lm_server.change_file("big.bin")
         second_date = _age(lm_server, "big.bin", 2 * HOUR_AGO)
         assert second_date != first_date
@@ -157,33 +149,6 @@ def test_a_file_changed_between_segments_starts_again(
     assert (dest / "big.bin").read_bytes() == lm_server.path("big.bin").read_bytes()
 
 
-_CHILD = textwrap.dedent(
-    """
-    import sys, time
-    import bitsnb
-    store, url, local = sys.argv[1:4]
-    policy = bitsnb.Policy(min_retry_delay_floor=0.05, poll_interval=0.05, lease_seconds=2.0,
-                           checkpoint_interval=0.1, min_segment_bytes=512 * 1024,
-                           segment_window=0.2)
-    mgr = bitsnb.Manager(store=store, policy=policy)
-    job = mgr.create_job("child")
-    job.add_file(url, local)
-    job.resume()
-    print(job.id, flush=True)
-    time.sleep(60)  # the parent kills us long before this
-    """
-)
-
-
-def _table(store: Path, job_id: uuid.UUID) -> list[list[int]] | None:
-    db = sqlite3.connect(store)
-    try:
-        row = db.execute("SELECT segments FROM files WHERE job_id=?", (str(job_id),)).fetchone()
-    finally:
-        db.close()
-    return json.loads(row[0]) if row and row[0] else None
-
-
 def test_segments_resume_after_sigkill_with_the_date(
     store: Path, policy: bitsnb.Policy, lm_server: FileServer, dest: Path
 ) -> None:
@@ -192,41 +157,7 @@ def test_segments_resume_after_sigkill_with_the_date(
     file again, and the file is byte-exact."""
     size = 10 * MIB
     lm_server.connection_rate = 500_000
-    url = lm_server.add_random_file("victim.bin", size, seed=14)
+    lm_server.add_random_file("victim.bin", size, seed=14)
     modified = _age(lm_server, "victim.bin", HOUR_AGO)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(store), url, str(dest / "victim.bin")],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        assert ready, "the child said nothing"
-        job_id = uuid.UUID(proc.stdout.readline().strip())
-
-        def split_and_checkpointed() -> bool:
-            table = _table(store, job_id)
-            return table is not None and sum(d > s for s, d, _ in table) >= 2
-
-        wait_until(split_and_checkpointed, 30, "a checkpointed table of two segments")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    table = _table(store, job_id)
-    assert table is not None
-    kept = done_bytes([(s, d, e) for s, d, e in table])
-    lm_server.connection_rate = None
-    lm_server.reset_log()
-    policy.lease_seconds = 60.0  # taken over from the dead pid
-    with bitsnb.Manager(store=store, policy=policy) as mgr:
-        job = mgr.get_job(job_id)
-        assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
-        job.complete()
-    reqs = lm_server.requests
-    assert reqs and all(r.range is not None and r.status == 206 for r in reqs)
+    _, reqs = resume_killed(store, policy, lm_server, "victim.bin", dest / "victim.bin")
     assert all(_is_date(r.if_range) and r.if_range == modified for r in reqs)
-    starts = {int(r.range.split("=")[1].split("-")[0]) for r in reqs if r.range}
-    assert {d for s, d, e in table if d < e} <= starts  # every open segment resumed
-    assert lm_server.bytes_sent("victim.bin") <= size - kept + 2 * MIB
-    assert (dest / "victim.bin").read_bytes() == lm_server.path("victim.bin").read_bytes()
