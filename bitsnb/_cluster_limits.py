@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from ._buckets import Budgets
 from ._engine import Engine
@@ -44,9 +45,15 @@ class ClusterLimits:
     """Keeps this manager's shares of the cluster's limits and applies them."""
 
     def __init__(
-        self, store: LimitShares, engine: Engine, budgets: Budgets, policy: Policy
+        self,
+        store: LimitShares,
+        engine: Engine,
+        budgets: Budgets,
+        policy: Policy,
+        background_jobs: Callable[[], int],
     ) -> None:
         self._store = store
+        self._background_jobs = background_jobs  # running here (an upload holds no host slot)
         self._engine = engine
         self._budgets = budgets
         self._policy = policy
@@ -91,6 +98,7 @@ class ClusterLimits:
                 wants.append(Want(host_key(origin), limit, wanted, slots.in_use, whole=True))
         cap = self._budgets.cap
         if cap:  # None: no cap; 0: background jobs are blocked anyway
+            demand = max(demand, self._background_jobs())  # uploads take from the cap too
             wants.append(Want(BANDWIDTH, cap, demand, 0.0, whole=False))
         return wants
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -139,7 +140,8 @@ class AsyncManager:
         runner.apply_schedule()  # the bandwidth limit in force before anything starts
         shares = shares_limits(store)  # a shared store: limits counted cluster-wide
         if shares is not None:
-            self._parts.limits = ClusterLimits(shares, engine, runner.budgets, p)
+            busy = functools.partial(_background_running, runner, records)
+            self._parts.limits = ClusterLimits(shares, engine, runner.budgets, p, busy)
             self._parts.limits.start()
         for rec in loaded:
             records.jobs[rec.id] = rec
@@ -339,6 +341,12 @@ class _Parts:
         self.engine = engine
         self.housekeeper: asyncio.Task[None] | None = None
         self.limits: ClusterLimits | None = None  # shares of the cluster's limits (PostgreSQL)
+
+
+def _background_running(runner: Runner, records: Records) -> int:
+    """How many jobs under the background cap (not FOREGROUND) run here now."""
+    jobs = (records.jobs.get(job_id) for job_id in runner.running)
+    return sum(1 for r in jobs if r is not None and r.priority is not JobPriority.FOREGROUND)
 
 
 def control_of(manager: AsyncManager) -> JobControl:

@@ -229,3 +229,23 @@ def test_three_managers_keep_to_one_background_cap_together(
         if 2.0 <= t2 - t1 < 2.15
     )
     assert worst <= cap * 1.3, f"{worst:.0f} B/s in a 2 s window"
+
+
+def test_an_upload_under_the_shared_cap_gets_a_share(postgres: Postgres, tmp_path: Path) -> None:
+    """An upload holds no host slot, but takes from the background cap: its job is demand."""
+    from bitsnb.testing import UploadServer
+
+    url = _database(postgres)
+    source = tmp_path / "up.bin"
+    source.write_bytes(os.urandom(1_200_000))
+    policy = bitsnb.Policy(poll_interval=0.05, lease_seconds=LEASE, max_bandwidth=1_000_000)
+    with UploadServer(tmp_path / "srv") as srv, bitsnb.Manager(store=url, policy=policy) as mgr:
+        job = mgr.create_job("up", bitsnb.JobType.UPLOAD)
+        job.upload_fragment_size = 256 * 1024
+        job.add_file(srv.url("up.bin"), source)
+        job.resume()
+        wait_until(lambda: bool(_shares(url, "bandwidth")), 30, "a share of the cap")
+        assert sum(_shares(url, "bandwidth").values()) == pytest.approx(1_000_000)
+        assert job.wait(timeout=60) is JobState.TRANSFERRED
+        assert job.complete() == 0
+        assert srv.path("up.bin").read_bytes() == source.read_bytes()
