@@ -116,6 +116,8 @@ def _finish(jobs: list[bitsnb.Job], names: list[str], server: FileServer, dest: 
 def _shares(url: str, key_prefix: str) -> dict[str, float]:
     """Each manager's share held of the limits whose key starts with *key_prefix*."""
     with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('bitsnb_limits')").fetchone() == (None,):
+            return {}  # no manager has refreshed yet: the first refresh makes the table
         rows = conn.execute(
             "SELECT owner, sum(held) FROM bitsnb_limits WHERE key LIKE %s"
             " AND expires > extract(epoch from clock_timestamp()) GROUP BY owner",
@@ -179,6 +181,7 @@ def test_a_killed_managers_share_comes_back_within_two_leases(
 
         wait_until(taken_back, 30, "the victim's slot held by the others")
         took = time.monotonic() - killed_at
+        print(f"the killed manager's slot held by the others {took:.2f} s after the kill")
         assert took <= 2 * LEASE, f"{took:.2f} s"
         _finish(jobs, names, server, dest)
     assert server.peak_concurrent <= SLOTS, server.peak_concurrent
