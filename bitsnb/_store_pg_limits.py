@@ -21,7 +21,7 @@ from ._limit_shares import Peer, Want, grant
 from ._store_pg_conn import PgBase, store_error
 from ._store_pg_rows import DB_NOW
 
-__all__ = ["LIMITS_DDL", "PgLimits"]
+__all__ = ["LIMITS_DDL", "LIMITS_LOCK", "PgLimits"]
 
 LIMITS_DDL = """
 CREATE TABLE IF NOT EXISTS bitsnb_limits (
@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS bitsnb_limits (
     expires DOUBLE PRECISION NOT NULL, PRIMARY KEY (key, owner)
 )
 """
-_LIMITS_LOCK = 0x6269_7473_6C6D  # "bitslm": one refresh at a time, cluster-wide
+LIMITS_LOCK = 0x6269_7473_6C6D  # "bitslm": one refresh at a time, cluster-wide
 _TURN_WAIT_MS = 2000  # a refresh waits this long for another's turn before it is busy
 _PEERS = (
     "SELECT key, owner, demand, held, lim FROM bitsnb_limits WHERE key = ANY(%s) AND owner <> %s"
@@ -56,7 +56,7 @@ class PgLimits(PgBase):
         try:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = {_TURN_WAIT_MS}")
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LIMITS_LOCK,))
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LIMITS_LOCK,))
                 if not self._limits_ready:
                     conn.execute(LIMITS_DDL)
                 row = conn.execute(f"SELECT {DB_NOW}").fetchone()

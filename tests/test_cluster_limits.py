@@ -207,3 +207,49 @@ def test_sqlite_keeps_each_managers_own_host_slots(
         assert job.wait(timeout=60) is bitsnb.JobState.TRANSFERRED
         job.complete()
     assert server.peak_concurrent == 3  # the whole limit at once, from the first request
+
+
+def test_a_manager_whose_refreshes_fail_past_its_lease_uses_no_share(url: str) -> None:
+    """The store does not answer (another session holds the refreshes' lock): once the lease
+    has passed without a refresh, the manager's host slots and cap share fall to none, and
+    come back with the next refresh that goes through."""
+    import psycopg
+
+    from bitsnb._buckets import Budgets
+    from bitsnb._cluster_limits import ClusterLimits
+    from bitsnb._engine import Engine
+    from bitsnb._store_api import StoreURL
+    from bitsnb._store_pg import PgStore
+    from bitsnb._store_pg_limits import LIMITS_LOCK
+
+    policy = bitsnb.Policy(lease_seconds=1.0, max_connections_per_host=2)
+    bitsnb.Manager(store=url).close()
+    store = PgStore(StoreURL(url), "me", 5.0)
+
+    async def main() -> None:
+        engine = Engine(policy)
+        budgets = Budgets(1e6)
+        limits = ClusterLimits(store, engine, budgets, policy, lambda: 1)
+        engine.share_hosts(lambda: None)
+        slots = engine.slot("http://127.0.0.1:1/a")
+        waiter = asyncio.create_task(slots.acquire())  # a connection wants the host
+        await asyncio.sleep(0)
+        try:
+            assert await limits.refresh()
+            assert slots.limit == 1 and budgets.cluster_rate == 1e6  # all it wants
+            await waiter
+            slots.release()
+            with psycopg.connect(url, autocommit=True) as other:
+                other.execute("SELECT pg_advisory_lock(%s)", (LIMITS_LOCK,))
+                assert not await limits.refresh()  # waited 2 s for its turn: past the lease
+                assert slots.limit == 0 and budgets.cluster_rate == 0
+            assert await limits.refresh()
+            assert budgets.cluster_rate == 1e6
+        finally:
+            await limits.aclose()
+            await engine.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
