@@ -1,8 +1,9 @@
 """Limits that hold across the cluster: this manager's shares of the hosts' connection slots
 and of the background bandwidth cap, kept in a shared store (PostgreSQL) and applied here.
 
-Every ``lease_seconds / 3`` (and at once when a connection waits on a host it has no share
-of yet) one call to the store (``LimitShares.share_limits``, one transaction) says what this
+Every ``lease_seconds / 3`` — sooner when a connection waits on a host it has no share of
+(at once, then every second while it still has none) and when the connections held above a
+lowered share are down to it (so the rest goes back now) — one call to the store (``LimitShares.share_limits``, one transaction) says what this
 manager wants of each limit — its demand: the connections it holds and waits for — and gets
 its share back, which goes into the engine's host slots (``HostSlots.set_limit``) and the
 manager bucket (``Budgets.set_cluster_rate``). A manager with nothing to fetch asks for
@@ -30,6 +31,7 @@ __all__ = ["ClusterLimits", "shares_limits"]
 log = logging.getLogger("bitsnb")
 
 _WOKEN_GAP = 0.25  # seconds: refreshes asked for by waiting connections come at most this often
+_STARVED_INTERVAL = 1.0  # seconds between refreshes while connections wait on a share of none
 
 
 def shares_limits(store: object) -> LimitShares | None:
@@ -130,6 +132,10 @@ class ClusterLimits:
         if share != self._budgets.cluster_rate:
             self._budgets.set_cluster_rate(share)
 
+    def _starved(self) -> bool:
+        """Connections wait on a host this manager has no share of (the others hold it all)."""
+        return any(s.limit == 0 and s.waiting for s in self._engine.host_slots().values())
+
     async def _run(self) -> None:
         """Refresh every ``interval``, or sooner (at most every ``_WOKEN_GAP``) when woken."""
         while True:
@@ -139,8 +145,9 @@ class ClusterLimits:
                 await self.refresh()
             except Exception:
                 log.exception("bitsnb: refreshing the cluster's limits failed")
+            wait = min(self.interval, _STARVED_INTERVAL) if self._starved() else self.interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), self.interval)
+                await asyncio.wait_for(self._woken.wait(), wait)
             gap = _WOKEN_GAP - (time.monotonic() - started)
             if gap > 0:
                 await asyncio.sleep(gap)

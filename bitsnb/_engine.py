@@ -143,13 +143,15 @@ class Engine:
         if sem is None:
             shared = self._shared_slots
             limit = 0 if shared is not None else self._policy.max_connections_per_host
-            sem = self._host_slots[host] = HostSlots(limit, on_starved=shared)
+            sem = HostSlots(limit, on_starved=shared, on_drained=shared)
+            self._host_slots[host] = sem
         return sem
 
-    def share_hosts(self, on_starved: Callable[[], None]) -> None:
+    def share_hosts(self, refresh: Callable[[], None]) -> None:
         """Hosts' slots are shares of the cluster's (``_cluster_limits``): a host seen from now
-        on starts with none, and *on_starved* is called when a connection waits on none."""
-        self._shared_slots = on_starved
+        on starts with none, and *refresh* is called when a connection waits on none or when
+        the slots held above a lowered share are down to it."""
+        self._shared_slots = refresh
 
     def host_slots(self) -> dict[str, HostSlots]:
         """Each host's slots, by origin (what a cluster share is asked for and applied to)."""

@@ -20,11 +20,18 @@ __all__ = ["HostSlots"]
 class HostSlots:
     """Connection slots of one host: ``limit`` at once, waiters served in arrival order."""
 
-    def __init__(self, limit: int, *, on_starved: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        on_starved: Callable[[], None] | None = None,
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
         self._limit = max(0, limit)
         self._in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.on_starved = on_starved  # called when a caller waits on a limit of 0 (no share yet)
+        self.on_drained = on_drained  # called when a limit lowered under the use is met again
 
     def __repr__(self) -> str:
         return f"HostSlots(limit={self._limit}, in_use={self._in_use}, waiting={self.waiting})"
@@ -82,6 +89,8 @@ class HostSlots:
         if self._in_use <= 0:
             raise ValueError("HostSlots released more often than acquired")
         self._in_use -= 1
+        if self._in_use == self._limit and self.on_drained is not None:
+            self.on_drained()  # held above a lowered limit until now: the share can go back
         self._wake()
 
     def _wake(self) -> None:

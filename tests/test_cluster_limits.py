@@ -58,6 +58,21 @@ def test_host_slots_serve_waiters_in_order_and_follow_a_new_limit() -> None:
     assert asyncio.run(main()) == [0, 1, 2, 3]
 
 
+def test_slots_held_above_a_lowered_limit_say_when_they_are_down_to_it() -> None:
+    async def main() -> list[int]:
+        drained: list[int] = []
+        slots = HostSlots(3, on_drained=lambda: drained.append(slots.in_use))
+        for _ in range(3):
+            await slots.acquire()
+        slots.release()  # within the limit: nothing to say
+        assert drained == []
+        slots.set_limit(1)  # a smaller share: two held, one allowed
+        slots.release()
+        return drained
+
+    assert asyncio.run(main()) == [1]  # the share's rest can go back now
+
+
 def test_a_waiter_cancelled_or_granted_while_cancelled_leaks_no_slot() -> None:
     async def main() -> None:
         starved: list[bool] = []

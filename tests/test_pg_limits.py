@@ -223,15 +223,18 @@ def test_three_managers_keep_to_one_background_cap_together(
     rate = (total - start_sent) / (last - start_t)
     print(f"cluster rate {rate / 1e6:.3f} MB/s, cap {cap / 1e6:.3f} MB/s")
     assert rate <= cap * 1.15, f"{rate:.0f} B/s over {last - start_t:.1f} s"
-    # no two-second window far over it either
+    # nor any 3 s window far over it: each new request lets a send and a receive buffer's
+    # worth leave the server ahead of the buckets (a dozen connections here), so windows
+    # that catch many requests' starts run over by that much
     worst = max(
         (s2 - s1) / (t2 - t1)
         for t1, s1 in samples
         if t1 >= first + 1.0
         for t2, s2 in samples
-        if 2.0 <= t2 - t1 < 2.15
+        if 3.0 <= t2 - t1 < 3.15
     )
-    assert worst <= cap * 1.3, f"{worst:.0f} B/s in a 2 s window"
+    print(f"worst 3 s window {worst / 1e6:.3f} MB/s")
+    assert worst <= cap * 1.4, f"{worst:.0f} B/s in a 3 s window"
 
 
 def test_an_upload_under_the_shared_cap_gets_a_share(postgres: Postgres, tmp_path: Path) -> None:
