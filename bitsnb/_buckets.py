@@ -229,6 +229,7 @@ class Budgets:
         self._clock = clock
         self.cap = check_rate(max_bandwidth)  # the policy's (or the schedule's) cap
         self.yield_rate: float | None = None  # the yield controller's rate (None: not yielding)
+        self.cluster_rate: float | None = None  # this manager's share of a shared store's cap
         self.manager = TokenBucket(self.cap, clock=clock, name="manager")
         self._hosts: dict[str, TokenBucket] = {}
         self._jobs: dict[uuid.UUID, TokenBucket] = {}
@@ -243,9 +244,16 @@ class Budgets:
         self.yield_rate = check_rate(rate, "yield rate")
         self._apply()
 
+    def set_cluster_rate(self, rate: float | None) -> None:
+        """This manager's share of the cap counted cluster-wide (``_cluster_limits``), live
+        (None: the cap is this manager's alone)."""
+        self.cluster_rate = check_rate(rate, "cluster rate")
+        self._apply()
+
     def _apply(self) -> None:
-        """The manager bucket runs at the lower of the cap and the yield rate."""
-        rates = [r for r in (self.cap, self.yield_rate) if r is not None]
+        """The manager bucket runs at the lowest of the cap, the yield rate and the cluster
+        share."""
+        rates = [r for r in (self.cap, self.yield_rate, self.cluster_rate) if r is not None]
         rate = min(rates) if rates else None
         if rate != self.manager.rate:
             self.manager.set_rate(rate)

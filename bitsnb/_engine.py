@@ -26,7 +26,7 @@ import concurrent.futures
 import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import IO
 from urllib.parse import urlsplit
 
@@ -75,6 +75,7 @@ from ._models import Policy
 from ._records import FileRecord
 from ._segmented import Split
 from ._segments import check_table, done_bytes
+from ._slots import HostSlots
 from ._tcpinfo import response_socket, tcp_info
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
 from ._transport import body_views, keep_view
@@ -101,7 +102,8 @@ class Engine:
         self._policy = policy
         self._transport = transport
         self._clients: dict[tuple[str | None, bool], httpx.AsyncClient] = {}
-        self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._host_slots: dict[str, HostSlots] = {}
+        self._shared_slots: Callable[[], None] | None = None  # set by ``share_hosts``
         self._host_rtts: dict[str, float] = {}  # by origin: the last connection's round trip
         self._rtt_due: dict[str, float] = {}  # by origin: when to measure it again
         self._partials: dict[str, Partial] = {}  # by temp name: files that paused mid-way
@@ -133,12 +135,27 @@ class Engine:
         (``build_client``)."""
         return build_client(self._policy, self._transport, proxy, trust_env, limits, lean=lean)
 
-    def slot(self, url: str) -> asyncio.Semaphore:
+    def slot(self, url: str) -> HostSlots:
+        """The connection slots of *url*'s host (``max_connections_per_host``, or this
+        manager's share of the cluster's when ``share_hosts`` was called)."""
         host = _origin(url)
         sem = self._host_slots.get(host)
         if sem is None:
-            sem = self._host_slots[host] = asyncio.Semaphore(self._policy.max_connections_per_host)
+            shared = self._shared_slots
+            limit = 0 if shared is not None else self._policy.max_connections_per_host
+            sem = HostSlots(limit, on_starved=shared, on_drained=shared)
+            self._host_slots[host] = sem
         return sem
+
+    def share_hosts(self, refresh: Callable[[], None]) -> None:
+        """Hosts' slots are shares of the cluster's (``_cluster_limits``): a host seen from now
+        on starts with none, and *refresh* is called when a connection waits on none or when
+        the slots held above a lowered share are down to it."""
+        self._shared_slots = refresh
+
+    def host_slots(self) -> dict[str, HostSlots]:
+        """Each host's slots, by origin (what a cluster share is asked for and applied to)."""
+        return dict(self._host_slots)
 
     def host_rtt(self, url: str) -> float | None:
         """The round trip (seconds) of the last connection a response from *url*'s host came

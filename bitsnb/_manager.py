@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ import httpx
 
 from . import _codes
 from ._bandwidth import check_rate
+from ._cluster_limits import ClusterLimits, shares_limits
 from ._completion import FolderSync, record_hash, verified_hash
 from ._engine import Engine
 from ._enumerator import Enumerator
@@ -136,6 +138,11 @@ class AsyncManager:
         self._parts = _Parts(store, records, events, runner, replication, engine)
         self._life = _Life.OPEN
         runner.apply_schedule()  # the bandwidth limit in force before anything starts
+        shares = shares_limits(store)  # a shared store: limits counted cluster-wide
+        if shares is not None:
+            busy = functools.partial(_background_running, runner, records)
+            self._parts.limits = ClusterLimits(shares, engine, runner.budgets, p, busy)
+            self._parts.limits.start()
         for rec in loaded:
             records.jobs[rec.id] = rec
             runner.admit(rec)
@@ -178,6 +185,8 @@ class AsyncManager:
                     await records.set_state_patiently(rec, Event.STOP, rec.files)
         runner.cancel_all_retries()
         await runner.pacer.aclose()
+        if parts.limits is not None:
+            await parts.limits.aclose()  # the shares go back to the others at once
         parts.events.cancel_waiters()
         for task in list(self._background):
             task.cancel()
@@ -331,6 +340,13 @@ class _Parts:
         self.replication = replication
         self.engine = engine
         self.housekeeper: asyncio.Task[None] | None = None
+        self.limits: ClusterLimits | None = None  # shares of the cluster's limits (PostgreSQL)
+
+
+def _background_running(runner: Runner, records: Records) -> int:
+    """How many jobs under the background cap (not FOREGROUND) run here now."""
+    jobs = (records.jobs.get(job_id) for job_id in runner.running)
+    return sum(1 for r in jobs if r is not None and r.priority is not JobPriority.FOREGROUND)
 
 
 def control_of(manager: AsyncManager) -> JobControl:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from ._fetchctx import FileContext
 from ._filecheck import Check
 from ._models import Policy
 from ._records import FileRecord
+from ._slots import HostSlots
 
 __all__ = ["Conn", "NoRanges", "Seg", "SegmentHost", "connection_ended"]
 
@@ -33,7 +33,7 @@ class SegmentHost(Protocol):
 
     def client(self, proxy: str | None, trust_env: bool) -> httpx.AsyncClient: ...
 
-    def slot(self, url: str) -> asyncio.Semaphore: ...
+    def slot(self, url: str) -> HostSlots: ...
 
     def digest_headers(self, f: FileRecord, ctx: FileContext) -> dict[str, str]: ...
 
@@ -52,7 +52,7 @@ class NoRanges(Exception):
 class Conn:
     """One connection of a segmented download: the segment it fills and how fast."""
 
-    slot: asyncio.Semaphore | None  # an extra connection's host slot (None: the download's own)
+    slot: HostSlots | None  # an extra connection's host slot (None: the download's own)
     seg: Seg | None = None
     began: float | None = None  # when its current response's first body byte came
     bytes: int = 0  # body bytes of its current response

@@ -39,6 +39,7 @@ from ._segments import (
     split_point,
     takeover_point,
 )
+from ._slots import HostSlots
 from ._tempfile import create_temp, preallocate, pwrite_all
 from ._transport import body_views, keep_view
 from ._validate import redact_url
@@ -199,7 +200,7 @@ class Split:
                 exc = network_failure(exc)
             raise exc
 
-    def _start(self, seg: Seg, slot: asyncio.Semaphore | None, resp: httpx.Response | None) -> Conn:
+    def _start(self, seg: Seg, slot: HostSlots | None, resp: httpx.Response | None) -> Conn:
         conn = Conn(slot, seg)
         seg.owner = conn
         if slot is None:
@@ -223,7 +224,7 @@ class Split:
                 return
             self._start(seg, slot, None)
 
-    async def _free_slot(self) -> asyncio.Semaphore | None:
+    async def _free_slot(self) -> HostSlots | None:
         """A host slot taken at once, or None when the host has none free (or files wait)."""
         sem = self.engine.slot(self.f.remote_name)
         if sem.locked():

@@ -34,6 +34,7 @@ from ._store import lease_holder_dead
 from ._store_api import StoreURL
 from ._store_pg_conn import configure, locked, store_error
 from ._store_pg_copy import write_files
+from ._store_pg_limits import PgLimits
 from ._store_pg_rows import (
     CHANNEL,
     CLAIM,
@@ -66,9 +67,10 @@ from ._store_rows import (
 __all__ = ["PgStore"]
 
 
-class PgStore(PgShares, PgViews):
+class PgStore(PgShares, PgViews, PgLimits):
     """PostgreSQL-backed job store (its parts: ``PgShares``, the batches of shared jobs' files;
-    ``PgViews``, who holds what); ``path`` is its ``StoreURL`` (``str()`` hides a password)."""
+    ``PgViews``, who holds what; ``PgLimits``, managers' shares of cluster-wide limits);
+    ``path`` is its ``StoreURL`` (``str()`` hides a password)."""
 
     def __init__(self, url: StoreURL, writer: str, busy_timeout: float = 10.0) -> None:
         self.path = url

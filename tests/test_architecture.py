@@ -92,6 +92,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._uploadrun",
         "bitsnb._downloadrun",
         "bitsnb._pacing",
+        "bitsnb._cluster_limits",
     ),
     "IO": (
         "bitsnb._transport",
@@ -121,6 +122,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._store_pg_copy",
         "bitsnb._store_pg_shares",
         "bitsnb._store_pg_views",
+        "bitsnb._store_pg_limits",
         "bitsnb._store_table",
         "bitsnb._tcpinfo",
         "bitsnb._connectbuf",
@@ -141,6 +143,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._inflight",
         "bitsnb._validators",
         "bitsnb._cluster",
+        "bitsnb._slots",
+        "bitsnb._limit_shares",
     ),
     "vocabulary": (
         "bitsnb._enums",
