@@ -53,6 +53,7 @@ from ._filecheck import (
     verify,
 )
 from ._files import open_private
+from ._fsyncs import GroupSync
 from ._http_clients import build_client
 from ._http_rules import (
     MAX_LENGTH,
@@ -77,7 +78,7 @@ from ._segmented import Split
 from ._segments import check_table, done_bytes
 from ._tcpinfo import response_socket, tcp_info
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
-from ._transport import body_views, keep_view
+from ._transport import body_buffered, body_views, keep_view
 from ._validate import redact_url
 from ._validators import if_range_value, strong_date
 
@@ -106,6 +107,7 @@ class Engine:
         self._rtt_due: dict[str, float] = {}  # by origin: when to measure it again
         self._partials: dict[str, Partial] = {}  # by temp name: files that paused mid-way
         self._hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.syncs = GroupSync()  # files that finish together: one thread hop for their fsyncs
         self.bytes_rehashed = 0  # bytes read back from temporary files to hash their prefix
 
     @property
@@ -165,6 +167,7 @@ class Engine:
         pool, self._hash_pool = self._hash_pool, None
         if pool is not None:
             pool.shutdown(wait=False)
+        self.syncs.close()
 
     async def download(self, f: FileRecord, ctx: FileContext) -> None:
         """Bring *f*'s temporary file to the whole remote content, durably."""
@@ -526,7 +529,9 @@ class Engine:
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
-        unwatch = ctx.watch(resp)  # the bandwidth loop samples its connection's round trip
+        # the bandwidth loop samples its connection's round trip; a body already all in the
+        # buffer (a small file) has nothing left to pace on the wire
+        unwatch = _unwatched if body_buffered(resp) else ctx.watch(resp)
 
         async def checkpoint(upto: int) -> None:
             await asyncio.to_thread(os.fdatasync, fh.fileno())
@@ -578,7 +583,7 @@ class Engine:
                 if syncing is not None:
                     await syncing
                     syncing = None
-                await asyncio.to_thread(os.fsync, fh.fileno())
+                await self.syncs.fsync(fh.fileno())
             except OSError as exc:
                 raise local_failure(exc, f.temp_name) from exc
         finally:
@@ -589,6 +594,10 @@ class Engine:
             if syncing is not None and syncing.done() and not syncing.cancelled():
                 syncing.exception()  # retrieved, so asyncio does not warn about it
             fh.close()
+
+
+def _unwatched() -> None:
+    """Nothing was watched."""
 
 
 def _origin(url: str) -> str:
