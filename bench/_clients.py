@@ -264,8 +264,8 @@ def many_file_clients(paths: dict[str, str], jobs: int, *, one_job: bool) -> lis
 
 
 def wan_clients(paths: dict[str, str]) -> list[Client]:
-    """Clients of the WAN testbed (``--wan``): bitsnb with the default ``Policy()`` and with
-    ``Policy(receive_buffer=None)`` (kernel autotuning), curl, aria2c with one connection and
+    """Clients of the WAN testbed (``--wan``): bitsnb with the default ``Policy()`` (whose
+    ``receive_buffer`` is None now: kernel autotuning), curl, aria2c with one connection and
     with 16 segments of at least 1 MiB."""
 
     def bitsnb(*extra: str) -> Argv:
@@ -286,13 +286,6 @@ def wan_clients(paths: dict[str, str]) -> list[Client]:
     return with_baseline(
         [
             Client("bitsnb", "python", bitsnb(), is_bitsnb=True, note="one job, default Policy()"),
-            Client(
-                "bitsnb rcvbuf=None",
-                "python",
-                bitsnb("--policy", "receive_buffer=none"),
-                is_bitsnb=True,
-                note="Policy(receive_buffer=None): kernel autotuning",
-            ),
             Client(
                 "curl",
                 "curl",
