@@ -470,19 +470,8 @@ class Engine:
         """Ready the hashers for a body written from *offset*: the whole file's (its prefix
         on disk re-hashed, once, unless this process hashed it already) and the response's
         (*headers*: its digest fields, from ``digest_fields``)."""
-        check.content = check.content_hasher = None
-        if not (check.expected is not None and check.expected.source == "known hash"):
-            check.content = content_digest(headers)  # the user's known hash wins
-            if check.content is not None:
-                check.content_hasher = new_hasher(check.content.algorithm)
-        whole = check.whole
-        if check.expected is None:
-            check.whole = None
-            return
-        alg = check.expected.algorithm
-        if whole is None or whole.algorithm != alg or whole.hashed > offset:
-            whole = check.whole = Partial(alg, streaming_hasher(alg), 0)
-        if whole.hashed < offset:
+        whole = _ready_hashers(check, headers, offset)
+        if whole is not None and whole.hashed < offset:
             check.sound = False
             read = await asyncio.get_running_loop().run_in_executor(
                 self.hash_pool(), hash_prefix, fh.fileno(), whole.hasher, whole.hashed, offset
@@ -497,6 +486,38 @@ class Engine:
                 max_workers=max(1, self._policy.files_in_flight), thread_name_prefix="bitsnb-hash"
             )
         return self._hash_pool
+
+    async def _write_whole(
+        self, f: FileRecord, ctx: FileContext, resp: httpx.Response, check: Check | None
+    ) -> None:
+        """A body that came whole with its head (a small file): nothing of it left on the wire
+        to pace or checkpoint. Hashed on the loop, then created, written, fsynced and closed
+        by one job of the sync thread, in one batch with the files that finished beside it."""
+        f.bytes_transferred = 0
+        data = bytearray()
+        hashers: list[Hasher] = []
+        if check is not None:
+            _ready_hashers(check, digest_fields(resp.headers.raw), 0)
+            hashers = check.hashers()
+        views = body_views(resp)
+        assert views is not None  # body_buffered: a lean response
+        async for view in views:
+            data += view
+            for h in hashers:
+                h.update(view)
+        if check is not None and check.whole is not None:
+            check.whole.hashed += len(data)
+        f.bytes_transferred = len(data)
+        if ctx.throttle is not None and ctx.throttle.limited:
+            await ctx.throttle.take(len(data))  # the bytes count against the job's budgets
+        ctx.on_progress(f)
+        try:
+            if check is not None:
+                check.sound = True
+                check_content(f, check)
+            await self.syncs.write_whole(f.temp_name, bytes(data))
+        except OSError as exc:
+            raise local_failure(exc, f.temp_name) from exc
 
     async def _write_body(
         self,
@@ -514,6 +535,9 @@ class Engine:
         With *check*, each view is hashed once written, before the next one is taken; the
         response's Content-Digest is checked at its end.
         """
+        if offset == 0 and body_buffered(resp):
+            await self._write_whole(f, ctx, resp, check)
+            return
         policy = self._policy
         try:
             if offset > 0:
@@ -529,9 +553,7 @@ class Engine:
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
         syncing: asyncio.Task[None] | None = None
-        # the bandwidth loop samples its connection's round trip; a body already all in the
-        # buffer (a small file) has nothing left to pace on the wire
-        unwatch = _unwatched if body_buffered(resp) else ctx.watch(resp)
+        unwatch = ctx.watch(resp)  # the bandwidth loop samples its connection's round trip
 
         async def checkpoint(upto: int) -> None:
             await asyncio.to_thread(os.fdatasync, fh.fileno())
@@ -596,8 +618,23 @@ class Engine:
             fh.close()
 
 
-def _unwatched() -> None:
-    """Nothing was watched."""
+def _ready_hashers(check: Check, headers: Mapping[str, str], offset: int) -> Partial | None:
+    """The response's hasher (its Content-Digest, unless a known hash rules) and the whole
+    file's, which is returned (None without an expected hash); its prefix up to *offset* is
+    the caller's to hash."""
+    check.content = check.content_hasher = None
+    if not (check.expected is not None and check.expected.source == "known hash"):
+        check.content = content_digest(headers)  # the user's known hash wins
+        if check.content is not None:
+            check.content_hasher = new_hasher(check.content.algorithm)
+    whole = check.whole
+    if check.expected is None:
+        check.whole = None
+        return None
+    alg = check.expected.algorithm
+    if whole is None or whole.algorithm != alg or whole.hashed > offset:
+        whole = check.whole = Partial(alg, streaming_hasher(alg), 0)
+    return whole
 
 
 def _origin(url: str) -> str:
