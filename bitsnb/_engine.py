@@ -54,7 +54,7 @@ from ._filecheck import (
 )
 from ._files import open_private
 from ._fsyncs import GroupSync
-from ._http_clients import build_client
+from ._http_clients import build_client, stream_get
 from ._http_rules import (
     MAX_LENGTH,
     BadLength,
@@ -262,7 +262,7 @@ class Engine:
             # final fsync): ask for the last byte, so a 206 confirms the file is unchanged
             offset -= 1
         headers = self._request_headers(f, ctx, offset)
-        async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
+        async with stream_get(client, f.remote_name, headers, ctx.auth) as resp:
             status = resp.status_code
             etag = resp.headers.get("etag")
             last_modified = resp.headers.get("last-modified")
