@@ -300,8 +300,8 @@ def wan_clients(paths: dict[str, str]) -> list[Client]:
 def wan_small_clients(
     paths: dict[str, str], https: ListFiles | None = None, ca_file: Path | None = None
 ) -> list[Client]:
-    """Clients of the WAN small-files run: bitsnb (default ``Policy()``, and 16 connections per
-    host as curl has), ``curl --parallel 16``; with *https* lists (and the server's *ca_file*)
+    """Clients of the WAN small-files run: bitsnb (default ``Policy()``: 16 connections per
+    host, as curl has; and the 8 it had before), ``curl --parallel 16``; with *https* lists (and the server's *ca_file*)
     the same over TLS: bitsnb on HTTP/1.1 and with ``Policy(http2=True)``, curl forced to
     HTTP/1.1 and curl multiplexing over HTTP/2."""
 
@@ -321,13 +321,19 @@ def wan_small_clients(
 
     hosts = f"max_connections_per_host={PARALLEL}"
     out = [
-        Client("bitsnb", "python", bitsnb(None), is_bitsnb=True, note="one job, default Policy()"),
         Client(
-            f"bitsnb {PARALLEL}/host",
+            "bitsnb",
             "python",
-            bitsnb(None, "--policy", hosts),
+            bitsnb(None),
             is_bitsnb=True,
-            note=f"one job, Policy({hosts})",
+            note=f"one job, default Policy() ({PARALLEL} connections per host)",
+        ),
+        Client(
+            "bitsnb 8/host",
+            "python",
+            bitsnb(None, "--policy", "max_connections_per_host=8"),
+            is_bitsnb=True,
+            note="one job, Policy(max_connections_per_host=8): the default before session 6",
         ),
         Client(f"curl --parallel {PARALLEL}", "curl", curl(None), note="HTTP/1.1"),
     ]
