@@ -1,5 +1,6 @@
-"""Running a download job: its files in flight (started in order, a few at once), each one's
-end recorded, and the last one's end and the job's in one write."""
+"""Running a download job: its files in flight (started in order, a few at once), the ones that
+finished together recorded in one write (each only after its bytes were fsynced), and the last
+ones' end and the job's in one write."""
 
 from __future__ import annotations
 
