@@ -264,8 +264,8 @@ def many_file_clients(paths: dict[str, str], jobs: int, *, one_job: bool) -> lis
 
 
 def wan_clients(paths: dict[str, str]) -> list[Client]:
-    """Clients of the WAN testbed (``--wan``): bitsnb with the default ``Policy()`` and with
-    ``Policy(receive_buffer=None)`` (kernel autotuning), curl, aria2c with one connection and
+    """Clients of the WAN testbed (``--wan``): bitsnb with the default ``Policy()`` (whose
+    ``receive_buffer`` is None now: kernel autotuning), curl, aria2c with one connection and
     with 16 segments of at least 1 MiB."""
 
     def bitsnb(*extra: str) -> Argv:
@@ -287,13 +287,6 @@ def wan_clients(paths: dict[str, str]) -> list[Client]:
         [
             Client("bitsnb", "python", bitsnb(), is_bitsnb=True, note="one job, default Policy()"),
             Client(
-                "bitsnb rcvbuf=None",
-                "python",
-                bitsnb("--policy", "receive_buffer=none"),
-                is_bitsnb=True,
-                note="Policy(receive_buffer=None): kernel autotuning",
-            ),
-            Client(
                 "curl",
                 "curl",
                 lambda u, d, _l: [paths["curl"], "-s", "-o", str(d / _name(u[0])), u[0]],
@@ -307,8 +300,8 @@ def wan_clients(paths: dict[str, str]) -> list[Client]:
 def wan_small_clients(
     paths: dict[str, str], https: ListFiles | None = None, ca_file: Path | None = None
 ) -> list[Client]:
-    """Clients of the WAN small-files run: bitsnb (default ``Policy()``, and 16 connections per
-    host as curl has), ``curl --parallel 16``; with *https* lists (and the server's *ca_file*)
+    """Clients of the WAN small-files run: bitsnb (default ``Policy()``: 16 connections per
+    host, as curl has; and the 8 it had before), ``curl --parallel 16``; with *https* lists (and the server's *ca_file*)
     the same over TLS: bitsnb on HTTP/1.1 and with ``Policy(http2=True)``, curl forced to
     HTTP/1.1 and curl multiplexing over HTTP/2."""
 
@@ -328,13 +321,19 @@ def wan_small_clients(
 
     hosts = f"max_connections_per_host={PARALLEL}"
     out = [
-        Client("bitsnb", "python", bitsnb(None), is_bitsnb=True, note="one job, default Policy()"),
         Client(
-            f"bitsnb {PARALLEL}/host",
+            "bitsnb",
             "python",
-            bitsnb(None, "--policy", hosts),
+            bitsnb(None),
             is_bitsnb=True,
-            note=f"one job, Policy({hosts})",
+            note=f"one job, default Policy() ({PARALLEL} connections per host)",
+        ),
+        Client(
+            "bitsnb 8/host",
+            "python",
+            bitsnb(None, "--policy", "max_connections_per_host=8"),
+            is_bitsnb=True,
+            note="one job, Policy(max_connections_per_host=8): the default before session 6",
         ),
         Client(f"curl --parallel {PARALLEL}", "curl", curl(None), note="HTTP/1.1"),
     ]

@@ -1,10 +1,10 @@
-"""Running a download job: its files in flight (started in order, a few at once), each one's
-end recorded, and the last one's end and the job's in one write."""
+"""Running a download job: its files in flight (started in order, a few at once), the ones that
+finished together recorded in one write (each only after its bytes were fsynced), and the last
+ones' end and the job's in one write."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable
 
@@ -93,20 +93,47 @@ class DownloadRun:
                     raise
                 finally:
                     in_flight.pop(me, None)
-                # (in_flight first: the scan of every file is O(files), so only when it can end)
-                if not in_flight and all(
-                    x.transferred or x.completed for x in rec.files if x is not f
-                ):
-                    # the job's last file: its row and the job's end go in one commit
-                    await self._end_transfer_with(rec, f, mark)
-                    continue
-                await records.change_patiently(rec, functools.partial(mark, f), [f])
-                self._events.notify_file(rec, f)
+                if await record_done(f):
+                    continue  # that write was the job's end
                 if not stopping and cursor < len(rec.files):
                     widen(f)
                 if cursor < len(rec.files) and self._scheduler.should_yield(rec.id, rec.priority):
                     stopping = True  # let the files in flight finish, then give up the slot
                     raise YieldSlice
+
+        # files durable on disk, not yet recorded: the ones that finished together go in one
+        # commit (group commit), written by one task while the workers wait for it
+        batch: list[tuple[FileRecord, asyncio.Future[bool]]] = []
+        flusher: asyncio.Task[None] | None = None
+
+        async def record_done(f: FileRecord) -> bool:
+            """Record *f* transferred, with the files that finished beside it; True when that
+            write was the job's end."""
+            nonlocal flusher
+            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_retrieve)
+            batch.append((f, fut))
+            if flusher is None or flusher.done():
+                flusher = asyncio.create_task(flush())
+            return await asyncio.shield(fut)  # a cancelled worker's file is still recorded
+
+        async def flush() -> None:
+            while batch:
+                group = batch[:]
+                batch.clear()
+                files = [f for f, _ in group]
+                try:
+                    ended = await self._record(rec, files, mark, last=not in_flight)
+                except BaseException as exc:
+                    for _, fut in group:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_result(ended)
 
         pending_files = sum(1 for f in rec.files if not (f.transferred or f.completed))
         tasks: set[asyncio.Task[None]] = set()
@@ -173,20 +200,55 @@ class DownloadRun:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if flusher is not None:  # files already on disk are recorded before the job moves on
+                await asyncio.gather(flusher, return_exceptions=True)
         if first is not None:
             raise first
 
-    async def _end_transfer_with(
-        self, rec: JobRecord, last: FileRecord, mark: Callable[[FileRecord], None]
-    ) -> None:
-        """The last file's end and the job's: one write (the file marked in the same change)."""
+    async def _record(
+        self,
+        rec: JobRecord,
+        files: list[FileRecord],
+        mark: Callable[[FileRecord], None],
+        *,
+        last: bool,
+    ) -> bool:
+        """Record *files* transferred in one write; when they are the job's last (*last*: no
+        file in flight, checked O(files) only then) the job's end goes in the same write.
+        True when it did."""
+        mine = {id(f) for f in files}
+        if last and all(x.transferred or x.completed for x in rec.files if id(x) not in mine):
+            await self._end_transfer_with(rec, files, mark)
+            return True
 
         def record() -> None:
-            mark(last)
+            for f in files:
+                mark(f)
+
+        await self._records.change_patiently(rec, record, files)
+        for f in files:
+            self._events.notify_file(rec, f)
+        return False
+
+    async def _end_transfer_with(
+        self, rec: JobRecord, files: list[FileRecord], mark: Callable[[FileRecord], None]
+    ) -> None:
+        """The last files' end and the job's: one write (the files marked in the same change)."""
+
+        def record() -> None:
+            for f in files:
+                mark(f)
             rec.transfer_completed = time.time()
             rec.first_failure_at = None
             rec.retry_at = None
 
-        await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, [last], also=record)
-        self._events.notify_file(rec, last)
+        await self._records.set_state_patiently(rec, Event.ALL_TRANSFERRED, files, also=record)
+        for f in files:
+            self._events.notify_file(rec, f)
         self._events.notify_final(rec)
+
+
+def _retrieve(fut: asyncio.Future[bool]) -> None:
+    """Take a recording's outcome even when its worker was cancelled (no asyncio warning)."""
+    if not fut.cancelled():
+        fut.exception()

@@ -53,7 +53,8 @@ from ._filecheck import (
     verify,
 )
 from ._files import open_private
-from ._http_clients import build_client
+from ._fsyncs import GroupSync
+from ._http_clients import build_client, stream_get
 from ._http_rules import (
     MAX_LENGTH,
     BadLength,
@@ -78,7 +79,7 @@ from ._segments import check_table, done_bytes
 from ._slots import HostSlots
 from ._tcpinfo import response_socket, tcp_info
 from ._tempfile import create_temp, discard_file, hash_prefix, temp_size, truncate_temp
-from ._transport import body_views, keep_view
+from ._transport import body_buffered, body_views, keep_view
 from ._validate import redact_url
 from ._validators import if_range_value, strong_date
 
@@ -108,6 +109,7 @@ class Engine:
         self._rtt_due: dict[str, float] = {}  # by origin: when to measure it again
         self._partials: dict[str, Partial] = {}  # by temp name: files that paused mid-way
         self._hash_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.syncs = GroupSync()  # files that finish together: one thread hop for their fsyncs
         self.bytes_rehashed = 0  # bytes read back from temporary files to hash their prefix
 
     @property
@@ -182,6 +184,7 @@ class Engine:
         pool, self._hash_pool = self._hash_pool, None
         if pool is not None:
             pool.shutdown(wait=False)
+        self.syncs.close()
 
     async def download(self, f: FileRecord, ctx: FileContext) -> None:
         """Bring *f*'s temporary file to the whole remote content, durably."""
@@ -276,7 +279,7 @@ class Engine:
             # final fsync): ask for the last byte, so a 206 confirms the file is unchanged
             offset -= 1
         headers = self._request_headers(f, ctx, offset)
-        async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
+        async with stream_get(client, f.remote_name, headers, ctx.auth) as resp:
             status = resp.status_code
             etag = resp.headers.get("etag")
             last_modified = resp.headers.get("last-modified")
@@ -484,19 +487,8 @@ class Engine:
         """Ready the hashers for a body written from *offset*: the whole file's (its prefix
         on disk re-hashed, once, unless this process hashed it already) and the response's
         (*headers*: its digest fields, from ``digest_fields``)."""
-        check.content = check.content_hasher = None
-        if not (check.expected is not None and check.expected.source == "known hash"):
-            check.content = content_digest(headers)  # the user's known hash wins
-            if check.content is not None:
-                check.content_hasher = new_hasher(check.content.algorithm)
-        whole = check.whole
-        if check.expected is None:
-            check.whole = None
-            return
-        alg = check.expected.algorithm
-        if whole is None or whole.algorithm != alg or whole.hashed > offset:
-            whole = check.whole = Partial(alg, streaming_hasher(alg), 0)
-        if whole.hashed < offset:
+        whole = _ready_hashers(check, headers, offset)
+        if whole is not None and whole.hashed < offset:
             check.sound = False
             read = await asyncio.get_running_loop().run_in_executor(
                 self.hash_pool(), hash_prefix, fh.fileno(), whole.hasher, whole.hashed, offset
@@ -511,6 +503,38 @@ class Engine:
                 max_workers=max(1, self._policy.files_in_flight), thread_name_prefix="bitsnb-hash"
             )
         return self._hash_pool
+
+    async def _write_whole(
+        self, f: FileRecord, ctx: FileContext, resp: httpx.Response, check: Check | None
+    ) -> None:
+        """A body that came whole with its head (a small file): nothing of it left on the wire
+        to pace or checkpoint. Hashed on the loop, then created, written, fsynced and closed
+        by one job of the sync thread, in one batch with the files that finished beside it."""
+        f.bytes_transferred = 0
+        data = bytearray()
+        hashers: list[Hasher] = []
+        if check is not None:
+            _ready_hashers(check, digest_fields(resp.headers.raw), 0)
+            hashers = check.hashers()
+        views = body_views(resp)
+        assert views is not None  # body_buffered: a lean response
+        async for view in views:
+            data += view
+            for h in hashers:
+                h.update(view)
+        if check is not None and check.whole is not None:
+            check.whole.hashed += len(data)
+        f.bytes_transferred = len(data)
+        if ctx.throttle is not None and ctx.throttle.limited:
+            await ctx.throttle.take(len(data))  # the bytes count against the job's budgets
+        ctx.on_progress(f)
+        try:
+            if check is not None:
+                check.sound = True
+                check_content(f, check)
+            await self.syncs.write_whole(f.temp_name, bytes(data))
+        except OSError as exc:
+            raise local_failure(exc, f.temp_name) from exc
 
     async def _write_body(
         self,
@@ -528,6 +552,9 @@ class Engine:
         With *check*, each view is hashed once written, before the next one is taken; the
         response's Content-Digest is checked at its end.
         """
+        if offset == 0 and body_buffered(resp):
+            await self._write_whole(f, ctx, resp, check)
+            return
         policy = self._policy
         try:
             if offset > 0:
@@ -595,7 +622,7 @@ class Engine:
                 if syncing is not None:
                     await syncing
                     syncing = None
-                await asyncio.to_thread(os.fsync, fh.fileno())
+                await self.syncs.fsync(fh.fileno())
             except OSError as exc:
                 raise local_failure(exc, f.temp_name) from exc
         finally:
@@ -606,6 +633,25 @@ class Engine:
             if syncing is not None and syncing.done() and not syncing.cancelled():
                 syncing.exception()  # retrieved, so asyncio does not warn about it
             fh.close()
+
+
+def _ready_hashers(check: Check, headers: Mapping[str, str], offset: int) -> Partial | None:
+    """The response's hasher (its Content-Digest, unless a known hash rules) and the whole
+    file's, which is returned (None without an expected hash); its prefix up to *offset* is
+    the caller's to hash."""
+    check.content = check.content_hasher = None
+    if not (check.expected is not None and check.expected.source == "known hash"):
+        check.content = content_digest(headers)  # the user's known hash wins
+        if check.content is not None:
+            check.content_hasher = new_hasher(check.content.algorithm)
+    whole = check.whole
+    if check.expected is None:
+        check.whole = None
+        return None
+    alg = check.expected.algorithm
+    if whole is None or whole.algorithm != alg or whole.hashed > offset:
+        whole = check.whole = Partial(alg, streaming_hasher(alg), 0)
+    return whole
 
 
 def _origin(url: str) -> str:

@@ -39,6 +39,7 @@ from ._wide_reads import fallback_transport
 
 __all__ = [
     "LeanTransport",
+    "body_buffered",
     "body_views",
     "fallback_transport",
     "keep_view",
@@ -498,3 +499,12 @@ def body_views(response: httpx.Response) -> AsyncIterator[memoryview] | None:
     """The zero-copy body of a response from ``LeanTransport`` (None for any other)."""
     body = response.extensions.get("bitsnb_body")
     return body.views() if isinstance(body, _Body) else None
+
+
+def body_buffered(response: httpx.Response) -> bool:
+    """Whether the whole unread body of a ``LeanTransport`` response is in its buffer already
+    (a small file arrives with its head): nothing of it is left on the wire."""
+    body = response.extensions.get("bitsnb_body")
+    if not isinstance(body, _Body) or body._framing != "length":
+        return False
+    return body._length - body.received <= body._conn.proto.available

@@ -105,6 +105,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._fetchctx",
         "bitsnb._filecheck",
         "bitsnb._tempfile",
+        "bitsnb._fsyncs",
         "bitsnb._http_clients",
         "bitsnb._upload",
         "bitsnb._store",

@@ -85,9 +85,9 @@ def test_table_rules() -> None:
 
 
 def test_policy_defaults() -> None:
-    """Eight connections per file and per host; segments of at least 8 MiB."""
+    """Eight connections per file, sixteen per host; segments of at least 8 MiB."""
     p = bitsnb.Policy()
-    assert (p.max_connections_per_file, p.max_connections_per_host) == (8, 8)
+    assert (p.max_connections_per_file, p.max_connections_per_host) == (8, 16)
     assert p.min_segment_bytes == 8 * MIB
 
 
