@@ -92,6 +92,27 @@ _END_SHARED_JOB = (
 _RENEW_BATCHES = (
     f"UPDATE bitsnb_batches SET expires={DB_NOW} + %s WHERE owner=%s RETURNING job_id, token"
 )
+# a job made the cluster's before any claim (``share``): suspended or queued, with files, and
+# nobody runs it whole
+_SHAREABLE_SQL = str(
+    (
+        int(JobState.SUSPENDED),
+        int(JobState.QUEUED),
+        int(JobState.CONNECTING),
+        int(JobState.TRANSFERRING),
+    )
+)
+_SHARE_NEW_JOB = (
+    f"UPDATE jobs SET state={int(JobState.TRANSFERRING)}, lease_owner='{SHARED}',"
+    f" lease_expires='Infinity', {_JOB_WRITE} WHERE id=%s AND state IN {_SHAREABLE_SQL}"
+    f" AND (lease_owner IS NULL OR lease_owner='{SHARED}' OR lease_expires < {DB_NOW})"
+    f" AND EXISTS (SELECT 1 FROM files WHERE job_id=%s AND {TODO})"
+)
+# the shared jobs with files that no batch holds yet (or whose batches' leases ran out)
+_SHARED_JOBS = (
+    f"SELECT j.id FROM jobs j WHERE j.lease_owner='{SHARED}' AND j.state={int(JobState.TRANSFERRING)}"
+    " ORDER BY j.priority, j.seq"
+)
 # at most this many empty ranges (files done already: a resumed job) skipped by one claim
 _SKIPS = 1000
 
@@ -202,6 +223,20 @@ class PgShares(PgBase):
         self._held_files.pop((job_id, token), None)
         with self._pool.connection() as conn:
             conn.execute(_TAKE_BATCH, (token, self.writer))
+
+    @locked
+    def share_job(self, job_id: uuid.UUID) -> bool:
+        """Make a job the cluster's before any claim (TRANSFERRING, its lease ``SHARED``), so
+        that the managers of ``serve`` claim its files in batches; False when it is not
+        suspended or queued, has no file left to fetch, or a manager runs it whole."""
+        key = str(job_id)
+        with self._pool.connection() as conn:
+            return conn.execute(_SHARE_NEW_JOB, (self.writer, key, key)).rowcount == 1
+
+    @locked
+    def shared_jobs(self) -> list[uuid.UUID]:
+        """The shared jobs still transferring (best priority first): where batches are claimed."""
+        return [uuid.UUID(str(r[0])) for r in self._all(_SHARED_JOBS, ())]
 
     @locked
     def job_state(self, job_id: uuid.UUID) -> JobState | None:
