@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import psycopg
@@ -17,10 +17,10 @@ import psycopg
 from ._enums import JobState
 from ._records import FileRecord
 from ._store_pg_conn import PgBase, locked
-from ._store_pg_rows import DB_NOW, FILE_COLUMNS
+from ._store_pg_rows import CHANNEL, DB_NOW, FILE_COLUMNS
 from ._store_rows import file_from
 
-__all__ = ["SHARED", "SHARES_DDL", "TODO", "PgShares"]
+__all__ = ["SHARED", "SHARES_DDL", "TODO", "PgShares", "job_changes"]
 
 # -- files of one job claimed by many managers (see ``PgStore.claim_files``) --------------------
 # A claimed batch is one row of its own (its token, holder, expiry and file indexes), so a file
@@ -273,3 +273,12 @@ def _pair(conn: psycopg.Connection[Any], sql: str, params: tuple[object, ...]) -
     row = conn.execute(sql, params).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+async def job_changes(url: str) -> AsyncIterator[None]:
+    """Once per job row written anywhere (the store's NOTIFYs, on a connection of its own):
+    what wakes a claimer that has nothing to do, with no query while nothing changes."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {CHANNEL}")
+        async for _ in conn.notifies():
+            yield

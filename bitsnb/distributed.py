@@ -51,7 +51,7 @@ PLUGIN_NAME = "bitsnb-manager"
 STATUS_COLUMNS = ["worker", "host", "pid", "jobs", "files", "bytes_per_second", "errors"]
 BATCH = 100  # files claimed at once from a shared job
 LANES = 2  # batches a worker fetches at once: one's claim and end overlap another's fetch
-IDLE_SECONDS = 1.0  # how often a worker with no shared job to work on looks again
+IDLE_SECONDS = 5.0  # how often a worker with no shared job looks again (a change wakes it)
 
 
 class ManagerPlugin(WorkerPlugin):
@@ -117,8 +117,12 @@ class BatchRunner:
             return
         self._ready.set()
         engine = Engine(self.policy)
-        tasks = [asyncio.create_task(_heartbeat(store, self.policy.lease_seconds))]
-        tasks += [asyncio.create_task(self._lane(store, engine)) for _ in range(LANES)]
+        wakes = [asyncio.Event() for _ in range(LANES)]
+        tasks = [
+            asyncio.create_task(_heartbeat(store, self.policy.lease_seconds)),
+            asyncio.create_task(_watch(self.where, wakes)),
+        ]
+        tasks += [asyncio.create_task(self._lane(store, engine, wake)) for wake in wakes]
         try:
             await self._stop.wait()
         finally:
@@ -128,10 +132,13 @@ class BatchRunner:
             await engine.aclose()
             store.close()
 
-    async def _lane(self, store: PgStore, engine: Engine) -> None:
-        """Batch after batch of every shared job; a look every ``IDLE_SECONDS`` while none
-        has a file to claim (or only files that fail)."""
+    async def _lane(self, store: PgStore, engine: Engine, wake: asyncio.Event) -> None:
+        """Batch after batch of every shared job; while none has a file to claim (or only
+        files that fail), a look when a job changes, or after ``IDLE_SECONDS``."""
+        loop = asyncio.get_running_loop()
         while True:
+            wake.clear()
+            looked = loop.time()
             jobs = await _retrying(store, store.shared_jobs)
             worked = False
             for job_id in jobs:
@@ -139,7 +146,11 @@ class BatchRunner:
                     self.written += n
                     worked = True
             if not worked:
-                await asyncio.sleep(IDLE_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), IDLE_SECONDS)
+                # at most one look per poll interval, however often jobs change (a manager
+                # running a job whole writes its row at every file)
+                await asyncio.sleep(max(0.0, looked + self.policy.poll_interval - loop.time()))
 
     def close(self) -> None:
         """Stop claiming; the batches in flight are given back (their files claimed again)."""
@@ -369,6 +380,20 @@ async def _fetch_batch(engine: Engine, files: list[FileRecord], width: int) -> l
 
     await asyncio.gather(*(one(f) for f in files))
     return done
+
+
+async def _watch(where: StoreURL, wakes: list[asyncio.Event]) -> None:
+    """Wake the lanes whenever a job changes (a job shared, files added); if the listening
+    connection breaks, the lanes' own looks go on and it is opened again."""
+    from ._store_pg_shares import job_changes
+
+    while True:
+        try:
+            async for _ in job_changes(where.url):
+                for wake in wakes:
+                    wake.set()
+        except Exception:  # the database went away (or refused us): look again later
+            await asyncio.sleep(IDLE_SECONDS)
 
 
 async def _heartbeat(store: PgStore, lease_seconds: float) -> None:
