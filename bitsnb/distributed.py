@@ -45,7 +45,15 @@ if TYPE_CHECKING:
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-__all__ = ["PLUGIN_NAME", "ManagerPlugin", "Served", "fetch_shared_files", "serve", "share"]
+__all__ = [
+    "PLUGIN_NAME",
+    "BatchRunner",
+    "ManagerPlugin",
+    "Served",
+    "fetch_shared_files",
+    "serve",
+    "share",
+]
 
 PLUGIN_NAME = "bitsnb-manager"
 STATUS_COLUMNS = ["worker", "host", "pid", "jobs", "files", "bytes_per_second", "errors"]
