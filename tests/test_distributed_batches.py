@@ -10,16 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support.helpers import wait_until
 from _support.postgres import Postgres
 
 import bitsnb
 from bitsnb import BitsError, JobState
 from bitsnb._codes import BG_E_EMPTY, BG_E_INVALID_STATE, BG_E_NOT_FOUND, E_INVALIDARG
-from bitsnb.testing import FileServer
+from bitsnb._store_api import StoreURL
+from bitsnb.testing import Fault, FileServer
 
 distributed = pytest.importorskip("distributed")
 psycopg = pytest.importorskip("psycopg")
-from bitsnb.distributed import PLUGIN_NAME, serve, share  # noqa: E402
+from bitsnb.distributed import PLUGIN_NAME, BatchRunner, serve, share  # noqa: E402
 
 KIB = 1024
 FILES = 120
@@ -105,3 +107,36 @@ def test_share_refuses_what_cannot_be_shared(
         share(str(tmp_path / "jobs.db"), empty.id)
     assert info.value.code == E_INVALIDARG
     assert not (tmp_path / "jobs.db").exists()
+
+
+def test_a_closed_runner_gives_its_batch_back_mid_fetch(
+    postgres: Postgres, server: FileServer, tmp_path: Path
+) -> None:
+    """A worker leaving while a batch is half fetched (one file stalls mid-body): its batch is
+    given back at once (not left to expire), nothing of it written, the job still shared."""
+    url = postgres.new_database()
+    names = [f"g{i}.bin" for i in range(3)]
+    pairs = [
+        (server.add_random_file(n, 64 * KIB, seed=i), tmp_path / n) for i, n in enumerate(names)
+    ]
+    server.inject("g0.bin", Fault.stall_after(1024, 30))
+    with bitsnb.Manager(store=url, policy=PASSIVE) as mgr:
+        job = mgr.create_job("left")
+        job.add_file_set(pairs)
+        share(url, job.id)
+        runner = BatchRunner(StoreURL(url), bitsnb.Policy(lease_seconds=30.0), batch=3)
+        try:
+            wait_until(
+                lambda: any(
+                    r.path == "g0.bin" and r.body_bytes_sent >= 1024 for r in server.requests
+                ),
+                timeout=30,
+                message="the batch's first file stalls mid-body",
+            )
+            assert len(_rows(url, "SELECT token FROM bitsnb_batches")) == 1
+        finally:
+            runner.close()
+        assert _rows(url, "SELECT token FROM bitsnb_batches") == []
+        assert _rows(url, "SELECT idx FROM files WHERE transferred=1") == []
+        assert _rows(url, "SELECT lease_owner FROM jobs") == [("bitsnb:shared",)]
+        assert runner.written == 0
