@@ -21,6 +21,10 @@ from ._store_rows import SCHEMA_VERSION
 __all__ = ["open_schema"]
 
 _MIGRATION_LOCK = 0x6269_7473_6E62  # "bitsnb": one migration at a time, cluster-wide
+# the tables of shared jobs not made yet, or the full index by local name (remade by a migration)
+_SHARES_MISSING = (
+    "SELECT to_regclass('bitsnb_batches') IS NULL OR to_regclass('files_local') IS NOT NULL"
+)
 _ID_COLLATION = (
     "SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"
     " WHERE a.attrelid = 'files'::regclass AND a.attname = 'job_id'"
@@ -62,7 +66,7 @@ def open_schema(conn: psycopg.Connection[Any], where: StoreURL, busy_timeout: fl
                 (SCHEMA_VERSION,),
             )
         _byte_order_ids(conn)
-        if conn.execute("SELECT to_regclass('bitsnb_batches')").fetchone() == (None,):
+        if conn.execute(_SHARES_MISSING).fetchone() == (True,):
             conn.execute(SHARES_DDL)
         return [str(r[0]) for r in conn.execute(_FILE_TYPES, (FILE_NAMES,))]
 

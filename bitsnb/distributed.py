@@ -3,7 +3,9 @@ of a ``distributed.Client``, all sharing one PostgreSQL queue.
 
 A worker plugin starts the manager as a worker starts (workers that join later start one too)
 and closes it as the worker leaves, giving its leases back; a worker that dies lets its leases
-expire and another takes its jobs over. Every worker writes the files it fetches itself, so
+expire and another takes its jobs over. The unit of work: a job is leased whole, unless it is
+shared (``share(store, job_id)``): then each worker claims batches of its files, fetches them and
+ends each batch in one write. Every worker writes the files it fetches itself, so
 the jobs' local names must be absolute paths on a filesystem that every worker sees (NFS,
 Lustre, a shared volume); bitsnb refuses a relative one when the file is added. Needs
 ``pip install 'bitsnb[dask,postgres]'``.
@@ -12,11 +14,14 @@ Lustre, a shared volume); bitsnb refuses a relative one when the file is added. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from distributed import Client, Worker, WorkerPlugin
 
@@ -37,31 +42,130 @@ if TYPE_CHECKING:
 
     from ._store_pg import PgStore
 
-__all__ = ["PLUGIN_NAME", "ManagerPlugin", "Served", "fetch_shared_files", "serve"]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+__all__ = [
+    "PLUGIN_NAME",
+    "BatchRunner",
+    "ManagerPlugin",
+    "Served",
+    "fetch_shared_files",
+    "serve",
+    "share",
+]
 
 PLUGIN_NAME = "bitsnb-manager"
 STATUS_COLUMNS = ["worker", "host", "pid", "jobs", "files", "bytes_per_second", "errors"]
+BATCH = 100  # files claimed at once from a shared job
+LANES = 2  # batches a worker fetches at once: one's claim and end overlap another's fetch
+IDLE_SECONDS = 5.0  # how often a worker with no shared job looks again (a change wakes it)
 
 
 class ManagerPlugin(WorkerPlugin):
-    """Runs one bitsnb ``Manager`` on the shared store in the worker it is set up in."""
+    """Runs one bitsnb ``Manager`` on the shared store in the worker it is set up in, and
+    claims batches of the shared jobs' files beside it."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, store: str, policy: Policy | None = None) -> None:
+    def __init__(self, store: str, policy: Policy | None = None, batch: int = BATCH) -> None:
         self.store = store
         self.policy = policy
+        self.batch = batch
         self.manager: Manager | None = None
+        self.batches: BatchRunner | None = None
 
     def setup(self, worker: Worker) -> None:
-        """The worker starts: open a manager (it claims and runs jobs by itself)."""
+        """The worker starts: open a manager (it claims and runs jobs by itself) and start
+        claiming the shared jobs' files."""
         self.manager = Manager(store=self.store, policy=self.policy)
+        self.batches = BatchRunner(StoreURL(self.store), self.policy or Policy(), self.batch)
 
     def teardown(self, worker: Worker) -> None:
-        """The worker leaves (or ``Served.close``): close the manager, leases given back."""
+        """The worker leaves (or ``Served.close``): batches and leases given back."""
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
         if self.manager is not None:
             self.manager.close()
             self.manager = None
+
+
+class BatchRunner:
+    """Claims, fetches and ends batches of the shared jobs' files, on a thread of its own
+    (``LANES`` batches at once); ``close()`` gives the batches it holds back."""
+
+    def __init__(self, where: StoreURL, policy: Policy, batch: int) -> None:
+        self.where = where
+        self.policy = policy
+        self.batch = batch
+        self.written = 0
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bitsnb-batches", daemon=True)
+        self._thread.start()
+        self._ready.wait(60)
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        with contextlib.closing(self._loop):
+            self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        from ._store_pg import PgStore
+
+        try:
+            store = PgStore(self.where, lease_name(), self.policy.store_busy_timeout)
+        except BaseException as exc:  # the store cannot be opened: setup says so
+            self._failure = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        engine = Engine(self.policy)
+        wakes = [asyncio.Event() for _ in range(LANES)]
+        tasks = [
+            asyncio.create_task(_heartbeat(store, self.policy.lease_seconds)),
+            asyncio.create_task(_watch(self.where, wakes)),
+        ]
+        tasks += [asyncio.create_task(self._lane(store, engine, wake)) for wake in wakes]
+        try:
+            await self._stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.aclose()
+            store.close()
+
+    async def _lane(self, store: PgStore, engine: Engine, wake: asyncio.Event) -> None:
+        """Batch after batch of every shared job; while none has a file to claim (or only
+        files that fail), a look when a job changes, or after ``IDLE_SECONDS``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wake.clear()
+            looked = loop.time()
+            jobs = await _retrying(store, store.shared_jobs)
+            worked = False
+            for job_id in jobs:
+                while (n := await _one_batch(store, engine, job_id, self.batch, self.policy)) > 0:
+                    self.written += n
+                    worked = True
+            if not worked:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), IDLE_SECONDS)
+                # at most one look per poll interval, however often jobs change (a manager
+                # running a job whole writes its row at every file)
+                await asyncio.sleep(max(0.0, looked + self.policy.poll_interval - loop.time()))
+
+    def close(self) -> None:
+        """Stop claiming; the batches in flight are given back (their files claimed again)."""
+        if not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended already
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
 
 
 def _whoami(dask_worker: Worker) -> tuple[str, int, bool]:
@@ -133,9 +237,12 @@ class Served:
         self.close()
 
 
-def serve(client: Client, store: str, policy: Policy | None = None) -> Served:
+def serve(
+    client: Client, store: str, policy: Policy | None = None, *, batch: int = BATCH
+) -> Served:
     """Start one manager on each worker of *client* (and on each worker that joins), all on
-    the PostgreSQL queue *store* (``postgresql://…``); returns the handle.
+    the PostgreSQL queue *store* (``postgresql://…``); returns the handle. Each worker leases
+    jobs whole, and claims the files of shared jobs (``share``) *batch* at a time.
 
     A SQLite file cannot be shared by workers on several machines: E_INVALIDARG.
     """
@@ -148,12 +255,49 @@ def serve(client: Client, store: str, policy: Policy | None = None) -> Served:
         )
     served = Served(client, where)  # checks the store answers (and creates its schema)
     try:
-        client.register_plugin(ManagerPlugin(where.url, policy), name=PLUGIN_NAME)
+        client.register_plugin(ManagerPlugin(where.url, policy, batch), name=PLUGIN_NAME)
     except BaseException:
         served.closed = True
         served._store.close()
         raise
     return served
+
+
+def share(store: str, job_id: uuid.UUID | str) -> None:
+    """Make a job of the PostgreSQL queue *store* the cluster's, in place of ``job.resume()``:
+    the workers of ``serve`` (and ``fetch_shared_files``) claim its files in batches, and no
+    manager runs it whole. The job must be suspended or queued with files left to fetch, and
+    nobody may run it whole; else ``BitsError`` (nothing is changed)."""
+    from ._store_pg import PgStore
+
+    where = _pg_location(store, "shared jobs")
+    key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    pg = PgStore(where, lease_name(), 10.0)
+    try:
+        if pg.patiently(pg.share_job, key):
+            return
+        state = pg.patiently(pg.job_state, key)
+    finally:
+        pg.close()
+    if state is None:
+        raise BitsError(_codes.BG_E_NOT_FOUND, f"no job {key} in the queue")
+    if state in (JobState.SUSPENDED, JobState.QUEUED):
+        raise BitsError(_codes.BG_E_EMPTY, f"job {key} has no file left to fetch")
+    raise BitsError(
+        _codes.BG_E_INVALID_STATE,
+        f"job {key} is {state.name} (or a manager runs it whole): only a suspended or queued"
+        " job can be shared",
+    )
+
+
+def _pg_location(store: str, what: str) -> StoreURL:
+    """*store* as a PostgreSQL location; a SQLite file: E_INVALIDARG."""
+    where = store_location(store)
+    if not isinstance(where, StoreURL):
+        raise BitsError(
+            _codes.E_INVALIDARG, f"{what} need a PostgreSQL store, not the file {where}"
+        )
+    return where
 
 
 def fetch_shared_files(
@@ -170,11 +314,7 @@ def fetch_shared_files(
     ended in one write each; the batch that ends the job moves it to TRANSFERRED. Returns
     how many files this process wrote; blocks until no file of the job is left to anybody
     (or *timeout*). A file that fails is given back (its batch's end) for any claimer to try again."""
-    where = store_location(store)
-    if not isinstance(where, StoreURL):
-        raise BitsError(
-            _codes.E_INVALIDARG, f"shared files need a PostgreSQL store, not the file {where}"
-        )
+    where = _pg_location(store, "shared files")
     key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     return asyncio.run(_fetch_shared(where, key, policy or Policy(), batch, timeout))
 
@@ -191,27 +331,46 @@ async def _fetch_shared(
     written = 0
     try:
         while time.monotonic() < deadline:
-            token, files = await asyncio.to_thread(
-                store.patiently, store.claim_files, job_id, batch, policy.lease_seconds
-            )
-            if not files:
-                state = await asyncio.to_thread(store.patiently, store.job_state, job_id)
-                if state is not JobState.TRANSFERRING:
-                    break  # ended (by us or another), or suspended, cancelled, gone
-                await asyncio.sleep(policy.poll_interval)  # others hold the last batches
+            n = await _one_batch(store, engine, job_id, batch, policy)
+            written += max(n, 0)
+            if n >= 0:
                 continue
-            fetched = await _fetch_batch(engine, files, policy.files_in_flight)
-            # the end writes what was fetched and gives the failed files back
-            n, _ = await asyncio.to_thread(
-                store.patiently, store.finish_files, job_id, token, fetched
-            )
-            written += n
+            state = await _retrying(store, store.job_state, job_id)
+            if state is not JobState.TRANSFERRING:
+                break  # ended (by us or another), or suspended, cancelled, gone
+            await asyncio.sleep(policy.poll_interval)  # others hold the last batches
     finally:
         beat.cancel()
         await asyncio.gather(beat, return_exceptions=True)
         await engine.aclose()
         store.close()
     return written
+
+
+async def _one_batch(
+    store: PgStore, engine: Engine, job_id: uuid.UUID, batch: int, policy: Policy
+) -> int:
+    """Claim a batch of the job's files, fetch them, end the batch (the fetched ones written,
+    the failed ones given back): how many were written; -1 when nothing was left to claim.
+    Cancelled while fetching, it gives the whole batch back."""
+    token, files = await _retrying(store, store.claim_files, job_id, batch, policy.lease_seconds)
+    if not files:
+        return -1
+    try:
+        fetched = await _fetch_batch(engine, files, policy.files_in_flight)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BitsError):
+            store.give_back_files(job_id, token)
+        raise
+    n, _ = await _retrying(store, store.finish_files, job_id, token, fetched)
+    return n
+
+
+async def _retrying(
+    store: PgStore, fn: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs
+) -> _R:
+    """A store call off the loop, retried while the store is busy (``patiently``)."""
+    return await asyncio.to_thread(store.patiently, fn, *args, **kwargs)
 
 
 async def _fetch_batch(engine: Engine, files: list[FileRecord], width: int) -> list[FileRecord]:
@@ -229,6 +388,20 @@ async def _fetch_batch(engine: Engine, files: list[FileRecord], width: int) -> l
 
     await asyncio.gather(*(one(f) for f in files))
     return done
+
+
+async def _watch(where: StoreURL, wakes: list[asyncio.Event]) -> None:
+    """Wake the lanes whenever a job changes (a job shared, files added); if the listening
+    connection breaks, the lanes' own looks go on and it is opened again."""
+    from ._store_pg_shares import job_changes
+
+    while True:
+        try:
+            async for _ in job_changes(where.url):
+                for wake in wakes:
+                    wake.set()
+        except Exception:  # the database went away (or refused us): look again later
+            await asyncio.sleep(IDLE_SECONDS)
 
 
 async def _heartbeat(store: PgStore, lease_seconds: float) -> None:

@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--store", default=None, help="a postgresql:// URL (default: a SQLite file in workdir)"
     )
+    parser.add_argument(
+        "--shared",
+        type=float,
+        default=0.0,
+        help="PostgreSQL: share of jobs shared, their files claimed in batches (e.g. 0.3)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="kept for inspection if given")
     args = parser.parse_args(argv)
 
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             kills=args.kills,
             max_size=args.max_size,
             store=args.store,
+            shared_share=args.shared,
         )
         report = run_soak(cfg, minutes=args.minutes, echo=lambda text: print(text, flush=True))
         print("== total\n" + report.format(), flush=True)

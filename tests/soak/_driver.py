@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import bitsnb
 from bitsnb import JobPriority, JobState
@@ -70,6 +70,10 @@ class SoakConfig:
     overlap_share: float = 0.35  # chance per chaos step of a second manager when one runs
     settle_timeout: float = 150.0  # bound on waiting for every job to settle after the kills
     store: str | None = None  # a ``postgresql://`` URL; None: ``workdir/jobs.db`` (SQLite)
+    # PostgreSQL: jobs shared (``share``) instead of resumed, 12-30 files each, whose files the
+    # workers claim in batches of ``batch_files`` (each worker runs a ``BatchRunner``)
+    shared_share: float = 0.0
+    batch_files: int = 4
     round: int = 0
 
 
@@ -84,6 +88,7 @@ class PlannedJob:
     role: str  # "deliver", "cancel" or "no-range"
     late: bool = False  # created SUSPENDED; a worker resumes it while the kills go on
     job_id: uuid.UUID | None = None
+    shared: bool = False  # shared (its files claimed in batches), not resumed
 
 
 @dataclass
@@ -105,6 +110,10 @@ class SoakReport:
     kills: int = 0
     restarts: int = 0
     overlaps: int = 0  # times a second manager was started while one was running
+    shared_jobs: int = 0  # jobs whose files were claimed in batches
+    batch_kills: int = 0  # kills of a worker that held a claimed batch
+    overlapping_claims: list[str] = field(default_factory=list)  # a file in two live batches
+    overlapping_fetches: list[str] = field(default_factory=list)  # a file fetched twice at once
     bytes_sent: int = 0
     bytes_resent: int = 0
     bytes_abandoned: int = 0  # sent for jobs that were cancelled or failed by design
@@ -122,6 +131,8 @@ class SoakReport:
         """Nothing lost, nothing corrupted, nothing left behind, the store sound."""
         return (
             not self.lost
+            and not self.overlapping_claims
+            and not self.overlapping_fetches
             and not self.corrupted
             and not self.temp_left
             and self.integrity == "ok"
@@ -143,6 +154,8 @@ class SoakReport:
             "kills",
             "restarts",
             "overlaps",
+            "shared_jobs",
+            "batch_kills",
             "bytes_sent",
             "bytes_resent",
             "bytes_abandoned",
@@ -153,7 +166,14 @@ class SoakReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.by_design.update(other.by_design)
         self.faults.update(other.faults)
-        for name in ("lost", "corrupted", "temp_left", "problems"):
+        for name in (
+            "lost",
+            "corrupted",
+            "temp_left",
+            "problems",
+            "overlapping_claims",
+            "overlapping_fetches",
+        ):
             getattr(self, name).extend(getattr(other, name))
         if self.integrity in ("", "ok"):
             self.integrity = other.integrity
@@ -178,6 +198,10 @@ class SoakReport:
             f"  bytes sent {_mib(self.bytes_sent)}; re-sent {_mib(self.bytes_resent)} "
             f"(sent for delivered files beyond one copy); "
             f"abandoned {_mib(self.bytes_abandoned)} (cancelled / by-design jobs)",
+            f"  shared jobs {self.shared_jobs} (files claimed in batches); kills of a worker"
+            f" holding a batch {self.batch_kills}; a file in two live batches"
+            f" {len(self.overlapping_claims)} times, fetched twice at once"
+            f" {len(self.overlapping_fetches)} times",
             f"  store sound: {self.integrity}",
             f"  lost {len(self.lost)}, corrupted {len(self.corrupted)}, "
             f"temporary files left {len(self.temp_left)}",
@@ -187,6 +211,8 @@ class SoakReport:
             ("CORRUPTED", self.corrupted),
             ("TEMP LEFT", self.temp_left),
             ("PROBLEM", self.problems),
+            ("CLAIMED TWICE", self.overlapping_claims),
+            ("FETCHED TWICE AT ONCE", self.overlapping_fetches),
         ):
             lines.extend(f"  {title}: {item}" for item in items[:20])
         lines.append("  RESULT: " + ("OK" if self.ok else "FAILED"))
@@ -201,14 +227,21 @@ def _mib(n: int) -> str:
 class Worker:
     """One worker process, its stdout lines collected by a thread, its stderr in a log file."""
 
-    def __init__(self, store: Store, log_path: Path, max_seconds: float) -> None:
+    def __init__(self, store: Store, log_path: Path, max_seconds: float, batches: int = 0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost")
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
             env.pop(name, None)
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), str(store), "--max-seconds", str(max_seconds)],
+            [
+                sys.executable,
+                str(WORKER),
+                str(store),
+                "--max-seconds",
+                str(max_seconds),
+                *(["--batches", str(batches)] if batches else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -318,16 +351,20 @@ def plan_jobs(cfg: SoakConfig, files: FaultyFiles, dest: Path) -> list[PlannedJo
             else "deliver"
         )
         name = f"soak-r{cfg.round}-{i:04d}" + (CANCEL_SUFFIX if role == "cancel" else "")
-        nfiles = rng.choices((1, 2, 3), weights=(60, 25, 15))[0]
+        # (drawn only in the shared mode: the other soaks' plans stay as they were)
+        shared = cfg.shared_share > 0 and role == "deliver" and rng.random() < cfg.shared_share
+        nfiles = rng.randint(12, 30) if shared else rng.choices((1, 2, 3), weights=(60, 25, 15))[0]
         pairs: list[tuple[str, Path]] = []
         for j in range(nfiles):
             fname = f"r{cfg.round}-{i:04d}-{j}.bin"
-            size = _log_uniform(rng, cfg.min_size, cfg.max_size)
+            size = _log_uniform(
+                rng, cfg.min_size, min(cfg.max_size, 256 * KIB) if shared else cfg.max_size
+            )
             files.add(fname, size, rng, no_range=role == "no-range" and j == 0)
             pairs.append((fname, dest / fname))
         prio = JobPriority(rng.randrange(len(JobPriority)))
-        late = rng.random() < cfg.late_share
-        jobs.append(PlannedJob(i, name, prio, pairs, role, late))
+        late = rng.random() < cfg.late_share and not shared
+        jobs.append(PlannedJob(i, name, prio, pairs, role, late, shared=shared))
     return jobs
 
 
@@ -341,7 +378,11 @@ def create_jobs(store: Store, server: FileServer, jobs: list[PlannedJob]) -> Non
             job.minimum_retry_delay = 0.2
             job.no_progress_timeout = 300
             job.add_file_set([(server.url(n), str(local)) for n, local in p.files])
-            if not p.late:
+            if p.shared:
+                from bitsnb.distributed import share
+
+                share(str(store), job.id)
+            elif not p.late:
                 job.resume()
             p.job_id = job.id
 
@@ -360,6 +401,7 @@ class _Chaos:
         self.kills = 0
         self.overlaps = 0
         self.problems: list[str] = []
+        self.watch: _BatchWatch | None = None
 
     def start(self, wait: bool = True) -> Worker:
         """A new worker; *wait*: until its manager is open (else it may die while starting)."""
@@ -368,6 +410,7 @@ class _Chaos:
             self.store,
             self.logs / f"r{self.cfg.round}-worker-{self.started:03d}.log",
             max_seconds=self.cfg.settle_timeout + 600,
+            batches=self.cfg.batch_files if self.cfg.shared_share > 0 else 0,
         )
         if self.live:
             self.overlaps += 1
@@ -379,6 +422,8 @@ class _Chaos:
     def kill_one(self, w: Worker | None = None) -> None:
         w = w if w is not None else self.rng.choice(self.live)
         self.live.remove(w)
+        if self.watch is not None:
+            self.watch.killing(w.proc.pid)
         w.kill()
         self.dead.append(w)
         self.kills += 1
@@ -403,6 +448,60 @@ class _Chaos:
             self.dead.append(w)
         self.live = []
         return problems
+
+
+class _BatchWatch:
+    """Samples, every 20 ms while the chaos runs, the live claimed batches (no file in two at
+    once) and the server's unfinished requests for the shared jobs' files (none fetched by two
+    at once; a request the server holds in a planned stall is left out: it outlives a killed
+    client, whose lease has to run out before another claims the file anyway)."""
+
+    def __init__(self, store: str, server: FileServer, names: set[str], report: SoakReport):
+        self.store, self.server, self.names, self.report = store, server, names, report
+        self.holders: set[int] = set()  # pids holding a live batch at the last sample
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def killing(self, pid: int) -> None:
+        """A worker is about to be killed: count it if it held a batch."""
+        if pid in self.holders:
+            self.report.batch_kills += 1
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.store, autocommit=True) as conn:
+            while not self._stop.wait(0.02):
+                self._sample(conn)
+
+    def _sample(self, conn: Any) -> None:
+        rows = conn.execute(
+            "SELECT job_id, owner, idxs FROM bitsnb_batches"
+            " WHERE expires >= extract(epoch from clock_timestamp())"
+        ).fetchall()
+        seen: dict[tuple[str, int], str] = {}
+        for job_id, owner, idxs in rows:
+            for i in idxs:
+                other = seen.setdefault((job_id, i), owner)
+                if other != owner and len(self.report.overlapping_claims) < 20:
+                    self.report.overlapping_claims.append(f"{job_id}#{i}: {other} and {owner}")
+        self.holders = {int(str(o).split(":")[1]) for _, o, _ in rows}
+        open_gets = Counter(
+            r.path
+            for r in self.server.requests
+            if r.method == "GET"
+            and not r.finished
+            and r.path in self.names
+            and r.fault not in ("stall", "stall_after")
+        )
+        for path, n in open_gets.items():
+            if n > 1 and len(self.report.overlapping_fetches) < 20:
+                self.report.overlapping_fetches.append(f"{path}: {n} requests at once")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def _settled(states: dict[uuid.UUID, JobState], ids: list[uuid.UUID]) -> bool:
@@ -496,6 +595,10 @@ def run_round(cfg: SoakConfig, server: FileServer, files: FaultyFiles) -> SoakRe
     report.bytes_total = sum(files.files[n].size for p in jobs for n, _ in p.files)
 
     chaos = _Chaos(cfg, store, logs)
+    shared_names = {n for p in jobs if p.shared for n, _ in p.files}
+    report.shared_jobs = sum(p.shared for p in jobs)
+    if shared_names and cfg.store is not None:
+        chaos.watch = _BatchWatch(cfg.store, server, shared_names, report)
     to_cancel = [p for p in jobs if p.role == "cancel"]
     chaos.rng.shuffle(to_cancel)
     late = [p for p in jobs if p.late]
@@ -553,6 +656,8 @@ def run_round(cfg: SoakConfig, server: FileServer, files: FaultyFiles) -> SoakRe
             time.sleep(0.5)
         chaos.any_live().send("sweep")  # one more, then the workers are asked to quit
     finally:
+        if chaos.watch is not None:
+            chaos.watch.stop()
         report.problems.extend(chaos.stop_all())
     report.kills = chaos.kills
     report.restarts = chaos.started - 1

@@ -1,7 +1,9 @@
 """A soak worker: one process that keeps a ``bitsnb.Manager`` open on a store until it is killed.
 
-Usage: ``python tests/soak/_worker.py STORE [--max-seconds N]``. Jobs already in the store
-continue by themselves when the manager opens it. Commands arrive one per line on stdin:
+Usage: ``python tests/soak/_worker.py STORE [--max-seconds N] [--batches N]``. Jobs already in
+the store continue by themselves when the manager opens it; with ``--batches`` (PostgreSQL), the
+worker also claims the shared jobs' files N at a time, as a worker of ``serve()`` does
+(``bitsnb.distributed.BatchRunner``). Commands arrive one per line on stdin:
 ``sweep`` (complete every TRANSFERRED job except those named ``*-cancel``), ``cancel JOB_ID``,
 ``resume JOB_ID...`` and ``quit`` (close the manager cleanly); end of input also quits. Each answer is one stdout line.
 The driver SIGKILLs this process at random moments; ``--max-seconds`` bounds its life anyway.
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("store")
     parser.add_argument("--max-seconds", type=float, default=900.0)
+    parser.add_argument("--batches", type=int, default=0, help="claim shared jobs' files")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
@@ -89,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     timer.daemon = True
     timer.start()
     mgr = bitsnb.Manager(store=args.store, policy=worker_policy())
+    runner = None
+    if args.batches:
+        from bitsnb._store_api import StoreURL
+        from bitsnb.distributed import BatchRunner
+
+        runner = BatchRunner(StoreURL(args.store), worker_policy(), args.batches)
     _say(f"READY {os.getpid()}")
     try:
         for raw in sys.stdin:
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _say(f"unknown {raw.strip()!r}")
     finally:
+        if runner is not None:
+            runner.close()
         mgr.close()
     _say("BYE")
     return 0

@@ -56,6 +56,32 @@ def test_soak_on_postgresql(tmp_path: Path, postgres: Postgres) -> None:
     assert report.delivered_jobs > 0.85 * report.jobs, text
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_soak_of_shared_jobs_on_postgresql(tmp_path: Path, postgres: Postgres) -> None:
+    """Shared jobs (12-30 files each) whose files the workers claim in batches of 4, beside
+    whole jobs, under the same kills and faults: workers killed holding a batch, yet no file in
+    two live batches, none fetched by two at once, none lost, every delivered file byte-exact."""
+    store = postgres.new_database()
+    cfg = SoakConfig(
+        workdir=tmp_path,
+        seed=20240601,
+        jobs=60,
+        kills=8,
+        overlap_share=0.9,
+        store=store,
+        shared_share=0.3,
+    )
+    report = run_soak(cfg)
+    text = report.format()
+    print(text)
+    assert report.ok, text
+    assert report.shared_jobs >= 10 and report.batch_kills >= 1, text
+    assert report.kills == 8 and report.overlaps >= 2, text
+    by_design = sum(report.by_design.values())  # every other job delivered, shared ones too
+    assert report.delivered_jobs + report.cancelled_on_purpose + by_design == report.jobs, text
+
+
 def _stored(store: Path, job: bitsnb.Job) -> tuple[JobState, list[tuple[int, int]]]:
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
     try:
