@@ -56,7 +56,6 @@ from ._files import open_private
 from ._fsyncs import GroupSync
 from ._http_clients import build_client, stream_get
 from ._http_rules import (
-    MAX_LENGTH,
     BadLength,
     is_transient_status,
     parse_content_length,
@@ -73,6 +72,7 @@ from ._integrity import (
     streaming_hasher,
 )
 from ._models import Policy
+from ._ranged import fetch_ranges
 from ._records import FileRecord
 from ._segmented import Split
 from ._segments import check_table, done_bytes
@@ -340,14 +340,15 @@ class Engine:
                 )
             ctx.on_connected()
             self._note_rtt(f.remote_name, resp)  # how many files in flight the host wants
+            fields = digest_fields(resp.headers.raw)  # once a response, for every check below
             if check.expected is None:  # no known hash: the server's digest of the whole file
-                check.expected = representation_digest(digest_fields(resp.headers.raw))
-            if self._may_split(f, ctx, resp, offset):
+                check.expected = representation_digest(fields)
+            if self._may_split(f, ctx, resp, offset, fields):
                 assert f.bytes_total is not None
                 run = Split(self, f, ctx, check, [(0, offset, f.bytes_total)], split=False)
                 await run.run(resp)
             else:
-                await self._write_body(f, ctx, resp, offset, check)
+                await self.write_body(f, ctx, resp, offset, check, fields)
         if f.bytes_total is None:
             f.bytes_total = f.bytes_transferred
         elif f.bytes_transferred != f.bytes_total:
@@ -359,7 +360,12 @@ class Engine:
             )
 
     def _may_split(
-        self, f: FileRecord, ctx: FileContext, resp: httpx.Response, offset: int
+        self,
+        f: FileRecord,
+        ctx: FileContext,
+        resp: httpx.Response,
+        offset: int,
+        fields: Mapping[str, str],
     ) -> bool:
         """Whether this file may be fetched in segments: a known size, a strong validator for
         If-Range (a strong ETag, or no ETag and a Last-Modified the Date shows strong), no ranges of its own, no per-response digest to check, enough of it left."""
@@ -374,7 +380,7 @@ class Engine:
                 or (not f.etag and strong_date(f.last_modified, resp.headers.get("date")))
             )
             and f.bytes_total - offset >= 2 * p.min_segment_bytes
-            and content_digest(digest_fields(resp.headers.raw)) is None
+            and content_digest(fields) is None
         )
 
     async def _fetch_segments(self, f: FileRecord, ctx: FileContext) -> None:
@@ -405,81 +411,11 @@ class Engine:
         # hash (of the ranges back to back) and each response's Content-Digest are checked
         check = self._check_for(f)
         try:
-            await self._fetch_ranges_checked(f, ctx, check)
+            await fetch_ranges(self, f, ctx, check)
         except BaseException:
             self._keep_partial(f, check)
             raise
         verify(f, check)
-
-    async def _fetch_ranges_checked(self, f: FileRecord, ctx: FileContext, check: Check) -> None:
-        assert f.ranges is not None
-        offset = temp_size(f)
-        done_before = 0
-        client = self.client(ctx.proxy, ctx.trust_env)
-        for i, (start, length) in enumerate(f.ranges):
-            if length is not None and offset >= done_before + length:
-                done_before += length
-                continue
-            skip = offset - done_before
-            first = start + skip
-            last = "" if length is None else str(start + length - 1)
-            headers = self.digest_headers(f, ctx)
-            headers["Range"] = f"bytes={first}-{last}"
-            async with client.stream("GET", f.remote_name, headers=headers, auth=ctx.auth) as resp:
-                if resp.status_code == 200:
-                    raise TransferFailure(
-                        _codes.BG_E_INSUFFICIENT_RANGE_SUPPORT,
-                        ErrorContext.REMOTE_FILE,
-                        transient=False,
-                        message="the server answered a Range request with the whole file",
-                    )
-                if resp.status_code == 416:
-                    raise TransferFailure(
-                        _codes.BG_E_INVALID_RANGE,
-                        ErrorContext.REMOTE_FILE,
-                        transient=False,
-                        message=f"range {first}-{last} lies outside the remote file",
-                    )
-                if resp.status_code != 206:
-                    raise TransferFailure(
-                        _codes.http_error(resp.status_code),
-                        ErrorContext.REMOTE_FILE,
-                        transient=is_transient_status(resp.status_code),
-                        message=f"HTTP {resp.status_code}",
-                        retry_after=response_retry_after(resp),
-                    )
-                span = parse_content_range(resp.headers.get("content-range"))
-                if (
-                    span is None
-                    or span.first != first
-                    or span.last is None
-                    or (last and span.last != int(last))
-                ):
-                    # BITS documents a range error after Resume as fatal
-                    raise invalid_response(
-                        "the server's Content-Range does not match the requested range",
-                        transient=False,
-                    )
-                if length is None:
-                    # to EOF: the range's length is now known
-                    length = span.last - start + 1
-                    if length + sum(n or 0 for _, n in f.ranges) > MAX_LENGTH:
-                        raise invalid_response(
-                            "the ranges would add up to more than 2^63-1 bytes", transient=False
-                        )
-                    f.ranges[i] = (start, length)
-                f.bytes_total = sum(n or 0 for _, n in f.ranges)
-                ctx.on_connected()
-                await self._write_body(f, ctx, resp, offset, check)
-            offset = temp_size(f)
-            if offset < done_before + length:
-                raise TransferFailure(
-                    _codes.ERROR_WINHTTP_CONNECTION_ERROR,
-                    ErrorContext.REMOTE_FILE,
-                    transient=True,
-                    message="the connection ended before the range was complete",
-                )
-            done_before += length
 
     async def begin_hashes(
         self, fh: IO[bytes], check: Check, headers: Mapping[str, str], offset: int
@@ -505,7 +441,12 @@ class Engine:
         return self._hash_pool
 
     async def _write_whole(
-        self, f: FileRecord, ctx: FileContext, resp: httpx.Response, check: Check | None
+        self,
+        f: FileRecord,
+        ctx: FileContext,
+        resp: httpx.Response,
+        check: Check | None,
+        fields: Mapping[str, str],
     ) -> None:
         """A body that came whole with its head (a small file): nothing of it left on the wire
         to pace or checkpoint. Hashed on the loop, then created, written, fsynced and closed
@@ -514,7 +455,7 @@ class Engine:
         data = bytearray()
         hashers: list[Hasher] = []
         if check is not None:
-            _ready_hashers(check, digest_fields(resp.headers.raw), 0)
+            _ready_hashers(check, fields, 0)
             hashers = check.hashers()
         views = body_views(resp)
         assert views is not None  # body_buffered: a lean response
@@ -536,13 +477,14 @@ class Engine:
         except OSError as exc:
             raise local_failure(exc, f.temp_name) from exc
 
-    async def _write_body(
+    async def write_body(
         self,
         f: FileRecord,
         ctx: FileContext,
         resp: httpx.Response,
         offset: int,
         check: Check | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> None:
         """Stream the body into the temporary file from *offset*, checkpointing as it goes.
 
@@ -550,10 +492,13 @@ class Engine:
         time); the store records the byte count the sync covered once it is done, so the
         store never claims more than is on disk. The final fsync waits for everything.
         With *check*, each view is hashed once written, before the next one is taken; the
-        response's Content-Digest is checked at its end.
+        response's Content-Digest is checked at its end. *fields*: the response's digest
+        fields when the caller has read them already.
         """
+        if fields is None:
+            fields = digest_fields(resp.headers.raw)
         if offset == 0 and body_buffered(resp):
-            await self._write_whole(f, ctx, resp, check)
+            await self._write_whole(f, ctx, resp, check, fields)
             return
         policy = self._policy
         try:
@@ -583,7 +528,7 @@ class Engine:
             hashers: list[Hasher] = []
             try:
                 if check is not None:
-                    await self.begin_hashes(fh, check, digest_fields(resp.headers.raw), offset)
+                    await self.begin_hashes(fh, check, fields, offset)
                     hashers = check.hashers()
                 # a lean response's body comes as views of its connection's buffer (no copy);
                 # a hasher on its own thread is lent those views themselves (kept until hashed)

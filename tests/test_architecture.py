@@ -102,6 +102,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._segmented",
         "bitsnb._segment_parts",
         "bitsnb._segment_hash",
+        "bitsnb._ranged",
         "bitsnb._fetchctx",
         "bitsnb._filecheck",
         "bitsnb._tempfile",
