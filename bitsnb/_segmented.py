@@ -32,6 +32,7 @@ from ._records import FileRecord
 from ._segment_hash import PrefixHash
 from ._segment_parts import Conn, NoRanges, Seg, SegmentHost, connection_ended
 from ._segments import (
+    GAIN,
     contiguous_end,
     done_bytes,
     gained,
@@ -428,10 +429,15 @@ class Split:
         took = now - began
         if self.trial is None:
             if took >= _JUDGE_SECONDS:
-                self.base_rate = (got - before) / took
+                rate = (got - before) / took
+                # the first second, or still ramping up (slow start on a long round trip): a
+                # connection tried now would be credited with the others' own growth, so the
+                # first is tried only once a second's rate is level with the one before
+                ramping = self.base_rate <= 0 or rate >= GAIN * self.base_rate
+                self.base_rate = rate
                 busy = (time.thread_time() - self.cpu_from) / took
                 self.window, self.cpu_from = (now, got), time.thread_time()
-                if busy < _BUSY_LOOP:  # a loop busy all the time goes no faster with more
+                if not ramping and busy < _BUSY_LOOP:  # a busy loop goes no faster with more
                     await self._add()
             return
         if took < self.policy.segment_window:

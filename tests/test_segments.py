@@ -213,7 +213,7 @@ def test_a_server_that_ignores_the_second_range_keeps_one_connection(
     """The second connection's Range is answered with the whole file: dropped, the first
     connection goes on to the end, no error and no more connections."""
     server.connection_rate = 3_000_000
-    url = server.add_random_file("big.bin", 6 * MIB, seed=5)
+    url = server.add_random_file("big.bin", 12 * MIB, seed=5)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
         job = mgr.create_job("seg")
         job.add_file(url, dest / "big.bin")
