@@ -517,6 +517,11 @@ class JobControl:
         await self._folders.sync(done.folders)
         return done.result()
 
+    async def settle(self, rec: JobRecord) -> None:
+        """Wait for the job's run to end by itself (one that reached TRANSFERRED is only
+        finishing: its files are recorded, its task still unwinding)."""
+        await self._runner.ended(rec.id)
+
     def complete_now(self, rec: JobRecord) -> Completion | None:
         """complete() of a download job that is not transferring, up to the folder sync, which
         the caller does; None when the call has to wait (a running job, an upload)."""

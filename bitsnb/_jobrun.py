@@ -156,6 +156,12 @@ class Runner:
 
         self._loop.call_later(delay, again)
 
+    async def ended(self, job_id: uuid.UUID) -> None:
+        """Wait, without cancelling it, until the job's task (if any) has ended."""
+        task = self._runs.get(job_id)
+        if task is not None:
+            await asyncio.wait([task])
+
     async def stop(self, job_id: uuid.UUID) -> None:
         """Cancel the job's task and wait until it has stopped (its data stays on disk)."""
         task = self._runs.get(job_id)

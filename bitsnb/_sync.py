@@ -458,6 +458,9 @@ class Job:
     def complete(self) -> int:
         """Complete: move transferred files into place (S_OK or BG_S_PARTIAL_COMPLETE)."""
         done = self._call(self._ctl.complete_now)
+        if done is None and self._ajob.state is JobState.TRANSFERRED:  # its run is ending
+            self._run(self._ctl.settle(record_of(self._ajob)))
+            done = self._call(self._ctl.complete_now)
         if done is None:  # transferring (it is stopped first) or an upload: the full call
             return int(self._run(self._ajob.complete()))
         return int(done.finish())  # the folders are synced here, in the calling thread
