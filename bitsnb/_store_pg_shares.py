@@ -156,7 +156,11 @@ _RETRYING = (
     f"UPDATE jobs SET state={int(JobState.TRANSFERRING)}, retry_at=NULL, {_JOB_WRITE}"
     f" WHERE id=%s AND lease_owner='{SHARED}' AND state={_TE}"
 )
-_RETRY_SETTINGS = f"SELECT settings, first_failure_at, {DB_NOW} FROM jobs WHERE id=%s"
+# a running shared job's settings and no-progress timer (a stopped one's files just go back)
+_RETRY_SETTINGS = (
+    f"SELECT settings, first_failure_at, {DB_NOW} FROM jobs WHERE id=%s"
+    f" AND lease_owner='{SHARED}' AND state IN {_RUNNING_SQL}"
+)
 # a batch given back unfetched, or taken by its end
 _TAKE_BATCH = "DELETE FROM bitsnb_batches WHERE token=%s AND owner=%s RETURNING idxs"
 _END_SHARED_JOB = (
@@ -323,7 +327,7 @@ class PgShares(PgBase):
         fatal = next((f for f in failed if not f.transient), None)
         first = fatal or failed[0]
         row = conn.execute(_RETRY_SETTINGS, (key,)).fetchone()
-        if row is None:
+        if row is None:  # cancelled, suspended, in ERROR already: the files are given back
             return
         s = settings_from(str(row[0]))
         now = float(row[2])

@@ -119,3 +119,27 @@ def test_a_transient_failure_waits_the_retry_delay_in_transient_error(
         assert job.complete() == 0
     assert (tmp_path / "t.bin").read_bytes() == server.path("t.bin").read_bytes()
     assert _rows(url, "SELECT first_failure_at, retry_at FROM jobs") == [(None, None)]
+
+
+def test_a_transient_failure_past_the_no_progress_timeout_is_an_error(
+    postgres: Postgres, server: FileServer, tmp_path: Path
+) -> None:
+    """As BITS: with no time left to make progress (``no_progress_timeout`` 0), a transient
+    failure puts the shared job in ERROR, not TRANSIENT_ERROR; nothing is parked."""
+    url = postgres.new_database()
+    src = server.add_random_file("n.bin", 16 * KIB, seed=4)
+    server.inject("n.bin", Fault.close_before_headers())
+    with bitsnb.Manager(store=url, policy=PASSIVE) as mgr:
+        job = mgr.create_job("no time")
+        job.add_file(src, tmp_path / "n.bin")
+        job.no_progress_timeout = 0
+        share(url, job.id)
+        runner = BatchRunner(StoreURL(url), RUNNER, batch=2)
+        try:
+            assert job.wait(timeout=60) is JobState.ERROR
+        finally:
+            runner.close()
+        error = job.error
+        assert error is not None and error.code == ERROR_WINHTTP_CONNECTION_ERROR
+        assert _rows(url, "SELECT token FROM bitsnb_batches") == []
+        assert _rows(url, "SELECT transferred FROM files") == [(0,)]
