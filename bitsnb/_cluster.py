@@ -13,8 +13,9 @@ __all__ = ["ActivityRates", "WorkerActivity"]
 
 @dataclass(frozen=True)
 class WorkerActivity:
-    """One worker now: the jobs and files it holds, its rate (bytes/s of the jobs it holds,
-    since the reading before) and the jobs in error it wrote last."""
+    """One worker now: the jobs and files it holds, its rate (bytes/s of the jobs it holds
+    whole and of the batches it ended, since the reading before) and the jobs in error it
+    wrote last."""
 
     worker: str
     host: str

@@ -24,6 +24,7 @@ _MIGRATION_LOCK = 0x6269_7473_6E62  # "bitsnb": one migration at a time, cluster
 # the tables of shared jobs not made yet, or the full index by local name (remade by a migration)
 _SHARES_MISSING = (
     "SELECT to_regclass('bitsnb_batches') IS NULL OR to_regclass('files_local') IS NOT NULL"
+    " OR to_regclass('bitsnb_moved') IS NULL"
 )
 _ID_COLLATION = (
     "SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"

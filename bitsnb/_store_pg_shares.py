@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import psycopg
 
 from ._enums import JobState
-from ._records import FileRecord
+from ._records import ErrorRecord, FileRecord
 from ._store_pg_conn import PgBase, locked
 from ._store_pg_rows import CHANNEL, DB_NOW, FILE_COLUMNS
-from ._store_rows import file_from
+from ._store_rows import file_from, settings_from
 
-__all__ = ["SHARED", "SHARES_DDL", "TODO", "PgShares", "job_changes"]
+__all__ = ["RETRY", "SHARED", "SHARES_DDL", "TODO", "FileFailure", "PgShares", "job_changes"]
 
 # -- files of one job claimed by many managers (see ``PgStore.claim_files``) --------------------
 # A claimed batch is one row of its own (its token, holder, expiry and file indexes), so a file
@@ -28,6 +28,7 @@ __all__ = ["SHARED", "SHARES_DDL", "TODO", "PgShares", "job_changes"]
 # index by local name holds completed files only (the one query by name asks for those), so
 # an enqueue of new files writes no entry in it.
 SHARED = "bitsnb:shared"  # the job lease of a job whose files are claimed one batch at a time
+RETRY = "bitsnb:retry"  # the holder of a shared job's files parked until their retry is due
 SHARES_DDL = """
 CREATE TABLE IF NOT EXISTS bitsnb_shares (
     job_id TEXT COLLATE "C" PRIMARY KEY, next_idx BIGINT NOT NULL
@@ -38,11 +39,24 @@ CREATE TABLE IF NOT EXISTS bitsnb_batches (
 );
 CREATE INDEX IF NOT EXISTS bitsnb_batches_job ON bitsnb_batches(job_id);
 CREATE INDEX IF NOT EXISTS bitsnb_batches_owner ON bitsnb_batches(owner);
+CREATE TABLE IF NOT EXISTS bitsnb_moved (
+    owner TEXT PRIMARY KEY, bytes BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL
+);
 ALTER TABLE files SET (fillfactor = 70);
 CREATE INDEX IF NOT EXISTS files_local_done ON files(local_name) WHERE completed = 1;
 DROP INDEX IF EXISTS files_local;
 """
 _STARTABLE_SQL = str((int(JobState.QUEUED), int(JobState.CONNECTING), int(JobState.TRANSFERRING)))
+# a shared job whose batches are handed out: startable, or waiting on a due retry
+_RUNNING_SQL = str(
+    (
+        int(JobState.QUEUED),
+        int(JobState.CONNECTING),
+        int(JobState.TRANSFERRING),
+        int(JobState.TRANSIENT_ERROR),
+    )
+)
+_TE = int(JobState.TRANSIENT_ERROR)
 _NOW_NS_SQL = "(extract(epoch from clock_timestamp()) * 1000000000)::bigint"
 _JOB_WRITE = f"version=version+1, writer=%s, written_ns={_NOW_NS_SQL}, modified={DB_NOW}"
 # a startable job nobody runs whole becomes the cluster's: TRANSFERRING, its lease SHARED
@@ -92,16 +106,60 @@ _CLAIM_LEFT = _BATCH_OF.format(
 )
 # a batch's end, one statement: it takes the batch's row (if another claimer took it over — its
 # lease ran out — nothing), then marks the fetched files of it transferred (their values one
-# JSON document, each found by its key); answers (the batch was ours, files written, last index)
+# JSON document, each found by its key) and adds their bytes to the holder's count of bytes
+# moved (``bitsnb_moved``: the cluster views' rate of batch holders); answers (the batch was
+# ours, files written, last index)
 _FINISH = (
     "WITH b AS (DELETE FROM bitsnb_batches WHERE token=%s AND owner=%s RETURNING idxs),"
     " u AS (UPDATE files SET bytes_total=v.t, bytes_transferred=v.d, transferred=1,"
     " etag=v.e, last_modified=v.l, hash=v.h, ranges=NULL FROM json_to_recordset(%s::json)"
     " AS v(i bigint, t bigint, d bigint, e text, l text, h text) WHERE files.job_id=%s"
     " AND files.idx=v.i AND files.transferred=0 AND v.i IN (SELECT unnest(idxs) FROM b)"
-    " RETURNING 1)"
+    " RETURNING v.d),"
+    " m AS (INSERT INTO bitsnb_moved (owner, bytes, at) SELECT %s, coalesce(sum(d), 0),"
+    f" {DB_NOW} FROM u HAVING count(*) > 0 ON CONFLICT (owner) DO UPDATE SET"
+    " bytes = bitsnb_moved.bytes + EXCLUDED.bytes, at = EXCLUDED.at)"
     " SELECT EXISTS (SELECT 1 FROM b), (SELECT count(*) FROM u),"
     " (SELECT coalesce(max(idx), -1) FROM files WHERE job_id=%s)"
+)
+# a transient failure's files parked until their retry is due: a batch row of ``RETRY``'s (no
+# heartbeat renews it), taken over by the first claim after it expires, as a dead holder's is
+_PARK = (
+    "INSERT INTO bitsnb_batches (token, job_id, owner, expires, idxs)"
+    f" VALUES (nextval('bitsnb_lease_token'), %s, '{RETRY}', {DB_NOW} + %s, %s)"
+)
+_ERROR_SET = (
+    "error_code=%s, error_context=%s, error_file=%s, error_protocol=%s, error_message=%s,"
+    " error_count=error_count+1"
+)
+# a file that retrying cannot help (or past the no-progress timeout): the job in ERROR
+_FAIL_JOB = (
+    f"UPDATE jobs SET state={int(JobState.ERROR)}, {_ERROR_SET}, retry_at=NULL, {_JOB_WRITE}"
+    f" WHERE id=%s AND lease_owner='{SHARED}' AND state IN {_RUNNING_SQL}"
+)
+# a transient failure when nothing else of the job progresses: TRANSIENT_ERROR until the retry
+_WAIT_JOB = (
+    f"UPDATE jobs SET state={_TE}, {_ERROR_SET}, retry_at={DB_NOW} + %s,"
+    f" first_failure_at=coalesce(first_failure_at, {DB_NOW}), {_JOB_WRITE}"
+    f" WHERE id=%s AND lease_owner='{SHARED}' AND state={int(JobState.TRANSFERRING)}"
+    f" AND NOT EXISTS (SELECT 1 FROM bitsnb_batches WHERE job_id=%s AND owner <> '{RETRY}')"
+)
+# files written: the job transfers again and its no-progress timer restarts (one write only
+# when it was waiting on a retry or had failed before; otherwise no row matches)
+_PROGRESSED = (
+    f"UPDATE jobs SET state={int(JobState.TRANSFERRING)}, first_failure_at=NULL, retry_at=NULL,"
+    f" {_JOB_WRITE} WHERE id=%s AND lease_owner='{SHARED}' AND state IN"
+    f" ({int(JobState.TRANSFERRING)}, {_TE}) AND (state={_TE} OR first_failure_at IS NOT NULL)"
+)
+# a claim of a job waiting on its retry took files (the due ones): it transfers again
+_RETRYING = (
+    f"UPDATE jobs SET state={int(JobState.TRANSFERRING)}, retry_at=NULL, {_JOB_WRITE}"
+    f" WHERE id=%s AND lease_owner='{SHARED}' AND state={_TE}"
+)
+# a running shared job's settings and no-progress timer (a stopped one's files just go back)
+_RETRY_SETTINGS = (
+    f"SELECT settings, first_failure_at, {DB_NOW} FROM jobs WHERE id=%s"
+    f" AND lease_owner='{SHARED}' AND state IN {_RUNNING_SQL}"
 )
 # a batch given back unfetched, or taken by its end
 _TAKE_BATCH = "DELETE FROM bitsnb_batches WHERE token=%s AND owner=%s RETURNING idxs"
@@ -113,29 +171,41 @@ _END_SHARED_JOB = (
 _RENEW_BATCHES = (
     f"UPDATE bitsnb_batches SET expires={DB_NOW} + %s WHERE owner=%s RETURNING job_id, token"
 )
-# a job made the cluster's before any claim (``share``): suspended or queued, with files, and
-# nobody runs it whole
+# a job made the cluster's before any claim (``share``), or again after an error: suspended,
+# queued or in error, with files, and nobody runs it whole
 _SHAREABLE_SQL = str(
     (
         int(JobState.SUSPENDED),
         int(JobState.QUEUED),
         int(JobState.CONNECTING),
         int(JobState.TRANSFERRING),
+        _TE,
+        int(JobState.ERROR),
     )
 )
 _SHARE_NEW_JOB = (
     f"UPDATE jobs SET state={int(JobState.TRANSFERRING)}, lease_owner='{SHARED}',"
-    f" lease_expires='Infinity', {_JOB_WRITE} WHERE id=%s AND state IN {_SHAREABLE_SQL}"
+    " lease_expires='Infinity', retry_at=NULL, first_failure_at=NULL,"
+    f" {_JOB_WRITE} WHERE id=%s AND state IN {_SHAREABLE_SQL}"
     f" AND (lease_owner IS NULL OR lease_owner='{SHARED}' OR lease_expires < {DB_NOW})"
     f" AND EXISTS (SELECT 1 FROM files WHERE job_id=%s AND {TODO})"
 )
-# the shared jobs with files that no batch holds yet (or whose batches' leases ran out)
+# the shared jobs still running (transferring, resumed after an error, or waiting on a retry)
 _SHARED_JOBS = (
-    f"SELECT j.id FROM jobs j WHERE j.lease_owner='{SHARED}' AND j.state={int(JobState.TRANSFERRING)}"
+    f"SELECT j.id FROM jobs j WHERE j.lease_owner='{SHARED}' AND j.state IN {_RUNNING_SQL}"
     " ORDER BY j.priority, j.seq"
 )
 # at most this many empty ranges (files done already: a resumed job) skipped by one claim
 _SKIPS = 1000
+
+
+class FileFailure(NamedTuple):
+    """A file of a batch that failed: the job's error it makes (the file's index in it),
+    whether retrying may help, and the server's Retry-After."""
+
+    error: ErrorRecord
+    transient: bool
+    retry_after: float | None = None
 
 
 class PgShares(PgBase):
@@ -159,14 +229,20 @@ class PgShares(PgBase):
             if row is None:
                 return 0, []
             state, holder, last, expired = row
+            waiting = holder == SHARED and int(state) == _TE  # only its due retries
+            if waiting and not expired:
+                return 0, []
             shared = holder == SHARED and int(state) == int(JobState.TRANSFERRING)
-            if not shared and conn.execute(_SHARE_JOB, (self.writer, key)).rowcount != 1:
+            if (
+                not (shared or waiting)
+                and conn.execute(_SHARE_JOB, (self.writer, key)).rowcount != 1
+            ):
                 return 0, []
             mine = (key, self.writer, seconds)
             rows: list[tuple[Any, ...]] = []
             if expired:  # a batch whose holder's lease ran out: its files first
                 rows = conn.execute(_CLAIM_TAKEN, (key, sorted(expired), *mine)).fetchall()
-            for _ in range(_SKIPS if not rows else 0):
+            for _ in range(_SKIPS if not (rows or waiting) else 0):
                 start, cursor = _pair(conn, _RESERVE, (key, limit, limit))
                 if start > int(last):  # every range is handed out: what nobody holds
                     rows = conn.execute(_CLAIM_LEFT, (key, cursor, limit, *mine)).fetchall()
@@ -178,18 +254,27 @@ class PgShares(PgBase):
                 return 0, []
             token = int(rows[0][0])
             files = [file_from(r[1:]) for r in rows]
+            if waiting:
+                conn.execute(_RETRYING, (self.writer, key))
         self._held_files[(job_id, token)] = [f.index for f in files]
         return token, files
 
     @locked
     def finish_files(
-        self, job_id: uuid.UUID, token: int, files: Iterable[FileRecord]
+        self,
+        job_id: uuid.UUID,
+        token: int,
+        files: Iterable[FileRecord],
+        failed: Sequence[FileFailure] = (),
     ) -> tuple[int, bool]:
         """End a claimed batch: mark its fetched *files* transferred, in one statement, if
         the batch is still ours (else nothing: it was taken over; a late end commits nothing);
         the batch's other files are given back. The ends of a job take turns on its cursor
         row, so the one that leaves no file to fetch sees every other end's commit and moves
-        the job to TRANSFERRED. Returns (files written, whether this call ended the job)."""
+        the job to TRANSFERRED. With *failed* files, as BITS: one that retrying cannot help
+        puts the job in ERROR (its batches no longer handed out); transient ones are parked
+        until the retry delay (``_fail``). Returns (files written, whether this call ended
+        the job)."""
         key = str(job_id)
         self._held_files.pop((job_id, token), None)
         values = json.dumps(
@@ -207,11 +292,17 @@ class PgShares(PgBase):
         )
         ended = False
         with self._pool.connection() as conn, conn.transaction():
-            row = conn.execute(_FINISH, (token, self.writer, values, key, key)).fetchone()
+            mine = (token, self.writer, values, key, self.writer, key)
+            row = conn.execute(_FINISH, mine).fetchone()
             assert row is not None
             ours, written, last = bool(row[0]), int(row[1]), int(row[2])
             if not ours:
                 return 0, False
+            if written:
+                conn.execute(_PROGRESSED, (self.writer, key))
+            if failed:
+                self._fail(conn, key, failed, written)
+                return written, False
             cursor = conn.execute(
                 "UPDATE bitsnb_shares SET next_idx = next_idx WHERE job_id=%s RETURNING next_idx",
                 (key,),
@@ -224,6 +315,36 @@ class PgShares(PgBase):
                     ended = conn.execute(_END_SHARED_JOB, (self.writer, key)).rowcount == 1
                     conn.execute("DELETE FROM bitsnb_shares WHERE job_id=%s", (key,))
         return written, ended
+
+    def _fail(
+        self, conn: psycopg.Connection[Any], key: str, failed: Sequence[FileFailure], written: int
+    ) -> None:
+        """A batch's failures, in its end's transaction: the first fatal one (or a transient
+        one past the job's no-progress timeout) puts the job in ERROR; else the failed files
+        wait ``minimum_retry_delay`` (or Retry-After) in a parked batch, and the job goes
+        TRANSIENT_ERROR if nothing else of it progresses (this batch wrote nothing and no
+        worker holds another)."""
+        fatal = next((f for f in failed if not f.transient), None)
+        first = fatal or failed[0]
+        row = conn.execute(_RETRY_SETTINGS, (key,)).fetchone()
+        if row is None:  # cancelled, suspended, in ERROR already: the files are given back
+            return
+        s = settings_from(str(row[0]))
+        now = float(row[2])
+        began = now if row[1] is None else float(row[1])
+        deadline = began + s.no_progress_timeout
+        delay = max(s.minimum_retry_delay, max(f.retry_after or 0.0 for f in failed))
+        if fatal is None and (s.no_progress_timeout <= 0 or now >= deadline):
+            fatal = first  # no progress for too long: BITS's ERROR
+        e = first.error
+        error = (e.code, int(e.context), e.file_index, e.protocol, e.message)
+        if fatal is not None:
+            conn.execute(_FAIL_JOB, (*error, self.writer, key))
+            return
+        wait = min(delay, deadline - now)
+        conn.execute(_PARK, (key, wait, sorted(f.error.file_index or 0 for f in failed)))
+        if not written:
+            conn.execute(_WAIT_JOB, (*error, wait, self.writer, key, key))
 
     @locked
     def renew_files(self, seconds: float) -> set[tuple[uuid.UUID, int]]:

@@ -10,22 +10,24 @@ from ._enums import JobState
 from ._jobtable import JobTable
 from ._store_pg_conn import PgBase, locked
 from ._store_pg_rows import DB_NOW
-from ._store_pg_shares import SHARED, TODO
+from ._store_pg_shares import RETRY, SHARED, TODO
 from ._store_rows import mark_damaged
 from ._store_table import JOINED_SUMS, SETTINGS_CHANGED, job_table_from, job_table_sql
 
 __all__ = ["PgViews"]
 
+# a live batch held by a worker (not files parked until their retry is due)
+_LIVE = f"expires >= {DB_NOW} AND owner <> '{RETRY}'"
 # who holds a job: its live lease's holder, or for a shared job its live batches' holders
 _WORKER = (
     f"CASE WHEN j.lease_owner = '{SHARED}' THEN (SELECT string_agg(DISTINCT b.owner, ', '"
-    f" ORDER BY b.owner) FROM bitsnb_batches b WHERE b.job_id = j.id AND b.expires >= {DB_NOW})"
+    f" ORDER BY b.owner) FROM bitsnb_batches b WHERE b.job_id = j.id AND b.{_LIVE})"
     f" WHEN j.lease_expires >= (SELECT {DB_NOW}) THEN j.lease_owner END"
 )
 _TABLE_COLUMNS = {"worker": _WORKER, "settings": SETTINGS_CHANGED, **JOINED_SUMS}  # JOB_TABLE
 _BATCH_HOLDERS = (
     "SELECT u.idx, b.owner FROM bitsnb_batches b, unnest(b.idxs) AS u(idx)"
-    f" WHERE b.job_id = %s AND b.expires >= {DB_NOW}"
+    f" WHERE b.job_id = %s AND b.{_LIVE}"
 )
 _JOB_HOLDER = (
     f"SELECT lease_owner FROM jobs WHERE id = %s AND lease_owner <> '{SHARED}'"
@@ -36,10 +38,11 @@ _JOB_HOLDER = (
 _JOB_WORKERS = (
     f"SELECT id, lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_owner <> '{SHARED}'"
     f" AND lease_expires >= {DB_NOW} UNION ALL SELECT job_id, string_agg(DISTINCT owner, ', '"
-    f" ORDER BY owner) FROM bitsnb_batches WHERE expires >= {DB_NOW} GROUP BY job_id"
+    f" ORDER BY owner) FROM bitsnb_batches WHERE {_LIVE} GROUP BY job_id"
 )
 # each worker's share of the cluster now: jobs held whole (and their files not yet done, and
-# bytes done), then batches of shared jobs' files held
+# bytes done), then batches of shared jobs' files held, then the bytes of the batches each
+# worker ended (a count it adds to at each end: its batches' rate) while it is recent
 _ACTIVITY = (
     "SELECT j.lease_owner, COUNT(DISTINCT j.id), COUNT(f.idx) FILTER (WHERE f.transferred = 0"
     " AND f.completed = 0), CAST(COALESCE(SUM(f.bytes_transferred), 0) AS BIGINT) FROM jobs j"
@@ -48,8 +51,10 @@ _ACTIVITY = (
 )
 _BATCH_ACTIVITY = (
     "SELECT owner, COUNT(DISTINCT job_id), CAST(COALESCE(SUM(cardinality(idxs)), 0) AS BIGINT)"
-    f" FROM bitsnb_batches WHERE expires >= {DB_NOW} GROUP BY owner"
+    f" FROM bitsnb_batches WHERE {_LIVE} GROUP BY owner"
 )
+_MOVED_RECENT = 60.0  # seconds a worker's count of batch bytes shows after its last batch
+_MOVED = f"SELECT owner, bytes FROM bitsnb_moved WHERE at >= {DB_NOW} - %s"
 
 
 class PgViews(PgBase):
@@ -101,8 +106,10 @@ class PgViews(PgBase):
 
     @locked
     def activity(self) -> dict[str, tuple[int, int, int]]:
-        """Each worker holding anything now: ``(jobs held, files held, bytes done in the jobs
-        it holds whole)``; a shared job's batch counts as its job and its files."""
+        """Each worker holding anything now (or that ended a batch in the last minute):
+        ``(jobs held, files held, bytes moved)`` — a shared job's batch counts as its job and
+        its files; bytes moved are those done in the jobs it holds whole plus those of every
+        batch it ended (so a rate is the difference of two readings)."""
         out: dict[str, tuple[int, int, int]] = {}
         with self._pool.connection() as conn:
             for owner, jobs, files, done in conn.execute(_ACTIVITY):
@@ -110,6 +117,9 @@ class PgViews(PgBase):
             for owner, jobs, files in conn.execute(_BATCH_ACTIVITY):
                 held, todo, done = out.get(str(owner), (0, 0, 0))
                 out[str(owner)] = (held + int(jobs), todo + int(files), done)
+            for owner, moved in conn.execute(_MOVED, (_MOVED_RECENT,)):
+                held, todo, done = out.get(str(owner), (0, 0, 0))
+                out[str(owner)] = (held, todo, done + int(moved))
         return out
 
     @locked

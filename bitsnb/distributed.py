@@ -21,17 +21,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from distributed import Client, Worker, WorkerPlugin
 
 from . import _codes
+from ._cluster import ActivityRates
 from ._engine import Engine, FileContext
 from ._enums import JobState
 from ._errors import BitsError
 from ._failures import TransferFailure
 from ._models import Policy
-from ._records import FileRecord
+from ._records import ErrorRecord, FileRecord
 from ._store import lease_name
 from ._store_api import StoreURL
 from ._store_open import store_location
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ._store_pg import PgStore
+    from ._store_pg_shares import FileFailure
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -182,42 +184,41 @@ class Served:
 
         self.client = client
         self._store = PgStore(where, f"status:{socket.gethostname()}:{os.getpid()}:view", 10.0)
-        self._last: dict[uuid.UUID, tuple[str, int]] = {}
-        self._last_at = time.monotonic()
+        self._rates = ActivityRates()
         self.closed = False
 
     def status(self) -> pd.DataFrame:
-        """One row per worker: the jobs and files it holds, its rate in bytes/s since the
-        last ``status()`` (0 on the first), and its jobs in error."""
+        """One row per worker: the jobs and files it holds (whole jobs and batches of shared
+        ones), its rate in bytes/s since the last ``status()`` (0 on the first; a batch's
+        bytes count when it ends) and its jobs in error."""
         import pandas as pd
 
         workers: dict[str, tuple[str, int, bool]] = self.client.run(_whoami)
-        holders = self._store.holders()
+        activity = self._store.activity()
         errors = self._store.errors_by_writer()
-        now = time.monotonic()
-        elapsed = max(now - self._last_at, 1e-9)
-        rows: list[dict[str, Any]] = []
-        for address, (host, pid, _running) in sorted(workers.items()):
-            prefix = f"{host}:{pid}:"
-            mine = [h for h in holders if h[0].startswith(prefix)]
-            moved = sum(
-                done - self._last[job_id][1]
-                for owner, job_id, _, done in mine
-                if job_id in self._last and self._last[job_id][0] == owner
+        readings: dict[str, tuple[int, int, int]] = {}
+        wrong: dict[str, int] = {}
+        for address, (host, pid, _running) in workers.items():
+            prefix = f"{host}:{pid}:"  # the manager's and the batch runner's names
+            mine = [r for owner, r in activity.items() if owner.startswith(prefix)]
+            readings[address] = (
+                sum(r[0] for r in mine),
+                sum(r[1] for r in mine),
+                sum(r[2] for r in mine),
             )
-            rows.append(
-                {
-                    "worker": address,
-                    "host": host,
-                    "pid": pid,
-                    "jobs": len(mine),
-                    "files": sum(h[2] for h in mine),
-                    "bytes_per_second": moved / elapsed if self._last else 0.0,
-                    "errors": sum(n for w, n in errors.items() if w.startswith(prefix)),
-                }
-            )
-        self._last = {job_id: (owner, done) for owner, job_id, _, done in holders}
-        self._last_at = now
+            wrong[address] = sum(n for w, n in errors.items() if w.startswith(prefix))
+        rows = [
+            {
+                "worker": row.worker,
+                "host": workers[row.worker][0],
+                "pid": workers[row.worker][1],
+                "jobs": row.jobs,
+                "files": row.files,
+                "bytes_per_second": row.bytes_per_second,
+                "errors": row.errors,
+            }
+            for row in self._rates.update(readings, wrong)
+        ]
         return pd.DataFrame(rows, columns=STATUS_COLUMNS)
 
     def close(self) -> None:
@@ -266,8 +267,9 @@ def serve(
 def share(store: str, job_id: uuid.UUID | str) -> None:
     """Make a job of the PostgreSQL queue *store* the cluster's, in place of ``job.resume()``:
     the workers of ``serve`` (and ``fetch_shared_files``) claim its files in batches, and no
-    manager runs it whole. The job must be suspended or queued with files left to fetch, and
-    nobody may run it whole; else ``BitsError`` (nothing is changed)."""
+    manager runs it whole. The job must be suspended, queued or in error (sharing it again
+    continues it, as ``resume()`` does) with files left to fetch, and nobody may run it whole;
+    else ``BitsError`` (nothing is changed)."""
     from ._store_pg import PgStore
 
     where = _pg_location(store, "shared jobs")
@@ -281,12 +283,12 @@ def share(store: str, job_id: uuid.UUID | str) -> None:
         pg.close()
     if state is None:
         raise BitsError(_codes.BG_E_NOT_FOUND, f"no job {key} in the queue")
-    if state in (JobState.SUSPENDED, JobState.QUEUED):
+    if state in (JobState.SUSPENDED, JobState.QUEUED, JobState.ERROR, JobState.TRANSIENT_ERROR):
         raise BitsError(_codes.BG_E_EMPTY, f"job {key} has no file left to fetch")
     raise BitsError(
         _codes.BG_E_INVALID_STATE,
-        f"job {key} is {state.name} (or a manager runs it whole): only a suspended or queued"
-        " job can be shared",
+        f"job {key} is {state.name} (or a manager runs it whole): only a suspended, queued"
+        " or failed job can be shared",
     )
 
 
@@ -313,7 +315,8 @@ def fetch_shared_files(
     *batch* files are claimed (``PgStore.claim_files``), fetched by bitsnb's engine, and
     ended in one write each; the batch that ends the job moves it to TRANSFERRED. Returns
     how many files this process wrote; blocks until no file of the job is left to anybody
-    (or *timeout*). A file that fails is given back (its batch's end) for any claimer to try again."""
+    (or *timeout*), or the job is in ERROR. A file that fails puts the job in ERROR, or (a
+    transient failure) waits the job's ``minimum_retry_delay`` for any claimer to try again."""
     where = _pg_location(store, "shared files")
     key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
     return asyncio.run(_fetch_shared(where, key, policy or Policy(), batch, timeout))
@@ -336,8 +339,8 @@ async def _fetch_shared(
             if n >= 0:
                 continue
             state = await _retrying(store, store.job_state, job_id)
-            if state is not JobState.TRANSFERRING:
-                break  # ended (by us or another), or suspended, cancelled, gone
+            if state not in (JobState.TRANSFERRING, JobState.TRANSIENT_ERROR):
+                break  # ended (by us or another), in ERROR, suspended, cancelled, gone
             await asyncio.sleep(policy.poll_interval)  # others hold the last batches
     finally:
         beat.cancel()
@@ -357,12 +360,12 @@ async def _one_batch(
     if not files:
         return -1
     try:
-        fetched = await _fetch_batch(engine, files, policy.files_in_flight)
+        fetched, failed = await _fetch_batch(engine, files, policy.files_in_flight)
     except asyncio.CancelledError:
         with contextlib.suppress(BitsError):
             store.give_back_files(job_id, token)
         raise
-    n, _ = await _retrying(store, store.finish_files, job_id, token, fetched)
+    n, _ = await _retrying(store, store.finish_files, job_id, token, fetched, failed)
     return n
 
 
@@ -373,21 +376,30 @@ async def _retrying(
     return await asyncio.to_thread(store.patiently, fn, *args, **kwargs)
 
 
-async def _fetch_batch(engine: Engine, files: list[FileRecord], width: int) -> list[FileRecord]:
-    """Fetch *files*, *width* at a time; the ones whose fetch ended well."""
+async def _fetch_batch(
+    engine: Engine, files: list[FileRecord], width: int
+) -> tuple[list[FileRecord], list[FileFailure]]:
+    """Fetch *files*, *width* at a time: the ones whose fetch ended well, and the failures of
+    the others (BITS's code and context, the file, whether retrying may help), by index."""
+    from ._store_pg_shares import FileFailure
+
     gate = asyncio.Semaphore(max(1, width))
     done: list[FileRecord] = []
+    failed: list[FileFailure] = []
 
     async def one(f: FileRecord) -> None:
         async with gate:
             try:
                 await engine.download(f, FileContext())
-            except TransferFailure:
+            except TransferFailure as exc:
+                error = ErrorRecord(exc.code, exc.context, f.index, exc.protocol, exc.message)
+                failed.append(FileFailure(error, exc.transient, exc.retry_after))
                 return
             done.append(f)
 
     await asyncio.gather(*(one(f) for f in files))
-    return done
+    failed.sort(key=lambda x: x.error.file_index or 0)
+    return done, failed
 
 
 async def _watch(where: StoreURL, wakes: list[asyncio.Event]) -> None:

@@ -140,3 +140,48 @@ def test_a_closed_runner_gives_its_batch_back_mid_fetch(
         assert _rows(url, "SELECT idx FROM files WHERE transferred=1") == []
         assert _rows(url, "SELECT lease_owner FROM jobs") == [("bitsnb:shared",)]
         assert runner.written == 0
+
+
+def test_status_shows_batch_holders_and_their_rate(
+    client: distributed.Client, postgres: Postgres, server: FileServer, tmp_path: Path
+) -> None:
+    """A worker holding a batch of a shared job (its first file stalls mid-body) shows the
+    job and the batch's files in ``status()``; each worker that ended batches since the
+    reading before shows a rate > 0 (a batch's bytes count at its end, ``bitsnb_moved``)."""
+    url = postgres.new_database()
+    dest = tmp_path / "shared"
+    dest.mkdir()
+    names = [f"s{i}.bin" for i in range(8)]
+    pairs = [(server.add_random_file(n, 16 * KIB, seed=i), dest / n) for i, n in enumerate(names)]
+    server.inject("s0.bin", Fault.stall_after(1024, 30))
+    policy = bitsnb.Policy(lease_seconds=30.0, files_in_flight=2)
+    with (
+        serve(client, url, policy, batch=2) as served,
+        bitsnb.Manager(store=url, policy=PASSIVE) as mgr,
+    ):
+        assert (served.status()["bytes_per_second"] == 0).all()  # the first reading
+        job = mgr.create_job("watched")
+        job.add_file_set(pairs)
+        share(url, job.id)
+        wait_until(
+            lambda: (
+                _rows(url, "SELECT count(*) FROM files WHERE transferred=1") == [(6,)]
+                and any(r.path == "s0.bin" and r.body_bytes_sent >= 1024 for r in server.requests)
+            ),
+            timeout=60,
+            message="every batch ended but the stalled one",
+        )
+        frame = served.status().set_index("worker")
+        holder = _rows(url, "SELECT owner FROM bitsnb_batches")
+        assert len(holder) == 1
+        host, pid = str(holder[0][0]).split(":")[:2]
+        row = frame[(frame["host"] == host) & (frame["pid"] == int(pid))]
+        assert len(row) == 1
+        assert int(row["jobs"].iloc[0]) >= 1 and int(row["files"].iloc[0]) == 2
+        written = client.run(_written)
+        assert sum(written.values()) == 6
+        for address, n in written.items():
+            rate = float(frame.loc[address, "bytes_per_second"])
+            assert (rate > 0) == (n > 0), (address, n, rate)
+        moved = _rows(url, "SELECT sum(bytes) FROM bitsnb_moved")
+        assert moved == [(6 * 16 * KIB,)]

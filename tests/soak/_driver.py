@@ -486,7 +486,8 @@ class _BatchWatch:
                 other = seen.setdefault((job_id, i), owner)
                 if other != owner and len(self.report.overlapping_claims) < 20:
                     self.report.overlapping_claims.append(f"{job_id}#{i}: {other} and {owner}")
-        self.holders = {int(str(o).split(":")[1]) for _, o, _ in rows}
+        # files parked until their retry is due (``bitsnb:retry``) are held by no process
+        self.holders = {int(str(o).split(":")[1]) for _, o, _ in rows if o != "bitsnb:retry"}
         open_gets = Counter(
             r.path
             for r in self.server.requests
