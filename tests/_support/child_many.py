@@ -7,6 +7,7 @@ transferring (bounded) until SIGKILLed.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -23,11 +24,16 @@ def main() -> int:
     job.add_file_set([(u, str(Path(dest) / u.rsplit("/", 1)[-1])) for u in urls])
     job.resume()
     deadline = time.monotonic() + 30
-    while job.progress.files_transferred < int(say_at):
+    # counted in the store, not in memory: another thread may see a record changed a moment
+    # before the store's commit of it (the parent kills us as soon as we speak)
+    db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+    query = "SELECT COUNT(*) FROM files WHERE job_id=? AND transferred=1"
+    while db.execute(query, (str(job.id),)).fetchone()[0] < int(say_at):
         if time.monotonic() > deadline or job.state is bitsnb.JobState.ERROR:
             print(f"FAILED {job.state.name}", flush=True)
             return 1
         time.sleep(0.002)
+    db.close()
     print(job.id, flush=True)
     time.sleep(60)  # the parent kills us long before this
     return 2
