@@ -129,6 +129,17 @@ class TokenBucket:
         if self._queue:
             self._serve()
 
+    def debit(self, nbytes: int) -> None:
+        """Charge *nbytes* now without waiting (negative: give them back, up to the burst): the
+        bytes a connection's buffers took off the wire before the engine read them, so the
+        cap holds for what the sender sent; waiters are re-timed."""
+        if nbytes == 0 or self._rate is None:
+            return
+        self._refill(self._now())
+        self._tokens = min(float(self._burst), self._tokens - nbytes)
+        if self._queue:
+            self._serve()
+
     async def acquire(self, nbytes: int) -> None:
         """Wait until this level lets *nbytes* through (first come, first served)."""
         if nbytes <= 0:
@@ -201,15 +212,20 @@ class Throttle:
         return min((b.burst for b in self.buckets if b.rate is not None), default=None)
 
     async def take(self, nbytes: int) -> None:
-        """Wait until every level lets *nbytes* through; pieces of at most the smallest burst."""
-        if nbytes <= 0 or not self.limited:
-            for b in self.buckets:
-                b.granted += max(nbytes, 0)
+        """Wait until every level lets *nbytes* through; pieces of at most the smallest burst
+        of a level that limits (an unlimited level with nobody waiting only counts the bytes:
+        its 32 KiB burst cut a 50 MB/s chunk into 32 KiB pieces, three awaits each)."""
+        nbytes = max(nbytes, 0)
+        gates = [b for b in self.buckets if b.limited]
+        for b in self.buckets:
+            if not b.limited:
+                b.granted += nbytes
+        if nbytes == 0 or not gates:
             return
         left = nbytes
         for _ in range(nbytes):  # bounded: each turn lets at least one byte through
-            piece = min(left, min(b.burst for b in self.buckets))
-            for b in self.buckets:
+            piece = min(left, min(b.burst for b in gates))
+            for b in gates:
                 await b.acquire(piece)
             left -= piece
             if left <= 0:

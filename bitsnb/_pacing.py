@@ -40,11 +40,12 @@ from dataclasses import dataclass, field
 import httpx
 
 from ._bandwidth import DEFAULT_RTT, MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
-from ._buckets import Budgets, burst_for
+from ._buckets import Budgets, TokenBucket, burst_for
 from ._connectbuf import use as use_connect_buffer
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
 from ._transport import limit_read_ahead
+from ._wireahead import held_ahead
 from ._yielding import YieldController, background_mode
 
 __all__ = ["Pacer"]
@@ -65,6 +66,10 @@ queue the sender can build is then at most that, whatever the delay signal's lag
 PEAK_HOLD = 1.0
 """Seconds a connection's delivered peak sizes its window (it bridges a slow-down)."""
 
+FIRST_CHARGES = (0.002, 0.01, 0.05)
+"""Seconds after a body starts when its held bytes are charged again before the slow samples
+(the first window arrives at once: charged only at 0.2 s, a 100 kB/s cap then stalled 0.6 s)."""
+
 _WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
 
@@ -83,6 +88,7 @@ class _Conn:
     mss: int = 0  # the receiving side's segment size (0: not known yet)
     seen_bytes: int | None = None  # bytes_received at the last fast sample
     local: bool = False  # to this host (loopback): crosses no link other traffic shares
+    prepaid: dict[TokenBucket, int] = field(default_factory=dict)  # bytes held ahead, charged
 
 
 @dataclass
@@ -143,6 +149,7 @@ class Pacer:
         self._rates: dict[uuid.UUID, float] = {}
         self._stamp: float | None = None
         self._delivery = _Delivery()
+        self.wakeups = 0  # the sampling loop's wake-ups, ever (tests count them)
 
     # -- what the runner and the panels read ----------------------------------------------------
     @property
@@ -179,6 +186,10 @@ class Pacer:
         if info is not None:
             conn.mss, conn.rtt_min = info.rcv_mss, info.best_rtt
         self._resize(conn)  # before the window has grown
+        self._charge(conn)
+        loop = asyncio.get_running_loop()
+        for delay in FIRST_CHARGES:  # the first window lands within a round trip or so
+            loop.call_later(delay, self._charge_if_watched, key)
         if self._task is None or self._task.done():
             self._granted = self._budgets.manager.granted
             self._task = asyncio.get_running_loop().create_task(self._run(), name="bitsnb-pacer")
@@ -186,8 +197,11 @@ class Pacer:
             self._budgets.set_yield_rate(self.controller.rate)
 
         def unwatch() -> None:
-            if self._conns.pop(key, None) is None:
+            gone = self._conns.pop(key, None)
+            if gone is None:
                 return
+            for bucket, paid in gone.prepaid.items():  # read since, so charged twice: give back
+                bucket.debit(-paid)
             limit_read_ahead(resp, None)
             self.controller.forget(key)
             if not any(c.job_id == job_id for c in self._conns.values()):
@@ -254,11 +268,20 @@ class Pacer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        for n in itertools.count(1):  # bounded: ends with the last watched connection
+        slow_at = loop.time() + SLOW_EVERY * self._tick
+        for _ in itertools.count(1):  # bounded: ends with the last watched connection
             if not self._conns:
                 return
-            await asyncio.sleep(self._tick)
-            self._sample(loop.time(), slow=n % SLOW_EVERY == 0)
+            # the fast tick only feeds the yield controller: with no connection yielding (a
+            # cap alone, "full", loopback) one wake-up per slow sample, not 100 a second
+            fast = any(self._yields(c) for c in self._conns.values())
+            await asyncio.sleep(self._tick if fast else max(0.0, slow_at - loop.time()))
+            now = loop.time()
+            slow = now >= slow_at - 1e-9
+            if slow:
+                slow_at = now + SLOW_EVERY * self._tick
+            self.wakeups += 1
+            self._sample(now, slow=slow)
 
     def _sample(self, now: float, *, slow: bool) -> None:
         granted = self._budgets.manager.granted
@@ -295,6 +318,8 @@ class Pacer:
                 self.controller.on_sample(now, key, sample, 0 if fed else nbytes, pressed=pressed)
                 fed = True
                 self._resize(conn)  # the window follows the yield rate
+            if slow:
+                self._charge(conn)
             if slow and info.bytes_received is not None:
                 if conn.received is not None:
                     per_job[conn.job_id] = per_job.get(conn.job_id, 0) + max(
@@ -310,6 +335,27 @@ class Pacer:
                 old = self._rates.get(job_id)
                 rate = got / elapsed
                 self._rates[job_id] = rate if old is None else 0.5 * (old + rate)
+
+    # -- what crossed the wire ------------------------------------------------------------------
+    def _charge_if_watched(self, key: int) -> None:
+        conn = self._conns.get(key)
+        if conn is not None:
+            self._charge(conn)
+
+    def _charge(self, conn: _Conn) -> None:
+        """Charge the bytes *conn* holds ahead of the engine to the buckets with a rate over it
+        (job; manager for background), as a change since the last charge: the buckets then
+        count what the sender sent, buffered or read (``_wireahead``)."""
+        buckets = [self._budgets.job(conn.job_id)]
+        if not conn.foreground:
+            buckets.append(self._budgets.manager)
+        rated = [b for b in buckets if b.rate is not None]
+        ahead = held_ahead(conn.sock, conn.resp) if rated else 0
+        for bucket in rated:
+            bucket.debit(ahead - conn.prepaid.get(bucket, 0))
+            conn.prepaid[bucket] = ahead
+        for bucket in [b for b in conn.prepaid if b not in rated]:
+            bucket.debit(-conn.prepaid.pop(bucket))
 
     # -- receive buffers ------------------------------------------------------------------------
     def _share(self, conn: _Conn) -> float | None:
@@ -348,8 +394,13 @@ class Pacer:
             # a window of a few segments at least, or the receiver's silly-window avoidance
             # waits for a delayed ACK per segment (a 64 KiB loopback MSS stalled at 16 KiB)
             # (four segments; two for a slow cap, whose first second they would swell)
-            if yields or share >= 1e6:
+            if yields:
                 floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss)
+            elif share >= 1e6:
+                # a fast cap reads a burst at a time and sleeps between (the buffers' bytes are
+                # charged as they arrive, so they do not swell the first second): 256 KiB reads
+                # cost +200 % CPU per GiB at 50 MB/s
+                floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss, burst_for(share))
             else:  # a slow cap: a burst, not segments (loopback's two were +128 KiB at once)
                 floor = max(MIN_RECEIVE_BUFFER, min(2 * conn.mss, burst_for(share)))
             if yields:
