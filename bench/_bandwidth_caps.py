@@ -50,6 +50,7 @@ def _serve_one(conn: socket.socket, size: int, chunk: int, log: list[tuple[float
             conn.sendall(block[:n])
             sent += n
             log.append((time.monotonic(), n))
+        log.append((time.monotonic(), -1))  # the response written: the connection ends
 
 
 def _serve(
@@ -123,9 +124,12 @@ def measure(rate: float, conns: int = 1) -> dict[str, float]:
     total_bytes = size * conns
     cum: list[tuple[float, int]] = []
     acc = 0
+    open_now = peak = 0
     for t, n in log:
-        acc += n
+        acc += max(n, 0)
         cum.append((t, acc))
+        open_now += 1 if n == 0 else -1 if n < 0 else 0
+        peak = max(peak, open_now)
 
     def by(s: float) -> int:
         return max((b for t, b in cum if t - start < s), default=0)
@@ -136,7 +140,8 @@ def measure(rate: float, conns: int = 1) -> dict[str, float]:
         if b >= total_bytes:
             break
         windows.append((b - a) / rate)
-    total = total_bytes / (cum[-1][0] - start)
+    last_write = max(t for t, n in log if n > 0)
+    total = total_bytes / (last_write - start)
     return {
         "rate": rate,
         "conns": conns,
@@ -145,6 +150,7 @@ def measure(rate: float, conns: int = 1) -> dict[str, float]:
         "windows": len(windows),
         "total": total / rate,
         "setup": start - began,
+        "open_at_once": peak,
     }
 
 
@@ -195,7 +201,8 @@ def main(argv: list[str]) -> int:
         for n in conns:
             m = measure(rate, n)
             print(
-                f"cap {rate / 1e6:g} MB/s, {n} conn: first second "
+                f"cap {rate / 1e6:g} MB/s, {n} files in flight asked "
+                f"({m['open_at_once']:.0f} connections open at most): first second "
                 f"{m['first_second_over_cap'] / 1024:+.0f} KiB over the cap; worst of "
                 f"{m['windows']:.0f} later 1 s windows {100 * (m['worst_window'] - 1):+.1f} %; "
                 f"whole transfer {100 * (m['total'] - 1):+.1f} %"

@@ -31,10 +31,11 @@ import contextlib
 import functools
 import ipaddress
 import itertools
+import math
 import socket
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -150,6 +151,8 @@ class Pacer:
         self._stamp: float | None = None
         self._delivery = _Delivery()
         self.wakeups = 0  # the sampling loop's wake-ups, ever (tests count them)
+        self._admitted: dict[uuid.UUID, int] = {}  # files of each job with a turn to connect
+        self._turn = asyncio.Event()  # set (and replaced) when a turn may have come free
 
     # -- what the runner and the panels read ----------------------------------------------------
     @property
@@ -220,6 +223,47 @@ class Pacer:
         n = sum(1 for c in self._conns.values() if self._yields(c))
         return n < self.controller.connections
 
+    def connections_for(self, job_id: uuid.UUID, foreground: bool) -> int | None:
+        """How many of the job's files may have a connection open at once under its caps (its
+        own; the manager's for background): enough windows of ``MAX_RECEIVE_BUFFER`` to carry
+        the cap over the round trip, at least one; None when no cap is set. Each connection's
+        first window and the server's send buffer go out at once (200 of them carried a
+        100 kB/s cap's files out in the first second), so a cap opens only what it needs."""
+        rates = [self._budgets.job(job_id).rate]
+        if not foreground:
+            rates.append(self._budgets.cap)
+        caps = [r for r in rates if r is not None]
+        if not caps:
+            return None
+        rtts = [c.rtt_min for c in self._conns.values() if c.job_id == job_id and c.rtt_min]
+        rtt = max(rtts) if rtts else DEFAULT_RTT
+        return max(1, math.ceil(min(caps) * rtt / MAX_RECEIVE_BUFFER))
+
+    @contextlib.asynccontextmanager
+    async def admit(self, job_id: uuid.UUID, foreground: bool) -> AsyncIterator[None]:
+        """A file's turn to connect: waits while the job has as many files open as its caps
+        need (``connections_for``); a cap lifted or raised (``retune``) lets waiters in."""
+        for _ in itertools.count():  # bounded: each turn waits for a file to end or a cap
+            limit = self.connections_for(job_id, foreground)
+            if limit is None or self._admitted.get(job_id, 0) < limit:
+                break
+            await self._turn.wait()
+        self._admitted[job_id] = self._admitted.get(job_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._admitted[job_id] - 1
+            if left:
+                self._admitted[job_id] = left
+            else:
+                del self._admitted[job_id]
+            self._let_in()
+
+    def _let_in(self) -> None:
+        """Wake the files waiting for a turn (they look at the caps again)."""
+        self._turn.set()
+        self._turn = asyncio.Event()
+
     def size_new_connections(self, job_id: uuid.UUID, foreground: bool) -> None:
         """The calling task's (a job's run) new connections start with the window of its cap."""
         use_connect_buffer(functools.partial(self._connect_size, job_id, foreground))
@@ -250,6 +294,7 @@ class Pacer:
         """A cap changed: receive buffers follow now, not at the next slow sample."""
         for conn in list(self._conns.values()):
             self._resize(conn)
+        self._let_in()
 
     async def aclose(self) -> None:
         """Stop sampling (the manager closes)."""
