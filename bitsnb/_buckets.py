@@ -32,6 +32,7 @@ rate is the lower of the cap and the yield controller's rate (``_yielding``, run
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import uuid
 from collections import deque
@@ -39,7 +40,35 @@ from collections.abc import Callable
 
 from ._bandwidth import check_rate
 
-__all__ = ["MIN_BURST", "Budgets", "Throttle", "TokenBucket", "burst_for"]
+__all__ = [
+    "MIN_BURST",
+    "Budgets",
+    "Throttle",
+    "TokenBucket",
+    "burst_for",
+    "charge_wire",
+    "uncharge_wire",
+]
+
+_wire: contextvars.ContextVar[Callable[[int], int] | None] = contextvars.ContextVar(
+    "bitsnb_wire_charge", default=None
+)
+
+
+def charge_wire(
+    charge: Callable[[int], int] | None,
+) -> contextvars.Token[Callable[[int], int] | None]:
+    """This task's takes charge ``charge(n)`` for *n* bytes read: what crossed the wire since
+    the last take (the pacer's, per connection: bytes read + the change in what its buffers
+    hold), so a connection's first window is paid for when it lands and its last buffered
+    bytes are not paid twice. None: the bytes read. Undo with ``_wire.reset`` via the token."""
+    return _wire.set(charge)
+
+
+def uncharge_wire(token: contextvars.Token[Callable[[int], int] | None]) -> None:
+    """Undo ``charge_wire`` (the body ended)."""
+    _wire.reset(token)
+
 
 MIN_BURST = 32 * 1024
 """The smallest burst, in bytes: a few segments, so small rates are not paced byte by byte."""
@@ -50,7 +79,7 @@ BURST_SECONDS = 0.05
 """Above ``MIN_BURST / BURST_SECONDS`` (640 kB/s) the burst is 50 ms of the rate."""
 
 
-RELEASE_SECONDS = 0.04
+RELEASE_SECONDS = 0.025
 """A waiter at a fast rate sleeps until this much of the rate is saved (see ``_need``)."""
 
 
@@ -133,17 +162,6 @@ class TokenBucket:
         if self._queue:
             self._serve()
 
-    def debit(self, nbytes: int) -> None:
-        """Charge *nbytes* now without waiting (negative: give them back, up to the burst): the
-        bytes a connection's buffers took off the wire before the engine read them, so the
-        cap holds for what the sender sent; waiters are re-timed."""
-        if nbytes == 0 or self._rate is None:
-            return
-        self._refill(self._now())
-        self._tokens = min(float(self._burst), self._tokens - nbytes)
-        if self._queue:
-            self._serve()
-
     async def acquire(self, nbytes: int) -> None:
         """Wait until this level lets *nbytes* through (first come, first served)."""
         if nbytes <= 0:
@@ -173,11 +191,11 @@ class TokenBucket:
     def _need(self, nbytes: float) -> float:
         """The tokens a waiting piece waits for: the piece (at most a burst), or at a fast rate
         ``RELEASE_SECONDS`` of it (under the burst, so a late timer loses none): a 50 MB/s
-        cap then wakes ~25 times a second, not once per 1 MiB read; a slow one per piece."""
+        cap then wakes ~40 times a second, not once per 1 MiB read; a slow one per piece."""
         piece = min(nbytes, float(self._burst))
         if self._rate is None:
             return piece
-        return max(piece, min(0.8 * self._burst, self._rate * RELEASE_SECONDS))
+        return max(piece, min(0.5 * self._burst, self._rate * RELEASE_SECONDS))
 
     def _serve(self) -> None:
         """Let through every head piece the tokens cover, then time the next one."""
@@ -235,6 +253,11 @@ class Throttle:
                 b.granted += nbytes
         if nbytes == 0 or not gates:
             return
+        charge = _wire.get()
+        if charge is not None:
+            nbytes = charge(nbytes)
+            if nbytes <= 0:
+                return
         left = nbytes
         for _ in range(nbytes):  # bounded: each turn lets at least one byte through
             piece = min(left, min(b.burst for b in gates))

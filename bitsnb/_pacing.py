@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from ._bandwidth import DEFAULT_RTT, MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
-from ._buckets import Budgets, TokenBucket, burst_for
+from ._buckets import Budgets, burst_for, charge_wire, uncharge_wire
 from ._connectbuf import use as use_connect_buffer
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
@@ -67,10 +67,6 @@ queue the sender can build is then at most that, whatever the delay signal's lag
 PEAK_HOLD = 1.0
 """Seconds a connection's delivered peak sizes its window (it bridges a slow-down)."""
 
-FIRST_CHARGES = (0.002, 0.01, 0.05)
-"""Seconds after a body starts when its held bytes are charged again before the slow samples
-(the first window arrives at once: charged only at 0.2 s, a 100 kB/s cap then stalled 0.6 s)."""
-
 _WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
 
@@ -89,7 +85,7 @@ class _Conn:
     mss: int = 0  # the receiving side's segment size (0: not known yet)
     seen_bytes: int | None = None  # bytes_received at the last fast sample
     local: bool = False  # to this host (loopback): crosses no link other traffic shares
-    prepaid: dict[TokenBucket, int] = field(default_factory=dict)  # bytes held ahead, charged
+    ahead: int = 0  # bytes its buffers held ahead of the engine at the last take
 
 
 @dataclass
@@ -189,10 +185,7 @@ class Pacer:
         if info is not None:
             conn.mss, conn.rtt_min = info.rcv_mss, info.best_rtt
         self._resize(conn)  # before the window has grown
-        self._charge(conn)
-        loop = asyncio.get_running_loop()
-        for delay in FIRST_CHARGES:  # the first window lands within a round trip or so
-            loop.call_later(delay, self._charge_if_watched, key)
+        token = charge_wire(functools.partial(self._wire_bytes, conn))  # this body's task
         if self._task is None or self._task.done():
             self._granted = self._budgets.manager.granted
             self._task = asyncio.get_running_loop().create_task(self._run(), name="bitsnb-pacer")
@@ -200,11 +193,10 @@ class Pacer:
             self._budgets.set_yield_rate(self.controller.rate)
 
         def unwatch() -> None:
-            gone = self._conns.pop(key, None)
-            if gone is None:
+            if self._conns.pop(key, None) is None:
                 return
-            for bucket, paid in gone.prepaid.items():  # read since, so charged twice: give back
-                bucket.debit(-paid)
+            with contextlib.suppress(ValueError):  # called from another context: nothing to undo
+                uncharge_wire(token)
             limit_read_ahead(resp, None)
             self.controller.forget(key)
             if not any(c.job_id == job_id for c in self._conns.values()):
@@ -363,8 +355,6 @@ class Pacer:
                 self.controller.on_sample(now, key, sample, 0 if fed else nbytes, pressed=pressed)
                 fed = True
                 self._resize(conn)  # the window follows the yield rate
-            if slow:
-                self._charge(conn)
             if slow and info.bytes_received is not None:
                 if conn.received is not None:
                     per_job[conn.job_id] = per_job.get(conn.job_id, 0) + max(
@@ -382,25 +372,14 @@ class Pacer:
                 self._rates[job_id] = rate if old is None else 0.5 * (old + rate)
 
     # -- what crossed the wire ------------------------------------------------------------------
-    def _charge_if_watched(self, key: int) -> None:
-        conn = self._conns.get(key)
-        if conn is not None:
-            self._charge(conn)
-
-    def _charge(self, conn: _Conn) -> None:
-        """Charge the bytes *conn* holds ahead of the engine to the buckets with a rate over it
-        (job; manager for background), as a change since the last charge: the buckets then
-        count what the sender sent, buffered or read (``_wireahead``)."""
-        buckets = [self._budgets.job(conn.job_id)]
-        if not conn.foreground:
-            buckets.append(self._budgets.manager)
-        rated = [b for b in buckets if b.rate is not None]
-        ahead = held_ahead(conn.sock, conn.resp) if rated else 0
-        for bucket in rated:
-            bucket.debit(ahead - conn.prepaid.get(bucket, 0))
-            conn.prepaid[bucket] = ahead
-        for bucket in [b for b in conn.prepaid if b not in rated]:
-            bucket.debit(-conn.prepaid.pop(bucket))
+    def _wire_bytes(self, conn: _Conn, nbytes: int) -> int:
+        """What a take of *nbytes* read from *conn* charges: those bytes plus the change in
+        what its buffers hold ahead of the engine (``_wireahead``), i.e. what crossed the
+        wire since the last take; at least 0."""
+        ahead = held_ahead(conn.sock, conn.resp)
+        wire = nbytes + ahead - conn.ahead
+        conn.ahead = ahead
+        return max(0, wire)
 
     # -- receive buffers ------------------------------------------------------------------------
     def _share(self, conn: _Conn) -> float | None:

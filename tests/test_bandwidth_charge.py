@@ -4,7 +4,6 @@ manager's bandwidth loop does not tick 100 times a second. Real sockets, the ser
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -17,43 +16,12 @@ from _support.raw_http import ScriptServer
 
 import bitsnb
 from bitsnb import JobState
-from bitsnb._buckets import Budgets, TokenBucket
+from bitsnb._buckets import Budgets
 from bitsnb._pacing import Pacer
 from bitsnb._tcpinfo import tcp_info_available
 
 KiB = 1024
 linux_only = pytest.mark.skipif(not tcp_info_available(), reason="TCP_INFO is Linux-only")
-
-
-def test_a_debit_delays_the_next_piece_and_a_credit_lets_it_through() -> None:
-    """Bytes charged without waiting put the bucket in debt, so the next piece waits; handed
-    back (they were read since, so charged twice) the waiting piece goes at once. A clock
-    given to the bucket: no time passes but what the test says."""
-    now = [0.0]
-
-    async def main() -> tuple[int, bool, int]:
-        bucket = TokenBucket(1_000_000, clock=lambda: now[0])
-        bucket.debit(200_000)  # 0.2 s of the rate held in a connection's buffers
-        now[0] = 0.1  # half of it earned back
-        piece = asyncio.create_task(bucket.acquire(1_000))
-        await asyncio.sleep(0)
-        waiting = bucket.waiting
-        bucket.debit(-200_000)
-        await asyncio.sleep(0)
-        return waiting, piece.done(), bucket.waiting
-
-    waiting, done, after = asyncio.run(main())
-    assert (waiting, done, after) == (1, True, 0)
-
-
-def test_an_unlimited_bucket_ignores_a_debit() -> None:
-    async def main() -> bool:
-        bucket = TokenBucket(None)
-        bucket.debit(10**9)
-        await asyncio.wait_for(bucket.acquire(1_000), timeout=5)
-        return bucket.limited
-
-    assert asyncio.run(main()) is False
 
 
 def test_a_cap_needs_one_connection_on_a_short_round_trip() -> None:
