@@ -206,10 +206,16 @@ class Pacer:
 
         return unwatch
 
-    def may_add_connection(self, foreground: bool) -> bool:
-        """Whether a background file may open one more segment: fewer yielding connections
-        than the controller's count (halved as it slows down, one more a round trip while the
-        queue is under half the target); FOREGROUND and "full" always may."""
+    def may_add_connection(self, foreground: bool, job_id: uuid.UUID | None = None) -> bool:
+        """Whether a file of *job_id* may open one more segment: under a cap, while the job has
+        fewer connections than the cap needs (``connections_for``); a background one also
+        while the yielding connections are fewer than the controller's count (halved as it
+        slows down, one more a round trip while the queue is under half the target)."""
+        if job_id is not None:
+            need = self.connections_for(job_id, foreground)
+            have = sum(1 for c in self._conns.values() if c.job_id == job_id)
+            if need is not None and have >= need:
+                return False
         if foreground or self.mode != "yield":
             return True
         n = sum(1 for c in self._conns.values() if self._yields(c))
