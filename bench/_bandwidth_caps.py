@@ -3,7 +3,9 @@
 A raw HTTP server (another process, a thread per connection, no library) sends each response in chunks of 1 % of the cap (1–16
 KiB) from a 16 KiB send buffer and logs when each write was taken by its kernel; one bitsnb job
 capped at 100 kB/s, 5 MB/s and 50 MB/s (``job.set_max_bandwidth``) downloads 6 s worth of bytes
-over 1, 16 and 200 connections (that many files, all in flight). Per case: the bytes in the
+asking for 1, 16 and 200 files in flight (``files_in_flight``; under a cap bitsnb opens only
+the connections the cap needs, and each line says how many the server saw open at once).
+Per case: the bytes in the
 first second over the cap, the worst later 1 s window against the cap, and the whole transfer's
 rate (the request's arrival to the last write). The write clock runs ahead of the wire by at
 most the server's send buffers plus the client's receive buffers and read-ahead (sized by
