@@ -3,7 +3,9 @@
 A raw HTTP server (another process, a thread per connection, no library) sends each response in chunks of 1 % of the cap (1–16
 KiB) from a 16 KiB send buffer and logs when each write was taken by its kernel; one bitsnb job
 capped at 100 kB/s, 5 MB/s and 50 MB/s (``job.set_max_bandwidth``) downloads 6 s worth of bytes
-over 1, 16 and 200 connections (that many files, all in flight). Per case: the bytes in the
+asking for 1, 16 and 200 files in flight (``files_in_flight``; under a cap bitsnb opens only
+the connections the cap needs, and each line says how many the server saw open at once).
+Per case: the bytes in the
 first second over the cap, the worst later 1 s window against the cap, and the whole transfer's
 rate (the request's arrival to the last write). The write clock runs ahead of the wire by at
 most the server's send buffers plus the client's receive buffers and read-ahead (sized by
@@ -50,6 +52,7 @@ def _serve_one(conn: socket.socket, size: int, chunk: int, log: list[tuple[float
             conn.sendall(block[:n])
             sent += n
             log.append((time.monotonic(), n))
+        log.append((time.monotonic(), -1))  # the response written: the connection ends
 
 
 def _serve(
@@ -123,9 +126,12 @@ def measure(rate: float, conns: int = 1) -> dict[str, float]:
     total_bytes = size * conns
     cum: list[tuple[float, int]] = []
     acc = 0
+    open_now = peak = 0
     for t, n in log:
-        acc += n
+        acc += max(n, 0)
         cum.append((t, acc))
+        open_now += 1 if n == 0 else -1 if n < 0 else 0
+        peak = max(peak, open_now)
 
     def by(s: float) -> int:
         return max((b for t, b in cum if t - start < s), default=0)
@@ -136,7 +142,8 @@ def measure(rate: float, conns: int = 1) -> dict[str, float]:
         if b >= total_bytes:
             break
         windows.append((b - a) / rate)
-    total = total_bytes / (cum[-1][0] - start)
+    last_write = max(t for t, n in log if n > 0)
+    total = total_bytes / (last_write - start)
     return {
         "rate": rate,
         "conns": conns,
@@ -145,6 +152,7 @@ def measure(rate: float, conns: int = 1) -> dict[str, float]:
         "windows": len(windows),
         "total": total / rate,
         "setup": start - began,
+        "open_at_once": peak,
     }
 
 
@@ -195,7 +203,8 @@ def main(argv: list[str]) -> int:
         for n in conns:
             m = measure(rate, n)
             print(
-                f"cap {rate / 1e6:g} MB/s, {n} conn: first second "
+                f"cap {rate / 1e6:g} MB/s, {n} files in flight asked "
+                f"({m['open_at_once']:.0f} connections open at most): first second "
                 f"{m['first_second_over_cap'] / 1024:+.0f} KiB over the cap; worst of "
                 f"{m['windows']:.0f} later 1 s windows {100 * (m['worst_window'] - 1):+.1f} %; "
                 f"whole transfer {100 * (m['total'] - 1):+.1f} %"

@@ -81,7 +81,8 @@ class DownloadRun:
             while (f := next_file()) is not None:
                 in_flight[me] = f
                 try:
-                    await engine.download(f, ctx)
+                    async with ctx.admit():  # a cap may want fewer connections than workers
+                        await engine.download(f, ctx)
                 except TransferFailure as failure:
                     failure.file = f
                     records.try_save(rec, [f])

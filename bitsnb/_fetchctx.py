@@ -3,8 +3,10 @@ the signals that stop a body (yield, restart), and the verdicts on a response.""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import httpx
@@ -62,6 +64,8 @@ class FileContext:
     watch: Callable[[httpx.Response], Callable[[], None]] = lambda resp: _unwatched
     # whether a segmented file may open one more connection (the yield controller's count)
     may_add_connection: Callable[[], bool] = lambda: True
+    # a file's turn to open connections: under a cap, only as many files at once as it needs
+    admit: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext
 
 
 def _unwatched() -> None:

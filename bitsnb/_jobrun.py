@@ -380,7 +380,8 @@ class Runner:
             foreground=foreground,
             throttle=self.budgets.throttle(rec.id, host, foreground=foreground),
             watch=functools.partial(self.pacer.watch, rec.id, foreground),
-            may_add_connection=functools.partial(self.pacer.may_add_connection, foreground),
+            may_add_connection=functools.partial(self.pacer.may_add_connection, foreground, rec.id),
+            admit=functools.partial(self.pacer.admit, rec.id, foreground),
         )
 
     async def _run(self, rec: JobRecord, *, started: bool) -> None:

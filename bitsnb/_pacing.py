@@ -31,20 +31,22 @@ import contextlib
 import functools
 import ipaddress
 import itertools
+import math
 import socket
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
 
 from ._bandwidth import DEFAULT_RTT, MAX_RECEIVE_BUFFER, MIN_RECEIVE_BUFFER, receive_buffer_for
-from ._buckets import Budgets, burst_for
+from ._buckets import Budgets, burst_for, charge_wire, uncharge_wire
 from ._connectbuf import use as use_connect_buffer
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
 from ._transport import limit_read_ahead
+from ._wireahead import held_ahead
 from ._yielding import YieldController, background_mode
 
 __all__ = ["Pacer"]
@@ -83,6 +85,7 @@ class _Conn:
     mss: int = 0  # the receiving side's segment size (0: not known yet)
     seen_bytes: int | None = None  # bytes_received at the last fast sample
     local: bool = False  # to this host (loopback): crosses no link other traffic shares
+    ahead: int = 0  # bytes its buffers held ahead of the engine at the last take
 
 
 @dataclass
@@ -143,6 +146,9 @@ class Pacer:
         self._rates: dict[uuid.UUID, float] = {}
         self._stamp: float | None = None
         self._delivery = _Delivery()
+        self.wakeups = 0  # the sampling loop's wake-ups, ever (tests count them)
+        self._admitted: dict[uuid.UUID, int] = {}  # files of each job with a turn to connect
+        self._turn = asyncio.Event()  # set (and replaced) when a turn may have come free
 
     # -- what the runner and the panels read ----------------------------------------------------
     @property
@@ -179,6 +185,7 @@ class Pacer:
         if info is not None:
             conn.mss, conn.rtt_min = info.rcv_mss, info.best_rtt
         self._resize(conn)  # before the window has grown
+        token = charge_wire(functools.partial(self._wire_bytes, conn))  # this body's task
         if self._task is None or self._task.done():
             self._granted = self._budgets.manager.granted
             self._task = asyncio.get_running_loop().create_task(self._run(), name="bitsnb-pacer")
@@ -188,6 +195,8 @@ class Pacer:
         def unwatch() -> None:
             if self._conns.pop(key, None) is None:
                 return
+            with contextlib.suppress(ValueError):  # called from another context: nothing to undo
+                uncharge_wire(token)
             limit_read_ahead(resp, None)
             self.controller.forget(key)
             if not any(c.job_id == job_id for c in self._conns.values()):
@@ -197,14 +206,61 @@ class Pacer:
 
         return unwatch
 
-    def may_add_connection(self, foreground: bool) -> bool:
-        """Whether a background file may open one more segment: fewer yielding connections
-        than the controller's count (halved as it slows down, one more a round trip while the
-        queue is under half the target); FOREGROUND and "full" always may."""
+    def may_add_connection(self, foreground: bool, job_id: uuid.UUID | None = None) -> bool:
+        """Whether a file of *job_id* may open one more segment: under a cap, while the job has
+        fewer connections than the cap needs (``connections_for``); a background one also
+        while the yielding connections are fewer than the controller's count (halved as it
+        slows down, one more a round trip while the queue is under half the target)."""
+        if job_id is not None:
+            need = self.connections_for(job_id, foreground)
+            have = sum(1 for c in self._conns.values() if c.job_id == job_id)
+            if need is not None and have >= need:
+                return False
         if foreground or self.mode != "yield":
             return True
         n = sum(1 for c in self._conns.values() if self._yields(c))
         return n < self.controller.connections
+
+    def connections_for(self, job_id: uuid.UUID, foreground: bool) -> int | None:
+        """How many of the job's files may have a connection open at once under its caps (its
+        own; the manager's for background): enough windows of ``MAX_RECEIVE_BUFFER`` to carry
+        the cap over the round trip, at least one; None when no cap is set. Each connection's
+        first window and the server's send buffer go out at once (200 of them carried a
+        100 kB/s cap's files out in the first second), so a cap opens only what it needs."""
+        rates = [self._budgets.job(job_id).rate]
+        if not foreground:
+            rates.append(self._budgets.cap)
+        caps = [r for r in rates if r is not None]
+        if not caps:
+            return None
+        rtts = [c.rtt_min for c in self._conns.values() if c.job_id == job_id and c.rtt_min]
+        rtt = max(rtts) if rtts else DEFAULT_RTT
+        return max(1, math.ceil(min(caps) * rtt / MAX_RECEIVE_BUFFER))
+
+    @contextlib.asynccontextmanager
+    async def admit(self, job_id: uuid.UUID, foreground: bool) -> AsyncIterator[None]:
+        """A file's turn to connect: waits while the job has as many files open as its caps
+        need (``connections_for``); a cap lifted or raised (``retune``) lets waiters in."""
+        for _ in itertools.count():  # bounded: each turn waits for a file to end or a cap
+            limit = self.connections_for(job_id, foreground)
+            if limit is None or self._admitted.get(job_id, 0) < limit:
+                break
+            await self._turn.wait()
+        self._admitted[job_id] = self._admitted.get(job_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._admitted[job_id] - 1
+            if left:
+                self._admitted[job_id] = left
+            else:
+                del self._admitted[job_id]
+            self._let_in()
+
+    def _let_in(self) -> None:
+        """Wake the files waiting for a turn (they look at the caps again)."""
+        self._turn.set()
+        self._turn = asyncio.Event()
 
     def size_new_connections(self, job_id: uuid.UUID, foreground: bool) -> None:
         """The calling task's (a job's run) new connections start with the window of its cap."""
@@ -236,6 +292,7 @@ class Pacer:
         """A cap changed: receive buffers follow now, not at the next slow sample."""
         for conn in list(self._conns.values()):
             self._resize(conn)
+        self._let_in()
 
     async def aclose(self) -> None:
         """Stop sampling (the manager closes)."""
@@ -254,11 +311,20 @@ class Pacer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        for n in itertools.count(1):  # bounded: ends with the last watched connection
+        slow_at = loop.time() + SLOW_EVERY * self._tick
+        for _ in itertools.count(1):  # bounded: ends with the last watched connection
             if not self._conns:
                 return
-            await asyncio.sleep(self._tick)
-            self._sample(loop.time(), slow=n % SLOW_EVERY == 0)
+            # the fast tick only feeds the yield controller: with no connection yielding (a
+            # cap alone, "full", loopback) one wake-up per slow sample, not 100 a second
+            fast = any(self._yields(c) for c in self._conns.values())
+            await asyncio.sleep(self._tick if fast else max(0.0, slow_at - loop.time()))
+            now = loop.time()
+            slow = now >= slow_at - 1e-9
+            if slow:
+                slow_at = now + SLOW_EVERY * self._tick
+            self.wakeups += 1
+            self._sample(now, slow=slow)
 
     def _sample(self, now: float, *, slow: bool) -> None:
         granted = self._budgets.manager.granted
@@ -311,6 +377,16 @@ class Pacer:
                 rate = got / elapsed
                 self._rates[job_id] = rate if old is None else 0.5 * (old + rate)
 
+    # -- what crossed the wire ------------------------------------------------------------------
+    def _wire_bytes(self, conn: _Conn, nbytes: int) -> int:
+        """What a take of *nbytes* read from *conn* charges: those bytes plus the change in
+        what its buffers hold ahead of the engine (``_wireahead``), i.e. what crossed the
+        wire since the last take; at least 0."""
+        ahead = held_ahead(conn.sock, conn.resp)
+        wire = nbytes + ahead - conn.ahead
+        conn.ahead = ahead
+        return max(0, wire)
+
     # -- receive buffers ------------------------------------------------------------------------
     def _share(self, conn: _Conn) -> float | None:
         """The cap over *conn*, split among the connections under the same cap; None if none."""
@@ -348,8 +424,13 @@ class Pacer:
             # a window of a few segments at least, or the receiver's silly-window avoidance
             # waits for a delayed ACK per segment (a 64 KiB loopback MSS stalled at 16 KiB)
             # (four segments; two for a slow cap, whose first second they would swell)
-            if yields or share >= 1e6:
+            if yields:
                 floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss)
+            elif share >= 1e6:
+                # a fast cap reads a burst at a time and sleeps between (the buffers' bytes are
+                # charged as they arrive, so they do not swell the first second): 256 KiB reads
+                # cost +200 % CPU per GiB at 50 MB/s
+                floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss, burst_for(share))
             else:  # a slow cap: a burst, not segments (loopback's two were +128 KiB at once)
                 floor = max(MIN_RECEIVE_BUFFER, min(2 * conn.mss, burst_for(share)))
             if yields:

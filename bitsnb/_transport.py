@@ -44,6 +44,7 @@ __all__ = [
     "fallback_transport",
     "keep_view",
     "limit_read_ahead",
+    "unread_bytes",
 ]
 
 _MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
@@ -485,6 +486,15 @@ def limit_read_ahead(response: httpx.Response, nbytes: int | None) -> bool:
     # lowered: reading pauses at the next arrival; raised: the next consume() resumes it
     p.high = len(p.buf) if nbytes is None else max(_MIN_READ_AHEAD, min(nbytes, len(p.buf)))
     return True
+
+
+def unread_bytes(response: httpx.Response) -> int:
+    """Bytes a ``LeanTransport`` body has read ahead and not yet lent (0 for another's)."""
+    body = response.extensions.get("bitsnb_body")
+    if not isinstance(body, _Body):
+        return 0
+    p = body._conn.proto
+    return max(0, p.available - p.held)
 
 
 def keep_view(response: httpx.Response) -> Callable[[], None]:

@@ -128,6 +128,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._store_table",
         "bitsnb._tcpinfo",
         "bitsnb._connectbuf",
+        "bitsnb._wireahead",
     ),
     "rules without IO": (
         "bitsnb._http_rules",

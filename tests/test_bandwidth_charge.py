@@ -1,0 +1,125 @@
+"""Caps that count what crossed the wire (issue 14, session 6): bytes a connection holds ahead
+of the engine are charged as they arrive; a cap opens only the connections it needs; a capped
+manager's bandwidth loop does not tick 100 times a second. Real sockets, the server's clock."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _support.raw_http import ScriptServer
+
+import bitsnb
+from bitsnb import JobState
+from bitsnb._buckets import Budgets
+from bitsnb._pacing import Pacer
+from bitsnb._tcpinfo import tcp_info_available
+
+KiB = 1024
+linux_only = pytest.mark.skipif(not tcp_info_available(), reason="TCP_INFO is Linux-only")
+
+
+def test_a_cap_needs_one_connection_on_a_short_round_trip() -> None:
+    """No cap: no limit on files at once; a cap over a round trip one window carries: one."""
+    budgets = Budgets()
+    pacer = Pacer(bitsnb.Policy(background="full"), budgets, available=True)
+    job = uuid.uuid4()
+    assert pacer.connections_for(job, False) is None
+    budgets.set_job_rate(job, 100_000)
+    assert pacer.connections_for(job, False) == 1
+    budgets.set_max_bandwidth(50_000_000)  # the manager's cap counts for background only
+    budgets.set_job_rate(job, None)
+    assert pacer.connections_for(job, True) is None
+    assert pacer.connections_for(job, False) == 2  # 50 MB/s × 0.1 s (guessed) over 4 MiB
+
+
+def counting_body(size: int, log: list[tuple[float, int]], live: list[int]) -> Callable[..., bool]:
+    """A script sending *size* bytes 1 KiB at a time from a small send buffer, logging when the
+    kernel took each write, and counting the connections open at once (``live``: now, peak)."""
+    lock = threading.Lock()
+
+    def script(conn: socket.socket, _head: bytes) -> bool:
+        with lock:
+            live[0] += 1
+            live[1] = max(live[1], live[0])
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * KiB)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
+            )
+            for i in range(0, size, KiB):
+                conn.sendall(b"\0" * min(KiB, size - i))
+                with lock:
+                    log.append((time.monotonic(), min(KiB, size - i)))
+        finally:
+            with lock:
+                live[0] -= 1
+        return False
+
+    return script
+
+
+@linux_only
+def test_a_cap_over_many_files_in_flight_opens_one_connection(
+    srv: ScriptServer, store: Path, dest: Path
+) -> None:
+    """16 files asked in flight under a 100 kB/s cap on loopback: one connection at a time
+    (the cap needs no more), and the server's first second carries at most the cap + 64 KiB
+    (16 first windows carried every file out at once before)."""
+    rate, files, size = 100_000, 16, 15_000
+    log: list[tuple[float, int]] = []
+    live = [0, 0]
+    for i in range(files):
+        srv.scripts[f"/f{i}"] = counting_body(size, log, live)
+    policy = bitsnb.Policy(
+        background="full",
+        files_in_flight=files,
+        max_connections_per_host=files,
+        max_connections_per_file=1,
+    )
+    with bitsnb.Manager(store=store, policy=policy) as mgr:
+        job = mgr.create_job("many")
+        job.set_max_bandwidth(rate)
+        job.add_file_set([(f"{srv.base}/f{i}", dest / f"f{i}.bin") for i in range(files)])
+        began = time.monotonic()
+        job.resume()
+        assert job.wait(timeout=120) is JobState.TRANSFERRED
+        job.complete()
+    assert all((dest / f"f{i}.bin").stat().st_size == size for i in range(files))
+    assert live[1] == 1
+    first = sum(n for t, n in log if t - began < 1.0)
+    print(f"\nfirst second {first} B of {files * size}; at most {live[1]} connection(s) at once")
+    assert first <= rate + 64 * KiB
+    assert log[-1][0] - began >= (files * size - rate - 64 * KiB) / rate
+
+
+@linux_only
+def test_a_capped_body_charges_its_buffers_and_the_loop_ticks_slowly(
+    srv: ScriptServer, store: Path, dest: Path
+) -> None:
+    """One 300 kB body at 100 kB/s: the server's clock sees at most the cap + 64 KiB in the
+    first second (the first window charged as it lands), and with no connection yielding the
+    bandwidth loop wakes a few times a second (at least 2.5 s of transfer: 100 a second before)."""
+    rate, size = 100_000, 300_000
+    log: list[tuple[float, int]] = []
+    srv.scripts["/one"] = counting_body(size, log, [0, 0])
+    with bitsnb.Manager(store=store, policy=bitsnb.Policy(background="full")) as mgr:
+        pacer = mgr._amgr._open_parts().runner.pacer
+        job = mgr.create_job("one")
+        job.set_max_bandwidth(rate)
+        job.add_file(f"{srv.base}/one", dest / "one.bin")
+        began = time.monotonic()
+        job.resume()
+        assert job.wait(timeout=60) is JobState.TRANSFERRED
+        took = time.monotonic() - began
+        wakeups = pacer.wakeups
+    first = sum(n for t, n in log if t - began < 1.0)
+    print(f"\nfirst second {first} B; {wakeups} pacer wake-ups in {took:.1f} s")
+    assert first <= rate + 64 * KiB
+    assert took >= (size - rate - 64 * KiB) / rate
+    assert wakeups <= 6 * took + 5
