@@ -20,6 +20,8 @@ from bitsnb.testing import FileServer
 
 distributed = pytest.importorskip("distributed")
 psycopg = pytest.importorskip("psycopg")
+from _support.dask_cluster import local_client  # noqa: E402
+
 from bitsnb.distributed import PLUGIN_NAME, STATUS_COLUMNS, serve  # noqa: E402
 
 KIB = 1024
@@ -28,17 +30,7 @@ KIB = 1024
 @pytest.fixture(scope="module")
 def client() -> Iterator[distributed.Client]:
     """A LocalCluster of two worker processes (one thread each), closed at the end."""
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            host="127.0.0.1",
-            worker_dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as c,
-    ):
+    with local_client(2) as c:
         yield c
 
 
