@@ -212,7 +212,11 @@ def test_views_light_dark_totals_confirm_and_saved_state(
         deadline = time.monotonic() + 20
         text = ""
         while time.monotonic() < deadline:
-            nb = nbformat.read(saved_path, as_version=4)
+            try:
+                nb = nbformat.read(saved_path, as_version=4)
+            except nbformat.reader.NotJSONError:  # caught mid-save (truncated, not yet written)
+                time.sleep(0.2)
+                continue
             outs = nb.cells[CELL_INDEX["job"]].outputs
             text = "".join(o.get("data", {}).get("text/plain", "") for o in outs)
             if "ACKNOWLEDGED" in text:
