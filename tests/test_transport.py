@@ -146,7 +146,10 @@ def test_receive_buffer_is_fixed_when_asked(srv: ScriptServer) -> None:
             return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
     assert run(go(256 * 1024)) == 512 * 1024
-    assert run(go(None)) != 512 * 1024
+    # autotuning asked for, but the handshake took well under 1 ms (loopback): the window
+    # cannot bound the rate here, so the buffer is fixed at 2 MiB (reported doubled) instead
+    # of ramping up from ~64 KiB on every new connection
+    assert run(go(None)) == 4 * 1024 * 1024
 
 
 @pytest.mark.parametrize("size", [b"0x10", b"+10", b"1_0", b"", b"g"], ids=repr)
