@@ -54,9 +54,11 @@ NOTEBOOK = "e2e.ipynb"
 QUICK_FILES, QUICK_SIZE = 3, 400_000
 # slow.bin comes in 64 pieces: each request gets 200 kB, a 0.5 s stall, then a dropped
 # connection (a known size, so a real bar, unlike a multi-file job whose total stays unknown);
-# 32 s of stalls at least, so it still runs at the Suspend click on a slow, loaded machine.
+# 32 s of stalls at least, so it still runs at the Suspend click on a slow, loaded machine;
+# once suspended, the rest comes after one short stall (RESUMED_STALL), not in pieces.
 SLOW_SIZE, SLOW_CHUNK, SLOW_STALL = 12_800_000, 200_000, 0.5
-SLOW_TIMEOUT = 120_000  # ms, bound on the slow job's remaining pieces after Resume
+SLOW_TIMEOUT = 120_000  # ms, bound on the slow job's remaining bytes after Resume
+RESUMED_STALL = 1.5  # s, the stall before the rest of slow.bin after Resume (seen running)
 
 STATE_RE = re.compile(
     r"^\s*(QUEUED|CONNECTING|TRANSFERRING|SUSPENDED|ERROR|TRANSIENT_ERROR|TRANSFERRED"
@@ -102,7 +104,17 @@ CELLS = {
     ),
     "slow": (
         'big = download(slow_url, here / "slow", name="e2e-slow", manager=mgr, complete=False)\n'
-        "big.minimum_retry_delay = 0.05  # retry each dropped connection at once"
+        "big.minimum_retry_delay = 0.05  # retry each dropped connection at once\n"
+        "# once it has run and is suspended (the panel's button), the rest of slow.bin comes in\n"
+        "# one piece after a short stall: Resume is seen running, and finishes in seconds\n"
+        "ran = set()\n"
+        "def unstall(event):\n"
+        "    if event.job_id == big.id and event.state is bitsnb.JobState.TRANSFERRING:\n"
+        "        ran.add(event.job_id)\n"
+        "    if event.job_id in ran and event.state is bitsnb.JobState.SUSPENDED:\n"
+        "        srv.clear_faults()\n"
+        f'        srv.inject("slow.bin", Fault.stall({RESUMED_STALL}))\n'
+        "unsubscribe = mgr.subscribe(unstall)"
     ),
     "queue": "mgr.panel()",
     "block": (
