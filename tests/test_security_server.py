@@ -42,13 +42,17 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def auth_text() -> str:
+    """The users file's text: its two scrypt hashes made once for the module (each costs
+    tenths of a second by design)."""
+    return f"# upload users\n{auth_line('alice', 'wonder land')}\n\n{auth_line('bob', 'builder')}\n"
+
+
 @pytest.fixture
-def auth_file(tmp_path: Path) -> Path:
+def auth_file(tmp_path: Path, auth_text: str) -> Path:
     path = tmp_path / "users.txt"
-    path.write_text(
-        f"# upload users\n{auth_line('alice', 'wonder land')}\n\n{auth_line('bob', 'builder')}\n",
-        encoding="utf-8",
-    )
+    path.write_text(auth_text, encoding="utf-8")
     return path
 
 
