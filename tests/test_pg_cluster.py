@@ -5,17 +5,14 @@ SIGKILLed mid-transfer, its job taken over by the others and resumed with a Rang
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 from _support.helpers import wait_until
+from _support.pg_fixtures import ManagerProcs, schema_database
 from _support.postgres import Postgres
 
 import bitsnb
@@ -24,70 +21,17 @@ from bitsnb.testing import Fault, FileServer
 
 psycopg = pytest.importorskip("psycopg")
 
-CHILD = Path(__file__).parent / "_support" / "pg_manager.py"
 KIB = 1024
 JOBS, FILES_PER_JOB, SIZE = 12, 4, 48 * KIB
 VICTIM, STALL = 6 * 1024 * KIB, 2 * 1024 * KIB
-
-
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line:
-            return line.strip()
-        if proc.poll() is not None:
-            break
-    raise AssertionError(f"child said nothing (exit {proc.poll()})")
-
-
-def _stop(procs: list[subprocess.Popen[str]]) -> None:
-    """Close each child's stdin (it closes its manager and exits); kill what hangs."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGCONT)
-            if p.stdin is not None:
-                p.stdin.close()
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+ONE_AT_A_TIME: dict[str, object] = {"max_active_jobs": 1, "files_in_flight": 1}
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[[str], subprocess.Popen[str]]]:
-    """Start manager processes on a store (each has said ``ready``); stopped at the end."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(url: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, str(CHILD), url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        )
-        procs.append(proc)
-        assert _read_line(proc, 60) == "ready"
-        return proc
-
-    try:
-        yield start
-    finally:
-        _stop(procs)
-
-
-@pytest.fixture
-def children(
-    postgres: Postgres, spawn: Callable[[str], subprocess.Popen[str]]
-) -> tuple[str, list[subprocess.Popen[str]]]:
-    """A fresh database and three manager processes on it."""
-    url = postgres.new_database()
-    bitsnb.Manager(store=url).close()  # the schema, once, before three processes race for it
-    return url, [spawn(url) for _ in range(3)]
+def children(postgres: Postgres, manager_procs: ManagerProcs) -> tuple[str, list[Popen[str]]]:
+    """A fresh database and three manager processes on it (one job, one file at a time each)."""
+    url = schema_database(postgres)
+    return url, manager_procs.start_many(url, 3, ONE_AT_A_TIME)
 
 
 def _temp_of(url: str, job_id: object) -> Path:
@@ -111,7 +55,7 @@ def _lease_owner(url: str, job_id: object) -> str | None:
 
 
 def test_three_managers_share_the_queue_and_take_over_a_killed_ones_job(
-    children: tuple[str, list[subprocess.Popen[str]]], server: FileServer, tmp_path: Path
+    children: tuple[str, list[Popen[str]]], server: FileServer, tmp_path: Path
 ) -> None:
     url, procs = children
     dest = tmp_path / "dest"
@@ -175,20 +119,19 @@ def _row(url: str, job_id: object) -> tuple[object, ...]:
 
 def test_a_manager_paused_past_its_lease_commits_nothing_when_it_resumes(
     postgres: Postgres,
-    spawn: Callable[[str], subprocess.Popen[str]],
+    manager_procs: ManagerProcs,
     server: FileServer,
     tmp_path: Path,
 ) -> None:
     """A is SIGSTOPped mid-file; B takes the job over once A's lease expires and finishes it;
     A, resumed (SIGCONT), finds its lease gone: its run stops and nothing it writes lands
     (the fencing token), though its copy of the job is as new as the row it last saw."""
-    url = postgres.new_database()
-    bitsnb.Manager(store=url).close()
+    url = schema_database(postgres)
     dest = tmp_path / "dest"
     dest.mkdir()
     job_url = server.add_random_file("paused.bin", VICTIM, seed=7)
     server.inject("paused.bin", Fault.stall_after(STALL, 4))  # A's answer stops, then ends
-    a = spawn(url)
+    a = manager_procs.start(url, ONE_AT_A_TIME)
     with bitsnb.Manager(store=url, policy=bitsnb.Policy(max_active_jobs=0)) as mgr:
         job = mgr.create_job("paused")
         job.add_file(job_url, dest / "paused.bin")
@@ -197,13 +140,13 @@ def test_a_manager_paused_past_its_lease_commits_nothing_when_it_resumes(
         wait_until(lambda: _size(temp) > 0, timeout=30, message="A's bytes on disk")
         assert f":{a.pid}:" in str(_lease_owner(url, job.id))
         a.send_signal(signal.SIGSTOP)
-        b = spawn(url)
+        b = manager_procs.start(url, ONE_AT_A_TIME)
         assert job.wait(timeout=30) is JobState.TRANSFERRED
         done = _row(url, job.id)
         assert f":{b.pid}:" in str(done[2])  # B wrote the end
         a.send_signal(signal.SIGCONT)
         wait_until(lambda: server.requests[0].finished, timeout=20, message="A's answer ended")
-        _stop([a])  # A closes: puts back what it ran, gives up its leases
+        manager_procs.stop([a])  # A closes: puts back what it ran, gives up its leases
         assert a.returncode == 0
         assert _row(url, job.id) == done  # nothing of A's landed
         assert job.state is JobState.TRANSFERRED

@@ -6,19 +6,17 @@ to the others within 2 × the lease."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 from _support.helpers import wait_until
+from _support.pg_fixtures import ManagerProcs, schema_database
 from _support.postgres import Postgres
 
 import bitsnb
@@ -27,59 +25,13 @@ from bitsnb.testing import FileServer
 
 psycopg = pytest.importorskip("psycopg")
 
-CHILD = Path(__file__).parent / "_support" / "pg_limits_manager.py"
 LEASE = 2.0  # the children's lease_seconds
 KIB = 1024
-Spawn = Callable[[str, dict[str, object]], subprocess.Popen[str]]
 
 
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line:
-            return line.strip()
-        if proc.poll() is not None:
-            break
-    raise AssertionError(f"child said nothing (exit {proc.poll()})")
-
-
-@pytest.fixture
-def spawn() -> Iterator[Spawn]:
-    """Start manager processes with a policy (each has said ``ready``); stopped at the end."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(url: str, fields: dict[str, object]) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, str(CHILD), url, json.dumps({"lease_seconds": LEASE, **fields})],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        )
-        procs.append(proc)
-        assert _read_line(proc, 60) == "ready"
-        return proc
-
-    try:
-        yield start
-    finally:
-        for p in procs:
-            if p.poll() is None and p.stdin is not None:
-                p.stdin.close()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
-
-
-def _database(postgres: Postgres) -> str:
-    url = postgres.new_database()
-    bitsnb.Manager(store=url).close()  # the schema, once, before three processes race for it
-    return url
+def _managers(procs: ManagerProcs, url: str, fields: dict[str, object]) -> list[Popen[str]]:
+    """Three manager processes on *url* with the policy *fields* and the lease ``LEASE``."""
+    return procs.start_many(url, 3, {"lease_seconds": LEASE, **fields})
 
 
 def _queue(
@@ -135,15 +87,16 @@ SLOT_POLICY: dict[str, object] = {
 
 
 def test_three_managers_keep_to_one_per_host_limit_together(
-    postgres: Postgres, spawn: Spawn, server: FileServer, tmp_path: Path
+    postgres: Postgres, manager_procs: ManagerProcs, server: FileServer, tmp_path: Path
 ) -> None:
-    url = _database(postgres)
+    url = schema_database(postgres)
     dest = tmp_path / "dest"
     dest.mkdir()
     server.connection_rate = 256_000  # each file ~0.25 s: requests of all three overlap
-    for _ in range(3):
-        spawn(url, SLOT_POLICY)
-    mgr, jobs, names = _queue(url, server, dest, jobs=12, files=6, size=64 * KIB)
+    _managers(manager_procs, url, SLOT_POLICY)
+    # six jobs: two for each manager's two active slots, so all three want three connections
+    # (nine together) from the first file to the last, twelve rounds of the limit's three
+    mgr, jobs, names = _queue(url, server, dest, jobs=6, files=6, size=64 * KIB)
     with mgr:
         _finish(jobs, names, server, dest)
         print(f"server peak {server.peak_concurrent} connections, limit {SLOTS}")
@@ -153,13 +106,13 @@ def test_three_managers_keep_to_one_per_host_limit_together(
 
 
 def test_a_killed_managers_share_comes_back_within_two_leases(
-    postgres: Postgres, spawn: Spawn, server: FileServer, tmp_path: Path
+    postgres: Postgres, manager_procs: ManagerProcs, server: FileServer, tmp_path: Path
 ) -> None:
-    url = _database(postgres)
+    url = schema_database(postgres)
     dest = tmp_path / "dest"
     dest.mkdir()
     server.connection_rate = 256_000
-    procs = [spawn(url, SLOT_POLICY) for _ in range(3)]
+    procs = _managers(manager_procs, url, SLOT_POLICY)
     mgr, jobs, names = _queue(url, server, dest, jobs=12, files=6, size=64 * KIB)
     with mgr:
         # every manager has work, so each holds a slot of the three
@@ -188,14 +141,15 @@ def test_a_killed_managers_share_comes_back_within_two_leases(
 
 
 def test_three_managers_keep_to_one_background_cap_together(
-    postgres: Postgres, spawn: Spawn, server: FileServer, tmp_path: Path
+    postgres: Postgres, manager_procs: ManagerProcs, server: FileServer, tmp_path: Path
 ) -> None:
     cap = 1_500_000  # bytes/s for the three together; each alone would take all of it
-    url = _database(postgres)
+    url = schema_database(postgres)
     dest = tmp_path / "dest"
     dest.mkdir()
-    for _ in range(3):
-        spawn(url, {"max_bandwidth": cap, "max_active_jobs": 2, "files_in_flight": 2})
+    _managers(
+        manager_procs, url, {"max_bandwidth": cap, "max_active_jobs": 2, "files_in_flight": 2}
+    )
     samples: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -241,7 +195,7 @@ def test_an_upload_under_the_shared_cap_gets_a_share(postgres: Postgres, tmp_pat
     """An upload holds no host slot, but takes from the background cap: its job is demand."""
     from bitsnb.testing import UploadServer
 
-    url = _database(postgres)
+    url = schema_database(postgres)
     source = tmp_path / "up.bin"
     source.write_bytes(os.urandom(1_200_000))
     policy = bitsnb.Policy(poll_interval=0.05, lease_seconds=LEASE, max_bandwidth=1_000_000)

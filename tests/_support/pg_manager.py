@@ -1,12 +1,16 @@
-"""Child process for the PostgreSQL cluster tests: one manager on a shared store, until told.
+"""Child process for the multi-process PostgreSQL tests: one manager on a shared store, until
+told.
 
-Usage: python pg_manager.py STORE_URL
-Opens a Manager (one job at a time), prints ``ready``, then transfers whatever it claims until
-its stdin closes (bounded: 120 s), and closes the manager.
+Usage: python pg_manager.py STORE_URL POLICY_JSON
+Opens a Manager with the tests' short timings and the policy fields in POLICY_JSON (an object:
+``max_active_jobs``, ``max_connections_per_host``, ``max_bandwidth``…, which override them),
+prints ``ready``, then transfers whatever it claims until its stdin closes (bounded: 120 s),
+and closes the manager. Started by ``tests/_support/pg_fixtures.py``'s ``manager_procs``.
 """
 
 from __future__ import annotations
 
+import json
 import select
 import sys
 
@@ -15,17 +19,16 @@ import bitsnb
 
 def main() -> int:
     """Run a manager on the store named on the command line until stdin closes."""
-    policy = bitsnb.Policy(
-        min_retry_delay_floor=0.05,
-        poll_interval=0.05,
-        lease_seconds=2.0,
-        checkpoint_interval=0.1,
-        connect_timeout=5.0,
-        read_timeout=60.0,
-        max_active_jobs=1,
-        files_in_flight=1,
-    )
-    with bitsnb.Manager(store=sys.argv[1], policy=policy):
+    fields = {
+        "min_retry_delay_floor": 0.05,
+        "poll_interval": 0.05,
+        "lease_seconds": 2.0,
+        "checkpoint_interval": 0.1,
+        "connect_timeout": 5.0,
+        "read_timeout": 60.0,
+        **json.loads(sys.argv[2]),
+    }
+    with bitsnb.Manager(store=sys.argv[1], policy=bitsnb.Policy(**fields)):
         print("ready", flush=True)
         readable, _, _ = select.select([sys.stdin], [], [], 120)
         if readable:

@@ -14,15 +14,13 @@ import importlib.util
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,9 +52,11 @@ NOTEBOOK = "e2e.ipynb"
 QUICK_FILES, QUICK_SIZE = 3, 400_000
 # slow.bin comes in 64 pieces: each request gets 200 kB, a 0.5 s stall, then a dropped
 # connection (a known size, so a real bar, unlike a multi-file job whose total stays unknown);
-# 32 s of stalls at least, so it still runs at the Suspend click on a slow, loaded machine.
+# 32 s of stalls at least, so it still runs at the Suspend click on a slow, loaded machine;
+# once suspended, the rest comes after one short stall (RESUMED_STALL), not in pieces.
 SLOW_SIZE, SLOW_CHUNK, SLOW_STALL = 12_800_000, 200_000, 0.5
-SLOW_TIMEOUT = 120_000  # ms, bound on the slow job's remaining pieces after Resume
+SLOW_TIMEOUT = 120_000  # ms, bound on the slow job's remaining bytes after Resume
+RESUMED_STALL = 1.5  # s, the stall before the rest of slow.bin after Resume (seen running)
 
 STATE_RE = re.compile(
     r"^\s*(QUEUED|CONNECTING|TRANSFERRING|SUSPENDED|ERROR|TRANSIENT_ERROR|TRANSFERRED"
@@ -102,7 +102,17 @@ CELLS = {
     ),
     "slow": (
         'big = download(slow_url, here / "slow", name="e2e-slow", manager=mgr, complete=False)\n'
-        "big.minimum_retry_delay = 0.05  # retry each dropped connection at once"
+        "big.minimum_retry_delay = 0.05  # retry each dropped connection at once\n"
+        "# once it has run and is suspended (the panel's button), the rest of slow.bin comes in\n"
+        "# one piece after a short stall: Resume is seen running, and finishes in seconds\n"
+        "ran = set()\n"
+        "def unstall(event):\n"
+        "    if event.job_id == big.id and event.state is bitsnb.JobState.TRANSFERRING:\n"
+        "        ran.add(event.job_id)\n"
+        "    if event.job_id in ran and event.state is bitsnb.JobState.SUSPENDED:\n"
+        "        srv.clear_faults()\n"
+        f'        srv.inject("slow.bin", Fault.stall({RESUMED_STALL}))\n'
+        "unsubscribe = mgr.subscribe(unstall)"
     ),
     "queue": "mgr.panel()",
     "block": (
@@ -225,88 +235,6 @@ def _kill_kernels(root: Path) -> None:
             pid = int(pid_file.read_text().strip())
             if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 _kill_group(pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def jupyter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter]:
-    """JupyterLab on a free loopback port with a token, serving a temporary folder; its config,
-    data, runtime, settings and workspaces are temporary too (the venv's labextensions, where
-    the widget manager lives, are still found through sys.prefix). Always killed at the end."""
-    _require("playwright", "jupyterlab")
-    base = tmp_path_factory.mktemp("jupyter")
-    root, home = base / "root", base / "home"
-    names = ("config", "data", "runtime", "ipython", "settings", "workspaces")
-    dirs = {name: home / name for name in names}
-    for path in (root, *dirs.values()):
-        path.mkdir(parents=True)
-    _write_settings(dirs["settings"])
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / "jupyter-server.log"
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(dirs["config"]),
-        "JUPYTER_DATA_DIR": str(dirs["data"]),
-        "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
-        "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]),
-        "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]),
-        "IPYTHONDIR": str(dirs["ipython"]),
-        "BITSNB_HOME": str(home / "bitsnb"),
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--allow-root",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
-        "--ServerApp.open_browser=False",
-        f"--ServerApp.root_dir={root}",
-        f"--LabApp.user_settings_dir={dirs['settings']}",
-        f"--LabApp.workspaces_dir={dirs['workspaces']}",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        server = Jupyter(f"http://127.0.0.1:{port}", token, root)
-        _wait_for_server(proc, server.url("/api/status"), log)
-        yield server
-    finally:
-        _stop_server(proc)
-        _kill_kernels(root)
-
-
-@pytest.fixture(scope="module")
-def browser(jupyter: Jupyter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
-    """Headless Debian Chromium with a new empty profile (never a Playwright-downloaded browser)."""
-    from playwright.sync_api import sync_playwright
-
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1800},
-            timeout=UI_TIMEOUT,
-        )
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 # -- reading the page -------------------------------------------------------------------------

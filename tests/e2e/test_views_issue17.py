@@ -2,7 +2,8 @@
 at 1400 and 700 px, the queue totals against the store, the confirmation on Cancel, and the
 final state in the notebook JupyterLab saves.
 
-Uses the Jupyter server and Chromium of ``test_jupyterlab`` (same fixtures, same skips).
+Uses the Jupyter server and Chromium ``test_jupyterlab`` uses (``conftest.py``'s fixtures,
+the same skips), in a JupyterLab workspace of its own (the other test's tabs are not restored).
 Screenshots go to ``test-artifacts/e2e/issue17-*.png``.
 """
 
@@ -25,8 +26,6 @@ from .test_jupyterlab import (
     UI_TIMEOUT,
     Jupyter,
     assert_no_broken_widgets,
-    browser,
-    jupyter,
     shot,
     shut_down_kernel,
     wait_for_kernel,
@@ -34,8 +33,6 @@ from .test_jupyterlab import (
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Locator, Page
-
-__all__ = ["browser", "jupyter"]  # the fixtures, imported so that pytest finds them here
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -147,7 +144,9 @@ def test_views_light_dark_totals_confirm_and_saved_state(
     page.set_default_timeout(UI_TIMEOUT)
     try:
         page.set_viewport_size({"width": 1400, "height": 900})
-        page.goto(jupyter.url(f"/lab/tree/{NOTEBOOK}"), wait_until="domcontentloaded")
+        page.goto(
+            jupyter.url(f"/lab/workspaces/issue17/tree/{NOTEBOOK}"), wait_until="domcontentloaded"
+        )
         wait_for_kernel(jupyter, NOTEBOOK, KERNEL_TIMEOUT / 1000)
         page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
             timeout=KERNEL_TIMEOUT
