@@ -153,8 +153,10 @@ class Policy:
     plain http and servers that decline stay on HTTP/1.1. Off by default (see README, WAN).
     ``receive_buffer`` None (the default) leaves the socket receive buffer to Linux's
     autotuning, which grows it with the path (throughput ≤ window / round trip: a fixed 2 MiB
-    held one connection to ~75 MB/s at 50 ms); a number fixes it (the kernel doubles it),
-    bounding the bytes in flight that a killed process loses.
+    held one connection to ~75 MB/s at 50 ms), except on a connection whose handshake took
+    ≤ 1 ms (loopback, a LAN), which gets a fixed 2 MiB: no window bounds the rate there, and
+    autotuning's ramp from ~64 KiB on each new connection did; a number fixes it everywhere
+    (the kernel doubles it), bounding the bytes in flight that a killed process loses.
     ``max_bandwidth`` caps background jobs together (bytes/s, None = off); ``bandwidth_schedule``
     (``BandwidthWindow``s, local time) sets other caps at times, ``max_bandwidth`` applying
     outside them, and a limit of 0 blocks background jobs (BG_E_BLOCKED_BY_POLICY until the window
