@@ -33,7 +33,6 @@ from ._records import FileRecord, JobSettings
 
 __all__ = ["UPLOAD_PROTOCOL", "Uploader", "parse_hresult"]
 
-BG_E_SESSION_NOT_FOUND = 0x8020001F
 _MIN_FRAGMENT = 5 * 1024
 _MAX_STUCK_ACKS = 4  # then TRANSIENT_ERROR: the job retries after its retry delay
 _READ = 1024 * 1024
@@ -169,7 +168,7 @@ class Uploader:
                 uctx.save()
                 if restarts > 3:
                     raise TransferFailure(
-                        BG_E_SESSION_NOT_FOUND,
+                        _codes.BG_E_SESSION_NOT_FOUND,
                         ErrorContext.REMOTE_FILE,
                         transient=True,
                         message="the server keeps losing the upload session",
@@ -256,7 +255,7 @@ class Uploader:
                     break
                 continue
             failure = self._failure(resp, "Fragment")
-            if failure.code == BG_E_SESSION_NOT_FOUND:
+            if failure.code == _codes.BG_E_SESSION_NOT_FOUND:
                 raise _SessionLost
             raise failure
         uctx.save()
@@ -269,7 +268,7 @@ class Uploader:
         resp = await self._post(uctx, f.remote_name, "Close-Session", session)
         if resp.status_code >= 400:
             failure = self._failure(resp, "Close-Session")
-            if failure.code != BG_E_SESSION_NOT_FOUND:
+            if failure.code != _codes.BG_E_SESSION_NOT_FOUND:
                 raise failure
 
     async def cancel(self, f: FileRecord, uctx: UploadContext) -> None:

@@ -10,7 +10,15 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 
-from bitsnb._codes import BG_E_TOO_LARGE, E_ACCESSDENIED, E_INVALIDARG, ERROR_DISK_FULL
+from bitsnb._codes import (
+    BG_E_HTTP_ERROR_500,
+    BG_E_HTTP_ERROR_503,
+    BG_E_SESSION_NOT_FOUND,
+    BG_E_TOO_LARGE,
+    E_ACCESSDENIED,
+    E_INVALIDARG,
+    ERROR_DISK_FULL,
+)
 from bitsnb._http_rules import UPLOAD_PROTOCOL, parse_content_range
 
 __all__ = [
@@ -38,9 +46,6 @@ __all__ = [
 
 STATE_DIR = ".bits-sessions"  # hidden folder under root with one sub-folder per session
 
-BG_E_SESSION_NOT_FOUND = 0x8020001F
-BG_E_HTTP_ERROR_500 = 0x801901F4  # generic server-side failure
-BG_E_HTTP_ERROR_503 = 0x801901F7  # busy: a cap is reached, the client retries later
 CONTEXT_REMOTE_FILE = 0x5
 CONTEXT_REMOTE_APPLICATION = 0x7
 
