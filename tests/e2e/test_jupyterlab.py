@@ -12,11 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -34,17 +30,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "e2e"
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SERVER_START_TIMEOUT = 60.0  # s, for /api/status to answer
 UI_TIMEOUT = 30_000  # ms, Playwright's default for every wait, click and expect
 KERNEL_TIMEOUT = 90_000  # ms, first page load + kernel start + the setup cell
 BLOCK_TIMEOUT = 25_000  # ms, bound on watching the bar during the 10 s blocking cell
@@ -145,19 +130,13 @@ def write_notebook(path: Path) -> None:
 # -- the Jupyter server -----------------------------------------------------------------------
 
 
-def _require(*modules: str) -> None:
+def require(*modules: str) -> None:
     """Skip (with the reason) unless Chromium and every module named are there."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium; see .ci/apt-packages)")
     for name in modules:
         if importlib.util.find_spec(name) is None:
             pytest.skip(f"{name} is not installed (pip install {name})")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -177,64 +156,6 @@ class Jupyter:
         with urllib.request.urlopen(req, timeout=5) as resp:
             body = resp.read()
         return json.loads(body) if body else None
-
-
-def _write_settings(settings: Path) -> None:
-    """No news prompt; every cell in the DOM (no windowing), so the test can read them all."""
-    files = {
-        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
-            "fetchNews": "false",
-            "checkForUpdates": False,
-        },
-        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-    }
-    for name, value in files.items():
-        path = settings / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(value), "utf-8")
-
-
-def _wait_for_server(proc: subprocess.Popen[bytes], status_url: str, log: Path) -> None:
-    """Poll /api/status until it answers 200; fail if the server exits or the deadline passes."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the Jupyter server exited ({proc.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(status_url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the Jupyter server did not answer in {SERVER_START_TIMEOUT} s; see {log}")
-        time.sleep(0.2)
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (it shuts its kernels down), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        _kill_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    _kill_group(proc.pid, signal.SIGKILL)  # anything left in the group
-
-
-def _kill_kernels(root: Path) -> None:
-    """Kernels run in sessions of their own: kill each one whose pid a notebook recorded."""
-    for pid_file in root.rglob("kernel.pid"):
-        with contextlib.suppress(ValueError, OSError):
-            pid = int(pid_file.read_text().strip())
-            if b"ipykernel" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                _kill_group(pid, signal.SIGKILL)
 
 
 # -- reading the page -------------------------------------------------------------------------
@@ -403,7 +324,7 @@ def test_panels_in_the_browser(front_end: str, jupyter: Jupyter, browser: Browse
     from playwright.sync_api import expect
 
     url_template, module = FRONT_ENDS[front_end]
-    _require(module)
+    require(module)
     for old in ARTIFACTS.glob(f"{front_end}-*"):
         old.unlink()
     folder = jupyter.root / front_end
