@@ -30,7 +30,7 @@ _WHY = _WHY or (None if shutil.which("curl") else "curl is not installed")
 def test_a_background_job_yields_to_a_competing_flow_and_comes_back(flow: str) -> None:
     """The competing flow: a curl, or a FOREGROUND bitsnb job in the same manager."""
     assert NGINX is not None
-    out = _bandwidth.run(seconds=14.0, nginx=NGINX, fg_job=flow == "job")
+    out = _bandwidth.run(seconds=20.0, nginx=NGINX, fg_job=flow == "job")
     assert out["foreground"] == flow
     ph = _bandwidth.phases(out)
     print({k: {m: round(v, 3) for m, v in row.items()} for k, row in ph.items()})
