@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import socket
 from collections.abc import Callable
 
-__all__ = ["clamp_window", "connect_sized", "use", "wanted"]
+__all__ = ["autotune_max", "clamp_window", "connect_sized", "fixed_buffer_max", "use", "wanted"]
 
 _WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
 
@@ -36,6 +37,30 @@ def wanted() -> int | None:
     """The receive buffer a connection opened now should start with; None for the default."""
     size = _wanted.get()
     return size() if size is not None else None
+
+
+def _proc_ints(path: str) -> list[int]:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return [int(v) for v in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+@functools.cache
+def fixed_buffer_max() -> int:
+    """The largest ``SO_RCVBUF`` an unprivileged process may set (``net.core.rmem_max``;
+    212992 on a stock Linux, which is a 4 MB/s window at 50 ms). Unknown: 4 MiB."""
+    got = _proc_ints("/proc/sys/net/core/rmem_max")
+    return got[0] if got else 4 * 1024 * 1024
+
+
+@functools.cache
+def autotune_max() -> int:
+    """The most Linux's receive-buffer autotuning grows a socket to (``tcp_rmem``'s third
+    value; 6 MiB stock). Unknown: 6 MiB."""
+    got = _proc_ints("/proc/sys/net/ipv4/tcp_rmem")
+    return got[2] if len(got) == 3 else 6 * 1024 * 1024
 
 
 def clamp_window(sock: socket.socket, size: int) -> None:

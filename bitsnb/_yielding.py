@@ -115,6 +115,7 @@ class YieldController:
         slowdown_gap: float = 10.0,
         jump_back: bool = True,
         exit_at: float = 0.75,
+        slow_start_growth: float | None = None,
     ) -> None:
         self.target = target
         self.min_rate = min_rate
@@ -127,6 +128,7 @@ class YieldController:
         self.slowdown_gap = slowdown_gap
         self.jump_back = jump_back
         self.exit_at = exit_at
+        self.slow_start_growth = slow_start_growth  # None: LEDBAT++'s 1 + gain per round trip
         self.rate = self._clamp(initial_rate)
         self.connections = max_connections
         self.phase: Phase = "slow start"
@@ -257,7 +259,7 @@ class YieldController:
                 # LEDBAT++'s slow start: the dynamic gain, not doubling, per round trip (the
                 # delay it reacts to is a round trip or more late: doubling overshot a 250 ms
                 # buffer at 100 Mbit/s before the first sample showed the queue)
-                grow = 1 + self._gain()
+                grow = self.slow_start_growth or 1 + self._gain()
                 self.rate = self._clamp(min(self.rate * grow, max(self.rate, delivered * grow)))
                 return
             self.phase = "avoidance"
