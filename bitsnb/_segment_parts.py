@@ -58,6 +58,8 @@ class Conn:
     bytes: int = 0  # body bytes of its current response
     rate: float = 0.0  # its rate over its last response
     retire: bool = False  # one connection too many: stop at the next chunk
+    reach: int = 0  # where its current response's bytes end (the first one: the file's end)
+    skip: int = 0  # bytes of its response to read past: another connection wrote them
 
     def now_rate(self, now: float) -> float:
         """Its rate over the current response (the last one's before a byte came)."""
