@@ -290,6 +290,30 @@ def test_a_straggler_tail_is_taken_over(
     assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
 
 
+def test_a_retired_trials_rest_is_finished_by_the_first_connection_without_a_new_request(
+    store: Path, seg_policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """The second connection crawls (the server throttles that response), so it is retired
+    after its trial: the first connection, whose response is the whole file, goes on past the
+    cut into the range it left, reading past the bytes the trial wrote, with no third request
+    (on a long round trip a new connection's slow start cost 1.5 s)."""
+    server.connection_rate = 3_000_000
+    size = 24 * MIB
+    url = server.add_random_file("big.bin", size, seed=8)
+    with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
+        job = mgr.create_job("seg")
+        job.add_file(url, dest / "big.bin")
+        job.resume()
+        wait_until(lambda: len(server.requests) >= 1, 20, "the first request")
+        server.inject("big.bin", Fault.throttle(100_000))  # for the trial's request
+        assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
+        job.complete()
+    reqs = server.requests
+    assert [(r.range is not None, r.status) for r in reqs] == [(False, 200), (True, 206)]
+    assert reqs[1].fault == "throttle" and 0 < reqs[1].body_bytes_sent < 2 * MIB
+    assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
+
+
 # -- a crash ---------------------------------------------------------------------------------------
 def test_segments_resume_after_sigkill_byte_exact(
     store: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
