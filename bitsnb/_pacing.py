@@ -145,7 +145,9 @@ class Pacer:
         # and may double per round trip as TCP's does (the window, not the rate, holds the
         # queue: behind a 250 ms buffer alone 98 % of the link, probe p95 +59–65 ms, as with
         # LEDBAT++'s ×1.33 at 50 ms, which took 1 s of a 1 GB download to reach 250 MB/s)
-        self.controller = YieldController(exit_at=0.5 * QUEUE_SHARE, slow_start_growth=2.0)
+        self.controller = YieldController(
+            exit_at=0.5 * QUEUE_SHARE, slow_start_growth=2.0, max_connections=8
+        )
         self._tick = tick
         self._conns: dict[int, _Conn] = {}
         self._keys = itertools.count(1)
