@@ -73,6 +73,7 @@ PEAK_HOLD = 1.0
 
 _WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
+_INITIAL_WINDOW = 10  # segments: Linux's initial congestion window (RFC 6928)
 
 
 @dataclass
@@ -194,6 +195,8 @@ class Pacer:
         info = self._probe(sock)  # the handshake gave a round trip, and the segment size
         if info is not None:
             conn.mss, conn.rtt_min = info.rcv_mss, info.best_rtt
+            if self._yields(conn) and info.best_rtt and info.snd_mss:
+                self.controller.seed(_INITIAL_WINDOW * info.snd_mss / info.best_rtt)
         self._resize(conn)  # before the window has grown
         token = charge_wire(functools.partial(self._wire_bytes, conn))  # this body's task
         if self._task is None or self._task.done():

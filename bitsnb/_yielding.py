@@ -176,6 +176,13 @@ class YieldController:
             self._update(now)
         return self.rate
 
+    def seed(self, rate: float) -> None:
+        """Start slow start no lower than *rate* (TCP's own initial window over the first
+        round trip: the sender sends that much anyway), before the first update only."""
+        if self.phase == "slow start" and not self._window and math.isfinite(rate):
+            self.rate = self._clamp(max(self.rate, rate))
+            self._resume_rate = self._cut_from = self.rate
+
     def forget(self, conn: Hashable) -> None:
         """A connection closed: its estimates go."""
         self._paths.pop(conn, None)
