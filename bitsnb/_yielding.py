@@ -16,8 +16,9 @@ should use). No clock, no IO, so synthetic traces test it.
 - **Current delay**: the lowest of the last ``current_samples`` samples (RFC 6817's filter:
   one delayed ACK or scheduling hiccup does not count as queue).
 - **Queueing delay** = current − base, the highest over the connections (they share the path).
-- **Rate**, once per round trip (``update_every`` at least): at start, × (1 + gain) per round
-  trip (at most that above what was delivered) until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
+- **Rate**, once per round trip (``update_every`` at least): at start (from ``seed``: TCP's
+  initial window, if higher), × (1 + gain) per round trip, or ``slow_start_growth`` (the pacer
+  doubles: its windows bound the queue) (at most that above what was delivered) until the queueing delay reaches ¾ of the target (LEDBAT++'s slow start and its exit); then below the
   target ``rate × (1 + gain × (target − delay) / target)`` with LEDBAT++'s dynamic gain
   1 / min(16, ⌈2 × target / base⌉), and above it the multiplicative decrease
   ``rate × max(½, 1 − (delay / target − 1))``, no more than halved in two round trips while
