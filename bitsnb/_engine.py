@@ -53,7 +53,7 @@ from ._filecheck import (
     verify,
 )
 from ._files import open_private
-from ._fsyncs import GroupSync
+from ._fsyncs import GroupSync, outlast
 from ._http_clients import build_client, stream_get
 from ._http_rules import (
     BadLength,
@@ -572,12 +572,11 @@ class Engine:
                 raise local_failure(exc, f.temp_name) from exc
         finally:
             unwatch()
-            if syncing is not None and not syncing.done():
-                # the descriptor must stay open while the thread syncs it
-                await asyncio.wait([syncing])
-            if syncing is not None and syncing.done() and not syncing.cancelled():
-                syncing.exception()  # retrieved, so asyncio does not warn about it
-            fh.close()
+            try:
+                if syncing is not None:
+                    await outlast(syncing)  # the descriptor must stay open while it syncs
+            finally:
+                fh.close()
 
 
 def _ready_hashers(check: Check, headers: Mapping[str, str], offset: int) -> Partial | None:

@@ -15,10 +15,11 @@ import concurrent.futures
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 from ._files import create_private
 
-__all__ = ["GroupSync", "write_whole"]
+__all__ = ["GroupSync", "outlast", "write_whole"]
 
 
 def write_whole(path: str, data: bytes) -> None:
@@ -30,6 +31,28 @@ def write_whole(path: str, data: bytes) -> None:
         os.fsync(fh.fileno())
     finally:
         fh.close()
+
+
+_MAX_CANCELS = 64  # cancels a wait in ``outlast`` sits through before it gives up
+
+
+async def outlast(fut: asyncio.Future[Any]) -> None:
+    """Wait until *fut* is done, through any cancel of the caller meanwhile, then raise the
+    cancel if one came: what its thread touches (the descriptor it syncs) must stay valid
+    until then. A job cancelled while its task already unwound from a first cancel left
+    this wait early, and the file was closed under a queued fsync (EBADF, found by CI)."""
+    cancelled = False
+    for _ in range(_MAX_CANCELS):  # bounded: each turn ends with fut done or a cancel
+        if fut.done():
+            break
+        try:
+            await asyncio.wait([fut])
+        except asyncio.CancelledError:
+            cancelled = True
+    if fut.done() and not fut.cancelled():
+        fut.exception()  # retrieved, so asyncio does not warn about it
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _run_all(jobs: list[Callable[[], None]]) -> list[OSError | None]:
@@ -73,10 +96,7 @@ class GroupSync:
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
-            if not fut.done():  # e.g. the descriptor must stay open while the thread syncs it
-                await asyncio.wait([fut])
-            if not fut.cancelled():
-                fut.exception()  # retrieved, so asyncio does not warn about it
+            await outlast(fut)  # e.g. the descriptor must stay open while the thread syncs it
             raise
 
     async def _drain(self) -> None:

@@ -10,6 +10,7 @@ from typing import IO
 
 from ._failures import local_failure
 from ._files import create_private, private_size, truncate_private
+from ._fsyncs import outlast
 from ._integrity import Hasher
 from ._records import FileRecord
 
@@ -52,9 +53,11 @@ async def create_temp(path: str) -> IO[bytes]:
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
-        await asyncio.wait([fut])
-        if not fut.cancelled() and fut.exception() is None:
-            fut.result().close()
+        try:
+            await outlast(fut)
+        finally:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result().close()
         raise
 
 

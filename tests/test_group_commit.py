@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -57,6 +58,42 @@ def test_fsyncs_that_come_together_go_in_one_batch(tmp_path: Path) -> None:
     assert isinstance(out[20], OSError)
     assert syncs.synced == 21
     assert syncs.batches < 21  # the first batch holds one; the rest wait for it and go together
+
+
+def test_a_caller_cancelled_twice_still_waits_for_its_job() -> None:
+    """A waiter cancelled again while it already waits out a first cancel (a job cancelled
+    while its task unwinds) still returns only once its job ran, with the cancel: the
+    descriptor it syncs must stay open until then (CI saw an fsync of a closed one, EBADF)."""
+    gate = threading.Event()
+    ran: list[bool] = []
+
+    def job() -> None:
+        gate.wait(10)  # bounded: released below
+        ran.append(True)
+
+    async def run() -> tuple[bool, bool, bool]:
+        syncs = GroupSync()
+        try:
+            task = asyncio.create_task(syncs.run(job))
+            await asyncio.sleep(0.05)  # the job is on the worker thread, held by the gate
+            task.cancel()
+            await asyncio.sleep(0.05)
+            task.cancel()  # again, while it waits out the first
+            await asyncio.sleep(0.05)
+            waited = not task.done()
+            gate.set()
+            try:
+                await asyncio.wait_for(task, 10)
+            except asyncio.CancelledError:
+                return waited, True, bool(ran)
+            return waited, False, bool(ran)
+        finally:
+            gate.set()
+            syncs.close()
+
+    waited, cancelled, job_ran = asyncio.run(run())
+    assert waited  # not done before its job ran
+    assert cancelled and job_ran
 
 
 def _recorded(store: Path, job_id: uuid.UUID) -> list[tuple[str, str, int | None, int]]:
