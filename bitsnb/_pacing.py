@@ -71,7 +71,6 @@ queue the sender can build is then at most that, whatever the delay signal's lag
 PEAK_HOLD = 1.0
 """Seconds a connection's delivered peak sizes its window (it bridges a slow-down)."""
 
-_WINDOW_CLAMP: int | None = getattr(socket, "TCP_WINDOW_CLAMP", None)
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
 _INITIAL_WINDOW = 10  # segments: Linux's initial congestion window (RFC 6928)
 
@@ -211,9 +210,7 @@ class Pacer:
             with contextlib.suppress(ValueError):  # called from another context: nothing to undo
                 uncharge_wire(token)
             limit_read_ahead(resp, None)
-            if conn.clamp is not None:  # a kept-alive connection's next body starts unclamped
-                with contextlib.suppress(OSError):
-                    clamp_window(sock, autotune_max())
+            self._unclamp(conn)  # a kept-alive connection's next body starts unclamped
             self.controller.forget(key)
             if not any(c.job_id == job_id for c in self._conns.values()):
                 self._rates.pop(job_id, None)
@@ -427,10 +424,8 @@ class Pacer:
         yields = False
         if share is None:
             if conn.clamp is not None:  # the cap was lifted: the autotuned window is free again
-                conn.clamp = None
                 limit_read_ahead(conn.resp, None)
-                with contextlib.suppress(OSError):
-                    clamp_window(conn.sock, autotune_max())
+                self._unclamp(conn)
             if conn.rcvbuf is None:
                 return
             want = self._policy.receive_buffer or MAX_RECEIVE_BUFFER  # the cap was lifted
@@ -466,9 +461,12 @@ class Pacer:
             # a yield window grows with the rate up to what autotuning would give (curl's
             # window): 4 MiB held one connection to 80 MB/s at 50 ms, 27 MB/s at 150 ms
             ceiling = max(MAX_RECEIVE_BUFFER, autotune_max()) if yields else MAX_RECEIVE_BUFFER
-            want = receive_buffer_for(
-                share, conn.rtt_min, headroom=min(headroom, 16.0), floor=floor, ceiling=ceiling
-            ) or min(ceiling, MAX_RECEIVE_BUFFER)
+            want = (
+                receive_buffer_for(
+                    share, conn.rtt_min, headroom=min(headroom, 16.0), floor=floor, ceiling=ceiling
+                )
+                or MAX_RECEIVE_BUFFER
+            )
             peak = self._delivery.peak
             if self._yields(conn) and peak is not None and conn.rtt_min:
                 # what the path delivered × (base + a share of the target), split among the
@@ -491,11 +489,10 @@ class Pacer:
         with contextlib.suppress(OSError):
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
             conn.rcvbuf = want
-            if _WINDOW_CLAMP is not None:
-                # a fixed buffer stops Linux's autotuning, which is what raises the window's
-                # clamp past the one set at connect time (~64 KiB: 1.7 MB/s at 50 ms, measured):
-                # the clamp is set with the buffer, so a window can grow as well as shrink
-                conn.sock.setsockopt(socket.IPPROTO_TCP, _WINDOW_CLAMP, want)
+            # a fixed buffer stops Linux's autotuning, which is what raises the window's
+            # clamp past the one set at connect time (~64 KiB: 1.7 MB/s at 50 ms, measured):
+            # the clamp is set with the buffer, so a window can grow as well as shrink
+            clamp_window(conn.sock, want)
 
     def _clamp(self, conn: _Conn, want: int, share: float | None) -> None:
         """Hold *conn*'s window to *want* over the kernel's autotuned buffer (``TCP_WINDOW_CLAMP``
@@ -508,6 +505,14 @@ class Pacer:
         conn.clamp = want
         with contextlib.suppress(OSError):
             clamp_window(conn.sock, want)
+
+    def _unclamp(self, conn: _Conn) -> None:
+        """Let *conn*'s window follow the autotuned buffer again (if ``_clamp`` held it)."""
+        if conn.clamp is None:
+            return
+        conn.clamp = None
+        with contextlib.suppress(OSError):
+            clamp_window(conn.sock, autotune_max())
 
 
 def _nothing() -> None:

@@ -266,7 +266,8 @@ class YieldController:
             if delay < self.exit_at * self.target:
                 # LEDBAT++'s slow start: the dynamic gain, not doubling, per round trip (the
                 # delay it reacts to is a round trip or more late: doubling overshot a 250 ms
-                # buffer at 100 Mbit/s before the first sample showed the queue)
+                # buffer at 100 Mbit/s before the first sample showed the queue), unless the
+                # caller bounds the queue otherwise (the pacer's windows: slow_start_growth)
                 grow = self.slow_start_growth or 1 + self._gain()
                 self.rate = self._clamp(min(self.rate * grow, max(self.rate, delivered * grow)))
                 return
