@@ -27,7 +27,7 @@ NGINX = shutil.which("nginx") or (
 )
 _NO_TESTBED = _wan.unavailable() or (None if NGINX else "nginx is not installed")
 _WHY = _NO_TESTBED or (None if shutil.which("curl") else "curl is not installed")
-IDLE_SIZE = 384 * 1024 * 1024
+IDLE_SIZE = 768 * 1024 * 1024
 
 
 @pytest.mark.skipif(_WHY is not None, reason=f"WAN testbed: {_WHY}")
@@ -91,5 +91,5 @@ def test_a_yielding_download_on_an_idle_long_path_is_not_held_to_a_fixed_window(
         yielding = _wan.in_namespace(
             tb.client_ns, lambda: _download(url, tmp_path / "yield", "yield"), timeout=300
         )
-    print(f"\n384 MiB at 50 ms, one connection: full {full:.1f} MB/s, yield {yielding:.1f} MB/s")
+    print(f"\n768 MiB at 50 ms, one connection: full {full:.1f} MB/s, yield {yielding:.1f} MB/s")
     assert yielding >= 0.6 * full
