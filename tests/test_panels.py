@@ -162,6 +162,35 @@ def test_job_panel_buttons_when_suspended(
     assert panel.files_label.value == "0/1 file"
 
 
+class _Handle:
+    """Stands where IPython's ``DisplayHandle`` stands: records what each update sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def update(self, obj: Any) -> None:
+        self.sent.append(obj._repr_mimebundle_()["text/plain"])
+
+
+def test_a_state_rendered_between_display_and_its_handle_is_still_published(
+    manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
+) -> None:
+    """``show()`` computes the bundle, then attaches the handle; the pump may render a newer
+    state in between. What counts as on screen is the bundle sent, so the after-cell publish
+    still sends the newer state (the saved notebook once kept CONNECTING for an ERROR job)."""
+    job = make_job(manager, server, dest, "between", n=1)
+    panel = job_panel(job)
+    panels.append(panel)
+    shown = panel._repr_mimebundle_()["text/plain"]  # what display() sends
+    assert " SUSPENDED " in shown
+    job.resume()
+    wait_for(lambda: " TRANSFERRED " in panel.text(), what="the pump renders TRANSFERRED")
+    handle = _Handle()
+    panel.attach_display(handle)
+    panel.sync_display()  # the after-cell hook
+    assert handle.sent and " TRANSFERRED " in handle.sent[-1], handle.sent
+
+
 def test_job_panel_shows_the_error(
     manager: bitsnb.Manager, server: FileServer, dest: Path, panels: list[Any]
 ) -> None:

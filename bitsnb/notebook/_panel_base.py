@@ -118,6 +118,7 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         self._published: tuple[str, str] | None = None  # last sent from any thread
         self._published_cell: tuple[str, str] | None = None  # last sent from a running cell
         self._publish_due = False
+        self._bundled: tuple[str, str] | None = None  # text and HTML of the last mimebundle
         self.renders = 0
         self.publishes = 0
 
@@ -223,9 +224,13 @@ class Panel(widgets.VBox):  # type: ignore[misc]
 
     # -- display id -----------------------------------------------------------------------------
     def attach_display(self, handle: Any) -> None:
-        """Remember the ``DisplayHandle`` this panel was shown with (``show()``)."""
-        self._display = handle
-        self._published = self._published_cell = (self.text(), self.html())
+        """Remember the ``DisplayHandle`` this panel was shown with (``show()``) and, as what
+        is on screen, the bundle ``display()`` sent: the pump may have rendered a newer state
+        since, and taking that as shown would keep it from ever being published."""
+        with self._ui_lock:
+            self._display = handle
+            shown = self._bundled if self._bundled is not None else (self.text(), self.html())
+            self._published = self._published_cell = shown
 
     def publish(self, *, from_cell: bool = False) -> bool:
         """Re-publish the panel's text and HTML under its display id when they changed;
@@ -284,13 +289,17 @@ class Panel(widgets.VBox):  # type: ignore[misc]
         p.text(repr(self))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        data = super()._repr_mimebundle_(**kwargs)
-        if isinstance(data, dict):
-            data["text/plain"] = repr(self)
-            try:
-                data["text/html"] = self.html()
-            except Exception:  # half-built: the widget and the text still show
-                pass
+        lock = getattr(self, "_ui_lock", None)
+        with lock if lock is not None else contextlib.nullcontext():
+            data = super()._repr_mimebundle_(**kwargs)
+            if isinstance(data, dict):
+                data["text/plain"] = repr(self)
+                try:
+                    data["text/html"] = self.html()
+                except Exception:  # half-built: the widget and the text still show
+                    pass
+                else:
+                    self._bundled = (data["text/plain"], data["text/html"])
         return data
 
 
