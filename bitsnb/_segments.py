@@ -103,9 +103,10 @@ def may_add(left: int, min_segment: int, active: int, cap: int) -> bool:
     return active < cap and left >= 2 * min_segment
 
 
-def gained(before: float, after: float, had: int | None = None) -> bool:
-    """Whether the rate with one more connection (*after*) beat *before* by ``GAIN``; with
-    *had* (the connections before it), whether it did so clearly enough to say so from a
-    short window: by half a connection's share of *before* (as where each one is capped)."""
-    need = GAIN if had is None else max(GAIN, 1.0 + 0.5 / max(1, had))
+def gained(before: float, after: float, had: int | None = None, added: int = 1) -> bool:
+    """Whether the rate with *added* more connections (*after*) beat *before* by ``GAIN``;
+    with *had* (the connections before them), whether it did so clearly enough to say so
+    from a short window: by half a connection's share of *before* for each one added (as
+    where each connection is capped)."""
+    need = GAIN if had is None else max(GAIN, 1.0 + 0.5 * max(1, added) / max(1, had))
     return after >= need * before

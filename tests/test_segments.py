@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,37 @@ def test_capped_connections_are_segmented_and_the_known_hash_verifies(
     assert ranged and all(r.if_range and r.if_range.startswith('"') for r in ranged)
     assert (dest / "big.bin").read_bytes() == data
     assert temp_files(dest) == []
+
+
+def test_capped_connections_double_once_each_pays_a_whole_share(
+    store: Path, seg_policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """Each connection capped: a second that pays its whole share is kept early, and the next
+    two follow one right after the other (1, 2, 4, as slow start), not one measuring window
+    apart: the wait before the fourth is well under the one before the third."""
+    seg_policy.segment_window = 0.6
+    seg_policy.max_connections_per_file = 4
+    server.connection_rate = 2_000_000
+    url = server.add_random_file("big.bin", 24 * MIB, seed=21)
+    with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
+        job = mgr.create_job("seg")
+        job.add_file(url, dest / "big.bin")
+        job.resume()
+        first: dict[int, float] = {}
+
+        def seen(n: int) -> bool:
+            now, c = time.monotonic(), job.files[0].connections
+            for k in range(1, c + 1):
+                first.setdefault(k, now)
+            return n in first or job.state in (JobState.TRANSFERRED, JobState.ERROR)
+
+        wait_until(lambda: seen(4), 60, "four connections")
+        assert set(first) >= {2, 3, 4}, (first, job.state, job.error)
+        gap_third, gap_fourth = first[3] - first[2], first[4] - first[3]
+        assert gap_fourth < 0.5 * gap_third, (gap_third, gap_fourth)
+        assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
+        job.complete()
+    assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
 
 
 def test_connections_in_use_are_shown(
