@@ -162,8 +162,9 @@ class Policy:
     outside them, and a limit of 0 blocks background jobs (BG_E_BLOCKED_BY_POLICY until the window
     ends). FOREGROUND jobs are never capped by either (only by their own ``job.max_bandwidth``).
     ``max_connections_per_file`` lets one large file be fetched in segments over up to that
-    many connections (1 turns it off), added one at a time while each raises the file's rate
-    by 10 % over ``segment_window`` seconds and at least two ``min_segment_bytes`` are left;
+    many connections (1 turns it off), added while each trial raises the file's rate by 10 %
+    over ``segment_window`` seconds and at least two ``min_segment_bytes`` are left (doubling,
+    one after another, after a trial that paid a whole connection's share);
     every connection counts against ``max_connections_per_host`` (16, as ``curl --parallel``
     16 or aria2c's most: 8 held a job of small files at 50 ms to 8 requests a round trip; a
     host that refuses the extra requests with 503/429 gets fewer again, see README).
