@@ -3,9 +3,13 @@
 A small file's final ``fsync`` is one thread hop (a future, a wake-up of the loop) per file;
 with several files in flight they end close together. ``GroupSync`` queues such jobs (an
 ``fsync`` of an open descriptor, or a whole small file created, written, fsynced and closed);
-while one batch runs on the worker thread the next ones wait and go together in the next
-batch, so a burst of N files costs one hop, not N. Each caller is answered only once its own
-job returned (its error, such as a full disk, is its own).
+while batches run on the worker threads the next ones wait and go together in the next
+batch, so a burst of N files costs one hop, not N. Up to ``PARALLEL`` batches run at once, on
+as many threads: a disk syncs several files at once faster than one after the other (ext4's
+journal commits concurrent fsyncs together; here 16 KiB files synced at 0.30–0.33 ms each from
+one thread, 0.16–0.22 from two, 0.11–0.16 from four), and one thread had been the pipeline's
+slowest stage for many small files. Each caller is answered only once its own job returned
+(its error, such as a full disk, is its own).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from typing import Any
 
 from ._files import create_private
 
-__all__ = ["GroupSync", "outlast", "write_whole"]
+__all__ = ["PARALLEL", "GroupSync", "outlast", "write_whole"]
+
+PARALLEL = 4
+"""Batches that may run at once, each on its own thread."""
 
 
 def write_whole(path: str, data: bytes) -> None:
@@ -69,11 +76,12 @@ def _run_all(jobs: list[Callable[[], None]]) -> list[OSError | None]:
 
 
 class GroupSync:
-    """Batches of file-durability jobs on one worker thread, one batch at a time."""
+    """Batches of file-durability jobs on up to *parallel* worker threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, parallel: int = PARALLEL) -> None:
+        self._parallel = max(1, parallel)
         self._waiting: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
-        self._running: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()  # drainers, each one batch at a time
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.batches = 0  # executor jobs run (for tests and the bench: hops saved)
         self.synced = 0  # jobs run
@@ -89,10 +97,12 @@ class GroupSync:
     async def run(self, job: Callable[[], None]) -> None:
         """Run *job* in the next batch; return (or raise its ``OSError``) once it ran. A
         cancelled caller still waits for it: what it touches must stay valid until then."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         self._waiting.append((job, fut))
-        if self._running is None or self._running.done():
-            self._running = asyncio.get_running_loop().create_task(self._drain())
+        self._running = {t for t in self._running if not t.done()}
+        if len(self._running) < self._parallel:  # else a running drainer takes it next
+            self._running.add(loop.create_task(self._drain()))
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -100,10 +110,12 @@ class GroupSync:
             raise
 
     async def _drain(self) -> None:
-        """Run what is waiting, batch after batch, until nothing is."""
+        """Run what is waiting, batch after batch, until nothing is (one of the drainers)."""
         loop = asyncio.get_running_loop()
         if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bitsnb-fsync")
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self._parallel, thread_name_prefix="bitsnb-fsync"
+            )
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
@@ -125,7 +137,7 @@ class GroupSync:
                     fut.set_exception(err)
 
     def close(self) -> None:
-        """Stop the worker thread (batches under way finish)."""
+        """Stop the worker threads (batches under way finish)."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)

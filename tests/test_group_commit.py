@@ -60,6 +60,40 @@ def test_fsyncs_that_come_together_go_in_one_batch(tmp_path: Path) -> None:
     assert syncs.batches < 21  # the first batch holds one; the rest wait for it and go together
 
 
+def test_a_sync_that_takes_long_does_not_hold_the_next_files_back() -> None:
+    """Batches run on several threads: while one file's sync is held up, the next file's
+    still runs and returns (one thread had been the slowest stage for many small files)."""
+    gate = threading.Event()
+    order: list[str] = []
+
+    def slow() -> None:
+        gate.wait(10)  # bounded: released below
+        order.append("slow")
+
+    def quick() -> None:
+        order.append("quick")
+
+    async def run() -> bool:
+        syncs = GroupSync()
+        try:
+            held = asyncio.create_task(syncs.run(slow))
+            await asyncio.sleep(0.05)  # the slow job is on a worker thread, held by the gate
+            try:
+                await asyncio.wait_for(syncs.run(quick), 5)
+            except TimeoutError:
+                return False
+            finally:
+                gate.set()
+            await asyncio.wait_for(held, 10)
+            return True
+        finally:
+            gate.set()
+            syncs.close()
+
+    assert asyncio.run(run())
+    assert order == ["quick", "slow"]
+
+
 def test_a_caller_cancelled_twice_still_waits_for_its_job() -> None:
     """A waiter cancelled again while it already waits out a first cancel (a job cancelled
     while its task unwinds) still returns only once its job ran, with the cancel: the
