@@ -29,6 +29,24 @@ def _ssl_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
     return verify
 
 
+class _Deferred(httpx.AsyncBaseTransport):
+    """A transport made by *make* on its first request (closing one never made is nothing)."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncBaseTransport]) -> None:
+        self._make = make
+        self._transport: httpx.AsyncBaseTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._transport is None:
+            self._transport = self._make()
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+
 class _Cookies(httpx.Cookies):
     """httpx's cookie jar, which skips ``http.cookiejar``'s work (request and response wrappers,
     ~0.3 ms a response: a fifth of a small file's time in the loop) for a response that sets
@@ -110,23 +128,32 @@ def build_client(
     p = policy
     tls: ssl.SSLContext | None = None
 
-    def make_transport(through: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+    def context() -> ssl.SSLContext:
+        # one TLS context (CA bundle loaded once) for all of them, made when first needed
         nonlocal tls
-        if tls is None:  # one TLS context (CA bundle loaded once) for all of them
+        if tls is None:
             tls = httpx.create_ssl_context(verify=_ssl_context(p.verify), trust_env=trust_env)
-        fallback = fallback_transport(
-            p.read_size,
-            verify=tls,
-            limits=limits,
-            trust_env=trust_env,
-            proxy=through,
-            http2=p.http2,
-        )
+        return tls
+
+    def make_transport(through: httpx.Proxy | None) -> httpx.AsyncBaseTransport:
+        def fallback() -> httpx.AsyncBaseTransport:
+            return fallback_transport(
+                p.read_size,
+                verify=context(),
+                limits=limits,
+                trust_env=trust_env,
+                proxy=through,
+                http2=p.http2,
+            )
+
         if not lean or through is not None:
-            return fallback
+            return fallback()
+        # the lean transport serves plain GETs itself: httpx's transport and the TLS context
+        # are made only once a request needs them (together 50-90 ms of a process's start
+        # here, loading the CA bundle, which a run over plain http never uses)
         return LeanTransport(
-            fallback,
-            ssl_context=None if p.http2 else tls,  # None: https goes to the HTTP/2 transport
+            _Deferred(fallback),
+            ssl_context=None if p.http2 else context,  # None: https goes to the HTTP/2 transport
             read_size=p.read_size,
             max_idle_per_host=limits.max_keepalive_connections or 1,
             receive_buffer=p.receive_buffer,

@@ -281,13 +281,14 @@ def _check_header(name: bytes, value: bytes, request: httpx.Request) -> None:
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """GET/HEAD over HTTP/1.1 with keep-alive and zero-copy bodies; the rest to *fallback*."""
+    """GET/HEAD over HTTP/1.1 with keep-alive and zero-copy bodies; the rest to *fallback*.
+    *ssl_context* may be a function that makes it, called at the first https connection."""
 
     def __init__(
         self,
         fallback: httpx.AsyncBaseTransport,
         *,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         read_size: int = 1024 * 1024,
         max_idle_per_host: int = 4,
         receive_buffer: int | None = None,
@@ -358,7 +359,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         proto = ReadAhead(self._read_size)
         kwargs: dict[str, Any] = {}
         if scheme == "https":
-            kwargs = {"ssl": self._ssl, "server_hostname": host}
+            tls = self._ssl() if callable(self._ssl) else self._ssl  # made on first use
+            kwargs = {"ssl": tls, "server_hostname": host}
         size = connect_buffer()  # a cap's window from the first segment on (_connectbuf)
         try:
             async with asyncio.timeout(timeout):

@@ -4,6 +4,8 @@ the client's rules."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from _support.raw_http import ScriptServer, reply
@@ -47,3 +49,32 @@ def test_a_redirect_is_followed_by_the_clients_rules(
     paths = [r.split(b" ")[1] for r in srv.requests]
     assert paths == [b"/old", b"/new"]
     assert (dest / "f").read_bytes() == b"moved here"
+
+
+_NO_TLS_CHILD = """
+import gc, pathlib, ssl, sys, tempfile
+import bitsnb
+from bitsnb.testing import FileServer
+srv = FileServer().start()
+url = srv.add_random_file("a.bin", 50_000, seed=1)
+d = pathlib.Path(tempfile.mkdtemp())
+with bitsnb.Manager(d / "jobs.db") as mgr:
+    job = mgr.create_job("plain")
+    job.add_file(url, str(d / "a.bin"))
+    job.resume()
+    state = job.wait(timeout=30)
+    contexts = sum(isinstance(o, ssl.SSLContext) for o in gc.get_objects())
+    job.complete()
+srv.stop()
+print(state.name, contexts, (d / "a.bin").stat().st_size)
+"""
+
+
+def test_a_plain_http_download_never_makes_a_tls_context() -> None:
+    """Over plain http the TLS context (the CA bundle loaded: tens of ms of a process's
+    start) and httpx's own transport are made only if a request needs them: none here."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_TLS_CHILD], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["TRANSFERRED", "0", "50000"], out.stdout
