@@ -1,11 +1,10 @@
 """A segmented download: one file over one or more connections, each writing its segment at its
 offsets of the one temporary file, its table kept in the store so that a crash resumes every
-segment (the rules of when to split and add are in ``_segments``)."""
+segment (the rules of where to split are in ``_segments``, of when to add in ``_segment_ramp``)."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import os
 import time
@@ -31,11 +30,10 @@ from ._integrity import digest_fields
 from ._records import FileRecord
 from ._segment_hash import PrefixHash
 from ._segment_parts import Conn, NoRanges, Seg, SegmentHost, connection_ended
+from ._segment_ramp import Ramp
 from ._segments import (
-    GAIN,
     contiguous_end,
     done_bytes,
-    gained,
     may_add,
     split_point,
     takeover_point,
@@ -50,8 +48,6 @@ __all__ = ["Split"]
 
 
 _MAX_REQUESTS = 1024  # requests one connection of a segmented download makes, at most
-_JUDGE_SECONDS = 1.0  # a connection on trial is dropped for a small gain only after this long
-_BUSY_LOOP = 0.8  # share of the time the loop's thread computes, above which none is added
 _MAX_RESTARTS = 8  # times a segmented download starts a connection anew when none is left
 
 
@@ -59,9 +55,9 @@ class Split:
     """One file fetched over one or more connections, each writing its segment at its offset
     in one temporary file (``os.pwrite``: no part files, nothing copied after).
 
-    It starts on one connection; every ``segment_window`` it measures the file's rate and, while
-    the last connection added raised it by ``GAIN`` and two minimum segments are left, splits
-    the largest remaining range for one more (within the per-file and per-host limits, never
+    It starts on one connection; it measures the file's rate and, while the connections tried
+    last paid (``_segment_ramp``) and two minimum segments are left, splits the largest
+    remaining range for more (within the per-file and per-host limits, never
     waiting for a host slot). A connection that ends its segment takes a segment nobody has,
     else half of the largest range left, else the tail of a straggler. The first split is saved
     in the store (``save_segments``) before the file is preallocated, so that a crash resumes
@@ -98,13 +94,7 @@ class Split:
         self.syncing: asyncio.Task[None] | None = None
         self.cp_at = time.monotonic()
         self.cp_bytes = f.bytes_transferred
-        self.base_rate = 0.0
-        self.window: tuple[float, int] | None = None  # (time, bytes) the window began at
-        self.trials: list[Conn] = []  # the connections last added, on trial together
-        self.to_add = 0  # more to add to the trial, each once the one before it flows
-        self.cpu_from = 0.0  # the loop thread's CPU time when the window began
-        self.samples: collections.deque[tuple[float, int]] = collections.deque()  # (time, bytes)
-        self.adding = True
+        self.ramp: Ramp[Conn] = Ramp(self.policy.segment_window)
 
     # -- the run ------------------------------------------------------------------------------
     async def run(self, first: httpx.Response | None) -> None:
@@ -181,13 +171,12 @@ class Split:
         for task in [t for t in self.conns if t.done()]:
             conn = self.conns.pop(task)
             self.f.connections = len(self.conns)
-            if conn in self.trials:
-                self.trials.remove(conn)
+            self.ramp.ended(conn)
             exc = None if task.cancelled() else task.exception()
             if exc is None:
                 continue
             if isinstance(exc, NoRanges):
-                self.ranges_ok, self.adding, self.cap = False, False, 1
+                self.ranges_ok, self.ramp.adding, self.cap = False, False, 1
                 continue
             transient = isinstance(exc, httpx.HTTPError) or (
                 isinstance(exc, TransferFailure) and exc.transient
@@ -195,7 +184,7 @@ class Split:
             if transient and self.conns:
                 # an extra connection the host refused or dropped: its segment goes back to
                 # the others, and this file tries no more connections than it has
-                self.adding = False
+                self.ramp.adding = False
                 self.cap = max(1, len(self.conns))
                 continue
             if isinstance(exc, httpx.HTTPError):
@@ -285,7 +274,14 @@ class Split:
         if not self.ranges_ok or conn.retire:
             return None
         now = time.monotonic()
-        rates = {id(s): s.owner.now_rate(now) for s in self.segs if s.owner is not None}
+        # a connection whose response has not begun has no rate yet, not a rate of 0: taken
+        # for a straggler, its whole range went to a second request while the server sent it
+        # to the first as well (a resume fetched a 4.6 MB segment twice, 2 runs in 60)
+        rates = {
+            id(s): s.owner.now_rate(now)
+            for s in self.segs
+            if s.owner is not None and s.owner.began is not None
+        }
         busy = [s for s in self.segs if id(s) in rates and s.done < s.end]
         if not busy:
             return None
@@ -338,7 +334,7 @@ class Split:
             # the whole file for a Range: fine for the one connection left, not for more
             if len(self.conns) > 1:
                 raise NoRanges
-            self.ranges_ok, self.adding, self.cap = False, False, 1
+            self.ranges_ok, self.ramp.adding, self.cap = False, False, 1
             whole = Seg(0, 0, self.total, conn)
             self.segs = [whole]
             conn.seg, conn.reach = whole, self.total
@@ -442,83 +438,32 @@ class Split:
 
     # -- more connections -----------------------------------------------------------------------
     async def _maybe_add(self) -> None:
-        """Measure the file's rate; keep the connections on trial if they paid, and try more
-        while the rules allow.
-
-        Servers that cap each connection send in bursts (nginx's ``limit_rate`` by the
-        second), and a loaded machine's rate wanders by more than 10 %: so the rate without the
-        trial is measured over at least ``_JUDGE_SECONDS``; a trial is kept early when a window
-        of ``segment_window`` shows half a connection's share more for each one tried (capped
-        connections add a whole share), else judged by ``GAIN`` once ``_JUDGE_SECONDS`` have
-        passed. A trial kept early doubles the connections next (1, 2, 4, 8, as TCP's slow
-        start), each started once the one before it flows, and judged together: where each
-        is capped, one at a time reached eight only ~5 s in.
-        """
-        now, got = time.monotonic(), self.f.bytes_transferred
-        samples = self.samples
-        samples.append((now, got))
-        while len(samples) > 2 and now - samples[1][0] >= _JUDGE_SECONDS:
-            samples.popleft()  # bounded: keeps the newest sample a second old, and later ones
-        if not self.adding or any(c.began is None for c in self.conns.values()):
-            return  # a connection not flowing yet: its rate would count for nothing
-        if self.to_add:
-            # the next of a doubling: one at a time as each flows, so a host that refuses
-            # extra connections sees one refusal, never a burst of them
-            await self._add(self.to_add)
-            return
-        if self.window is None:
-            self.window, self.cpu_from = (now, got), time.thread_time()
-            return
-        began, before = self.window
-        took = now - began
-        trials = self.trials  # those still running: _reap drops the ones that ended
-        if not trials:
-            if took >= _JUDGE_SECONDS:
-                rate = (got - before) / took
-                # the first second, or still ramping up (slow start on a long round trip): a
-                # connection tried now would be credited with the others' own growth, so the
-                # first is tried only once a second's rate is level with the one before
-                # (judged over 0.3 s and 0.5 s windows, trials came early enough on an idle
-                # 50 ms path to be credited with that growth: 164-259 MB/s against 184-294)
-                ramping = self.base_rate <= 0 or rate >= GAIN * self.base_rate
-                self.base_rate = rate
-                busy = (time.thread_time() - self.cpu_from) / took
-                self.window, self.cpu_from = (now, got), time.thread_time()
-                if not ramping and busy < _BUSY_LOOP:  # a busy loop goes no faster with more
-                    await self._add(1)
-            return
-        if took < self.policy.segment_window:
-            return
-        rate = (got - before) / took
-        early = took < _JUDGE_SECONDS
-        had = len(self.conns) - len(trials)
-        if gained(self.base_rate, rate, had if early else None, len(trials)):
-            # kept; the next ones are measured against the last second (a little of it
-            # without these: never above what these connections give)
-            self.trials = []
-            then, had_bytes = samples[0]
-            self.base_rate = (got - had_bytes) / (now - then) if now > then else 0.0
-            self.window = (now, got)
-            await self._add(len(self.conns) if early else 1)
-        elif not early:
-            # more did not make it faster: back to what it was, and no more tries
-            for conn in trials:
-                conn.retire = True
-            self.trials = []
-            self.adding = False
-            self.cap = max(1, had)
+        """Measure the file's rate and act on what the ramp says (``_segment_ramp``): retire
+        connections on trial that did not pay, or try more."""
+        flowing = all(c.began is not None for c in self.conns.values())
+        step = self.ramp.step(
+            time.monotonic(),
+            self.f.bytes_transferred,
+            time.thread_time(),
+            flowing=flowing,
+            conns=len(self.conns),
+        )
+        for conn in step.retire:
+            conn.retire = True
+        if step.cap is not None:
+            self.cap = step.cap
+        if step.add:
+            await self._add(step.add)
 
     async def _add(self, count: int) -> None:
         """One more connection on trial, on half the largest range left, while the yield
         controller, the per-file cap and the host's free slots allow; *count* - 1 more follow
-        it (``to_add``), one by one."""
+        it, one by one."""
         conn = await self._add_one()
         if conn is None:
-            self.to_add = 0
+            self.ramp.to_add = 0
             return
-        self.trials.append(conn)
-        self.window = None
-        self.to_add = count - 1
+        self.ramp.started(conn, count)
 
     async def _add_one(self) -> Conn | None:
         if not self.ctx.may_add_connection():  # the yield controller wants no more now
@@ -565,7 +510,7 @@ class Split:
         self.f.segments = table
         if not self.ctx.save_segments(dataclasses.replace(self.f, bytes_transferred=durable)):
             self.f.segments = None
-            self.adding = False
+            self.ramp.adding = False
             return None
         self.split = True
         new = self._cut(seg, cut, None)

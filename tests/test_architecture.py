@@ -141,6 +141,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb._yielding",
         "bitsnb._integrity",
         "bitsnb._segments",
+        "bitsnb._segment_ramp",
         "bitsnb._jobchecks",
         "bitsnb._jobstats",
         "bitsnb._inflight",

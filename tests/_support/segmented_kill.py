@@ -105,6 +105,13 @@ def resume_killed(
     assert reqs and all(r.range is not None and r.status == 206 for r in reqs)
     starts = {int(r.range.split("=")[1].split("-")[0]) for r in reqs if r.range}
     assert {d for s, d, e in table if d < e} <= starts  # every open segment resumed
-    assert server.bytes_sent(name) <= size - kept + 2 * _MIB
+    sent = server.bytes_sent(name)
+    assert sent <= size - kept + 2 * _MIB, (
+        sent,
+        size,
+        kept,
+        table,
+        [(r.range, r.body_bytes_sent) for r in reqs],
+    )
     assert local.read_bytes() == server.path(name).read_bytes()
     return table, reqs

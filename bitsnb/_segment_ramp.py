@@ -1,0 +1,117 @@
+"""When a segmented download tries more connections, and whether the last ones paid (no IO:
+the clock, the bytes and the loop thread's CPU time are passed in; ``_segmented`` opens them).
+
+Servers that cap each connection send in bursts (nginx's ``limit_rate`` by the second), and a
+loaded machine's rate wanders by more than 10 %: so the rate without the trial is measured over
+at least ``JUDGE_SECONDS``; a trial is kept early when a window of ``segment_window`` shows half a
+connection's share more for each one tried (capped connections add a whole share), else judged
+by ``GAIN`` once ``JUDGE_SECONDS`` have passed. A trial kept early doubles the connections next
+(1, 2, 4, 8, as TCP's slow start), each started once the one before it flows, and judged
+together: where each is capped, one at a time reached eight only ~5 s in.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from ._segments import GAIN, gained
+
+__all__ = ["JUDGE_SECONDS", "Ramp", "Step"]
+
+JUDGE_SECONDS = 1.0
+"""A connection on trial is dropped for a small gain only after this long."""
+
+_BUSY_LOOP = 0.8  # share of the time the loop's thread computes, above which none is added
+
+C = TypeVar("C")  # a connection (``_segment_parts.Conn``; only its identity matters here)
+
+
+@dataclass(frozen=True)
+class Step(Generic[C]):
+    """What the download does now: start *add* connections (the first of them now, the rest
+    one by one as each flows), and retire *retire*, keeping at most *cap* from then on."""
+
+    add: int = 0
+    retire: tuple[C, ...] = ()
+    cap: int | None = None
+
+
+@dataclass
+class Ramp(Generic[C]):
+    """The measuring state of one file's connections: its rate windows and the trial."""
+
+    segment_window: float
+    base_rate: float = 0.0
+    window: tuple[float, int] | None = None  # (time, bytes) the window began at
+    cpu_from: float = 0.0  # the loop thread's CPU time when the window began
+    trials: list[C] = field(default_factory=list)  # the last added, on trial together
+    to_add: int = 0  # more to add to the trial, each once the one before it flows
+    adding: bool = True  # False once more connections did not pay (or may not be tried)
+    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+
+    def started(self, conn: C, count: int) -> None:
+        """*conn* joined the trial, and *count* - 1 more are to follow it."""
+        self.trials.append(conn)
+        self.window = None
+        self.to_add = count - 1
+
+    def ended(self, conn: C) -> None:
+        """*conn* ended (its segment written, or it failed)."""
+        if conn in self.trials:
+            self.trials.remove(conn)
+
+    def step(self, now: float, got: int, cpu: float, *, flowing: bool, conns: int) -> Step[C]:
+        """Measure: *got* bytes of the file written at *now*, *cpu* the loop thread's CPU
+        time, *flowing* whether every connection's response has begun, *conns* how many."""
+        samples = self.samples
+        samples.append((now, got))
+        while len(samples) > 2 and now - samples[1][0] >= JUDGE_SECONDS:
+            samples.popleft()  # bounded: keeps the newest sample a second old, and later ones
+        if not self.adding or not flowing:
+            return Step()  # a connection not flowing yet: its rate would count for nothing
+        if self.to_add:
+            # the next of a doubling: one at a time as each flows, so a host that refuses
+            # extra connections sees one refusal, never a burst of them
+            return Step(add=self.to_add)
+        if self.window is None:
+            self.window, self.cpu_from = (now, got), cpu
+            return Step()
+        began, before = self.window
+        took = now - began
+        trials = self.trials
+        if not trials:
+            if took < JUDGE_SECONDS:
+                return Step()
+            rate = (got - before) / took
+            # the first second, or still ramping up (slow start on a long round trip): a
+            # connection tried now would be credited with the others' own growth, so the
+            # first is tried only once a second's rate is level with the one before (judged
+            # over 0.3 s and 0.5 s windows, trials came early enough on an idle 50 ms path to
+            # be credited with that growth: 164-259 MB/s against 184-294)
+            ramping = self.base_rate <= 0 or rate >= GAIN * self.base_rate
+            self.base_rate = rate
+            busy = (cpu - self.cpu_from) / took
+            self.window, self.cpu_from = (now, got), cpu
+            # a busy loop goes no faster with more
+            return Step(add=1) if not ramping and busy < _BUSY_LOOP else Step()
+        if took < self.segment_window:
+            return Step()
+        rate = (got - before) / took
+        early = took < JUDGE_SECONDS
+        had = conns - len(trials)
+        if gained(self.base_rate, rate, had if early else None, len(trials)):
+            # kept; the next ones are measured against the last second (a little of it
+            # without these: never above what these connections give)
+            self.trials = []
+            then, had_bytes = samples[0]
+            self.base_rate = (got - had_bytes) / (now - then) if now > then else 0.0
+            self.window = (now, got)
+            return Step(add=conns if early else 1)
+        if early:
+            return Step()
+        # more did not make it faster: back to what it was, and no more tries
+        retired, self.trials = tuple(trials), []
+        self.adding = False
+        return Step(retire=retired, cap=max(1, had))
