@@ -6,6 +6,7 @@ straggler's tail taken over, and a known hash verified over the segments."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
 import time
 from pathlib import Path
@@ -145,6 +146,32 @@ def test_capped_connections_double_once_each_pays_a_whole_share(
         assert gap_fourth < 0.5 * gap_third, (gap_third, gap_fourth)
         assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
         job.complete()
+    assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
+
+
+def test_a_connection_waiting_for_its_first_byte_is_not_taken_over(
+    store: Path, seg_policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """The second connection's answer is held back; the first ends its segment meanwhile. It
+    does not take the waiting one's range (no rate yet is not a rate of 0: both would be sent
+    it): no byte is asked for twice, and the file is byte-exact."""
+    seg_policy.max_connections_per_file = 2
+    server.connection_rate = 4_000_000
+    url = server.add_random_file("big.bin", 16 * MIB, seed=22)
+    with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
+        job = mgr.create_job("seg")
+        job.add_file(url, dest / "big.bin")
+        job.resume()
+        wait_until(lambda: len(server.requests) >= 1, 20, "the first request")
+        server.inject("big.bin", Fault.stall(4.0))  # the next request: the second connection
+        assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
+        job.complete()
+    spans = sorted(
+        (int(a), int(b))
+        for a, b in (r.range.split("=")[1].split("-") for r in server.requests if r.range)
+    )
+    assert spans, server.requests
+    assert all(nxt[0] > end for (_, end), nxt in itertools.pairwise(spans)), spans
     assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
 
 
