@@ -40,14 +40,28 @@ def seg_policy(policy: bitsnb.Policy) -> bitsnb.Policy:
     return policy
 
 
+def _started(
+    mgr: bitsnb.Manager,
+    url: str,
+    local: Path,
+    *,
+    known_hash: str | None = None,
+    retry_delay: float | None = None,
+) -> bitsnb.Job:
+    """A job "seg" fetching *url* to *local*, resumed."""
+    job = mgr.create_job("seg")
+    if retry_delay is not None:
+        job.minimum_retry_delay = retry_delay
+    job.add_file(url, local, known_hash=known_hash)
+    job.resume()
+    return job
+
+
 def _fetch(
     mgr: bitsnb.Manager, url: str, local: Path, known_hash: str | None = None
 ) -> tuple[bitsnb.Job, int]:
     """Download *url* to *local* in one job; returns the job and the most connections seen."""
-    job = mgr.create_job("seg")
-    job.minimum_retry_delay = 0.05
-    job.add_file(url, local, known_hash=known_hash)
-    job.resume()
+    job = _started(mgr, url, local, known_hash=known_hash, retry_delay=0.05)
     peak = 0
 
     def done() -> bool:
@@ -129,9 +143,7 @@ def test_capped_connections_double_once_each_pays_a_whole_share(
     server.connection_rate = 2_000_000
     url = server.add_random_file("big.bin", 24 * MIB, seed=21)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
-        job = mgr.create_job("seg")
-        job.add_file(url, dest / "big.bin")
-        job.resume()
+        job = _started(mgr, url, dest / "big.bin")
         first: dict[int, float] = {}
 
         def seen(n: int) -> bool:
@@ -159,9 +171,7 @@ def test_a_connection_waiting_for_its_first_byte_is_not_taken_over(
     server.connection_rate = 4_000_000
     url = server.add_random_file("big.bin", 16 * MIB, seed=22)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
-        job = mgr.create_job("seg")
-        job.add_file(url, dest / "big.bin")
-        job.resume()
+        job = _started(mgr, url, dest / "big.bin")
         wait_until(lambda: len(server.requests) >= 1, 20, "the first request")
         server.inject("big.bin", Fault.stall(4.0))  # the next request: the second connection
         assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
@@ -186,9 +196,7 @@ def test_connections_in_use_are_shown(
     server.connection_rate = 1_000_000
     url = server.add_random_file("big.bin", 16 * MIB, seed=9)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
-        job = mgr.create_job("seg")
-        job.add_file(url, dest / "big.bin")
-        job.resume()
+        job = _started(mgr, url, dest / "big.bin")
         # each view polled on its own: connections come and go as segments end
         wait_until(lambda: job.files[0].connections >= 2, 30, "a second connection")
         wait_until(lambda: job.files_frame()["connections"].iloc[0] >= 2, 30, "frame")
@@ -274,9 +282,7 @@ def test_a_server_that_ignores_the_second_range_keeps_one_connection(
     server.connection_rate = 3_000_000
     url = server.add_random_file("big.bin", 12 * MIB, seed=5)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
-        job = mgr.create_job("seg")
-        job.add_file(url, dest / "big.bin")
-        job.resume()
+        job = _started(mgr, url, dest / "big.bin")
         wait_until(lambda: len(server.requests) >= 1, 20, "the first request")
         server.inject("big.bin", Fault.ignore_range())  # for the second request
         assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
@@ -294,10 +300,7 @@ def test_a_file_changed_between_segments_starts_again(
     server.connection_rate = 2_000_000
     url = server.add_random_file("big.bin", 8 * MIB, seed=6)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
-        job = mgr.create_job("seg")
-        job.minimum_retry_delay = 0.05
-        job.add_file(url, dest / "big.bin")
-        job.resume()
+        job = _started(mgr, url, dest / "big.bin", retry_delay=0.05)
         wait_until(lambda: job.files[0].connections >= 2, 30, "a second connection")
         job.suspend()
         assert stored_table(store, job.id) is not None  # the table was kept
@@ -360,9 +363,7 @@ def test_a_retired_trials_rest_is_finished_by_the_first_connection_without_a_new
     size = 24 * MIB
     url = server.add_random_file("big.bin", size, seed=8)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
-        job = mgr.create_job("seg")
-        job.add_file(url, dest / "big.bin")
-        job.resume()
+        job = _started(mgr, url, dest / "big.bin")
         wait_until(lambda: len(server.requests) >= 1, 20, "the first request")
         server.inject("big.bin", Fault.throttle(100_000))  # for the trial's request
         assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
