@@ -60,6 +60,7 @@ class Conn:
     retire: bool = False  # one connection too many: stop at the next chunk
     reach: int = 0  # where its current response's bytes end (the first one: the file's end)
     skip: int = 0  # bytes of its response to read past: another connection wrote them
+    resp: httpx.Response | None = None  # the response it reads now
 
     def now_rate(self, now: float) -> float:
         """Its rate over the current response (the last one's before a byte came)."""

@@ -6,8 +6,11 @@ loaded machine's rate wanders by more than 10 %: so the rate without the trial i
 at least ``JUDGE_SECONDS``; a trial is kept early when a window of ``segment_window`` shows half a
 connection's share more for each one tried (capped connections add a whole share), else judged
 by ``GAIN`` once ``JUDGE_SECONDS`` have passed. A trial kept early doubles the connections next
-(1, 2, 4, 8, as TCP's slow start), each started once the one before it flows, and judged
-together: where each is capped, one at a time reached eight only ~5 s in.
+(1, 2, 4, 8, as TCP's slow start), the first of each doubling alone and the rest together once
+it flows (a host that refuses more sees one refusal), and judged together: where each is capped, one at a time reached eight only ~5 s in. A first connection
+whose sender holds it back (``_segments.sender_holds``: idle for round trips with nothing
+unread, as a capped server between its allowances) is tried once ``segment_window`` has shown
+its rate, without waiting for level seconds.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ C = TypeVar("C")  # a connection (``_segment_parts.Conn``; only its identity mat
 @dataclass(frozen=True)
 class Step(Generic[C]):
     """What the download does now: start *add* connections (the first of them now, the rest
-    one by one as each flows), and retire *retire*, keeping at most *cap* from then on."""
+    together once it flows), and retire *retire*, keeping at most *cap* from then on."""
 
     add: int = 0
     retire: tuple[C, ...] = ()
@@ -47,8 +50,9 @@ class Ramp(Generic[C]):
     window: tuple[float, int] | None = None  # (time, bytes) the window began at
     cpu_from: float = 0.0  # the loop thread's CPU time when the window began
     trials: list[C] = field(default_factory=list)  # the last added, on trial together
-    to_add: int = 0  # more to add to the trial, each once the one before it flows
+    to_add: int = 0  # more to add to the trial, together once its first flows
     adding: bool = True  # False once more connections did not pay (or may not be tried)
+    held: bool = False  # a connection was seen held back by its sender in this window
     samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
 
     def started(self, conn: C, count: int) -> None:
@@ -62,9 +66,12 @@ class Ramp(Generic[C]):
         if conn in self.trials:
             self.trials.remove(conn)
 
-    def step(self, now: float, got: int, cpu: float, *, flowing: bool, conns: int) -> Step[C]:
+    def step(
+        self, now: float, got: int, cpu: float, *, flowing: bool, conns: int, held: bool = False
+    ) -> Step[C]:
         """Measure: *got* bytes of the file written at *now*, *cpu* the loop thread's CPU
-        time, *flowing* whether every connection's response has begun, *conns* how many."""
+        time, *flowing* whether every connection's response has begun, *conns* how many,
+        *held* whether one is held back by its sender now (``_segments.sender_holds``)."""
         samples = self.samples
         samples.append((now, got))
         while len(samples) > 2 and now - samples[1][0] >= JUDGE_SECONDS:
@@ -76,13 +83,15 @@ class Ramp(Generic[C]):
             # extra connections sees one refusal, never a burst of them
             return Step(add=self.to_add)
         if self.window is None:
-            self.window, self.cpu_from = (now, got), cpu
+            self.window, self.cpu_from, self.held = (now, got), cpu, False
             return Step()
+        self.held = self.held or held
         began, before = self.window
         took = now - began
         trials = self.trials
         if not trials:
-            if took < JUDGE_SECONDS:
+            # a sender that holds back is tried after a short window: the path has room
+            if took < (self.segment_window if self.held else JUDGE_SECONDS):
                 return Step()
             rate = (got - before) / took
             # the first second, or still ramping up (slow start on a long round trip): a
@@ -90,10 +99,11 @@ class Ramp(Generic[C]):
             # first is tried only once a second's rate is level with the one before (judged
             # over 0.3 s and 0.5 s windows, trials came early enough on an idle 50 ms path to
             # be credited with that growth: 164-259 MB/s against 184-294)
-            ramping = self.base_rate <= 0 or rate >= GAIN * self.base_rate
+            # (a sender that holds back is not ramping: it sends what it allows and waits)
+            ramping = not self.held and (self.base_rate <= 0 or rate >= GAIN * self.base_rate)
             self.base_rate = rate
             busy = (cpu - self.cpu_from) / took
-            self.window, self.cpu_from = (now, got), cpu
+            self.window, self.cpu_from, self.held = (now, got), cpu, False
             # a busy loop goes no faster with more
             return Step(add=1) if not ramping and busy < _BUSY_LOOP else Step()
         if took < self.segment_window:

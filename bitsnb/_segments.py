@@ -21,6 +21,7 @@ __all__ = [
     "done_bytes",
     "gained",
     "may_add",
+    "sender_holds",
     "split_point",
     "takeover_point",
 ]
@@ -35,6 +36,13 @@ MIN_TAKEOVER = 1024 * 1024
 """The smallest tail worth a new request when a free connection takes over from a straggler."""
 
 _WORTH_SECONDS = 0.5  # a busy connection is helped only if it has longer than this to go
+
+IDLE_ROUND_TRIPS = 2.0
+"""A body that brought nothing for this many round trips, with nothing unread, is held back
+by its sender (slow start and a full window both bring data every round trip; nginx's
+``limit_rate 10m`` at 50 ms sent 2.1 MB every 0.21 s, idle up to 0.18 s between)."""
+
+_MIN_IDLE = 0.03  # seconds: a loopback round trip is microseconds; the scheduler's noise is not
 
 
 def check_table(rows: Iterable[Sequence[int]], size: int) -> Table | None:
@@ -110,3 +118,15 @@ def gained(before: float, after: float, had: int | None = None, added: int = 1) 
     where each connection is capped)."""
     need = GAIN if had is None else max(GAIN, 1.0 + 0.5 * max(1, added) / max(1, had))
     return after >= need * before
+
+
+def sender_holds(idle: float, rtt: float | None, unread: int) -> bool:
+    """Whether a connection is held back by its sender, not by the path or by us: nothing
+    came for *idle* seconds (``IDLE_ROUND_TRIPS`` round trips of *rtt*, the path's lowest: the
+    receiver's own estimate counts those gaps in and grew from 0.05 to 0.15 s) while
+    nothing of it waits *unread* (a reader that stopped would show a full queue). A server
+    that caps each connection sends its allowance and waits (nginx's ``limit_rate`` a
+    second's worth at each second), so one more connection gets more of the path."""
+    if unread > 0 or rtt is None or rtt <= 0:
+        return False
+    return idle >= max(_MIN_IDLE, IDLE_ROUND_TRIPS * rtt)

@@ -15,7 +15,7 @@ offset fields
 8      24 × u32: rto, ato, snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets,
        last_data_sent, last_ack_sent, last_data_recv, last_ack_recv, pmtu, rcv_ssthresh,
        **rtt**, rttvar, snd_ssthresh, snd_cwnd, advmss, reordering, **rcv_rtt**, rcv_space,
-       total_retrans (times in microseconds)
+       total_retrans (round trips in microseconds; ``last_*`` in milliseconds)
 104    u64 pacing_rate, u64 max_pacing_rate, u64 bytes_acked, u64 **bytes_received**
 136    u32 segs_out, u32 segs_in, u32 notsent_bytes, u32 **min_rtt** (Linux 4.6+), ...
 ====== ==================================================================================
@@ -62,6 +62,7 @@ class TcpInfo:
     rcv_mss: int
     pmtu: int
     bytes_received: int | None  # None if the kernel is too old to report it
+    last_data_recv: float = 0.0  # seconds since data last arrived on it
 
     @property
     def best_rtt(self) -> float | None:
@@ -120,4 +121,5 @@ def unpack_tcp_info(raw: bytes) -> TcpInfo | None:
         rcv_mss=u32[3],
         pmtu=u32[13],
         bytes_received=received,
+        last_data_recv=u32[11] / 1e3,
     )

@@ -1,0 +1,106 @@
+"""When a segmented download tries its first extra connection: a sender that holds the
+connection back (a server capping each connection sends its allowance and waits) is tried
+after one short window, not after two level seconds; an idle path's growth is not."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from _support.helpers import wait_until
+
+import bitsnb
+from bitsnb import JobState
+from bitsnb._segment_ramp import JUDGE_SECONDS, Ramp
+from bitsnb._segments import sender_holds
+from bitsnb._tcpinfo import tcp_info, tcp_info_available
+from bitsnb.testing import FileServer
+
+KIB, MIB = 1024, 1024 * 1024
+
+
+def test_a_sender_holds_when_idle_for_round_trips_with_nothing_unread() -> None:
+    assert sender_holds(0.11, 0.05, 0)  # nginx limit_rate at 50 ms: idle 0.18 s between sends
+    assert not sender_holds(0.09, 0.05, 0)  # under two round trips: slow start's own gaps
+    assert not sender_holds(0.5, 0.05, 4096)  # bytes wait unread: the reader is behind, not it
+    assert not sender_holds(0.02, 0.00005, 0)  # loopback: the scheduler's noise is not a hold
+    assert sender_holds(0.05, 0.00005, 0)
+    assert not sender_holds(1.0, None, 0) and not sender_holds(1.0, 0.0, 0)  # no round trip
+
+
+def _ramp_until_added(held: bool, rate: float = 10e6, tick: float = 0.05) -> float | None:
+    """Feed a ramp a level *rate* from one flowing connection; when it first adds one."""
+    ramp: Ramp[object] = Ramp(segment_window=0.3)
+    for i in range(200):  # bounded: 10 s of ticks
+        now = i * tick
+        step = ramp.step(now, int(rate * now), 0.0, flowing=True, conns=1, held=held)
+        if step.add:
+            return now
+    return None
+
+
+def test_a_held_connection_is_tried_after_one_short_window() -> None:
+    held = _ramp_until_added(held=True)
+    level = _ramp_until_added(held=False)
+    assert held is not None and level is not None
+    assert held < JUDGE_SECONDS  # one segment_window (0.3 s) after the window began
+    assert level >= 2 * JUDGE_SECONDS  # a first second, then a level one
+
+
+def test_a_growing_connection_that_is_not_held_is_not_tried() -> None:
+    ramp: Ramp[object] = Ramp(segment_window=0.3)
+    for i in range(100):  # bounded: 5 s of a rate that doubles each second (slow start)
+        now = i * 0.05
+        step = ramp.step(now, int(1e6 * 2**now), 0.0, flowing=True, conns=1, held=False)
+        assert not step.add, now
+
+
+@pytest.mark.skipif(not tcp_info_available(), reason="TCP_INFO is Linux-only")
+def test_tcp_info_says_how_long_since_data_came() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        with socket.create_connection(srv.getsockname()) as client:
+            peer, _ = srv.accept()
+            with peer:
+                peer.sendall(b"x" * 1000)
+                got = 0
+                while got < 1000:  # bounded: the peer sent exactly this much
+                    got += len(client.recv(65536))
+                fresh = tcp_info(client)
+                time.sleep(0.3)  # the idleness itself is what is measured
+                later = tcp_info(client)
+    assert fresh is not None and later is not None
+    assert fresh.last_data_recv < 0.2
+    assert 0.25 <= later.last_data_recv < 10.0  # milliseconds in the struct, seconds here
+
+
+def test_a_capped_server_gets_its_second_connection_within_a_second(
+    tmp_path: Path, server: FileServer
+) -> None:
+    """The test server caps each connection, sending 50 ms of its rate at a time: the second
+    connection's request comes before the first has sent one second's worth (two level
+    seconds were waited for before: two seconds' worth at least)."""
+    policy = bitsnb.Policy(
+        background="full",
+        min_segment_bytes=512 * KIB,
+        segment_window=0.2,
+        max_connections_per_file=2,
+    )
+    rate = 2_000_000
+    server.connection_rate = rate
+    url = server.add_random_file("big.bin", 12 * MIB, seed=31)
+    dest = tmp_path / "big.bin"
+    with bitsnb.Manager(store=tmp_path / "jobs.db", policy=policy) as mgr:
+        job = mgr.create_job("held")
+        job.add_file(url, str(dest))
+        job.resume()
+        wait_until(
+            lambda: len(server.requests) >= 2 or job.state is JobState.TRANSFERRED, 30, "two"
+        )
+        first = server.requests[0].body_bytes_sent
+        assert len(server.requests) >= 2
+        assert first < rate, first
+        assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
+        job.complete()
+    assert dest.read_bytes() == server.path("big.bin").read_bytes()
