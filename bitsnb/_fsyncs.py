@@ -18,12 +18,12 @@ import asyncio
 import concurrent.futures
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._files import create_private
 
-__all__ = ["PARALLEL", "GroupSync", "outlast", "write_whole"]
+__all__ = ["PARALLEL", "GroupSync", "outlast", "run_through", "write_whole"]
 
 PARALLEL = 4
 """Batches that may run at once, each on its own thread."""
@@ -60,6 +60,15 @@ async def outlast(fut: asyncio.Future[Any]) -> None:
         fut.exception()  # retrieved, so asyncio does not warn about it
     if cancelled:
         raise asyncio.CancelledError
+
+
+async def run_through(coro: Coroutine[Any, Any, None]) -> None:
+    """Run *coro* to its end through any cancel of the caller meanwhile, then raise the cancel
+    if one came, else what *coro* raised: a clean-up whose threads use a descriptor the caller
+    closes after it must not stop halfway (``outlast`` for a whole coroutine)."""
+    task = asyncio.ensure_future(coro)
+    await outlast(task)
+    task.result()
 
 
 def _run_all(jobs: list[Callable[[], None]]) -> list[OSError | None]:

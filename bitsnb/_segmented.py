@@ -25,6 +25,7 @@ from ._fetchctx import (
 )
 from ._filecheck import Check, feeder
 from ._files import open_private
+from ._fsyncs import run_through
 from ._http_rules import BadLength, is_transient_status, parse_content_length, parse_content_range
 from ._integrity import digest_fields
 from ._records import FileRecord
@@ -584,7 +585,11 @@ class Split:
 
     async def _stop(self) -> None:
         """Stopped (a failure, a slice end, cancel): the connections end, and the table kept is
-        what the disk holds."""
+        what the disk holds. A second cancel meanwhile waits for that: ``run`` closes the
+        descriptor after it, which the hash read-back and the syncs use on their threads."""
+        await run_through(self._stop_now())
+
+    async def _stop_now(self) -> None:
         for task in self.conns:
             task.cancel()
         if self.conns:

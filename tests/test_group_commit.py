@@ -21,7 +21,7 @@ import pytest
 
 import bitsnb
 from bitsnb import JobState
-from bitsnb._fsyncs import GroupSync
+from bitsnb._fsyncs import GroupSync, run_through
 from bitsnb.testing import FileServer
 
 CHILD = Path(__file__).parent / "_support" / "child_many.py"
@@ -128,6 +128,54 @@ def test_a_caller_cancelled_twice_still_waits_for_its_job() -> None:
     waited, cancelled, job_ran = asyncio.run(run())
     assert waited  # not done before its job ran
     assert cancelled and job_ran
+
+
+def test_a_clean_up_runs_to_its_end_through_two_cancels() -> None:
+    """A segmented download's stop (its connections' end, the hash read-back, the table's
+    sync) runs through ``run_through``: cancelled twice meanwhile, the clean-up still ends
+    before the caller goes on (and closes the descriptor), and the cancel comes after it."""
+    gate = threading.Event()
+    steps: list[str] = []
+
+    async def clean_up() -> None:
+        steps.append("began")
+        await asyncio.to_thread(gate.wait, 10)  # bounded: released below
+        steps.append("synced")
+        await asyncio.sleep(0)
+        steps.append("ended")
+
+    async def caller() -> None:
+        try:
+            await run_through(clean_up())
+        finally:
+            steps.append("closed")
+
+    async def run() -> bool:
+        task = asyncio.create_task(caller())
+        await asyncio.sleep(0.05)  # the clean-up waits on its thread
+        task.cancel()
+        await asyncio.sleep(0.05)
+        task.cancel()  # again, while it waits out the first
+        await asyncio.sleep(0.05)
+        waited = not task.done()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        return waited
+
+    try:
+        assert asyncio.run(run())
+    finally:
+        gate.set()
+    assert steps == ["began", "synced", "ended", "closed"]
+
+
+def test_run_through_passes_on_what_the_clean_up_raised() -> None:
+    async def fails() -> None:
+        raise OSError(5, "EIO")
+
+    with pytest.raises(OSError):
+        asyncio.run(run_through(fails()))
 
 
 def _recorded(store: Path, job_id: uuid.UUID) -> list[tuple[str, str, int | None, int]]:
