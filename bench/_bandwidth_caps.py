@@ -1,4 +1,4 @@
-"""``python -m bench._bandwidth_caps [--conns 1,16,200] [--cpu] [RATE ...]``: caps on the server's clock.
+"""``python -m bench._bandwidth_caps [--conns 1,16,200] [--cpu [--rounds N]] [RATE ...]``: caps on the server's clock.
 
 A raw HTTP server (another process, a thread per connection, no library) sends each response in chunks of 1 % of the cap (1–16
 KiB) from a 16 KiB send buffer and logs when each write was taken by its kernel; one bitsnb job
@@ -11,12 +11,17 @@ rate (the request's arrival to the last write). The write clock runs ahead of th
 most the server's send buffers plus the client's receive buffers and read-ahead (sized by
 bitsnb to the cap) — per connection, so with 200 connections by up to 200 first windows.
 ``--cpu``: CPU seconds per GiB of bitsnb's process (the server is another process) for 512 MB
-over one connection at 50 MB/s capped against the same bytes uncapped."""
+over one connection at 50 MB/s capped against the same bytes uncapped, each run in a fresh
+process, ``--rounds`` pairs (default 3) interleaved, the order alternating; the pairs' ratios and
+their median (on this VM one run's page-cache writes cost 0.2 to 2 CPU-s per GiB, see the README's
+"Bandwidth": a single pair says little)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -183,18 +188,56 @@ def cpu_cost(rate: float | None, nbytes: int = 512_000_000) -> float:
     return cpu / (nbytes / 2**30)
 
 
+def _cpu_one(rate: str) -> float:
+    """``cpu_cost`` at *rate* ("none": uncapped) in a fresh Python process."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench._bandwidth_caps", "--cpu-one", rate],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return float(out.stdout.split()[-1])
+
+
+def _cpu_rounds(rounds: int) -> None:
+    """Interleaved pairs of uncapped and 50 MB/s runs; print each and the median extra CPU."""
+    pairs: list[tuple[float, float]] = []
+    for r in range(rounds):
+        order = ("none", "50e6") if r % 2 == 0 else ("50e6", "none")
+        got = {rate: _cpu_one(rate) for rate in order}
+        pairs.append((got["none"], got["50e6"]))
+        free, capped = pairs[-1]
+        print(
+            f"round {r + 1}: CPU per GiB uncapped {free:.2f} s, capped at 50 MB/s {capped:.2f} s "
+            f"({100 * (capped / free - 1):+.1f} %)",
+            flush=True,
+        )
+    extra = [100 * (c / f - 1) for f, c in pairs]
+    print(
+        f"CPU per GiB, median of {rounds}: uncapped {statistics.median(f for f, _ in pairs):.2f} s,"
+        f" capped {statistics.median(c for _, c in pairs):.2f} s; capped / uncapped pair by pair"
+        f" {statistics.median(extra):+.1f} % [{min(extra):+.1f} to {max(extra):+.1f}]"
+    )
+
+
 def main(argv: list[str]) -> int:
     conns = [1]
     if "--conns" in argv:
         i = argv.index("--conns")
         conns = [int(c) for c in argv[i + 1].split(",")]
         argv = argv[:i] + argv[i + 2 :]
+    if "--cpu-one" in argv:  # one run, in this fresh process (what --cpu spawns)
+        rate = argv[argv.index("--cpu-one") + 1]
+        print(cpu_cost(None if rate == "none" else float(rate)))
+        return 0
     if "--cpu" in argv:
-        free, capped = cpu_cost(None), cpu_cost(50e6)
-        print(
-            f"CPU per GiB: uncapped {free:.2f} s, capped at 50 MB/s {capped:.2f} s "
-            f"({100 * (capped / free - 1):+.1f} %)"
-        )
+        rounds = 3
+        if "--rounds" in argv:
+            i = argv.index("--rounds")
+            rounds = int(argv[i + 1])
+            argv = argv[:i] + argv[i + 2 :]
+        _cpu_rounds(rounds)
         argv = [a for a in argv if a != "--cpu"]
         if not argv and "--conns" not in sys.argv:
             return 0
