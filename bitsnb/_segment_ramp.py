@@ -1,16 +1,17 @@
 """When a segmented download tries more connections, and whether the last ones paid (no IO:
 the clock, the bytes and the loop thread's CPU time are passed in; ``_segmented`` opens them).
 
-Servers that cap each connection send in bursts (nginx's ``limit_rate`` by the second), and a
-loaded machine's rate wanders by more than 10 %: so the rate without the trial is measured over
-at least ``JUDGE_SECONDS``; a trial is kept early when a window of ``segment_window`` shows half a
-connection's share more for each one tried (capped connections add a whole share), else judged
-by ``GAIN`` once ``JUDGE_SECONDS`` have passed. A trial kept early doubles the connections next
-(1, 2, 4, 8, as TCP's slow start), the first of each doubling alone and the rest together once
-it flows (a host that refuses more sees one refusal), and judged together: where each is capped, one at a time reached eight only ~5 s in. A first connection
-whose sender holds it back (``_segments.sender_holds``: idle for round trips with nothing
-unread, as a capped server between its allowances) is tried once ``segment_window`` has shown
-its rate, without waiting for level seconds.
+Servers that cap each connection send in bursts (nginx's ``limit_rate 10m`` at 50 ms: 2.1 MB
+every 0.21 s, after a first allowance), and a loaded machine's rate wanders by more than 10 %:
+so the rate without the trial is measured over at least ``JUDGE_SECONDS``; a trial is kept
+early when a window of ``segment_window`` shows half a connection's share more for each one
+tried (capped connections add a whole share), else judged by ``GAIN`` once ``JUDGE_SECONDS``
+have passed. A trial kept early doubles the connections next (1, 2, 4, 8, as TCP's slow
+start), the first of each doubling alone and the rest together once it flows (a host that
+refuses more sees one refusal), judged together: where each is capped, one at a time reached
+eight only ~5 s in. A first connection whose sender holds it back (``_segments.sender_holds``:
+idle for round trips with nothing unread, as a capped server between its allowances) is tried
+once ``segment_window`` has shown its rate, without waiting for level seconds.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class Ramp(Generic[C]):
             self.trials = []
             then, had_bytes = samples[0]
             self.base_rate = (got - had_bytes) / (now - then) if now > then else 0.0
-            self.window = (now, got)
+            self.window, self.held = (now, got), False
             return Step(add=conns if early else 1)
         if early:
             return Step()
