@@ -453,7 +453,7 @@ class Split:
             time.thread_time(),
             flowing=flowing,
             conns=len(self.conns),
-            held=flowing and ramp.adding and not ramp.trials and self._held(),
+            held=flowing and ramp.adding and not ramp.to_add and self._held(),
         )
         for conn in step.retire:
             conn.retire = True

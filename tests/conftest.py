@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,15 @@ from bitsnb.testing import FileServer
 
 # the PostgreSQL tests' ``url`` and ``opened`` fixtures (a fresh database, raw stores on it)
 pytest_plugins = ["_support.pg_fixtures"]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Close the panels' widgets while the interpreter still runs: left to ipywidgets'
+    ``__del__`` at exit, one found its module state gone and printed "Exception ignored"
+    after the summary (a clean clone's full run, session 11)."""
+    widgets = sys.modules.get("ipywidgets")
+    if widgets is not None:
+        widgets.Widget.close_all()
 
 
 @pytest.fixture(autouse=True)

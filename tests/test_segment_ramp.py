@@ -104,3 +104,17 @@ def test_a_capped_server_gets_its_second_connection_within_a_second(
         assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
         job.complete()
     assert dest.read_bytes() == server.path("big.bin").read_bytes()
+
+
+def test_a_kept_trial_under_a_holding_sender_quadruples() -> None:
+    """Kept early while a sender still held a connection back: the path has room for more
+    than a doubling (two connections → eight, the first of them alone); without a hold, two
+    more."""
+    for held, more in ((True, 6), (False, 2)):
+        ramp: Ramp[object] = Ramp(segment_window=0.3)
+        ramp.base_rate = 10e6
+        ramp.started(object(), 1)  # the trial: a second connection
+        step = ramp.step(0.0, 0, 0.0, flowing=True, conns=2, held=held)  # its window begins
+        assert not step.add
+        step = ramp.step(0.3, 6_000_000, 0.0, flowing=True, conns=2, held=held)  # 20 MB/s
+        assert step.add == more, (held, step)
