@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
+from _support.helpers import loopback_received
 
 from bitsnb import _codes
 from bitsnb._bandwidth import (
@@ -329,17 +330,10 @@ def test_receive_buffer_is_rate_times_rtt_within_bounds() -> None:
 # -- TCP_INFO --------------------------------------------------------------------------------
 @pytest.mark.skipif(not tcp_info_available(), reason="TCP_INFO is Linux-only")
 def test_tcp_info_on_a_loopback_connection() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        with socket.create_connection(srv.getsockname()) as client:
-            peer, _ = srv.accept()
-            with peer:
-                peer.sendall(b"x" * 200_000)
-                got = 0
-                while got < 200_000:  # bounded: the peer sent exactly this much
-                    got += len(client.recv(65536))
-                client.sendall(b"ack")
-                assert peer.recv(3) == b"ack"
-                info = tcp_info(client)
+    with loopback_received(200_000) as (client, peer):
+        client.sendall(b"ack")
+        assert peer.recv(3) == b"ack"
+        info = tcp_info(client)
     assert info is not None
     assert info.state == 1  # TCP_ESTABLISHED: the layout's first byte
     assert isinstance(info.rtt, float) and 0 < info.rtt < 1.0

@@ -16,6 +16,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,17 @@ def test_a_sync_that_takes_long_does_not_hold_the_next_files_back() -> None:
     assert order == ["quick", "slow"]
 
 
+async def _cancel_twice(task: asyncio.Task[Any]) -> bool:
+    """Cancel *task* (held on a thread by a gate), then again while it waits out the first;
+    whether it is still waiting after both."""
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    return not task.done()
+
+
 def test_a_caller_cancelled_twice_still_waits_for_its_job() -> None:
     """A waiter cancelled again while it already waits out a first cancel (a job cancelled
     while its task unwinds) still returns only once its job ran, with the cancel: the
@@ -109,12 +121,7 @@ def test_a_caller_cancelled_twice_still_waits_for_its_job() -> None:
         syncs = GroupSync()
         try:
             task = asyncio.create_task(syncs.run(job))
-            await asyncio.sleep(0.05)  # the job is on the worker thread, held by the gate
-            task.cancel()
-            await asyncio.sleep(0.05)
-            task.cancel()  # again, while it waits out the first
-            await asyncio.sleep(0.05)
-            waited = not task.done()
+            waited = await _cancel_twice(task)  # the job is on the worker thread, held
             gate.set()
             try:
                 await asyncio.wait_for(task, 10)
@@ -152,12 +159,7 @@ def test_a_clean_up_runs_to_its_end_through_two_cancels() -> None:
 
     async def run() -> bool:
         task = asyncio.create_task(caller())
-        await asyncio.sleep(0.05)  # the clean-up waits on its thread
-        task.cancel()
-        await asyncio.sleep(0.05)
-        task.cancel()  # again, while it waits out the first
-        await asyncio.sleep(0.05)
-        waited = not task.done()
+        waited = await _cancel_twice(task)  # the clean-up waits on its thread, held
         gate.set()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)

@@ -4,12 +4,11 @@ after one short window, not after two level seconds; an idle path's growth is no
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from _support.helpers import wait_until
+from _support.helpers import loopback_received, wait_until
 
 import bitsnb
 from bitsnb import JobState
@@ -59,17 +58,10 @@ def test_a_growing_connection_that_is_not_held_is_not_tried() -> None:
 
 @pytest.mark.skipif(not tcp_info_available(), reason="TCP_INFO is Linux-only")
 def test_tcp_info_says_how_long_since_data_came() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        with socket.create_connection(srv.getsockname()) as client:
-            peer, _ = srv.accept()
-            with peer:
-                peer.sendall(b"x" * 1000)
-                got = 0
-                while got < 1000:  # bounded: the peer sent exactly this much
-                    got += len(client.recv(65536))
-                fresh = tcp_info(client)
-                time.sleep(0.3)  # the idleness itself is what is measured
-                later = tcp_info(client)
+    with loopback_received(1000) as (client, _peer):
+        fresh = tcp_info(client)
+        time.sleep(0.3)  # the idleness itself is what is measured
+        later = tcp_info(client)
     assert fresh is not None and later is not None
     assert fresh.last_data_recv < 0.2
     assert 0.25 <= later.last_data_recv < 10.0  # milliseconds in the struct, seconds here

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -149,3 +150,18 @@ def suspend_on_first_progress(mgr: bitsnb.Manager, job: bitsnb.Job) -> Iterator[
         yield fired
     finally:
         unsubscribe()
+
+
+@contextmanager
+def loopback_received(nbytes: int) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A loopback TCP connection (client, peer) whose client has read exactly *nbytes* the
+    peer sent: a socket whose ``TCP_INFO`` has seen data."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        with socket.create_connection(srv.getsockname()) as client:
+            peer, _ = srv.accept()
+            with peer:
+                peer.sendall(b"x" * nbytes)
+                got = 0
+                while got < nbytes:  # bounded: the peer sent exactly this much
+                    got += len(client.recv(65536))
+                yield client, peer
