@@ -11,7 +11,8 @@ start), the first of each doubling alone and the rest together once it flows (a 
 refuses more sees one refusal), judged together: where each is capped, one at a time reached
 eight only ~5 s in. A first connection whose sender holds it back (``_segments.sender_holds``:
 idle for round trips with nothing unread, as a capped server between its allowances) is tried
-once ``segment_window`` has shown its rate, without waiting for level seconds.
+once ``segment_window`` has shown its rate, without waiting for level seconds, and a trial kept
+while a sender still held one back quadruples instead of doubling (2 → 8).
 """
 
 from __future__ import annotations
