@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import bitsnb
+
+from ._stats import pair_ratios, spread
 
 __all__ = ["cpu_cost", "measure"]
 
@@ -202,22 +203,23 @@ def _cpu_one(rate: str) -> float:
 
 def _cpu_rounds(rounds: int) -> None:
     """Interleaved pairs of uncapped and 50 MB/s runs; print each and the median extra CPU."""
-    pairs: list[tuple[float, float]] = []
+    free: list[float] = []
+    capped: list[float] = []
     for r in range(rounds):
         order = ("none", "50e6") if r % 2 == 0 else ("50e6", "none")
         got = {rate: _cpu_one(rate) for rate in order}
-        pairs.append((got["none"], got["50e6"]))
-        free, capped = pairs[-1]
+        free.append(got["none"])
+        capped.append(got["50e6"])
         print(
-            f"round {r + 1}: CPU per GiB uncapped {free:.2f} s, capped at 50 MB/s {capped:.2f} s "
-            f"({100 * (capped / free - 1):+.1f} %)",
+            f"round {r + 1}: CPU per GiB uncapped {free[-1]:.2f} s, capped at 50 MB/s "
+            f"{capped[-1]:.2f} s ({100 * (capped[-1] / free[-1] - 1):+.1f} %)",
             flush=True,
         )
-    extra = [100 * (c / f - 1) for f, c in pairs]
+    extra = [100 * (ratio - 1) for ratio in pair_ratios(capped, free)]
     print(
-        f"CPU per GiB, median of {rounds}: uncapped {statistics.median(f for f, _ in pairs):.2f} s,"
-        f" capped {statistics.median(c for _, c in pairs):.2f} s; capped / uncapped pair by pair"
-        f" {statistics.median(extra):+.1f} % [{min(extra):+.1f} to {max(extra):+.1f}]"
+        f"CPU per GiB, median of {rounds}: uncapped {spread(free).median:.2f} s, capped"
+        f" {spread(capped).median:.2f} s; capped / uncapped pair by pair, extra %:"
+        f" {spread(extra).fmt(1)}"
     )
 
 

@@ -447,13 +447,15 @@ class Split:
         connections on trial that did not pay, or try more."""
         flowing = all(c.began is not None for c in self.conns.values())
         ramp = self.ramp
+        # a hold is looked for (two system calls a connection) only while a trial may start
+        may_grow = flowing and ramp.adding and not ramp.to_add and len(self.conns) < self.cap
         step = ramp.step(
             time.monotonic(),
             self.f.bytes_transferred,
             time.thread_time(),
             flowing=flowing,
             conns=len(self.conns),
-            held=flowing and ramp.adding and not ramp.to_add and self._held(),
+            held=may_grow and self._held(),
         )
         for conn in step.retire:
             conn.retire = True

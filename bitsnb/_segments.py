@@ -125,8 +125,8 @@ def sender_holds(idle: float, rtt: float | None, unread: int) -> bool:
     came for *idle* seconds (``IDLE_ROUND_TRIPS`` round trips of *rtt*, the path's lowest: the
     receiver's own estimate counts those gaps in and grew from 0.05 to 0.15 s) while
     nothing of it waits *unread* (a reader that stopped would show a full queue). A server
-    that caps each connection sends its allowance and waits (nginx's ``limit_rate`` a
-    second's worth at each second), so one more connection gets more of the path."""
+    that caps each connection sends its allowance and waits (``IDLE_ROUND_TRIPS``), so one
+    more connection gets more of the path."""
     if unread > 0 or rtt is None or rtt <= 0:
         return False
     return idle >= max(_MIN_IDLE, IDLE_ROUND_TRIPS * rtt)
