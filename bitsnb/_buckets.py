@@ -60,8 +60,9 @@ def charge_wire(
 ) -> contextvars.Token[Callable[[int], int] | None]:
     """This task's takes charge ``charge(n)`` for *n* bytes read: what crossed the wire since
     the last take (the pacer's, per connection: bytes read + the change in what its buffers
-    hold), so a connection's first window is paid for when it lands and its last buffered
-    bytes are not paid twice. None: the bytes read. Undo with ``_wire.reset`` via the token."""
+    hold, and a read-ahead paid in advance), so a connection's first window is paid for when
+    it lands and its last buffered bytes are not paid twice. None: the bytes read. Undo with
+    ``_wire.reset`` via the token."""
     return _wire.set(charge)
 
 

@@ -22,6 +22,9 @@ The engine tells ``Pacer.watch`` of each response body it reads (and when it is 
   ``QUEUE_SHARE`` × the target), split among them: the sender can then queue at most that
   much, however late the delay signal comes (``tcpi_rcv_rtt`` lags a round trip or more:
   slow start had filled a 250 ms buffer before it showed, and Reno then regrew for seconds).
+- **what a take charges** (``charge_wire``, per body): what crossed the wire since the last take,
+  with one read-ahead paid in advance from the body's first take, which the job's next body
+  inherits when this one ends before using it (``_wire_bytes``, ``_keep_advance``).
 - **rates**: each job's current rate, from the bytes its connections' kernels took off the wire.
 
 Where ``TCP_INFO`` is missing, "yield" falls back to "full" (said once, by ``background_mode``).
@@ -49,7 +52,7 @@ from ._connectbuf import autotune_max, clamp_window, fixed_buffer_max
 from ._connectbuf import use as use_connect_buffer
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
-from ._transport import limit_read_ahead
+from ._transport import limit_read_ahead, read_ahead_limit
 from ._wireahead import held_ahead
 from ._yielding import YieldController, background_mode
 
@@ -73,6 +76,8 @@ PEAK_HOLD = 1.0
 
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
 _INITIAL_WINDOW = 10  # segments: Linux's initial congestion window (RFC 6928)
+_MAX_ADVANCES = 256  # jobs whose unused advance is kept for their next body
+_KEPT_ADVANCES = 4  # read-aheads' worth of unused advance a job keeps at most
 
 
 @dataclass
@@ -90,7 +95,8 @@ class _Conn:
     mss: int = 0  # the receiving side's segment size (0: not known yet)
     seen_bytes: int | None = None  # bytes_received at the last fast sample
     local: bool = False  # to this host (loopback): crosses no link other traffic shares
-    ahead: int = 0  # bytes its buffers held ahead of the engine at the last take
+    taken: int = 0  # the body's bytes the engine took so far
+    edge: int | None = None  # what its takes charged so far, advance included (None: no take)
 
 
 @dataclass
@@ -154,6 +160,9 @@ class Pacer:
         self._task: asyncio.Task[None] | None = None
         self._granted = 0
         self._rates: dict[uuid.UUID, float] = {}
+        # read-ahead paid in advance by bodies that ended before it was used, per job: the
+        # job's next body starts with it (one advance for a run of files, not one per file)
+        self._advances: dict[uuid.UUID, int] = {}
         self._stamp: float | None = None
         self._delivery = _Delivery()
         self.wakeups = 0  # the sampling loop's wake-ups, ever (tests count them)
@@ -209,6 +218,7 @@ class Pacer:
                 return
             with contextlib.suppress(ValueError):  # called from another context: nothing to undo
                 uncharge_wire(token)
+            self._keep_advance(conn)
             limit_read_ahead(resp, None)
             self._unclamp(conn)  # a kept-alive connection's next body starts unclamped
             self.controller.forget(key)
@@ -392,13 +402,38 @@ class Pacer:
 
     # -- what crossed the wire ------------------------------------------------------------------
     def _wire_bytes(self, conn: _Conn, nbytes: int) -> int:
-        """What a take of *nbytes* read from *conn* charges: those bytes plus the change in
-        what its buffers hold ahead of the engine (``_wireahead``), i.e. what crossed the
-        wire since the last take; at least 0."""
-        ahead = held_ahead(conn.sock, conn.resp)
-        wire = nbytes + ahead - conn.ahead
-        conn.ahead = ahead
-        return max(0, wire)
+        """What a take of *nbytes* read from *conn* charges: what crossed the wire since the
+        last take (the bytes taken plus what its buffers hold ahead, ``_wireahead``), with one
+        read-ahead's worth paid in advance (``read_ahead_limit``); at least 0.
+
+        In advance because a take that lets the read go on reopens the window, and what
+        lands meanwhile was charged only at the next take: those bytes put 0.3-1.7 MB over a
+        50 MB/s cap's first second. A job's next body starts with the advance its last one
+        did not use (``_keep_advance``), so a run of files pays it once."""
+        conn.taken += nbytes
+        ahead = read_ahead_limit(conn.resp)
+        edge = conn.taken + held_ahead(conn.sock, conn.resp) + ahead
+        if conn.edge is None:  # the first take: an advance left by the job's last body counts
+            left = self._advances.pop(conn.job_id, 0)
+            conn.edge = min(left, ahead)
+            if left > conn.edge:  # the rest waits for the job's other bodies
+                self._advances[conn.job_id] = left - conn.edge
+        charge = edge - conn.edge
+        conn.edge = max(conn.edge, edge)
+        return max(0, charge)
+
+    def _keep_advance(self, conn: _Conn) -> None:
+        """A body ended: what its takes paid beyond what it took waits for the job's next body
+        (at most one read-ahead; a bounded number of jobs keep one)."""
+        if conn.edge is None:
+            return
+        ahead = read_ahead_limit(conn.resp)
+        unused = max(0, min(conn.edge - conn.taken, ahead))
+        kept = self._advances.pop(conn.job_id, 0) + unused  # moved to the end: the newest
+        if kept:
+            while len(self._advances) >= _MAX_ADVANCES:
+                del self._advances[next(iter(self._advances))]
+            self._advances[conn.job_id] = min(kept, _KEPT_ADVANCES * ahead)
 
     # -- receive buffers ------------------------------------------------------------------------
     def _share(self, conn: _Conn) -> float | None:

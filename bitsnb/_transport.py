@@ -45,6 +45,7 @@ __all__ = [
     "fallback_transport",
     "keep_view",
     "limit_read_ahead",
+    "read_ahead_limit",
     "unread_bytes",
 ]
 
@@ -515,6 +516,15 @@ def unread_bytes(response: httpx.Response) -> int:
         return 0
     p = body._conn.proto
     return max(0, p.available - p.held)
+
+
+def read_ahead_limit(response: httpx.Response) -> int:
+    """How far a ``LeanTransport`` body reads ahead of what the engine took before its reading
+    pauses (``limit_read_ahead``); 0 for another transport's response."""
+    body = response.extensions.get("bitsnb_body")
+    if not isinstance(body, _Body):
+        return 0
+    return body._conn.proto.high
 
 
 def keep_view(response: httpx.Response) -> Callable[[], None]:

@@ -4,7 +4,8 @@ transport's unread read-ahead.
 A cap charged only for what the engine reads lets every buffer fill ahead of it: the sender's
 clock saw a connection's first window (and, at 50 MB/s, megabytes of buffer) in the first
 second. The pacer charges these bytes to the connection's buckets as they arrive and gives them
-back as the engine reads them (``Pacer``), so the buckets count what crossed the wire.
+back as the engine reads them (``Pacer``, which also pays one read-ahead in advance), so the
+buckets count what crossed the wire.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from _support.raw_http import ScriptServer
 
 import bitsnb
 from bitsnb import JobState
-from bitsnb._buckets import Budgets
+from bitsnb._buckets import Budgets, burst_for
 from bitsnb._pacing import Pacer
 from bitsnb._tcpinfo import tcp_info_available
 
@@ -123,3 +123,67 @@ def test_a_capped_body_charges_its_buffers_and_the_loop_ticks_slowly(
     assert first <= rate + 64 * KiB
     assert took >= (size - rate - 64 * KiB) / rate
     assert wakeups <= 6 * took + 5
+
+
+def fast_body(size: int, log: list[tuple[float, int]]) -> Callable[..., bool]:
+    """A script sending *size* bytes as fast as the client lets it (16 KiB writes from a
+    16 KiB send buffer), logging when the kernel took each write."""
+    lock = threading.Lock()
+
+    def script(conn: socket.socket, _head: bytes) -> bool:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+        block = b"\0" * (16 * KiB)
+        for i in range(0, size, len(block)):
+            n = min(len(block), size - i)
+            conn.sendall(block[:n])
+            with lock:
+                log.append((time.monotonic(), n))
+        return False
+
+    return script
+
+
+@linux_only
+def test_a_fast_cap_pays_ahead_for_the_window_a_take_reopens(
+    srv: ScriptServer, store: Path, dest: Path
+) -> None:
+    """One 32 MB body at 20 MB/s from a server that sends as fast as it may: its clock sees at
+    most the cap + 64 KiB in the first second (charged only as they landed, the bytes that came
+    in while a take waited put 0.1-1.7 MB over it at 5-50 MB/s), and the cap still holds after."""
+    rate, size = 20_000_000, 32_000_000
+    log: list[tuple[float, int]] = []
+    srv.scripts["/fast"] = fast_body(size, log)
+    with bitsnb.Manager(store=store, policy=bitsnb.Policy(background="full")) as mgr:
+        job = mgr.create_job("fast")
+        job.set_max_bandwidth(rate)
+        job.add_file(f"{srv.base}/fast", dest / "fast.bin")
+        began = time.monotonic()
+        job.resume()
+        assert job.wait(timeout=60) is JobState.TRANSFERRED
+    first = sum(n for t, n in log if t - began < 1.0)
+    print(f"\nfirst second {first} B, {first - rate:+d} B against the cap")
+    assert first <= rate + 64 * KiB
+    assert log[-1][0] - began >= (size - rate - 64 * KiB) / rate
+
+
+@linux_only
+def test_a_run_of_files_pays_the_advance_once(srv: ScriptServer, store: Path, dest: Path) -> None:
+    """Eight 1 MB files one after another at 5 MB/s, a connection each: what the job's bucket
+    let through is the files' bytes plus at most one read-ahead paid in advance (each body
+    hands the advance it did not use to the next), not eight."""
+    rate, files, size = 5_000_000, 8, 1_000_000
+    log: list[tuple[float, int]] = []
+    for i in range(files):
+        srv.scripts[f"/r{i}"] = fast_body(size, log)
+    policy = bitsnb.Policy(background="full", files_in_flight=1, max_connections_per_file=1)
+    with bitsnb.Manager(store=store, policy=policy) as mgr:
+        budgets = mgr._amgr._open_parts().runner.budgets
+        job = mgr.create_job("run")
+        job.set_max_bandwidth(rate)
+        job.add_file_set([(f"{srv.base}/r{i}", dest / f"r{i}.bin") for i in range(files)])
+        job.resume()
+        assert job.wait(timeout=60) is JobState.TRANSFERRED
+        granted = budgets.job(uuid.UUID(str(job.id))).granted
+    print(f"\nthe job's bucket let {granted} B through for {files * size} B of files")
+    assert files * size <= granted <= files * size + burst_for(rate)
