@@ -76,6 +76,8 @@ PEAK_HOLD = 1.0
 
 _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves this much
 _INITIAL_WINDOW = 10  # segments: Linux's initial congestion window (RFC 6928)
+_FAST_CAP = 1e6  # bytes/s: a share this fast reads a burst at a time and sleeps between
+_SIZED_AT_CONNECT = 10e6  # bytes/s: a share below this sizes a new connection's first window
 _MAX_ADVANCES = 256  # jobs whose unused advance is kept for their next body
 _KEPT_ADVANCES = 4  # read-aheads' worth of unused advance a job keeps at most
 
@@ -97,6 +99,7 @@ class _Conn:
     local: bool = False  # to this host (loopback): crosses no link other traffic shares
     taken: int = 0  # the body's bytes the engine took so far
     edge: int | None = None  # what its takes charged so far, advance included (None: no take)
+    fast: bool = False  # under a fast cap (``_FAST_CAP``): its takes pay a read-ahead ahead
 
 
 @dataclass
@@ -290,10 +293,10 @@ class Pacer:
         use_connect_buffer(functools.partial(self._connect_size, job_id, foreground))
 
     def _connect_size(self, job_id: uuid.UUID, foreground: bool) -> int | None:
-        """The receive buffer a new connection of the job starts with: its share of a slow
-        cap (under 1 MB/s) for a guessed round trip, at most one burst (the first window offered is never taken back;
-        the body's round trip then sizes it), None when no cap is set (the yield rate sizes
-        windows once a round trip is known)."""
+        """The receive buffer a new connection of the job starts with: its share of a cap
+        under ``_SIZED_AT_CONNECT`` for a guessed round trip, at most one burst (the first
+        window offered is never taken back; the body's round trip then sizes it), None when no
+        cap is set (the yield rate sizes windows once a round trip is known)."""
         shares: list[float] = []
         job_rate = self._budgets.job(job_id).rate
         if job_rate is not None:
@@ -303,9 +306,11 @@ class Pacer:
         if cap is not None and not foreground:
             n = 1 + sum(1 for c in self._conns.values() if not c.foreground)
             shares.append(cap / n)
-        if not shares or min(shares) >= 1e6:
-            # a fast cap: Linux's first window is under a second's worth, and a fixed buffer
-            # from the start measured slower (50 MB/s: −13 % against −5 %, one run each)
+        if not shares or min(shares) >= _SIZED_AT_CONNECT:
+            # a cap this fast: Linux's first window is a small part of a second's worth, and
+            # a fixed buffer from the start measured slower (50 MB/s: −13 % against −5 %, one
+            # run each); at 5 MB/s the first window of a loopback connection (~0.8 MB, 16 % of
+            # a second) swung the 1 s windows of 16 files one after another by ±8-12 %
             return None
         share = min(shares)
         first = min(burst_for(share), share * DEFAULT_RTT)  # ≤ a burst, ≤ a WAN round trip
@@ -409,9 +414,10 @@ class Pacer:
         In advance because a take that lets the read go on reopens the window, and what
         lands meanwhile was charged only at the next take: those bytes put 0.3-1.7 MB over a
         50 MB/s cap's first second. A job's next body starts with the advance its last one
-        did not use (``_keep_advance``), so a run of files pays it once."""
+        did not use (``_keep_advance``), so a run of files pays it once. A slow cap pays
+        none (``_advance``)."""
         conn.taken += nbytes
-        ahead = read_ahead_limit(conn.resp)
+        ahead = _advance(conn)
         edge = conn.taken + held_ahead(conn.sock, conn.resp) + ahead
         if conn.edge is None:  # the first take: an advance left by the job's last body counts
             left = self._advances.pop(conn.job_id, 0)
@@ -427,7 +433,7 @@ class Pacer:
         (at most one read-ahead; a bounded number of jobs keep one)."""
         if conn.edge is None:
             return
-        ahead = read_ahead_limit(conn.resp)
+        ahead = _advance(conn)
         unused = max(0, min(conn.edge - conn.taken, ahead))
         kept = self._advances.pop(conn.job_id, 0) + unused  # moved to the end: the newest
         if kept:
@@ -456,6 +462,7 @@ class Pacer:
             # makes the kernel drop the segments that land (Reno then halves and regrows)
             return
         share = self._share(conn)
+        conn.fast = share is not None and share >= _FAST_CAP
         yields = False
         if share is None:
             if conn.clamp is not None:  # the cap was lifted: the autotuned window is free again
@@ -479,7 +486,7 @@ class Pacer:
             # (four segments; two for a slow cap, whose first second they would swell)
             if yields:
                 floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss)
-            elif share >= 1e6:
+            elif share >= _FAST_CAP:
                 # a fast cap reads a burst at a time and sleeps between (the buffers' bytes are
                 # charged as they arrive, so they do not swell the first second): 256 KiB reads
                 # cost +200 % CPU per GiB at 50 MB/s
@@ -492,7 +499,7 @@ class Pacer:
                 base = conn.rtt_min or self.controller.base_delay or 0.0
                 headroom = 1.0 + self.controller.target / base if base > 0 else 2.0
             else:
-                headroom = 4.0 if share >= 1e6 else 2.0
+                headroom = 4.0 if share >= _FAST_CAP else 2.0
             # a yield window grows with the rate up to what autotuning would give (curl's
             # window): 4 MiB held one connection to 80 MB/s at 50 ms, 27 MB/s at 150 ms
             ceiling = max(MAX_RECEIVE_BUFFER, autotune_max()) if yields else MAX_RECEIVE_BUFFER
@@ -548,6 +555,14 @@ class Pacer:
         conn.clamp = None
         with contextlib.suppress(OSError):
             clamp_window(conn.sock, autotune_max())
+
+
+def _advance(conn: _Conn) -> int:
+    """The read-ahead *conn*'s takes pay in advance: its read-ahead under a fast cap; none
+    under a slow one, whose window lets little land during a take (100 kB/s: 2-42 KiB over
+    its first second without it) while paying 16-32 KiB in advance cost it 0.16-0.32 s (a
+    6 s transfer of 200 files 2.8 % slower)."""
+    return read_ahead_limit(conn.resp) if conn.fast else 0
 
 
 def _nothing() -> None:
