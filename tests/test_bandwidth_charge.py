@@ -38,9 +38,17 @@ def test_a_cap_needs_one_connection_on_a_short_round_trip() -> None:
     assert pacer.connections_for(job, False) == 2  # 50 MB/s × 0.1 s (guessed) over 4 MiB
 
 
-def counting_body(size: int, log: list[tuple[float, int]], live: list[int]) -> Callable[..., bool]:
-    """A script sending *size* bytes 1 KiB at a time from a small send buffer, logging when the
-    kernel took each write, and counting the connections open at once (``live``: now, peak)."""
+def counting_body(
+    size: int,
+    log: list[tuple[float, int]],
+    live: list[int],
+    *,
+    write: int = KiB,
+    sndbuf: int = 4 * KiB,
+) -> Callable[..., bool]:
+    """A script sending *size* bytes *write* bytes at a time from a *sndbuf* send buffer (1 KiB
+    from 4 KiB: a slow sender; 16 KiB from 16 KiB: as fast as the client lets it), logging when
+    the kernel took each write, and counting the connections open at once (``live``: now, peak)."""
     lock = threading.Lock()
 
     def script(conn: socket.socket, _head: bytes) -> bool:
@@ -48,20 +56,38 @@ def counting_body(size: int, log: list[tuple[float, int]], live: list[int]) -> C
             live[0] += 1
             live[1] = max(live[1], live[0])
         try:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * KiB)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size
             )
-            for i in range(0, size, KiB):
-                conn.sendall(b"\0" * min(KiB, size - i))
+            block = b"\0" * write
+            for i in range(0, size, write):
+                n = min(write, size - i)
+                conn.sendall(block[:n])
                 with lock:
-                    log.append((time.monotonic(), min(KiB, size - i)))
+                    log.append((time.monotonic(), n))
         finally:
             with lock:
                 live[0] -= 1
         return False
 
     return script
+
+
+def one_capped_body(
+    srv: ScriptServer, store: Path, dest: Path, name: str, rate: int
+) -> tuple[float, float, int]:
+    """Fetch ``/name`` as one job capped at *rate*: (when it was resumed, how long it took to
+    TRANSFERRED, the pacer's wake-ups meanwhile)."""
+    with bitsnb.Manager(store=store, policy=bitsnb.Policy(background="full")) as mgr:
+        pacer = mgr._amgr._open_parts().runner.pacer
+        job = mgr.create_job(name)
+        job.set_max_bandwidth(rate)
+        job.add_file(f"{srv.base}/{name}", dest / f"{name}.bin")
+        began = time.monotonic()
+        job.resume()
+        assert job.wait(timeout=60) is JobState.TRANSFERRED
+        return began, time.monotonic() - began, pacer.wakeups
 
 
 @linux_only
@@ -108,16 +134,7 @@ def test_a_capped_body_charges_its_buffers_and_the_loop_ticks_slowly(
     rate, size = 100_000, 300_000
     log: list[tuple[float, int]] = []
     srv.scripts["/one"] = counting_body(size, log, [0, 0])
-    with bitsnb.Manager(store=store, policy=bitsnb.Policy(background="full")) as mgr:
-        pacer = mgr._amgr._open_parts().runner.pacer
-        job = mgr.create_job("one")
-        job.set_max_bandwidth(rate)
-        job.add_file(f"{srv.base}/one", dest / "one.bin")
-        began = time.monotonic()
-        job.resume()
-        assert job.wait(timeout=60) is JobState.TRANSFERRED
-        took = time.monotonic() - began
-        wakeups = pacer.wakeups
+    began, took, wakeups = one_capped_body(srv, store, dest, "one", rate)
     first = sum(n for t, n in log if t - began < 1.0)
     print(f"\nfirst second {first} B; {wakeups} pacer wake-ups in {took:.1f} s")
     assert first <= rate + 64 * KiB
@@ -126,22 +143,8 @@ def test_a_capped_body_charges_its_buffers_and_the_loop_ticks_slowly(
 
 
 def fast_body(size: int, log: list[tuple[float, int]]) -> Callable[..., bool]:
-    """A script sending *size* bytes as fast as the client lets it (16 KiB writes from a
-    16 KiB send buffer), logging when the kernel took each write."""
-    lock = threading.Lock()
-
-    def script(conn: socket.socket, _head: bytes) -> bool:
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
-        block = b"\0" * (16 * KiB)
-        for i in range(0, size, len(block)):
-            n = min(len(block), size - i)
-            conn.sendall(block[:n])
-            with lock:
-                log.append((time.monotonic(), n))
-        return False
-
-    return script
+    """``counting_body`` as fast as the client lets it: 16 KiB writes from 16 KiB."""
+    return counting_body(size, log, [0, 0], write=16 * KiB, sndbuf=16 * KiB)
 
 
 @linux_only
@@ -154,13 +157,7 @@ def test_a_fast_cap_pays_ahead_for_the_window_a_take_reopens(
     rate, size = 20_000_000, 32_000_000
     log: list[tuple[float, int]] = []
     srv.scripts["/fast"] = fast_body(size, log)
-    with bitsnb.Manager(store=store, policy=bitsnb.Policy(background="full")) as mgr:
-        job = mgr.create_job("fast")
-        job.set_max_bandwidth(rate)
-        job.add_file(f"{srv.base}/fast", dest / "fast.bin")
-        began = time.monotonic()
-        job.resume()
-        assert job.wait(timeout=60) is JobState.TRANSFERRED
+    began, _, _ = one_capped_body(srv, store, dest, "fast", rate)
     first = sum(n for t, n in log if t - began < 1.0)
     print(f"\nfirst second {first} B, {first - rate:+d} B against the cap")
     assert first <= rate + 64 * KiB
