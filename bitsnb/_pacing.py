@@ -412,8 +412,8 @@ class Pacer:
         read-ahead's worth paid in advance (``read_ahead_limit``); at least 0.
 
         In advance because a take that lets the read go on reopens the window, and what
-        lands meanwhile was charged only at the next take: those bytes put 0.3-1.7 MB over a
-        50 MB/s cap's first second. A job's next body starts with the advance its last one
+        lands meanwhile was charged only at the next take: those bytes put 0.1-1.7 MB over a
+        5-50 MB/s cap's first second. A job's next body starts with the advance its last one
         did not use (``_keep_advance``), so a run of files pays it once. A slow cap pays
         none (``_advance``)."""
         conn.taken += nbytes
