@@ -500,10 +500,9 @@ def limit_read_ahead(response: httpx.Response, nbytes: int | None) -> bool:
     """Hold the unread body of a ``LeanTransport`` response to about *nbytes* (None: the read
     buffer): a capped transfer's bytes then wait in the kernel, whose window slows the sender,
     not in a megabyte of userspace buffer. False for another transport's response."""
-    body = response.extensions.get("bitsnb_body")
-    if not isinstance(body, _Body):
+    p = _lean_proto(response)
+    if p is None:
         return False
-    p = body._conn.proto
     # lowered: reading pauses at the next arrival; raised: the next consume() resumes it
     p.high = len(p.buf) if nbytes is None else max(_MIN_READ_AHEAD, min(nbytes, len(p.buf)))
     return True
@@ -511,20 +510,21 @@ def limit_read_ahead(response: httpx.Response, nbytes: int | None) -> bool:
 
 def unread_bytes(response: httpx.Response) -> int:
     """Bytes a ``LeanTransport`` body has read ahead and not yet lent (0 for another's)."""
-    body = response.extensions.get("bitsnb_body")
-    if not isinstance(body, _Body):
-        return 0
-    p = body._conn.proto
-    return max(0, p.available - p.held)
+    p = _lean_proto(response)
+    return 0 if p is None else max(0, p.available - p.held)
 
 
 def read_ahead_limit(response: httpx.Response) -> int:
     """How far a ``LeanTransport`` body reads ahead of what the engine took before its reading
     pauses (``limit_read_ahead``); 0 for another transport's response."""
+    p = _lean_proto(response)
+    return 0 if p is None else p.high
+
+
+def _lean_proto(response: httpx.Response) -> ReadAhead | None:
+    """The receive side of a ``LeanTransport`` response's connection (None for another's)."""
     body = response.extensions.get("bitsnb_body")
-    if not isinstance(body, _Body):
-        return 0
-    return body._conn.proto.high
+    return body._conn.proto if isinstance(body, _Body) else None
 
 
 def keep_view(response: httpx.Response) -> Callable[[], None]:

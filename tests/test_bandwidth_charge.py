@@ -181,6 +181,6 @@ def test_a_run_of_files_pays_the_advance_once(srv: ScriptServer, store: Path, de
         job.add_file_set([(f"{srv.base}/r{i}", dest / f"r{i}.bin") for i in range(files)])
         job.resume()
         assert job.wait(timeout=60) is JobState.TRANSFERRED
-        granted = budgets.job(uuid.UUID(str(job.id))).granted
+        granted = budgets.job(job.id).granted
     print(f"\nthe job's bucket let {granted} B through for {files * size} B of files")
     assert files * size <= granted <= files * size + burst_for(rate)
