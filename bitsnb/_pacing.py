@@ -78,8 +78,20 @@ _RESIZE = 0.25  # a receive buffer is set again only when the wanted size moves 
 _INITIAL_WINDOW = 10  # segments: Linux's initial congestion window (RFC 6928)
 _FAST_CAP = 1e6  # bytes/s: a share this fast reads a burst at a time and sleeps between
 _SIZED_AT_CONNECT = 10e6  # bytes/s: a share below this sizes a new connection's first window
+_SLOW_WINDOW = 0.04  # seconds of a slow cap's rate its window holds at least (not a burst)
+_SLOW_MIN_WINDOW = 4096  # bytes: a slow cap's window is never below this
 _MAX_ADVANCES = 256  # jobs whose unused advance is kept for their next body
 _KEPT_ADVANCES = 4  # read-aheads' worth of unused advance a job keeps at most
+
+
+def _slow_floor(share: float) -> int:
+    """The least window of a slow cap's connection: ``_SLOW_WINDOW`` of its rate.
+
+    Not a burst nor a few segments: the sender writes only when the window opens, and Linux
+    opens it again only once half of it is free, so a window of a burst (32 KiB at 100 kB/s,
+    +32 KiB of the server's send buffer) came to the server's socket in bursts of a third of
+    a second's worth, and its 1 s windows swung −25 to +17 %; a 4 KiB one, ±2.5 %."""
+    return max(_SLOW_MIN_WINDOW, int(share * _SLOW_WINDOW))
 
 
 @dataclass
@@ -313,6 +325,11 @@ class Pacer:
             # a second) swung the 1 s windows of 16 files one after another by ±8-12 %
             return None
         share = min(shares)
+        if share < _FAST_CAP:
+            # a slow cap's least window, which the round trip then grows: a sender whose
+            # window falls under half the largest it was offered waits for its persist timer
+            # (a 100 kB/s connection that began at 10 kB, then held to 4 KiB, ran at 14 %)
+            return _slow_floor(share)
         first = min(burst_for(share), share * DEFAULT_RTT)  # ≤ a burst, ≤ a WAN round trip
         return int(min(MAX_RECEIVE_BUFFER, max(MIN_RECEIVE_BUFFER, first)))
 
@@ -491,8 +508,8 @@ class Pacer:
                 # charged as they arrive, so they do not swell the first second): 256 KiB reads
                 # cost +200 % CPU per GiB at 50 MB/s
                 floor = max(MIN_RECEIVE_BUFFER, 4 * conn.mss, burst_for(share))
-            else:  # a slow cap: a burst, not segments (loopback's two were +128 KiB at once)
-                floor = max(MIN_RECEIVE_BUFFER, min(2 * conn.mss, burst_for(share)))
+            else:
+                floor = _slow_floor(share)
             if yields:
                 # the window a yield rate gets: rate × (base + target), so the queue it lets
                 # the sender build stays near the target even before the rate has come down

@@ -4,7 +4,10 @@ manager's bandwidth loop does not tick 100 times a second. Real sockets, the ser
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import sys
+import termios
 import threading
 import time
 import uuid
@@ -184,3 +187,62 @@ def test_a_run_of_files_pays_the_advance_once(srv: ScriptServer, store: Path, de
         granted = budgets.job(job.id).granted
     print(f"\nthe job's bucket let {granted} B through for {files * size} B of files")
     assert files * size <= granted <= files * size + burst_for(rate)
+
+
+def _unacked(conn: socket.socket) -> int:
+    """Bytes *conn* holds unsent or unacknowledged (``SIOCOUTQ``, which is ``TIOCOUTQ``)."""
+    got = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    return int.from_bytes(got, sys.byteorder, signed=True)
+
+
+def wire_body(size: int, acked: list[tuple[float, int]]) -> Callable[..., bool]:
+    """A script sending *size* bytes in 1 KiB writes from a 16 KiB send buffer (32 KiB in the
+    kernel) that logs the body's bytes the client's kernel acknowledged (the wire, not the
+    write: a write lands in the send buffer whatever the client does), after each write and
+    then every millisecond until all is acknowledged (at most 10 s)."""
+
+    def script(conn: socket.socket, _head: bytes) -> bool:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+        while _unacked(conn) > 0:  # the head first: only the body's bytes are counted
+            time.sleep(0.001)
+        block = b"\0" * KiB
+        for i in range(0, size, KiB):
+            conn.sendall(block[: min(KiB, size - i)])
+            acked.append((time.monotonic(), i + min(KiB, size - i) - _unacked(conn)))
+        end = time.monotonic() + 10
+        while time.monotonic() < end and (left := _unacked(conn)) > 0:
+            time.sleep(0.001)
+            acked.append((time.monotonic(), size - left))
+        acked.append((time.monotonic(), size - _unacked(conn)))
+        return False
+
+    return script
+
+
+@linux_only
+def test_a_slow_cap_takes_each_body_at_its_rate_from_the_first_byte(
+    srv: ScriptServer, store: Path, dest: Path
+) -> None:
+    """Six 40 kB files one after another at 100 kB/s: on the wire (what the client's kernel
+    acknowledged), each body's first 24 kB take at least their time at the cap less a small
+    window (a 4 KiB receive window and 4 KiB of read-ahead, with 4 KiB to spare). Before, a
+    body was read ahead in full until the pacer first saw it: 37 of a 37.5 kB body crossed at
+    once, and the job's 1 s windows swung ±25 %."""
+    rate, files, size, part = 100_000, 6, 40_000, 24_000
+    logs: list[list[tuple[float, int]]] = [[] for _ in range(files)]
+    for i in range(files):
+        srv.scripts[f"/s{i}"] = wire_body(size, logs[i])
+    policy = bitsnb.Policy(background="full", files_in_flight=files, max_connections_per_file=1)
+    with bitsnb.Manager(store=store, policy=policy) as mgr:
+        job = mgr.create_job("slow")
+        job.set_max_bandwidth(rate)
+        job.add_file_set([(f"{srv.base}/s{i}", dest / f"s{i}.bin") for i in range(files)])
+        job.resume()
+        assert job.wait(timeout=60) is JobState.TRANSFERRED
+    assert all(log and log[-1][1] == size for log in logs)
+    spans = [next(t for t, n in log if n >= part) - log[0][0] for log in logs]
+    print(
+        f"\neach body's first {part} B on the wire took, s: " + " ".join(f"{s:.3f}" for s in spans)
+    )
+    assert min(spans) >= (part - 12 * KiB) / rate
