@@ -90,7 +90,7 @@ def _slow_floor(share: float) -> int:
     Not a burst nor a few segments: the sender writes only when the window opens, and Linux
     opens it again only once half of it is free, so a window of a burst (32 KiB at 100 kB/s,
     +32 KiB of the server's send buffer) came to the server's socket in bursts of a third of
-    a second's worth, and its 1 s windows swung −25 to +17 %; a 4 KiB one, ±2.5 %."""
+    a second's worth, and its 1 s windows swung −22 to +17 %; a 4 KiB one, ±2.5 % (a raw client)."""
     return max(_SLOW_MIN_WINDOW, int(share * _SLOW_WINDOW))
 
 
