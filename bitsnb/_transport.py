@@ -380,7 +380,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
         sock = proto.transport.get_extra_info("socket") if proto.transport else None
         if size is not None:  # nor userspace: reading pauses at a burst until the pacer says
-            proto.high = _first_read_ahead(size, len(proto.buf))
+            proto.high = _read_ahead_for(size, len(proto.buf))
         if sock is not None and size is None:
             rcvbuf = self._rcvbuf or _near_buffer(sock)
             if rcvbuf:
@@ -439,7 +439,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         # a read-ahead limit is the body's, not the connection's; a connection sized for a
         # cap starts each body at that size until the pacer sees it (at full read-ahead a
         # 100 kB/s body's first 37 kB landed at once, a third of a second early)
-        p.high = _first_read_ahead(conn.sized, len(p.buf))
+        p.high = _read_ahead_for(conn.sized, len(p.buf))
         body = _Body(self, conn, request, framing, length or 0, not close, timeout)
         return httpx.Response(
             status,
@@ -491,10 +491,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
         await self._fallback.aclose()
 
 
-def _first_read_ahead(sized: int | None, buffer: int) -> int:
-    """The read-ahead a body starts with: its connection's cap window (``_connectbuf``), at
-    least ``_MIN_READ_AHEAD``, or the whole read buffer for a connection not sized for a cap."""
-    return buffer if sized is None else max(_MIN_READ_AHEAD, min(sized, buffer))
+def _read_ahead_for(nbytes: int | None, buffer: int) -> int:
+    """The read-ahead of a body held to about *nbytes* (a cap's window: at least
+    ``_MIN_READ_AHEAD``, at most the *buffer*), or the whole read buffer for None (no cap)."""
+    return buffer if nbytes is None else max(_MIN_READ_AHEAD, min(nbytes, buffer))
 
 
 def _near_buffer(sock: socket.socket) -> int | None:
@@ -513,7 +513,7 @@ def limit_read_ahead(response: httpx.Response, nbytes: int | None) -> bool:
     if p is None:
         return False
     # lowered: reading pauses at the next arrival; raised: the next consume() resumes it
-    p.high = len(p.buf) if nbytes is None else max(_MIN_READ_AHEAD, min(nbytes, len(p.buf)))
+    p.high = _read_ahead_for(nbytes, len(p.buf))
     return True
 
 
