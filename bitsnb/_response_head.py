@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-import h11
-
 _httptools: ModuleType | None
 try:
     import httptools as _httptools
@@ -25,8 +23,6 @@ except ImportError:  # pragma: no cover - httptools is a dependency; h11 alone s
 __all__ = ["MAX_HEAD", "HeadError", "ResponseHead", "parse_head", "parse_head_h11"]
 
 MAX_HEAD = 64 * 1024  # a response head, trailer section or chunk line larger is refused
-# the request h11 is told was sent, so that it parses the response head that follows
-_H11_REQUEST = h11.Request(method="GET", target="/", headers=[("Host", "bitsnb")])
 _OWS = b" \t"
 # reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 §4): every byte but CTLs and DEL
 _REASON_OK = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
@@ -87,9 +83,13 @@ def _llhttp(llhttp: ModuleType, head: bytes) -> ResponseHead | None:
 
 
 def parse_head_h11(head: bytes) -> ResponseHead:
-    """The head as h11 reads it (its rules are the transport's); ``HeadError`` if refused."""
+    """The head as h11 reads it (its rules are the transport's); ``HeadError`` if refused.
+    h11 is imported here, when llhttp first refuses a head: 15 ms of ``import bitsnb``."""
+    import h11
+
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-    conn.send(_H11_REQUEST)
+    # the request h11 is told was sent, so that it parses the response head that follows
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "bitsnb")]))
     conn.receive_data(head)
     try:
         event = conn.next_event()

@@ -7,12 +7,13 @@ so the rate without the trial is measured over at least ``JUDGE_SECONDS``; a tri
 early when a window of ``segment_window`` shows half a connection's share more for each one
 tried (capped connections add a whole share), else judged by ``GAIN`` once ``JUDGE_SECONDS``
 have passed. A trial kept early doubles the connections next (1, 2, 4, 8, as TCP's slow
-start), the first of each doubling alone and the rest together once it flows (a host that
-refuses more sees one refusal), judged together: where each is capped, one at a time reached
+start), the first two of each step alone and the rest together once they flow (a host
+that refuses more sees one refusal), judged together: where each is capped, one at a time reached
 eight only ~5 s in. A first connection whose sender holds it back (``_segments.sender_holds``:
 idle for round trips with nothing unread, as a capped server between its allowances) is tried
-once ``segment_window`` has shown its rate, without waiting for level seconds, and a trial kept
-while a sender still held one back quadruples instead of doubling (2 → 8).
+once ``segment_window`` has shown its rate, without waiting for level seconds, and with seven
+more connections at once (1 → 8, the file's default cap); a trial kept while a sender still held
+one back quadruples instead of doubling.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ JUDGE_SECONDS = 1.0
 """A connection on trial is dropped for a small gain only after this long."""
 
 _BUSY_LOOP = 0.8  # share of the time the loop's thread computes, above which none is added
+_HELD_GROWTH = 8  # a first trial under a holding sender: eight times the connections
 
 C = TypeVar("C")  # a connection (``_segment_parts.Conn``; only its identity matters here)
 
@@ -105,9 +107,13 @@ class Ramp(Generic[C]):
             ramping = not self.held and (self.base_rate <= 0 or rate >= GAIN * self.base_rate)
             self.base_rate = rate
             busy = (cpu - self.cpu_from) / took
-            self.window, self.cpu_from, self.held = (now, got), cpu, False
-            # a busy loop goes no faster with more
-            return Step(add=1) if not ramping and busy < _BUSY_LOOP else Step()
+            held, self.window, self.cpu_from, self.held = self.held, (now, got), cpu, False
+            if ramping or busy >= _BUSY_LOOP:
+                return Step()  # a busy loop goes no faster with more
+            # a sender holding its connections back caps each: seven more for each one are
+            # tried together, the first alone (one, then two, then eight had eight running
+            # only 1.9 s in at 50 ms, 0.8 s after the hold showed)
+            return Step(add=(_HELD_GROWTH - 1) * conns if held else 1)
         if took < self.segment_window:
             return Step()
         rate = (got - before) / took

@@ -477,10 +477,11 @@ class Split:
 
     async def _add(self, count: int) -> None:
         """One more connection on trial, on half the largest range left, while the yield
-        controller, the per-file cap and the host's free slots allow; *count* - 1 more follow
-        it once it flows, together (the host took one more: one by one, the doubling to eight
-        of a capped file took 0.75 s a step at 50 ms)."""
-        together = count > 1 and bool(self.ramp.trials)  # the doubling's first one flows
+        controller, the per-file cap and the host's free slots allow; of *count* - 1 more, one
+        follows it alone once it flows and the rest together once that one flows too (the host
+        took two more, so one that allows one or two more refuses one; one by one, the doubling
+        to eight of a capped file took 0.75 s a step at 50 ms)."""
+        together = count > 1 and len(self.ramp.trials) >= 2  # two of this step's flow
         conn = await self._add_one()
         if conn is None:
             self.ramp.to_add = 0

@@ -36,7 +36,6 @@ from ._connectbuf import wanted as connect_buffer
 from ._readahead import MIN_FREE, Eof, ReadAhead
 from ._response_head import MAX_HEAD, HeadError, ResponseHead, parse_head
 from ._tcpinfo import tcp_info
-from ._wide_reads import fallback_transport
 
 __all__ = [
     "LeanTransport",
@@ -48,6 +47,15 @@ __all__ = [
     "read_ahead_limit",
     "unread_bytes",
 ]
+
+
+def fallback_transport(read_size: int, **kwargs: Any) -> httpx.AsyncHTTPTransport:
+    """``_wide_reads.fallback_transport``, imported on first use: httpcore (a fifth of
+    ``import bitsnb``, 38 ms) loads only once a request needs more than the lean transport."""
+    from ._wide_reads import fallback_transport as wide
+
+    return wide(read_size, **kwargs)
+
 
 _MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
 _MIN_READ_AHEAD = 4096  # the least read-ahead a capped body is held to (a slow cap's window)

@@ -48,6 +48,19 @@ def test_a_held_connection_is_tried_after_one_short_window() -> None:
     assert level >= 2 * JUDGE_SECONDS  # a first second, then a level one
 
 
+def test_a_held_first_connection_is_tried_with_seven_more_at_once() -> None:
+    """A sender holding its one connection back caps each connection: the first trial asks
+    for eight in all (the file's default cap), not for one more; a level one asks for one."""
+    for held, more in ((True, 7), (False, 1)):
+        ramp: Ramp[object] = Ramp(segment_window=0.3)
+        for i in range(200):  # bounded: 10 s of ticks
+            now = i * 0.05
+            step = ramp.step(now, int(10e6 * now), 0.0, flowing=True, conns=1, held=held)
+            if step.add:
+                break
+        assert step.add == more, (held, step)
+
+
 def test_a_growing_connection_that_is_not_held_is_not_tried() -> None:
     ramp: Ramp[object] = Ramp(segment_window=0.3)
     for i in range(100):  # bounded: 5 s of a rate that doubles each second (slow start)
