@@ -21,19 +21,18 @@ their median (on this VM one run's page-cache writes cost 0.2 to 2 CPU-s per GiB
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing
 import socket
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import bitsnb
+from bitsnb.testing import unacked_bytes
 
 from ._stats import pair_ratios, spread
 
@@ -44,12 +43,6 @@ SECONDS = 6.0
 
 
 _SAMPLE = 0.002  # seconds between the wire clock's samples
-
-
-def _unacked(conn: socket.socket) -> int:
-    """Bytes *conn* holds unsent or unacknowledged (``SIOCOUTQ``, which is ``TIOCOUTQ``)."""
-    got = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    return int.from_bytes(got, sys.byteorder, signed=True)
 
 
 class _Wire:
@@ -71,7 +64,7 @@ class _Wire:
     def drain(self, conn: socket.socket, timeout: float) -> None:
         """Wait (bounded) until the client acknowledged all *conn*'s bytes, then stop sampling it."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end and _unacked(conn) > 0:
+        while time.monotonic() < end and unacked_bytes(conn) > 0:
             time.sleep(_SAMPLE)
         self._sample(conn)
         with self._lock:
@@ -83,7 +76,7 @@ class _Wire:
             if counts is None:
                 return
             written = counts[0]  # read before the queue: a write between undercounts, once
-            acked = max(counts[1], written - _unacked(conn))
+            acked = max(counts[1], written - unacked_bytes(conn))
             if acked > counts[1]:
                 self.log.append((time.monotonic(), acked - counts[1]))
                 counts[1] = acked

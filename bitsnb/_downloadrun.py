@@ -124,7 +124,10 @@ class DownloadRun:
                 batch.clear()
                 files = [f for f, _ in group]
                 try:
-                    ended = await self._record(rec, files, mark, last=not in_flight)
+                    # the job's end only once every file was handed out and none is in
+                    # flight: the O(files) check below it ran on any gap, O(files²) in all
+                    last = not in_flight and not again and cursor >= len(rec.files)
+                    ended = await self._record(rec, files, mark, last=last)
                 except BaseException as exc:
                     for _, fut in group:
                         if not fut.done():
@@ -214,9 +217,9 @@ class DownloadRun:
         *,
         last: bool,
     ) -> bool:
-        """Record *files* transferred in one write; when they are the job's last (*last*: no
-        file in flight, checked O(files) only then) the job's end goes in the same write.
-        True when it did."""
+        """Record *files* transferred in one write; when they are the job's last (*last*: every
+        file handed out and none in flight, checked O(files) only then) the job's end goes in
+        the same write. True when it did."""
         mine = {id(f) for f in files}
         if last and all(x.transferred or x.completed for x in rec.files if id(x) not in mine):
             await self._end_transfer_with(rec, files, mark)

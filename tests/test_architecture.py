@@ -70,6 +70,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "bitsnb.testing._content",  # of the split of _server.py and _app.py are named anyway
         "bitsnb.testing._digests",
         "bitsnb.testing._requests",
+        "bitsnb.testing._wire",
     ),
     "blocking API": (
         "bitsnb._sync",

@@ -4,10 +4,7 @@ manager's bandwidth loop does not tick 100 times a second. Real sockets, the ser
 
 from __future__ import annotations
 
-import fcntl
 import socket
-import sys
-import termios
 import threading
 import time
 import uuid
@@ -22,6 +19,7 @@ from bitsnb import JobState
 from bitsnb._buckets import Budgets, burst_for
 from bitsnb._pacing import Pacer
 from bitsnb._tcpinfo import tcp_info_available
+from bitsnb.testing import unacked_bytes
 
 KiB = 1024
 linux_only = pytest.mark.skipif(not tcp_info_available(), reason="TCP_INFO is Linux-only")
@@ -189,12 +187,6 @@ def test_a_run_of_files_pays_the_advance_once(srv: ScriptServer, store: Path, de
     assert files * size <= granted <= files * size + burst_for(rate)
 
 
-def _unacked(conn: socket.socket) -> int:
-    """Bytes *conn* holds unsent or unacknowledged (``SIOCOUTQ``, which is ``TIOCOUTQ``)."""
-    got = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    return int.from_bytes(got, sys.byteorder, signed=True)
-
-
 def wire_body(size: int, acked: list[tuple[float, int]]) -> Callable[..., bool]:
     """A script sending *size* bytes in 1 KiB writes from a 16 KiB send buffer (32 KiB in the
     kernel) that logs the body's bytes the client's kernel acknowledged (the wire, not the
@@ -204,17 +196,17 @@ def wire_body(size: int, acked: list[tuple[float, int]]) -> Callable[..., bool]:
     def script(conn: socket.socket, _head: bytes) -> bool:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KiB)
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
-        while _unacked(conn) > 0:  # the head first: only the body's bytes are counted
+        while unacked_bytes(conn) > 0:  # the head first: only the body's bytes are counted
             time.sleep(0.001)
         block = b"\0" * KiB
         for i in range(0, size, KiB):
             conn.sendall(block[: min(KiB, size - i)])
-            acked.append((time.monotonic(), i + min(KiB, size - i) - _unacked(conn)))
+            acked.append((time.monotonic(), i + min(KiB, size - i) - unacked_bytes(conn)))
         end = time.monotonic() + 10
-        while time.monotonic() < end and (left := _unacked(conn)) > 0:
+        while time.monotonic() < end and (left := unacked_bytes(conn)) > 0:
             time.sleep(0.001)
             acked.append((time.monotonic(), size - left))
-        acked.append((time.monotonic(), size - _unacked(conn)))
+        acked.append((time.monotonic(), size - unacked_bytes(conn)))
         return False
 
     return script

@@ -11,6 +11,7 @@ from bitsnb.testing._faults import CodeFormat, Fault, FaultKind
 from bitsnb.testing._requests import RequestRecord
 from bitsnb.testing._server import FileServer
 from bitsnb.testing._upload import PacketRecord, UploadServer
+from bitsnb.testing._wire import unacked_bytes
 
 __all__ = [
     "CodeFormat",
@@ -21,4 +22,5 @@ __all__ = [
     "RequestRecord",
     "ThreadedServer",
     "UploadServer",
+    "unacked_bytes",
 ]
