@@ -469,6 +469,7 @@ class Engine:
         if ctx.throttle is not None and ctx.throttle.limited:
             await ctx.throttle.take(len(data))  # the bytes count against the job's budgets
         ctx.on_progress(f)
+        ctx.on_received()
         try:
             if check is not None:
                 check.sound = True
@@ -561,6 +562,7 @@ class Engine:
                     if ctx.should_yield() and worth_yielding(f):
                         raise YieldSlice
                 fh.flush()
+                ctx.on_received()
                 if check is not None:
                     check.sound = True
                     check_content(f, check)

@@ -66,6 +66,8 @@ class FileContext:
     may_add_connection: Callable[[], bool] = lambda: True
     # a file's turn to open connections: under a cap, only as many files at once as it needs
     admit: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext
+    # the file's body is all in (its fsync follows): a cap's turn for it ends here
+    on_received: Callable[[], None] = lambda: None
 
 
 def _unwatched() -> None:

@@ -382,6 +382,7 @@ class Runner:
             watch=functools.partial(self.pacer.watch, rec.id, foreground),
             may_add_connection=functools.partial(self.pacer.may_add_connection, foreground, rec.id),
             admit=functools.partial(self.pacer.admit, rec.id, foreground),
+            on_received=self.pacer.received,
         )
 
     async def _run(self, rec: JobRecord, *, started: bool) -> None:

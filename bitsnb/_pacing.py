@@ -43,6 +43,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -182,6 +183,7 @@ class Pacer:
         self._delivery = _Delivery()
         self.wakeups = 0  # the sampling loop's wake-ups, ever (tests count them)
         self._admitted: dict[uuid.UUID, int] = {}  # files of each job with a turn to connect
+        self._turns: dict[asyncio.Task[Any], uuid.UUID] = {}  # each turn's task → its job
         self._turn = asyncio.Event()  # set (and replaced) when a turn may have come free
 
     # -- what the runner and the panels read ----------------------------------------------------
@@ -278,22 +280,40 @@ class Pacer:
     @contextlib.asynccontextmanager
     async def admit(self, job_id: uuid.UUID, foreground: bool) -> AsyncIterator[None]:
         """A file's turn to connect: waits while the job has as many files open as its caps
-        need (``connections_for``); a cap lifted or raised (``retune``) lets waiters in."""
+        need (``connections_for``); a cap lifted or raised (``retune``) lets waiters in. The
+        turn ends with the block, or sooner once its file's bytes are all in (``received``)."""
         for _ in itertools.count():  # bounded: each turn waits for a file to end or a cap
             limit = self.connections_for(job_id, foreground)
             if limit is None or self._admitted.get(job_id, 0) < limit:
                 break
             await self._turn.wait()
         self._admitted[job_id] = self._admitted.get(job_id, 0) + 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._turns[task] = job_id
         try:
             yield
         finally:
-            left = self._admitted[job_id] - 1
-            if left:
-                self._admitted[job_id] = left
-            else:
-                del self._admitted[job_id]
-            self._let_in()
+            self._end_turn(task)
+
+    def received(self) -> None:
+        """The calling task's file has every byte of its body: its turn ends before the final
+        fsync, which takes no bandwidth (on loopback a cap admits one file at a time, so each
+        fsync, 0.2-1.1 ms and at times a few hundred, stopped the transfer)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._end_turn(task)
+
+    def _end_turn(self, task: asyncio.Task[Any]) -> None:
+        job_id = self._turns.pop(task, None)
+        if job_id is None:
+            return  # ended already (``received``), or no turn taken in this task
+        left = self._admitted[job_id] - 1
+        if left:
+            self._admitted[job_id] = left
+        else:
+            del self._admitted[job_id]
+        self._let_in()
 
     def _let_in(self) -> None:
         """Wake the files waiting for a turn (they look at the caps again)."""

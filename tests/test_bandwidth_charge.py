@@ -4,6 +4,7 @@ manager's bandwidth loop does not tick 100 times a second. Real sockets, the ser
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -37,6 +38,53 @@ def test_a_cap_needs_one_connection_on_a_short_round_trip() -> None:
     budgets.set_job_rate(job, None)
     assert pacer.connections_for(job, True) is None
     assert pacer.connections_for(job, False) == 2  # 50 MB/s × 0.1 s (guessed) over 4 MiB
+
+
+def test_a_files_turn_under_a_cap_ends_once_its_bytes_are_in() -> None:
+    """A cap that needs one connection admits one file at a time; once that file's body is
+    all in (``received``, before its final fsync) the next file may connect, and the first's
+    turn is not ended twice when its block ends: a third still waits for the second."""
+    budgets = Budgets()
+    pacer = Pacer(bitsnb.Policy(background="full"), budgets, available=True)
+    job = uuid.uuid4()
+    budgets.set_job_rate(job, 100_000)
+    assert pacer.connections_for(job, False) == 1
+    order: list[str] = []
+
+    async def file(name: str, received: asyncio.Event, leave: asyncio.Event) -> None:
+        async with pacer.admit(job, False):
+            order.append(f"{name} in")
+            await received.wait()
+            pacer.received()  # the body's last byte: its fsync follows, still in the block
+            order.append(f"{name} received")
+            await leave.wait()
+        order.append(f"{name} out")
+
+    async def main() -> None:
+        events = {n: (asyncio.Event(), asyncio.Event()) for n in "abc"}
+        tasks = [asyncio.create_task(file(n, *events[n])) for n in "abc"]
+
+        async def settle() -> None:
+            for _ in range(20):  # bounded: enough loop turns for any waiter to get in
+                await asyncio.sleep(0)
+
+        await settle()
+        assert order == ["a in"]
+        events["a"][0].set()
+        await settle()
+        assert order == ["a in", "a received", "b in"]  # b connects while a is still syncing
+        events["a"][1].set()
+        await settle()
+        assert order[-1] == "a out" and "c in" not in order  # a's turn ended once, not twice
+        events["b"][0].set()
+        await settle()
+        assert order[-2:] == ["b received", "c in"]
+        for n in "bc":
+            events[n][0].set()
+            events[n][1].set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    asyncio.run(main())
 
 
 def counting_body(
