@@ -8,7 +8,7 @@ early when a window of ``segment_window`` shows half a connection's share more f
 tried (capped connections add a whole share), else judged by ``GAIN`` once ``JUDGE_SECONDS``
 have passed. A trial kept early doubles the connections next (1, 2, 4, 8, as TCP's slow
 start), the first two of each step alone and the rest together once they flow (a host
-that refuses more sees one refusal), judged together: where each is capped, one at a time reached
+that allows one or two more sees one refusal), judged together: where each is capped, one at a time reached
 eight only ~5 s in. A first connection whose sender holds it back (``_segments.sender_holds``:
 idle for round trips with nothing unread, as a capped server between its allowances) is tried
 once ``segment_window`` has shown its rate, without waiting for level seconds, and with seven
@@ -109,9 +109,9 @@ class Ramp(Generic[C]):
             busy = (cpu - self.cpu_from) / took
             held, self.window, self.cpu_from, self.held = self.held, (now, got), cpu, False
             if ramping or busy >= _BUSY_LOOP:
-                return Step()  # a busy loop goes no faster with more
+                return Step()  # still growing, or a busy loop (no faster with more)
             # a sender holding its connections back caps each: seven more for each one are
-            # tried together, the first alone (one, then two, then eight had eight running
+            # tried together, the first two alone (one, then two, then eight had eight running
             # only 1.9 s in at 50 ms, 0.8 s after the hold showed)
             return Step(add=(_HELD_GROWTH - 1) * conns if held else 1)
         if took < self.segment_window:
