@@ -562,6 +562,9 @@ class Engine:
                     if ctx.should_yield() and worth_yielding(f):
                         raise YieldSlice
                 fh.flush()
+                # the body is in: its connection is no longer paced, and the file's turn under
+                # a cap ends before the syncs (a new connection's share counts those watched)
+                unwatch()
                 ctx.on_received()
                 if check is not None:
                     check.sound = True
