@@ -53,7 +53,7 @@ from ._connectbuf import autotune_max, clamp_window, fixed_buffer_max
 from ._connectbuf import use as use_connect_buffer
 from ._models import Policy
 from ._tcpinfo import TcpInfo, response_socket, tcp_info, tcp_info_available
-from ._transport import limit_read_ahead, read_ahead_limit
+from ._transport import MIN_READ_AHEAD, limit_read_ahead, read_ahead_limit
 from ._wireahead import held_ahead
 from ._yielding import YieldController, background_mode
 
@@ -80,7 +80,9 @@ _INITIAL_WINDOW = 10  # segments: Linux's initial congestion window (RFC 6928)
 _FAST_CAP = 1e6  # bytes/s: a share this fast reads a burst at a time and sleeps between
 _SIZED_AT_CONNECT = 10e6  # bytes/s: a share below this sizes a new connection's first window
 _SLOW_WINDOW = 0.04  # seconds of a slow cap's rate its window holds at least (not a burst)
-_SLOW_MIN_WINDOW = 4096  # bytes: a slow cap's window is never below this
+# bytes: a slow cap's window is never below this, nor below the transport's least read-ahead
+# (one size: a read-ahead over the window would let a burst past it in userspace)
+_SLOW_MIN_WINDOW = MIN_READ_AHEAD
 _MAX_ADVANCES = 256  # jobs whose unused advance is kept for their next body
 _KEPT_ADVANCES = 4  # read-aheads' worth of unused advance a job keeps at most
 

@@ -38,6 +38,7 @@ from ._response_head import MAX_HEAD, HeadError, ResponseHead, parse_head
 from ._tcpinfo import tcp_info
 
 __all__ = [
+    "MIN_READ_AHEAD",
     "LeanTransport",
     "body_buffered",
     "body_views",
@@ -58,7 +59,7 @@ def fallback_transport(read_size: int, **kwargs: Any) -> httpx.AsyncHTTPTranspor
 
 
 _MAX_INTERIM = 10  # interim (1xx) responses allowed before the final one
-_MIN_READ_AHEAD = 4096  # the least read-ahead a capped body is held to (a slow cap's window)
+MIN_READ_AHEAD = 4096  # the least read-ahead a capped body is held to (a slow cap's window)
 _IDLE_EXPIRY = 5.0  # seconds an idle keep-alive connection is kept
 _NO_BODY_STATUS = frozenset({204, 304})
 # A path whose connect took at most _NEAR_RTT (loopback, a LAN) gets a fixed _NEAR_RCVBUF
@@ -501,8 +502,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
 def _read_ahead_for(nbytes: int | None, buffer: int) -> int:
     """The read-ahead of a body held to about *nbytes* (a cap's window: at least
-    ``_MIN_READ_AHEAD``, at most the *buffer*), or the whole read buffer for None (no cap)."""
-    return buffer if nbytes is None else max(_MIN_READ_AHEAD, min(nbytes, buffer))
+    ``MIN_READ_AHEAD``, at most the *buffer*), or the whole read buffer for None (no cap)."""
+    return buffer if nbytes is None else max(MIN_READ_AHEAD, min(nbytes, buffer))
 
 
 def _near_buffer(sock: socket.socket) -> int | None:
