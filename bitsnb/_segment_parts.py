@@ -56,6 +56,7 @@ class Conn:
     seg: Seg | None = None
     began: float | None = None  # when its current response's first body byte came
     bytes: int = 0  # body bytes of its current response
+    written: int = 0  # body bytes it wrote over all its responses (a trial's own share)
     rate: float = 0.0  # its rate over its last response
     retire: bool = False  # one connection too many: stop at the next chunk
     reach: int = 0  # where its current response's bytes end (the first one: the file's end)

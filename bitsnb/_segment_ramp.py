@@ -53,6 +53,7 @@ class Ramp(Generic[C]):
     base_rate: float = 0.0
     window: tuple[float, int] | None = None  # (time, bytes) the window began at
     cpu_from: float = 0.0  # the loop thread's CPU time when the window began
+    trial_from: int = 0  # the trial's own bytes when the window began
     trials: list[C] = field(default_factory=list)  # the last added, on trial together
     to_add: int = 0  # more to add to the trial, together once its first flows
     adding: bool = True  # False once more connections did not pay (or may not be tried)
@@ -65,17 +66,28 @@ class Ramp(Generic[C]):
         self.window = None
         self.to_add = count - 1
 
-    def ended(self, conn: C) -> None:
-        """*conn* ended (its segment written, or it failed)."""
+    def ended(self, conn: C, written: int = 0) -> None:
+        """*conn* ended (its segment written, or it failed) after writing *written* bytes: they
+        leave the trial's count (``trial_got``) and its start alike, so what it brought stays."""
         if conn in self.trials:
             self.trials.remove(conn)
+            self.trial_from -= written
 
     def step(
-        self, now: float, got: int, cpu: float, *, flowing: bool, conns: int, held: bool = False
+        self,
+        now: float,
+        got: int,
+        cpu: float,
+        *,
+        flowing: bool,
+        conns: int,
+        held: bool = False,
+        trial_got: int = 0,
     ) -> Step[C]:
         """Measure: *got* bytes of the file written at *now*, *cpu* the loop thread's CPU
         time, *flowing* whether every connection's response has begun, *conns* how many,
-        *held* whether one is held back by its sender now (``_segments.sender_holds``)."""
+        *held* whether one is held back by its sender now (``_segments.sender_holds``),
+        *trial_got* the bytes the connections on trial wrote (a trial is kept for its own)."""
         samples = self.samples
         samples.append((now, got))
         while len(samples) > 2 and now - samples[1][0] >= JUDGE_SECONDS:
@@ -88,6 +100,7 @@ class Ramp(Generic[C]):
             return Step(add=self.to_add)
         if self.window is None:
             self.window, self.cpu_from, self.held = (now, got), cpu, False
+            self.trial_from = trial_got
             return Step()
         self.held = self.held or held
         began, before = self.window
@@ -119,7 +132,8 @@ class Ramp(Generic[C]):
         rate = (got - before) / took
         early = took < JUDGE_SECONDS
         had = conns - len(trials)
-        if gained(self.base_rate, rate, had if early else None, len(trials)):
+        own = (trial_got - self.trial_from) / took
+        if gained(self.base_rate, rate, had if early else None, len(trials), own):
             # kept; the next ones are measured against the last second (a little of it
             # without these: never above what these connections give)
             self.trials = []

@@ -175,7 +175,7 @@ class Split:
         for task in [t for t in self.conns if t.done()]:
             conn = self.conns.pop(task)
             self.f.connections = len(self.conns)
-            self.ramp.ended(conn)
+            self.ramp.ended(conn, conn.written)
             exc = None if task.cancelled() else task.exception()
             if exc is None:
                 continue
@@ -423,6 +423,7 @@ class Split:
                             whole.hashed += n
                         seg.done = pos + n
                         conn.bytes += n
+                        conn.written += n
                         f.bytes_transferred += n
                         data = data[n:]
                     if seg.done < seg.end or not self._extend(conn, seg):
@@ -456,6 +457,7 @@ class Split:
             flowing=flowing,
             conns=len(self.conns),
             held=may_grow and self._held(),
+            trial_got=sum(c.written for c in ramp.trials),
         )
         for conn in step.retire:
             conn.retire = True

@@ -111,13 +111,17 @@ def may_add(left: int, min_segment: int, active: int, cap: int) -> bool:
     return active < cap and left >= 2 * min_segment
 
 
-def gained(before: float, after: float, had: int | None = None, added: int = 1) -> bool:
+def gained(
+    before: float, after: float, had: int | None = None, added: int = 1, own: float | None = None
+) -> bool:
     """Whether the rate with *added* more connections (*after*) beat *before* by ``GAIN``;
     with *had* (the connections before them), whether it did so clearly enough to say so
     from a short window: by half a connection's share of *before* for each one added (as
-    where each connection is capped)."""
+    where each connection is capped). With *own* (the added ones' own rate), the rise must
+    be theirs: a lull in the window before, not a trial at 100 KB/s beside 3 MB/s, once kept
+    a crawling trial whose tail then took four more requests (one CI run)."""
     need = GAIN if had is None else max(GAIN, 1.0 + 0.5 * max(1, added) / max(1, had))
-    return after >= need * before
+    return after >= need * before and (own is None or own >= (need - 1.0) * before)
 
 
 def sender_holds(idle: float, rtt: float | None, unread: int) -> bool:

@@ -121,5 +121,40 @@ def test_a_kept_trial_under_a_holding_sender_quadruples() -> None:
         ramp.started(object(), 1)  # the trial: a second connection
         step = ramp.step(0.0, 0, 0.0, flowing=True, conns=2, held=held)  # its window begins
         assert not step.add
-        step = ramp.step(0.3, 6_000_000, 0.0, flowing=True, conns=2, held=held)  # 20 MB/s
+        step = ramp.step(  # 20 MB/s, half of it the trial's own
+            0.3, 6_000_000, 0.0, flowing=True, conns=2, held=held, trial_got=3_000_000
+        )
         assert step.add == more, (held, step)
+
+
+def test_a_trial_is_kept_only_for_what_it_brings_itself() -> None:
+    """The file's rate rose by two thirds in the trial's window, but the trial crawled (100 KB/s
+    beside 3 MB/s): the rise was the first connection's own (a lull before it), so the trial
+    is neither kept early nor after a second; it is retired and the file stays at one."""
+    ramp: Ramp[object] = Ramp(segment_window=0.2)
+    ramp.base_rate = 3e6
+    trial = object()
+    ramp.started(trial, 1)
+    assert not ramp.step(0.0, 0, 0.0, flowing=True, conns=2, trial_got=0).add
+    step = None
+    for i in range(1, 30):  # bounded: 1.45 s of ticks at 5 MB/s, 100 KB/s of it the trial's
+        now = i * 0.05
+        step = ramp.step(now, int(5e6 * now), 0.0, flowing=True, conns=2, trial_got=int(1e5 * now))
+        assert not step.add, now
+        if step.retire:
+            break
+    assert step is not None and step.retire == (trial,) and step.cap == 1
+
+
+def test_a_trial_that_ended_in_its_window_is_credited_with_its_bytes() -> None:
+    """One of two trials wrote its segment and ended mid-window: what it brought still counts
+    (its bytes leave the trial's count and its start alike), so the pair is kept."""
+    ramp: Ramp[object] = Ramp(segment_window=0.3)
+    ramp.base_rate = 10e6
+    a, b = object(), object()
+    ramp.started(a, 2)
+    ramp.started(b, 1)
+    assert not ramp.step(0.0, 0, 0.0, flowing=True, conns=3, trial_got=0).add
+    ramp.ended(a, 2_000_000)  # 20 MB/s for 0.1 s, then its segment was done
+    step = ramp.step(0.3, 9_000_000, 0.0, flowing=True, conns=2, trial_got=1_000_000)
+    assert step.add and not step.retire, step

@@ -371,7 +371,8 @@ def test_a_retired_trials_rest_is_finished_by_the_first_connection_without_a_new
         assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
         job.complete()
     reqs = server.requests
-    assert [(r.range is not None, r.status) for r in reqs] == [(False, 200), (True, 206)]
+    seen = [(r.range, r.status, r.fault, r.body_bytes_sent) for r in reqs]
+    assert [(r.range is not None, r.status) for r in reqs] == [(False, 200), (True, 206)], seen
     assert reqs[1].fault == "throttle" and 0 < reqs[1].body_bytes_sent < 2 * MIB
     assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
 
