@@ -70,9 +70,12 @@ class BodySender:
         self._count(1)
         self.plain(fh, start + at + 1, length - at - 1)
 
-    def throttled(self, fh: IO[bytes], start: int, length: int, rate: int) -> None:
-        """The body in pieces of ~50 ms worth, each sent when the rate allows (stop interrupts)."""
-        piece = max(1, rate // 20)
+    def throttled(
+        self, fh: IO[bytes], start: int, length: int, rate: int, every: float = 0.05
+    ) -> None:
+        """The body in pieces of *every* seconds' worth, each sent when the rate allows (stop
+        interrupts): 50 ms gaps look like a capping server holding the connection back."""
+        piece = max(1, int(rate * every))
         began = time.monotonic()
         sent = 0
         while sent < length:

@@ -322,7 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault is not None and kind == "throttle":
             body.throttled(fh, start, length, fault.nbytes)
         elif fault is None and owner.connection_rate:
-            body.throttled(fh, start, length, owner.connection_rate)
+            body.throttled(fh, start, length, owner.connection_rate, owner.connection_pace)
         elif fault is not None and kind in ("drop_after", "stall_after"):
             body.plain(fh, start, min(fault.nbytes, length))
             if kind == "stall_after":
@@ -340,7 +340,8 @@ class FileServer(ThreadedServer[RequestRecord]):
     ``root=None`` serves a temporary directory that ``stop()`` removes. It applies every
     ``FaultKind`` but the upload ones (``bits_error``, ``extra_headers``).
     ``connection_rate`` (bytes/s) caps every response without a fault, as mirrors cap each
-    connection; ``max_concurrent`` answers 503 to a GET beyond that many requests at once;
+    connection, in pieces ``connection_pace`` seconds apart (50 ms: idle gaps a client sees as
+    its sender holding the connection back; 10 ms: a level flow); ``max_concurrent`` answers 503 to a GET beyond that many requests at once;
     ``peak_concurrent`` is the most requests it answered at once. ``send_etag = False`` makes
     every file answer with Last-Modified but no ETag, as many mirrors and object stores do.
     """
@@ -372,6 +373,7 @@ class FileServer(ThreadedServer[RequestRecord]):
         self._handlers: dict[_Handler, threading.Thread] = {}
         self._digests = DigestBook()
         self.connection_rate: int | None = None
+        self.connection_pace = 0.05
         self.max_concurrent: int | None = None
         self.peak_concurrent = 0
         self.send_etag = True
