@@ -6,7 +6,6 @@ straggler's tail taken over, and a known hash verified over the segments."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import sqlite3
 import time
 from pathlib import Path
@@ -168,22 +167,23 @@ def test_a_connection_waiting_for_its_first_byte_is_not_taken_over(
 ) -> None:
     """The second connection's answer is held back; the first ends its segment meanwhile. It
     does not take the waiting one's range (no rate yet is not a rate of 0: both would be sent
-    it): no byte is asked for twice, and the file is byte-exact."""
+    it): no byte is sent twice (a range taken whole would be: ~8 MB more; ranges cut once it
+    flows overlap in their headers only, one CI run), and the file is byte-exact."""
     seg_policy.max_connections_per_file = 2
     server.connection_rate = 4_000_000
-    url = server.add_random_file("big.bin", 16 * MIB, seed=22)
+    size = 16 * MIB
+    url = server.add_random_file("big.bin", size, seed=22)
     with bitsnb.Manager(store=store, policy=seg_policy) as mgr:
         job = _started(mgr, url, dest / "big.bin")
         wait_until(lambda: len(server.requests) >= 1, 20, "the first request")
         server.inject("big.bin", Fault.stall(4.0))  # the next request: the second connection
         assert job.wait(timeout=60) is JobState.TRANSFERRED, job.error
         job.complete()
-    spans = sorted(
-        (int(a), int(b))
-        for a, b in (r.range.split("=")[1].split("-") for r in server.requests if r.range)
-    )
-    assert spans, server.requests
-    assert all(nxt[0] > end for (_, end), nxt in itertools.pairwise(spans)), spans
+    reqs = server.requests
+    seen = [(r.range, r.fault, r.body_bytes_sent) for r in reqs]
+    assert any(r.fault == "stall" and r.body_bytes_sent > 0 for r in reqs), seen
+    # past a cut the server may have sent a piece or two (200 kB each) before the close
+    assert sum(r.body_bytes_sent for r in reqs) <= size + 2 * MIB, seen
     assert (dest / "big.bin").read_bytes() == server.path("big.bin").read_bytes()
 
 
