@@ -143,9 +143,18 @@ class Runner:
     def _launch(self, rec: JobRecord, *, started: bool) -> None:
         self.foreign.discard(rec.id)
         self._scheduler.started(rec.id)
-        self._runs[rec.id] = asyncio.create_task(
-            self._run(rec, started=started), name=f"bitsnb-{rec.id}"
-        )
+        task = asyncio.create_task(self._run(rec, started=started), name=f"bitsnb-{rec.id}")
+        self._runs[rec.id] = task
+        task.add_done_callback(lambda t: self._never_ran(rec, t))
+
+    def _never_ran(self, rec: JobRecord, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never enters ``_run``'s ``finally``: give
+        its slot back here (a suspend between a retry's start and that step left the job
+        QUEUED for good, its slot held, so the next resume() queued nothing)."""
+        if self._runs.get(rec.id) is task:
+            self._runs.pop(rec.id)
+            self._scheduler.stopped(rec.id)
+            self._after_run(rec, stopped=True)
 
     def _later(self, delay: float, rec: JobRecord) -> None:
         """Queue *rec* again after *delay* (the store was busy, or refused the run's end)."""

@@ -359,3 +359,31 @@ def test_upload_complete_in_transferred(
         assert job.complete() == 0
         assert job.state is ACK
         assert srv.path("in/up.bin").read_bytes() == source.read_bytes()
+
+
+def test_a_job_suspended_before_its_run_began_runs_again_on_resume(
+    store: Path, policy: bitsnb.Policy, server: FileServer, dest: Path
+) -> None:
+    """Suspend lands between resume() starting the job's task and that task's first step (a
+    retry that fired just before a click: one CI run's job stayed QUEUED for two minutes): the
+    cancelled task never ran its own clean-up, so the job still held its scheduler slot and the
+    next resume() queued nothing. Resumed again, it transfers."""
+    import asyncio
+
+    url = server.add_random_file("early.bin", SIZE, seed=41)
+
+    async def main() -> JobState:
+        async with bitsnb.AsyncManager(store=store, policy=policy) as amgr:
+            job = await amgr.create_job("early")
+            await job.add_file(url, dest / "early.bin")
+            await job.resume()  # the job's task is created here, not yet run
+            await job.suspend()
+            assert job.state is S
+            await job.resume()
+            state = await job.wait(timeout=30)
+            if state is TD:
+                await job.complete()
+            return state
+
+    assert asyncio.run(main()) is TD
+    assert (dest / "early.bin").read_bytes() == server.path("early.bin").read_bytes()
