@@ -81,8 +81,8 @@ class Ramp(Generic[C]):
         *,
         flowing: bool,
         conns: int,
+        trial_got: int,
         held: bool = False,
-        trial_got: int = 0,
     ) -> Step[C]:
         """Measure: *got* bytes of the file written at *now*, *cpu* the loop thread's CPU
         time, *flowing* whether every connection's response has begun, *conns* how many,

@@ -34,7 +34,7 @@ def _ramp_until_added(held: bool, rate: float = 10e6, tick: float = 0.05) -> flo
     ramp: Ramp[object] = Ramp(segment_window=0.3)
     for i in range(200):  # bounded: 10 s of ticks
         now = i * tick
-        step = ramp.step(now, int(rate * now), 0.0, flowing=True, conns=1, held=held)
+        step = ramp.step(now, int(rate * now), 0.0, flowing=True, conns=1, trial_got=0, held=held)
         if step.add:
             return now
     return None
@@ -55,7 +55,9 @@ def test_a_held_first_connection_is_tried_with_seven_more_at_once() -> None:
         ramp: Ramp[object] = Ramp(segment_window=0.3)
         for i in range(200):  # bounded: 10 s of ticks
             now = i * 0.05
-            step = ramp.step(now, int(10e6 * now), 0.0, flowing=True, conns=1, held=held)
+            step = ramp.step(
+                now, int(10e6 * now), 0.0, flowing=True, conns=1, trial_got=0, held=held
+            )
             if step.add:
                 break
         assert step.add == more, (held, step)
@@ -65,7 +67,9 @@ def test_a_growing_connection_that_is_not_held_is_not_tried() -> None:
     ramp: Ramp[object] = Ramp(segment_window=0.3)
     for i in range(100):  # bounded: 5 s of a rate that doubles each second (slow start)
         now = i * 0.05
-        step = ramp.step(now, int(1e6 * 2**now), 0.0, flowing=True, conns=1, held=False)
+        step = ramp.step(
+            now, int(1e6 * 2**now), 0.0, flowing=True, conns=1, trial_got=0, held=False
+        )
         assert not step.add, now
 
 
@@ -119,7 +123,7 @@ def test_a_kept_trial_under_a_holding_sender_quadruples() -> None:
         ramp: Ramp[object] = Ramp(segment_window=0.3)
         ramp.base_rate = 10e6
         ramp.started(object(), 1)  # the trial: a second connection
-        step = ramp.step(0.0, 0, 0.0, flowing=True, conns=2, held=held)  # its window begins
+        step = ramp.step(0.0, 0, 0.0, flowing=True, conns=2, trial_got=0, held=held)  # begins
         assert not step.add
         step = ramp.step(  # 20 MB/s, half of it the trial's own
             0.3, 6_000_000, 0.0, flowing=True, conns=2, held=held, trial_got=3_000_000

@@ -341,9 +341,10 @@ class FileServer(ThreadedServer[RequestRecord]):
     ``FaultKind`` but the upload ones (``bits_error``, ``extra_headers``).
     ``connection_rate`` (bytes/s) caps every response without a fault, as mirrors cap each
     connection, in pieces ``connection_pace`` seconds apart (50 ms: idle gaps a client sees as
-    its sender holding the connection back; 10 ms: a level flow); ``max_concurrent`` answers 503 to a GET beyond that many requests at once;
-    ``peak_concurrent`` is the most requests it answered at once. ``send_etag = False`` makes
-    every file answer with Last-Modified but no ETag, as many mirrors and object stores do.
+    its sender holding the connection back; 10 ms: a level flow); ``max_concurrent`` answers
+    503 to a GET beyond that many requests at once; ``peak_concurrent`` is the most requests
+    it answered at once. ``send_etag = False`` makes every file answer with Last-Modified but
+    no ETag, as many mirrors and object stores do.
     """
 
     fault_kinds = frozenset(get_args(FaultKind)) - {"bits_error", "extra_headers"}
