@@ -145,17 +145,16 @@ class Runner:
         self._scheduler.started(rec.id)
         task = asyncio.create_task(self._run(rec, started=started), name=f"bitsnb-{rec.id}")
         self._runs[rec.id] = task
-        task.add_done_callback(lambda t: self._run_ended(rec, t))
+        task.add_done_callback(lambda t: self._never_ran(rec, t))
 
-    def _run_ended(self, rec: JobRecord, task: asyncio.Task[None]) -> None:
-        """The job's task ended: its slot goes back. Here, not in ``_run``'s ``finally``: a
-        task cancelled before its first step never enters its coroutine (a suspend between a
-        retry's start and that step left the job QUEUED for good, its slot held). The first
-        callback added, so it runs before whoever awaits the task resumes."""
+    def _never_ran(self, rec: JobRecord, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never enters ``_run``'s ``finally``: give
+        its slot back here (a suspend between a retry's start and that step left the job
+        QUEUED for good, its slot held, so the next resume() queued nothing)."""
         if self._runs.get(rec.id) is task:
             self._runs.pop(rec.id)
             self._scheduler.stopped(rec.id)
-            self._after_run(rec, task.cancelled())
+            self._after_run(rec, stopped=True)
 
     def _later(self, delay: float, rec: JobRecord) -> None:
         """Queue *rec* again after *delay* (the store was busy, or refused the run's end)."""
@@ -399,6 +398,7 @@ class Runner:
         """Transfer a job's files until done, failed, pre-empted or stopped (*started*: it is
         CONNECTING already, with its lease)."""
         began = time.monotonic()
+        stopped = False
         try:
             if not started:
                 if rec.state in RUNNING:  # taken over from a process stopped mid-transfer
@@ -433,6 +433,9 @@ class Runner:
             await self._fail(rec, failure, failure.file)
         except StoreBusyError:
             log.warning("bitsnb: the store stayed locked; job %s runs again shortly", rec.id)
+        except asyncio.CancelledError:
+            stopped = True
+            raise
         except Exception as exc:  # a bug must not kill the queue: the job says what happened
             if not isinstance(exc, BitsError):
                 log.exception("bitsnb transfer failed unexpectedly")
@@ -450,6 +453,9 @@ class Runner:
             )
         finally:
             rec.active_seconds += time.monotonic() - began
+            self._runs.pop(rec.id, None)
+            self._scheduler.stopped(rec.id)
+            self._after_run(rec, stopped)
 
     def _after_run(self, rec: JobRecord, stopped: bool) -> None:
         if not self.accepting or self._records.jobs.get(rec.id) is not rec:
