@@ -148,8 +148,8 @@ class ReadAhead(asyncio.BufferedProtocol):
         A response's head read with a buffer's worth of its body left the body behind a few
         hundred bytes of room: moving it there copied every 1 MiB body once more (200 × 1 MiB
         in 16 jobs: 199 compactions of ~1 MiB). The reader drains those bytes next anyway, and
-        reading goes on in the emptied buffer."""
-        return 0 < self.end - self.start <= self.start
+        reading goes on in the emptied buffer. Nothing unread is always cheap."""
+        return self.end - self.start <= self.start
 
     def _make_room(self, *, needed: bool = False) -> None:
         """A paused read goes on once there is room: compacted, or another buffer taken.
@@ -157,6 +157,8 @@ class ReadAhead(asyncio.BufferedProtocol):
         copy costs."""
         if not self._paused or self.held:
             return
+        # a reader already waiting (a kept buffer came back) needs room as much as a new one
+        needed = needed or (self._waiter is not None and not self._waiter.done())
         if len(self.buf) - self.end < MIN_FREE:
             if self._block.kept:
                 self._switch()

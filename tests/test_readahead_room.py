@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 
-from bitsnb._readahead import MIN_FREE, ReadAhead
+from bitsnb._readahead import MAX_BLOCKS, MIN_FREE, ReadAhead
 
 SIZE = 256 * 1024
 
@@ -87,3 +88,44 @@ def test_a_reader_that_needs_more_than_the_buffer_holds_gets_the_room() -> None:
             peer.close()
 
     assert asyncio.run(main()) == (first + rest)[1000:]
+
+
+def test_a_reader_waiting_on_a_full_pool_goes_on_when_its_buffers_come_back() -> None:
+    # every buffer of the pool kept (a hasher behind), the reader waiting for more; the
+    # current buffer comes back first, then an older one: the one that ends the starving must
+    # let reading go on although the current buffer, all read, has nothing left to move
+    size = 128 * 1024
+    data = os.urandom(3 * MAX_BLOCKS * size)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        proto = ReadAhead(size)
+        peer, transport = await _connected(proto)
+        send = asyncio.create_task(loop.sock_sendall(peer, data))
+        kept: list[Callable[[], None]] = []
+        got = 0
+        try:
+            for _ in range(100_000):  # bounded: each pass takes bytes or waits for them
+                if proto.available:
+                    n = proto.available
+                    proto.lend(n)
+                    kept.append(proto.keep())
+                    proto.consume(n)
+                    got += n
+                elif not transport.is_reading():
+                    break  # starved: every buffer is kept
+                else:
+                    await proto.wait_more(5.0)
+            assert got <= MAX_BLOCKS * size
+            waiting = asyncio.create_task(proto.wait_more(5.0))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await asyncio.to_thread(lambda: [release() for release in reversed(kept)])
+            await waiting  # a ReadTimeout here: the reader was left waiting on a paused read
+            return proto.available
+        finally:
+            send.cancel()
+            transport.close()
+            peer.close()
+
+    assert asyncio.run(main()) > 0
