@@ -560,12 +560,24 @@ def test_hundred_jobs_keep_panel_messages_low(
             ),
             what="panels show all TRANSFERRED",
         )
-        elapsed = time.monotonic() - start
-        queue_rate = comms.count(model_ids(queue), since=start) / elapsed
-        job_rate = comms.count(model_ids(watched), since=start) / elapsed
-    assert queue_rate <= 50, f"queue panel sent {queue_rate:.1f} messages/s"
-    assert job_rate <= 50, f"job panel sent {job_rate:.1f} messages/s"
+        queue_peak = _peak_per_second(comms, model_ids(queue), start)
+        job_peak = _peak_per_second(comms, model_ids(watched), start)
+    # the busiest second, not an average: a run of 0.4 s (this one on a fast machine) made a
+    # panel's 21 messages in all an average of 51 a second
+    assert queue_peak <= 50, f"queue panel sent {queue_peak} messages in one second"
+    assert job_peak <= 50, f"job panel sent {job_peak} messages in one second"
     assert queue.renders >= 2  # it did update during the run
+
+
+def _peak_per_second(comms: CommLog, ids: set[str], since: float) -> int:
+    """The most messages these comms sent within any one second after *since*."""
+    times = sorted(m.at for m in comms.messages if m.comm_id in ids and m.at >= since)
+    peak, first = 0, 0
+    for last, at in enumerate(times):  # bounded: one pass over the messages
+        while at - times[first] >= 1.0:
+            first += 1
+        peak = max(peak, last - first + 1)
+    return peak
 
 
 # -- a real kernel ----------------------------------------------------------------------------
