@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _support.readahead import keep_until_starved
 
 import bitsnb
 from bitsnb import JobState
@@ -118,20 +119,10 @@ def test_full_pool_makes_the_reader_wait_and_kept_bytes_stay_intact() -> None:
         proto = ReadAhead(size)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_connection(lambda: proto, "127.0.0.1", port)
-        kept: list[tuple[memoryview, int, Callable[[], None]]] = []
-        got = 0
+        assert isinstance(transport, asyncio.Transport)
         try:
-            for _ in range(100_000):  # bounded: each pass takes bytes or waits for them
-                if proto.available:
-                    n = proto.available
-                    view = proto.lend(n)
-                    kept.append((view, got, proto.keep()))
-                    proto.consume(n)
-                    got += n
-                elif not transport.is_reading():
-                    break  # starved: every buffer is kept
-                else:
-                    await proto.wait_more(30)
+            kept = await keep_until_starved(proto, transport, 30)
+            got = sum(len(view) for view, _, _ in kept)
             assert 0 < got <= MAX_BLOCKS * size < len(data)
             for view, at, _ in kept:  # nothing was written over
                 assert view == data[at : at + len(view)]

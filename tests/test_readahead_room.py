@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Callable
+
+from _support.readahead import keep_until_starved
 
 from bitsnb._readahead import MAX_BLOCKS, MIN_FREE, ReadAhead
 
@@ -102,25 +103,13 @@ def test_a_reader_waiting_on_a_full_pool_goes_on_when_its_buffers_come_back() ->
         proto = ReadAhead(size)
         peer, transport = await _connected(proto)
         send = asyncio.create_task(loop.sock_sendall(peer, data))
-        kept: list[Callable[[], None]] = []
-        got = 0
         try:
-            for _ in range(100_000):  # bounded: each pass takes bytes or waits for them
-                if proto.available:
-                    n = proto.available
-                    proto.lend(n)
-                    kept.append(proto.keep())
-                    proto.consume(n)
-                    got += n
-                elif not transport.is_reading():
-                    break  # starved: every buffer is kept
-                else:
-                    await proto.wait_more(5.0)
-            assert got <= MAX_BLOCKS * size
+            kept = await keep_until_starved(proto, transport, 5.0)
+            assert sum(len(view) for view, _, _ in kept) <= MAX_BLOCKS * size
             waiting = asyncio.create_task(proto.wait_more(5.0))
             await asyncio.sleep(0.05)
             assert not waiting.done()
-            await asyncio.to_thread(lambda: [release() for release in reversed(kept)])
+            await asyncio.to_thread(lambda: [release() for _, _, release in reversed(kept)])
             await waiting  # a ReadTimeout here: the reader was left waiting on a paused read
             return proto.available
         finally:
