@@ -53,14 +53,20 @@ class CommLog:
 
     def count(self, comm_ids: Iterable[str] | None = None, since: float | None = None) -> int:
         """Messages sent (by these comms, after *since*)."""
+        return len(self.times(comm_ids, since))
+
+    def times(
+        self, comm_ids: Iterable[str] | None = None, since: float | None = None
+    ) -> list[float]:
+        """When each message was sent (by these comms, after *since*), in the order recorded."""
         ids = None if comm_ids is None else set(comm_ids)
         with self._lock:
             msgs = list(self.messages)
-        return sum(
-            1
+        return [
+            m.at
             for m in msgs
             if (ids is None or m.comm_id in ids) and (since is None or m.at >= since)
-        )
+        ]
 
     def threads(self) -> set[str]:
         """Names of the threads that sent messages."""
